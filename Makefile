@@ -1,0 +1,61 @@
+# The two commands of the README: `make run` and `make test`.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+REDIS_PORT ?= 6391
+REDIS_DIR := $(CURDIR)/.redis
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: run test lint pytest redis-start redis-stop clean bench wheel
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip setuptools wheel
+
+# Core install: what the daemon needs, no torch.
+$(VENV)/.core: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+# Test install: torch pinned to the local CPU build first, then the extras.
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[train,dev]'
+	touch $@ $(VENV)/.core
+
+run: $(VENV)/.core
+	$(BIN)/barsignal run --config config.toml
+
+test: $(VENV)/.test
+	@$(MAKE) --no-print-directory redis-start
+	@set -o pipefail; rc=0; \
+	  $(BIN)/ruff check . || rc=$$?; \
+	  if [ $$rc -eq 0 ]; then \
+	    BARSIGNAL_TEST_REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0 $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
+	  fi; \
+	  $(MAKE) --no-print-directory redis-stop; exit $$rc
+
+lint: $(VENV)/.test
+	$(BIN)/ruff check .
+
+# A real redis-server on loopback for the sink tests (installed from Debian if absent).
+redis-start:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server from Debian's packages"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server) >/dev/null \
+	  || { echo "could not install redis-server; install it with: apt-get install redis-server" >&2; exit 1; }; }
+	@mkdir -p $(REDIS_DIR)
+	@redis-server --port $(REDIS_PORT) --bind 127.0.0.1 --save '' --appendonly no \
+	  --dir $(REDIS_DIR) --daemonize yes --pidfile $(REDIS_DIR)/redis.pid --logfile $(REDIS_DIR)/redis.log
+	@for i in $$(seq 50); do redis-cli -p $(REDIS_PORT) ping >/dev/null 2>&1 && break; sleep 0.1; done
+
+redis-stop:
+	@-[ -f $(REDIS_DIR)/redis.pid ] && kill $$(cat $(REDIS_DIR)/redis.pid) 2>/dev/null; rm -f $(REDIS_DIR)/redis.pid
+
+bench: $(VENV)/.test
+	$(BIN)/barsignal bench scoring
+	$(BIN)/barsignal bench features
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .redis

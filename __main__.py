@@ -1,0 +1,3 @@
+from barsignal.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The daemon: all I/O. It composes features and engine; it never imports torch."""

@@ -1,0 +1,216 @@
+"""Typed, frozen configuration loaded from TOML.
+
+Every section is a frozen ``msgspec.Struct`` that rejects unknown keys. Errors name the file,
+the section, the key and what is allowed. Secrets never live here: a section names the
+environment variable (or systemd credential) that holds one; see ``barsignal.daemon.secrets``.
+Each component receives its own section, never the whole config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from msgspec import Meta
+
+from barsignal.errors import ConfigError
+
+Pos = Annotated[float, Meta(gt=0)]
+NonNeg = Annotated[float, Meta(ge=0)]
+Prob = Annotated[float, Meta(ge=0, le=1)]
+Port = Annotated[int, Meta(ge=0, le=65535)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class FeedConfig(_Section):
+    symbols: tuple[str, ...] = ("BTCUSDT",)
+    interval: Literal["1m"] = "1m"
+    # Combined-stream base; the client appends /stream?streams=btcusdt@kline_1m/...
+    # The market-data-only host wss://data-stream.binance.vision works too.
+    ws_url: str = "wss://stream.binance.com:9443"
+    rest_url: str = "https://api.binance.com"  # REST backfill through ccxt
+    stale_grace_s: Pos = 15.0  # no closed bar within interval + grace -> reconnect
+    reconnect_min_s: Pos = 1.0
+    reconnect_max_s: Pos = 60.0
+    healthy_reset_s: Pos = 60.0  # a connection up this long resets the backoff
+    rollover_s: Pos = 23 * 3600.0  # reconnect before Binance's 24 h limit
+    rest_timeout_s: Pos = 10.0
+    max_frame_bytes: Annotated[int, Meta(ge=1024)] = 65536
+
+
+class FeaturesConfig(_Section):
+    # What a gap the REST backfill cannot fill does: "continue" keeps the indicators running
+    # across it (flagged), "reset" restarts warm-up.
+    gap_policy: Literal["continue", "reset"] = "continue"
+
+
+class ModelConfig(_Section):
+    artifact: str = ""  # artifact directory; empty = the bundled default
+    variant: str = ""  # ONNX variant inside the artifact; empty = the manifest's default
+
+
+class EngineConfig(_Section):
+    backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
+    intra_op_threads: Annotated[int, Meta(ge=1, le=256)] = 1
+    spinning: bool = False  # ONNX Runtime intra-op spinning: lower latency, burns a core
+    engine_cache_dir: str = ""  # TensorRT engines; empty = <state dir>/engines
+
+
+class SignalConfig(_Section):
+    # Thresholds default to the artifact's (chosen on validation); set them here to override.
+    long_threshold: Annotated[float, Meta(ge=0, le=1)] | None = None
+    short_threshold: Annotated[float, Meta(ge=0, le=1)] | None = None
+    hysteresis: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
+    cooldown_bars: Annotated[int, Meta(ge=0)] = 0
+    allow_short: bool = False
+
+
+class StdoutSinkConfig(_Section):
+    pass
+
+
+class JsonlSinkConfig(_Section):
+    path: str = "signals.jsonl"  # relative paths are under the state directory
+    fsync: Literal["always", "interval", "never"] = "interval"
+    fsync_interval_s: Pos = 1.0
+
+
+class WebhookSinkConfig(_Section):
+    url: str = ""
+    timeout_s: Pos = 2.0
+    retries: Annotated[int, Meta(ge=0, le=20)] = 3
+    token_env: str = "BARSIGNAL_WEBHOOK_TOKEN"  # bearer token: env var or credential of this name
+    allow_insecure_http: bool = False  # plain http:// to a non-loopback host
+
+
+class RedisSinkConfig(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+    stream: str = "barsignal:signals"
+    maxlen: Annotated[int, Meta(ge=1)] = 100_000
+    password_env: str = "BARSIGNAL_REDIS_PASSWORD"
+
+
+class SinksConfig(_Section):
+    enabled: tuple[str, ...] = ("stdout", "paper")
+    queue_size: Annotated[int, Meta(ge=1)] = 1024
+    stdout: StdoutSinkConfig = msgspec.field(default_factory=StdoutSinkConfig)
+    jsonl: JsonlSinkConfig = msgspec.field(default_factory=JsonlSinkConfig)
+    webhook: WebhookSinkConfig = msgspec.field(default_factory=WebhookSinkConfig)
+    redis: RedisSinkConfig = msgspec.field(default_factory=RedisSinkConfig)
+
+
+class PaperConfig(_Section):
+    fill: Literal["next_open", "close"] = "next_open"
+    fee_bps: NonNeg = 10.0  # Binance spot taker fee, 0.1 %
+    slippage_bps: NonNeg = 1.0
+    sizing: Literal["fixed_notional", "equity_fraction"] = "equity_fraction"
+    notional: Pos = 1000.0
+    equity_fraction: Annotated[float, Meta(gt=0, le=1)] = 1.0
+    initial_cash: Pos = 10_000.0
+    allow_short: bool = False
+    ledger: str = "paper.sqlite"  # relative paths are under the state directory
+
+
+class MetricsConfig(_Section):
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: Port = 9464
+    drift_psi_warn: Pos = 0.25
+    monitor_window: Annotated[int, Meta(ge=10)] = 1440
+
+
+class LoggingConfig(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class StateConfig(_Section):
+    dir: str = "state"  # ledger, outbox, bar record, engines; systemd sets $STATE_DIRECTORY
+
+
+class Config(_Section):
+    feed: FeedConfig = msgspec.field(default_factory=FeedConfig)
+    features: FeaturesConfig = msgspec.field(default_factory=FeaturesConfig)
+    model: ModelConfig = msgspec.field(default_factory=ModelConfig)
+    engine: EngineConfig = msgspec.field(default_factory=EngineConfig)
+    signal: SignalConfig = msgspec.field(default_factory=SignalConfig)
+    sinks: SinksConfig = msgspec.field(default_factory=SinksConfig)
+    paper: PaperConfig = msgspec.field(default_factory=PaperConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
+    state: StateConfig = msgspec.field(default_factory=StateConfig)
+
+
+_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`(?: - at `(?P<path>[^`]+)`)?")
+_AT = re.compile(r"^(?P<msg>.*?) - at `(?P<path>[^`]+)`$")
+
+
+def _allowed(path: list[str]) -> list[str]:
+    t: type = Config
+    for part in path:
+        t = msgspec.structs.fields(t)[[f.name for f in msgspec.structs.fields(t)].index(part)].type
+    return [f.name for f in msgspec.structs.fields(t)]
+
+
+def _explain(exc: msgspec.ValidationError, source: str) -> str:
+    text = str(exc)
+    m = _UNKNOWN.match(text)
+    if m:
+        parts = [p for p in (m["path"] or "$").split(".")[1:]]
+        section = ".".join(parts) or "(top level)"
+        try:
+            allowed = ", ".join(_allowed(parts))
+        except (ValueError, AttributeError, TypeError):
+            allowed = "see config.toml"
+        return f"{source}: [{section}] unknown key {m['key']!r}; allowed keys: {allowed}"
+    m = _AT.match(text)
+    if m:
+        parts = m["path"].split(".")[1:]
+        key = parts[-1] if parts else "?"
+        section = ".".join(parts[:-1]) or "(top level)"
+        return f"{source}: [{section}] key {key!r}: {m['msg']}"
+    return f"{source}: {text}"
+
+
+def check_file_safe(path: Path) -> None:
+    """Refuse a config reached through a world-writable file or directory (no symlink tricks)."""
+    p = path.resolve()
+    for q in [p, *p.parents]:
+        try:
+            st = q.stat()
+        except OSError:
+            continue
+        sticky = bool(st.st_mode & stat.S_ISVTX)
+        if st.st_mode & stat.S_IWOTH and not (q != p and sticky):
+            raise ConfigError(f"{path}: refusing config: {q} is world-writable; fix with chmod o-w {q}")
+
+
+def loads(text: str, source: str = "<config>") -> Config:
+    """Parse TOML text into a frozen Config; errors name source, section, key and what is allowed."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(raw, type=Config, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def load(path: str | os.PathLike[str] | None) -> Config:
+    """Load a config file; ``None`` gives the embedded defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found; pass --config PATH to an existing TOML file")
+    check_file_safe(p)
+    return loads(p.read_text(encoding="utf-8"), str(p))

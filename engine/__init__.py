@@ -1,0 +1,1 @@
+"""Runs model artifacts without torch: artifact integrity, scoring backends, signal rule."""
