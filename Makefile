@@ -7,7 +7,7 @@ REDIS_PORT ?= 6391
 REDIS_DIR := $(CURDIR)/.redis
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint pytest redis-start redis-stop clean bench wheel
+.PHONY: run test lint redis-start redis-stop clean bench install
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -59,3 +59,23 @@ bench: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .redis
+
+# Install as a systemd service (root): a venv under $(PREFIX), the unit, config and empty
+# credential files. GPU=1 adds the TensorRT extra and the GPU drop-in. See docs/DEPLOY.md.
+PREFIX ?= /opt/barsignal
+GPU ?= 0
+install:
+	$(PY) -m venv $(PREFIX)/venv
+	$(PREFIX)/venv/bin/pip install -q --upgrade pip
+	$(PREFIX)/venv/bin/pip install -q "$(CURDIR)$(if $(filter 1,$(GPU)),[gpu])"
+	install -D -m 0644 systemd/barsignal.service /etc/systemd/system/barsignal.service
+	sed -i 's#/opt/barsignal/venv#$(PREFIX)/venv#' /etc/systemd/system/barsignal.service
+	@if [ "$(GPU)" = 1 ]; then install -D -m 0644 systemd/barsignal-gpu.conf \
+	  /etc/systemd/system/barsignal.service.d/gpu.conf; fi
+	install -d -m 0755 /etc/barsignal
+	[ -f /etc/barsignal/config.toml ] || install -m 0644 config.toml /etc/barsignal/config.toml
+	install -d -m 0700 /etc/barsignal/credentials
+	for c in BARSIGNAL_WEBHOOK_TOKEN BARSIGNAL_REDIS_PASSWORD; do \
+	  [ -f /etc/barsignal/credentials/$$c ] || install -m 0600 /dev/null /etc/barsignal/credentials/$$c; done
+	systemctl daemon-reload
+	@echo "installed; start with: systemctl enable --now barsignal"

@@ -9,7 +9,10 @@ import argparse
 import importlib
 
 # target -> module. Add a line when a benchmark becomes real.
-BENCHES: dict[str, str] = {}
+BENCHES: dict[str, str] = {
+    "scoring": "barsignal.engine.bench",
+    "replay": "barsignal.daemon.bench_replay",
+}
 
 
 def register(sub: argparse._SubParsersAction) -> None:

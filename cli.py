@@ -16,7 +16,15 @@ from barsignal.errors import BarsignalError
 # name -> module with register(subparsers). Order is the order of --help.
 COMMANDS: dict[str, str] = {
     "run": "barsignal.daemon.run_cli",
+    "data": "barsignal.daemon.data.cli",
+    "feed": "barsignal.daemon.feed.cli",
+    "train": "barsignal.model.cli",
+    "eval": "barsignal.model.eval_cli",
+    "compress": "barsignal.compression.cli",
     "bench": "barsignal.bench",
+    "paper": "barsignal.daemon.paper.cli",
+    "replay": "barsignal.daemon.replay_cli",
+    "parity": "barsignal.daemon.parity_cli",
 }
 
 

@@ -12,13 +12,14 @@ import os
 import re
 import stat
 import tomllib
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
-from msgspec import Meta
-
 from barsignal.errors import ConfigError
+from msgspec import Meta
 
 Pos = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]
@@ -160,6 +161,27 @@ def _allowed(path: list[str]) -> list[str]:
     return [f.name for f in msgspec.structs.fields(t)]
 
 
+def _choices(path: list[str]) -> tuple[object, ...]:
+    """The allowed values of a Literal-typed key (also inside Optional/Annotated), else ()."""
+    t: object = Config
+    try:
+        for part in path:
+            if "[" in part:  # an element of a tuple: no fixed choices
+                return ()
+            t = {f.name: f.type for f in msgspec.structs.fields(t)}[part]  # type: ignore[arg-type]
+    except (KeyError, TypeError):
+        return ()
+    pending, out = [t], []
+    while pending:
+        x = pending.pop()
+        if typing.get_origin(x) is Literal:
+            out.extend(typing.get_args(x))
+        elif typing.get_origin(x) in (typing.Union, types.UnionType, typing.Annotated):
+            pending.extend(typing.get_args(x)[:1] if typing.get_origin(x) is typing.Annotated
+                           else typing.get_args(x))
+    return tuple(out)
+
+
 def _explain(exc: msgspec.ValidationError, source: str) -> str:
     text = str(exc)
     m = _UNKNOWN.match(text)
@@ -176,7 +198,11 @@ def _explain(exc: msgspec.ValidationError, source: str) -> str:
         parts = m["path"].split(".")[1:]
         key = parts[-1] if parts else "?"
         section = ".".join(parts[:-1]) or "(top level)"
-        return f"{source}: [{section}] key {key!r}: {m['msg']}"
+        msg = m["msg"]
+        choices = _choices(parts)
+        if choices:
+            msg += f"; allowed: {', '.join(repr(c) for c in choices)}"
+        return f"{source}: [{section}] key {key!r}: {msg}"
     return f"{source}: {text}"
 
 

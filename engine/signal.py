@@ -29,3 +29,82 @@ class Signal:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True, slots=True)
+class RuleState:
+    """What the rule remembers between bars: the action held and bars since it last changed."""
+
+    action: str = "flat"
+    held_bars: int = 1 << 30  # bars since the last change (large: no cooldown at start)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "held_bars": self.held_bars}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RuleState:
+        action = str(d.get("action", "flat"))
+        if action not in ACTIONS:
+            raise ValueError(f"rule state: unknown action {action!r}; expected one of {ACTIONS}")
+        return cls(action, int(d.get("held_bars", 1 << 30)))
+
+
+class SignalRule:
+    """Turns p_up into an action: long / short / flat thresholds, hysteresis and a cooldown.
+
+    - Enter long when ``p_up >= long_threshold``; stay long while ``p_up >= long_threshold - hysteresis``.
+    - Enter short when ``p_up <= short_threshold`` (only with ``allow_short``; otherwise that zone is
+      flat); stay short while ``p_up <= short_threshold + hysteresis``.
+    - Anything else is flat. After the action changes it is held for ``cooldown_bars`` more bars.
+
+    Pure and deterministic: the same p_up sequence from the same state gives the same actions.
+    """
+
+    __slots__ = ("allow_short", "cooldown_bars", "hysteresis", "long_threshold", "short_threshold", "state")
+
+    def __init__(self, long_threshold: float, short_threshold: float, hysteresis: float = 0.0,
+                 cooldown_bars: int = 0, allow_short: bool = False, state: RuleState | None = None) -> None:
+        if not 0.0 <= short_threshold <= long_threshold <= 1.0:
+            raise ValueError(f"signal thresholds: need 0 <= short ({short_threshold}) <= long "
+                             f"({long_threshold}) <= 1; fix [signal] or the artifact's thresholds")
+        if hysteresis < 0 or cooldown_bars < 0:
+            raise ValueError("signal rule: hysteresis and cooldown_bars must be >= 0")
+        self.long_threshold = float(long_threshold)
+        self.short_threshold = float(short_threshold)
+        self.hysteresis = float(hysteresis)
+        self.cooldown_bars = int(cooldown_bars)
+        self.allow_short = bool(allow_short)
+        self.state = state or RuleState()
+
+    @classmethod
+    def from_config(cls, cfg: Any, artifact_thresholds: dict[str, float],
+                    state: RuleState | None = None) -> SignalRule:
+        """Thresholds from the artifact's ``signal`` section (``long_threshold``/``short_threshold``)
+        unless ``cfg`` (a SignalConfig) overrides them."""
+        long_t = (cfg.long_threshold if cfg.long_threshold is not None
+                  else artifact_thresholds["long_threshold"])
+        short_t = (cfg.short_threshold if cfg.short_threshold is not None
+                   else artifact_thresholds["short_threshold"])
+        return cls(long_t, short_t, cfg.hysteresis, cfg.cooldown_bars, cfg.allow_short, state)
+
+    def target(self, p_up: float, held: str) -> str:
+        """The action ``p_up`` asks for, given the action held (hysteresis, no cooldown)."""
+        if p_up >= self.long_threshold or (held == "long" and p_up >= self.long_threshold - self.hysteresis):
+            return "long"
+        if self.allow_short and (
+            p_up <= self.short_threshold
+            or (held == "short" and p_up <= self.short_threshold + self.hysteresis)
+        ):
+            return "short"
+        return "flat"
+
+    def update(self, p_up: float) -> str:
+        """Advance one bar and return its action."""
+        st = self.state
+        held_bars = st.held_bars + 1
+        want = self.target(p_up, st.action)
+        if want != st.action and held_bars > self.cooldown_bars:
+            self.state = RuleState(want, 0)
+        else:
+            self.state = RuleState(st.action, min(held_bars, 1 << 30))
+        return self.state.action

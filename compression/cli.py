@@ -1,0 +1,111 @@
+"""``barsignal compress``: teacher -> distilled, pruned, quantized student -> report + artifact.
+
+``barsignal compress --config compression.toml`` runs every stage; ``barsignal compress STAGE`` runs
+one (distill, prune, export, quantize, report, engine). ``--set section.key=value`` overrides a
+config key for one run. No torch at import time: the handler imports the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tomllib
+from typing import Any
+
+STAGE_HELP = {
+    "distill": "distil the teacher into the student (and train the no-KD baseline)",
+    "prune": "structured pruning (heads, FFN channels, layers) + fine-tuning; magnitude-pruning stats",
+    "export": "FP32 ONNX of teacher, student and pruned student, with parity against PyTorch",
+    "quantize": "FP16, INT8 dynamic, INT8 static QDQ and QAT variants, with diagnostics and sensitivity",
+    "report": "one table measured in one run (report.md/.json + PNGs) and the artifact",
+    "engine": "TensorRT engines from the ONNX variants (needs tensorrt and an NVIDIA GPU)",
+    "all": "every stage but engine, in order (the default)",
+}
+
+
+def _common(p: argparse.ArgumentParser, suppress: bool) -> None:
+    d: Any = argparse.SUPPRESS if suppress else None
+    p.add_argument("--config", default=d, metavar="TOML", help="compression config (default: built-in)")
+    p.add_argument("--teacher", default=d, metavar="DIR", help="override [data] teacher")
+    p.add_argument("--workdir", default=d, metavar="DIR", help="override [output] workdir")
+    p.add_argument("--artifact", default=d, metavar="DIR", help="override [output] artifact")
+    p.add_argument("--set", dest="overrides", action="append", default=d if suppress else [],
+                   metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compress", help="distil, prune, quantize and export the model; write the report",
+                       description=__doc__)
+    _common(p, suppress=False)
+    stages = p.add_subparsers(dest="stage", metavar="STAGE")
+    for name, text in STAGE_HELP.items():
+        sp = stages.add_parser(name, help=text, description=text)
+        _common(sp, suppress=True)
+        if name == "engine":
+            sp.add_argument("--version-compatible", action="store_true",
+                            help="build VERSION_COMPATIBLE engines")
+    p.set_defaults(func=_run, stage=None)
+
+
+def _value(text: str) -> Any:
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load_config(args: argparse.Namespace) -> Any:
+    import msgspec
+    from barsignal.compression import config as cc
+    from barsignal.errors import ConfigError
+
+    cfg = cc.load(args.config)
+    raw = msgspec.to_builtins(cfg)
+    for item in args.overrides or []:
+        key, sep, value = item.partition("=")
+        section, dot, field = key.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set {item!r}: expected SECTION.KEY=VALUE, e.g. distill.epochs=3")
+        if section not in raw or field not in raw[section]:
+            raise ConfigError(f"--set {item!r}: unknown key {key!r}; see compression.toml")
+        raw[section][field] = _value(value)
+    if args.teacher:
+        raw["data"]["teacher"] = args.teacher
+    if args.workdir:
+        raw["output"]["workdir"] = args.workdir
+    if args.artifact:
+        raw["output"]["artifact"] = args.artifact
+    try:
+        return msgspec.convert(raw, type=cc.CompressionConfig, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"compression config: {exc}") from None
+
+
+def _run(args: argparse.Namespace) -> int:
+    import shlex
+
+    from barsignal.compression import pipeline
+
+    cfg = load_config(args)
+    stage = args.stage or "all"
+    t0 = time.monotonic()
+
+    def progress(msg: str) -> None:
+        print(f"[{time.monotonic() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+    command = "barsignal " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if stage == "engine":
+        ctx = pipeline.Context(cfg, progress)
+        out = pipeline.stage_engine(ctx, version_compatible=args.version_compatible)
+        print(out)
+        return 0
+    stages = pipeline.STAGES if stage == "all" else (stage,)
+    out = pipeline.run(cfg, stages, command=command, progress=progress)
+    if "report" in out:
+        r = out["report"]
+        print(f"report: {cfg.output.workdir}/report/report.md; artifact: {r['artifact']['path']} "
+              f"(default variant {r['selected_variant']}, {r['artifact']['bytes'] / 1e6:.2f} MB)")
+    else:
+        print(f"done: {', '.join(stages)} in {time.monotonic() - t0:.0f} s; outputs in {cfg.output.workdir}")
+    return 0

@@ -1,0 +1,105 @@
+"""``compression.toml``: the typed, frozen configuration of ``barsignal compress``.
+
+Every section is a frozen ``msgspec.Struct`` that rejects unknown keys; each stage receives its
+own section. Paths are relative to the current directory.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+from barsignal.errors import ConfigError
+from msgspec import Meta
+
+Pos = Annotated[float, Meta(gt=0)]
+Frac = Annotated[float, Meta(ge=0, lt=1)]
+Count = Annotated[int, Meta(ge=0)]
+
+
+class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class DataSection(_Section):
+    teacher: str = "runs/teacher"  # the model helper's checkpoint directory
+    bars: tuple[str, ...] = ()  # bar files; empty = the dataset's default real bars
+    max_windows: Count = 0  # cap on training windows (0 = all); keeps distillation within budget
+    seed: int = 0
+
+
+class DistillSection(_Section):
+    temperature: Pos = 4.0
+    alpha: Annotated[float, Meta(ge=0, le=1)] = 0.7  # weight of the soft (KL) term
+    beta: Annotated[float, Meta(ge=0)] = 0.3  # weight of the feature (MSE) term
+    epochs: Annotated[int, Meta(ge=1)] = 50
+    lr: Pos = 1e-3  # cosine-annealed to 0 over ``epochs``
+    weight_decay: Annotated[float, Meta(ge=0)] = 1e-4
+    batch_size: Annotated[int, Meta(ge=1)] = 256
+    patience: Annotated[int, Meta(ge=1)] = 5  # early stopping on the validation loss
+    time_budget_s: Pos = 600.0  # wall-clock cap per training run (CPU budget), checked per epoch
+    baseline: bool = True  # also train the same student without distillation, for comparison
+
+
+class PruneSection(_Section):
+    heads: Annotated[int, Meta(ge=1)] = 1  # attention heads kept per layer
+    ffn_reduction: Frac = 0.33  # fraction of FFN channels removed
+    layers: Annotated[int, Meta(ge=1)] = 1  # encoder layers kept
+    importance: Literal["l1", "taylor"] = "l1"
+    finetune_epochs: Count = 5  # with the distillation loss
+    finetune_lr: Pos = 5e-4
+    global_sparsity: Frac = 0.5  # unstructured global magnitude pruning (statistics only)
+
+
+class QuantizeSection(_Section):
+    calibration_windows: Annotated[int, Meta(ge=16)] = 1024  # training windows for INT8 static
+    qat_epochs: Count = 3
+    qat_lr: Pos = 1e-4
+    sensitivity: bool = True  # per-layer-group sensitivity analysis
+
+
+class EvalSection(_Section):
+    windows: Annotated[int, Meta(ge=100)] = 10_000  # test windows for parity and fidelity
+    fee_bps: Annotated[float, Meta(ge=0)] = 10.0
+    allow_short: bool = False
+    latency_iters: Annotated[int, Meta(ge=10)] = 2000
+    latency_threads: Annotated[int, Meta(ge=1)] = 1
+    min_signal_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.99  # for the deployed variant
+
+
+class OutputSection(_Section):
+    workdir: str = "runs/compress"  # checkpoints, ONNX files, report
+    artifact: str = "runs/compress/artifact"  # the artifact directory written by the pipeline
+
+
+class CompressionConfig(_Section):
+    data: DataSection = DataSection()
+    distill: DistillSection = DistillSection()
+    prune: PruneSection = PruneSection()
+    quantize: QuantizeSection = QuantizeSection()
+    eval: EvalSection = EvalSection()
+    output: OutputSection = OutputSection()
+
+
+def loads(text: str, source: str = "<compression config>") -> CompressionConfig:
+    """Parse TOML text; errors name the source, the section and the key."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return msgspec.convert(raw, type=CompressionConfig, strict=True)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"{source}: {exc}; see compression.toml for every key") from None
+
+
+def load(path: str | Path | None) -> CompressionConfig:
+    """Load ``path``; ``None`` gives the defaults."""
+    if path is None:
+        return CompressionConfig()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: compression config not found; pass --config PATH to a TOML file")
+    return loads(p.read_text(encoding="utf-8"), str(p))

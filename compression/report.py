@@ -1,0 +1,414 @@
+"""The compression report (one table, measured in one run) and the deployable artifact.
+
+Rows: teacher and student in PyTorch and ONNX FP32, the student trained without distillation, the
+pruned student (ONNX FP32), FP16, INT8 dynamic, INT8 static (QDQ) and QAT (QDQ). Columns: parameters,
+file size, FLOPs per window, latency p50/p99 (batch 1, one intra-op thread, every row timed in the
+same interleaved loop so the ratios are comparable), test AUC, top-1 agreement with the teacher,
+|Δp| against the row's FP32 reference, backtest Sharpe and max drawdown.
+
+The artifact's default variant is the fastest of the pruned family (FP32, FP16, INT8 dynamic,
+INT8 static, QAT) whose signal agreement with the pruned FP32 model at the deployed thresholds is at
+least ``[eval] min_signal_agreement``; the thresholds are chosen on validation with that variant.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from barsignal.log import get_logger
+
+log = get_logger(__name__)
+
+FAMILY = ("pruned", "fp16", "int8_dynamic", "int8_static", "qat")  # deployable, one network
+
+
+def _cpu_flags() -> dict[str, Any]:
+    flags: set[str] = set()
+    model = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"model": model, "cores": os.cpu_count(),
+            "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+            "vnni": bool({"avx512_vnni", "avx_vnni"} & flags), "amx": "amx_int8" in flags}
+
+
+def _latency(rows: list[dict[str, Any]], window: np.ndarray, iters: int, threads: int) -> None:
+    """p50/p99 per row in µs, all rows interleaved in one loop (same machine state for all)."""
+    import torch
+    from barsignal.compression.quantize import INPUT, OUTPUT, session
+
+    torch.set_num_threads(threads)
+    calls = []
+    xt = torch.from_numpy(window[None].copy())
+    feed = {INPUT: window[None].astype(np.float32)}
+    for r in rows:
+        if r["runtime"] == "onnxruntime":
+            sess = session(r["path"], threads)
+            calls.append(lambda s=sess: s.run([OUTPUT], feed))
+        else:
+            model = r["model"].eval()
+
+            def call(m: Any = model) -> Any:
+                with torch.no_grad():
+                    return torch.sigmoid(m(xt))
+            calls.append(call)
+    for c in calls:  # warm-up
+        for _ in range(20):
+            c()
+    samples = np.zeros((len(rows), iters))
+    for i in range(iters):
+        for j, c in enumerate(calls):
+            t0 = time.perf_counter_ns()
+            c()
+            samples[j, i] = (time.perf_counter_ns() - t0) / 1e3
+    for r, s in zip(rows, samples, strict=True):
+        r["latency_p50_us"] = float(np.percentile(s, 50))
+        r["latency_p99_us"] = float(np.percentile(s, 99))
+
+
+def _fmt(v: Any, spec: str) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return "–"
+    return format(v, spec)
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    head = ("| model | runtime | params | file | MFLOPs | p50 µs | p99 µs | AUC | agree teacher | "
+            "mean abs Δp vs FP32 | max abs Δp vs FP32 | Sharpe | max DD |")
+    lines = [head, "|" + "---|" * 13]
+    for r in rows:
+        lines.append(
+            f"| {r['name']} | {r['runtime']} | {r['params']:,} | {r['file_bytes'] / 1024:.0f} KiB | "
+            f"{r['flops'] / 1e6:.2f} | {_fmt(r.get('latency_p50_us'), '.0f')} | "
+            f"{_fmt(r.get('latency_p99_us'), '.0f')} | {r['auc']:.4f} | {r['agree_teacher']:.4f} | "
+            f"{_fmt(r['dp_vs_fp32_mean'], '.2e')} | {_fmt(r['dp_vs_fp32_max'], '.2e')} | "
+            f"{r['backtest']['sharpe']:.2f} | {r['backtest']['max_drawdown']:.3f} |")
+    return "\n".join(lines)
+
+
+def _plots(out: Path, rows: list[dict[str, Any]], distill: dict[str, Any] | None,
+           quant: dict[str, Any] | None) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = []
+    fig, ax = plt.subplots(figsize=(9, 4))
+    names = [r["name"] for r in rows]
+    y = np.arange(len(rows))
+    ax.barh(y - 0.2, [r["latency_p50_us"] for r in rows], 0.4, label="p50")
+    ax.barh(y + 0.2, [r["latency_p99_us"] for r in rows], 0.4, label="p99")
+    ax.set_yticks(y, names)
+    ax.invert_yaxis()
+    ax.set_xlabel("latency per window, µs (batch 1, 1 thread)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+    files.append("latency.png")
+    if distill:
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for key in ("student", "student_plain"):
+            if key in distill:
+                h = distill[key]["history"]
+                ax.plot([r["epoch"] for r in h], [r["val_loss"] for r in h],
+                        label=f"{key} (val loss, {'KD' if distill[key]['distilled'] else 'labels only'})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation loss (own objective)")
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / "distillation.png", dpi=110)
+        plt.close(fig)
+        files.append("distillation.png")
+    if quant and quant.get("sensitivity"):
+        g = quant["sensitivity"]["groups"]
+        fig, ax = plt.subplots(figsize=(7, 4))
+        ax.bar(list(g), [v["mean_abs_dp"] for v in g.values()])
+        ax.set_ylabel("mean |Δp| vs FP32 (this group INT8 only)")
+        fig.tight_layout()
+        fig.savefig(out / "sensitivity.png", dpi=110)
+        plt.close(fig)
+        files.append("sensitivity.png")
+    return files
+
+
+def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, Any]:
+    from barsignal.compression.distill import predict_proba
+    from barsignal.compression.metrics import agreement, auc, backtest, signal_agreement
+    from barsignal.compression.quantize import onnx_proba
+    from barsignal.compression.thresholds import choose_thresholds
+    from barsignal.model.informer import flops_per_window
+
+    cfg, data, d = ctx.cfg, ctx.data, ctx.onnx_dir
+    ev = cfg.eval
+    models = {"teacher": ctx.teacher, "student": ctx.load("student"), "pruned": ctx.load("pruned")}
+    try:
+        models["student_plain"] = ctx.load("student_plain")
+    except Exception:
+        pass
+    models["qat"] = ctx.load("qat")
+    x, xv = data.test.x, data.val.x
+    spec: list[dict[str, Any]] = [
+        {"name": "teacher (PyTorch)", "runtime": "torch", "net": "teacher", "ref": "teacher (PyTorch)"},
+        {"name": "teacher (ONNX FP32)", "runtime": "onnxruntime", "net": "teacher", "file": "teacher",
+         "ref": "teacher (PyTorch)"},
+        {"name": "student (PyTorch)", "runtime": "torch", "net": "student", "ref": "student (PyTorch)"},
+        {"name": "student (ONNX FP32)", "runtime": "onnxruntime", "net": "student", "file": "student",
+         "ref": "student (PyTorch)"},
+    ]
+    if "student_plain" in models:
+        spec.append({"name": "student, no KD (PyTorch)", "runtime": "torch", "net": "student_plain",
+                     "ref": "student, no KD (PyTorch)"})
+    for v, label in (("pruned", "pruned (ONNX FP32)"), ("fp16", "pruned FP16"),
+                     ("int8_dynamic", "pruned INT8 dynamic"), ("int8_static", "pruned INT8 static QDQ"),
+                     ("qat", "pruned QAT INT8 QDQ")):
+        spec.append({"name": label, "runtime": "onnxruntime", "net": "qat" if v == "qat" else "pruned",
+                     "file": v, "ref": "pruned (ONNX FP32)", "variant": v})
+    ctx.progress("report: predictions")
+    probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for r in spec:
+        if r["runtime"] == "torch":
+            m = models[r["net"]]
+            probs[r["name"]] = (predict_proba(m, x), predict_proba(m, xv))
+            r["file_bytes"] = (ctx.workdir / r["net"] / "model.safetensors").stat().st_size \
+                if r["net"] != "teacher" else (Path(cfg.data.teacher) / "model.safetensors").stat().st_size
+        else:
+            r["path"] = d / f"{r['file']}.onnx"
+            dyn = d / f"{r['file']}.dynamic.onnx"
+            probs[r["name"]] = (onnx_proba(dyn, x), onnx_proba(dyn, xv))
+            r["file_bytes"] = r["path"].stat().st_size
+        r["model"] = models[r["net"]]
+        r["params"] = models[r["net"]].param_count()
+        r["flops"] = flops_per_window(models[r["net"]])
+    p_teacher = probs["teacher (PyTorch)"][0]
+    # thresholds: each network's own, chosen on validation; the pruned family shares pruned FP32's
+    thresholds = {}
+    for r in spec:
+        key = "pruned (ONNX FP32)" if r["ref"] == "pruned (ONNX FP32)" else r["name"]
+        if key not in thresholds:
+            thresholds[key] = choose_thresholds(probs[key][1], data.val.ret, fee_bps=ev.fee_bps,
+                                                allow_short=ev.allow_short)
+        th = thresholds[key]
+        p = probs[r["name"]][0]
+        ref = probs[r["ref"]][0]
+        dp = np.abs(p.astype(np.float64) - ref)
+        r["thresholds"] = {"long": th.long_threshold, "short": th.short_threshold}
+        r["auc"] = auc(data.test.y, p)
+        r["agree_teacher"] = agreement(p_teacher, p)["top1_agreement"]
+        same = r["ref"] == r["name"]
+        r["dp_vs_fp32_mean"] = None if same else float(dp.mean())
+        r["dp_vs_fp32_max"] = None if same else float(dp.max())
+        r["dp_vs_fp32_p99"] = None if same else float(np.quantile(dp, 0.99))
+        r["signal_agreement_vs_fp32"] = signal_agreement(ref, p, th.long_threshold, th.short_threshold)
+        r["backtest"] = backtest(p, data.test.ret, th.long_threshold, th.short_threshold, ev.fee_bps)
+    ctx.progress(f"report: latency ({ev.latency_iters} iterations x {len(spec)} rows, interleaved)")
+    _latency(spec, x[0], ev.latency_iters, ev.latency_threads)
+
+    # the default variant: fastest of the pruned family that keeps signal agreement
+    fam = [r for r in spec if r.get("variant")]
+    ok = [r for r in fam if r["signal_agreement_vs_fp32"] >= ev.min_signal_agreement]
+    best = min(ok or fam[:1], key=lambda r: r["latency_p50_us"])
+    fastest = min(spec, key=lambda r: r["latency_p50_us"])
+    fp32 = next(r for r in fam if r["variant"] == "pruned")
+    rep_dir = ctx.workdir / "report"
+    rep_dir.mkdir(parents=True, exist_ok=True)
+    distill = _maybe(ctx, "distill.json")
+    prune = _maybe(ctx, "prune.json")
+    quant = _maybe(ctx, "quantize.json")
+    export = _maybe(ctx, "export.json")
+    plots = _plots(rep_dir, spec, distill, quant)
+    cpu = _cpu_flags()
+    th_best = choose_thresholds(probs[best["name"]][1], data.val.ret, fee_bps=ev.fee_bps,
+                                allow_short=ev.allow_short)
+    table_rows = [{k: v for k, v in r.items() if k not in ("model", "path")} for r in spec]
+    speed = {r["name"]: fp32["latency_p50_us"] / r["latency_p50_us"] for r in fam}
+    summary = {
+        "machine": cpu, "test_windows": len(x), "val_windows": len(xv), "train_windows": len(data.train),
+        "latency": {"iters": ev.latency_iters, "threads": ev.latency_threads, "batch": 1,
+                    "interleaved": True},
+        "rows": table_rows, "speedup_vs_pruned_fp32": speed,
+        "faster_than_pruned_fp32": [n for n, s in speed.items() if s > 1.0 and n != fp32["name"]],
+        "fastest": fastest["name"], "selected": best["name"], "selected_variant": best["variant"],
+        "selection_rule": (f"fastest p50 of the pruned family with signal agreement >= "
+                           f"{ev.min_signal_agreement:g} vs pruned FP32 at the deployed thresholds"),
+        "thresholds": th_best.to_manifest(), "data": data.meta, "plots": plots,
+        "distill": _strip_history(distill), "prune": prune, "quantize": quant, "export_parity": export,
+    }
+    (rep_dir / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    (rep_dir / "report.md").write_text(_markdown(summary))
+    ctx.progress(f"report written to {rep_dir}; selected {best['name']}")
+    art = _write_artifact(ctx, artifact_dir, best, fam, th_best, summary, command)
+    summary["artifact"] = {"path": str(art.path), "hash": art.hash,
+                           "bytes": sum(f.stat().st_size for f in art.path.iterdir())}
+    (rep_dir / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    return summary
+
+
+def _maybe(ctx: Any, name: str) -> dict[str, Any] | None:
+    p = ctx.workdir / name
+    return json.loads(p.read_text()) if p.is_file() else None
+
+
+def _strip_history(d: dict[str, Any] | None) -> dict[str, Any] | None:
+    if not d:
+        return d
+    out = dict(d)
+    for k in ("student", "student_plain"):
+        if k in out:
+            out[k] = {kk: vv for kk, vv in out[k].items() if kk != "history"}
+    return out
+
+
+def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[str, Any]], th: Any,
+                    summary: dict[str, Any], command: str) -> Any:
+    from barsignal.engine.artifact import write_artifact
+    from barsignal.features.spec import schema_hash
+
+    d = ctx.onnx_dir
+    files: dict[str, Path] = {}
+    variants: dict[str, dict[str, Any]] = {}
+    for r in fam:
+        v = r["variant"]
+        name = "fp32" if v == "pruned" else v
+        files[f"{name}.onnx"] = d / f"{r['file']}.onnx"
+        files[f"{name}.dynamic.onnx"] = d / f"{r['file']}.dynamic.onnx"
+        variants[name] = {"onnx": f"{name}.onnx", "onnx_dynamic": f"{name}.dynamic.onnx",
+                          "model": r["model"].cfg.to_dict(), "precision": name,
+                          "latency_p50_us": r["latency_p50_us"], "auc": r["auc"],
+                          "signal_agreement_vs_fp32": r["signal_agreement_vs_fp32"]}
+    default = "fp32" if best["variant"] == "pruned" else best["variant"]
+    meta = ctx.teacher_meta
+    sh = str(meta.get("schema_hash") or schema_hash())
+    metrics = {k: best[k] for k in ("auc", "agree_teacher", "latency_p50_us", "latency_p99_us",
+                                    "signal_agreement_vs_fp32", "dp_vs_fp32_mean", "dp_vs_fp32_max")}
+    metrics["backtest_test"] = best["backtest"]
+    metrics["machine"] = summary["machine"]["model"]
+    return write_artifact(
+        dest, files=files, model_config=best["model"].cfg.to_dict(), schema_hash=sh,
+        normalization=meta.get("normalizer") or ctx.data.meta["normalizer"],
+        signal={"long_threshold": th.long_threshold, "short_threshold": th.short_threshold,
+                "rule": th.rule, "chosen_on": "validation", "val_sharpe": th.val_sharpe,
+                "val_exposure": th.val_exposure},
+        variants=variants, default_variant=default, horizon=int(meta.get("horizon", 1)), metrics=metrics,
+        command=command or "barsignal compress", overwrite=True,
+        extra={"compression": {"selected": best["name"], "rule": summary["selection_rule"],
+                               "teacher": str(ctx.cfg.data.teacher)}},
+    )
+
+
+def _markdown(s: dict[str, Any]) -> str:
+    rows = s["rows"]
+    m = s["machine"]
+    lines = [
+        "# Compression report",
+        "",
+        f"Machine: {m['model']}, {m['cores']} cores visible; AVX2 {m['avx2']}, AVX-512 {m['avx512f']}, "
+        f"VNNI {m['vnni']}, AMX {m['amx']}. Latency: batch 1, {s['latency']['threads']} intra-op thread, "
+        f"{s['latency']['iters']} calls per row, all rows interleaved in one loop.",
+        f"Data: {s['train_windows']:,} train / {s['val_windows']:,} validation / {s['test_windows']:,} "
+        f"test windows of real bars ({', '.join(Path(b).name for b in s['data']['bars'])}).",
+        "",
+        _table(rows),
+        "",
+        "AUC, agreement, |Δp| and the backtest are on the test windows. |Δp| is against the row's FP32 "
+        "reference (the PyTorch model for ONNX FP32 rows, pruned FP32 for the quantized rows). Backtest: "
+        "long when p >= the threshold chosen on validation, next-bar return, 10 bp per unit turned over.",
+        "",
+        f"**Faster than pruned FP32 on this CPU:** {', '.join(s['faster_than_pruned_fp32']) or 'none'}. "
+        f"Speed-up of p50 vs pruned FP32: "
+        + ", ".join(f"{k} {v:.2f}x" for k, v in s["speedup_vs_pruned_fp32"].items()) + ".",
+        f"**Fastest row:** {s['fastest']}. **Deployed (artifact default):** {s['selected']} "
+        f"({s['selection_rule']}).",
+        f"**Thresholds:** long >= {s['thresholds']['long_threshold']:.4f}"
+        + (f", short <= {s['thresholds']['short_threshold']:.4f}" if s['thresholds']['short_threshold']
+           is not None else "") + f". Rule: {s['thresholds']['rule']}.",
+        "",
+    ]
+    d = s.get("distill")
+    if d:
+        lines += ["## Distillation", "",
+                  "| student | epochs | stopped | s | test AUC | top-1 agree | mean abs Δp | KL |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for k in ("student", "student_plain"):
+            if k in d:
+                r = d[k]
+                a = r["vs_teacher"]
+                lines.append(f"| {k} ({'KD' if r['distilled'] else 'labels only'}) | {r['epochs_run']} | "
+                             f"{r['stopped']} | {r['seconds']:.0f} | {r['test_auc']:.4f} | "
+                             f"{a['top1_agreement']:.4f} | {a['mean_abs_dp']:.4f} | {a['kl']:.2e} |")
+        c = d["config"]
+        lines += ["", f"T={c['temperature']}, alpha={c['alpha']}, beta={c['beta']}, lr={c['lr']} cosine, "
+                      f"max {c['epochs']} epochs, patience {c['patience']}, "
+                      f"budget {c['time_budget_s']:.0f} s "
+                      f"per run; teacher test AUC {d['teacher_test_auc']:.4f}.", ""]
+    p = s.get("prune")
+    if p:
+        b, a = p["before"], p["after"]
+        mg = p["magnitude"]
+        lines += ["## Pruning", "",
+                  f"Structured ({p['importance_method']}): heads {b['config']['n_heads']} -> "
+                  f"{a['config']['layer_heads']}, layers {b['config']['e_layers']} -> "
+                  f"{a['config']['e_layers']}, "
+                  f"FFN {b['config']['d_ff']} -> {a['config']['layer_d_ff']}; params {b['params']:,} -> "
+                  f"{a['params']:,}, MFLOPs {b['flops'] / 1e6:.2f} -> {a['flops'] / 1e6:.2f}; test AUC "
+                  f"{b['test_auc']:.4f} -> {a['test_auc']:.4f}; top-1 agreement with the teacher "
+                  f"{b['vs_teacher']['top1_agreement']:.4f} -> {a['vs_teacher']['top1_agreement']:.4f}.",
+                  f"Unstructured global magnitude pruning at {mg['sparsity_target']:.0%} (statistics; not "
+                  f"deployed): global sparsity {mg['global_sparsity']:.4f}, {mg['zero_params']:,} zero of "
+                  f"{mg['total_params']:,} prunable weights ({mg['model_zero_params']:,} of "
+                  f"{mg['model_total_params']:,} parameters); top-1 agreement with the dense student "
+                  f"{mg['vs_student']['top1_agreement']:.4f}, test AUC {mg['test_auc']:.4f}.", ""]
+    q = s.get("quantize")
+    if q:
+        lines += ["## Quantization diagnostics", "",
+                  "| variant | max weight err | mean weight err | activation clipping | mean abs Δp | "
+                  "p99 abs Δp | "
+                  "signal agree | Sharpe (FP32 " f"{q['fp32_backtest']['sharpe']:.2f}) | max DD (FP32 "
+                  f"{q['fp32_backtest']['max_drawdown']:.3f}) |", "|---|---|---|---|---|---|---|---|---|"]
+        for v, r in q["variants"].items():
+            we = list(r["weight_error"].values()) or [float("nan")]
+            lines.append(f"| {v} | {max(we):.2e} | {np.mean(we):.2e} | "
+                         f"{r['activation_clipping']['rate']:.2e} | "
+                         f"{r['vs_fp32']['mean_abs_dp']:.2e} | {r['vs_fp32']['p99_abs_dp']:.2e} | "
+                         f"{r['vs_fp32']['signal_agreement']:.4f} | {r['backtest']['sharpe']:.2f} | "
+                         f"{r['backtest']['max_drawdown']:.3f} |")
+        lines += ["", f"QAT: {q['qat']['scheme']}; {q['qat']['fake_quantized_linears']} Linear layers "
+                      f"fake-quantized, {q['qat']['epochs_run']} epochs.", ""]
+        sens = q.get("sensitivity")
+        if sens:
+            lines += ["### Per-layer-group sensitivity (INT8 static, one group at a time)", "",
+                      "| group | nodes | mean abs Δp | max abs Δp | signal agree |", "|---|---|---|---|---|"]
+            for g, r in sens["groups"].items():
+                lines.append(f"| {g} | {r['nodes']} | {r['mean_abs_dp']:.2e} | {r['max_abs_dp']:.2e} | "
+                             f"{r['signal_agreement']:.4f} |")
+            rec = sens["recommendation"]
+            meas = rec.get("measured")
+            lines += ["", f"Recommendation ({sens['rule']}): INT8 {rec['int8_groups']}, "
+                          f"FP32 {rec['fp32_groups']}"
+                      + (f"; measured mix: mean |Δp| {meas['mean_abs_dp']:.2e}, signal agreement "
+                         f"{meas['signal_agreement']:.4f}." if meas else "."), ""]
+        lines += ["Weight error is ||W - Q(W)|| / ||W|| per layer (report.json has every layer); activation "
+                  "clipping is the fraction of FP32 activation values on the calibration windows outside the "
+                  "range of their QuantizeLinear.", ""]
+    e = s.get("export_parity")
+    if e:
+        lines += ["## ONNX parity (PyTorch vs ONNX Runtime FP32)", ""]
+        lines += [f"- {k}: {v['windows']:,} windows, max |Δp| {v['max_abs_dp']:.2e}, "
+                  f"p99 {v['p99_abs_dp']:.2e}"
+                  for k, v in e.items()]
+        lines.append("")
+    lines += ["Plots: " + ", ".join(f"![{p}]({p})" for p in s["plots"]), ""]
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""Binance REST klines: backfill through ccxt, and the pure helpers a kline server needs.
+
+``fetch_bars`` pages through ``GET /api/v3/klines`` with ccxt's raw ``publicGetKlines`` (no
+``load_markets``: a loopback server only has to answer the klines endpoint). It returns closed
+bars only, ``source="rest"``. Network trouble raises TransientError; HTTP 429 waits the
+``Retry-After`` the server asks for and retries; HTTP 418 (IP ban) raises ``RateLimited``.
+
+``encode_klines`` / ``klines_response`` turn a BarFrame into Binance's 12-column rows (prices and
+volumes as strings with 8 decimals, as spot does) and answer a klines query; ``feed serve`` uses them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import numpy as np
+from barsignal.daemon.binance import INTERVAL_MS
+from barsignal.errors import BadMessage, DataError, TransientError
+from barsignal.features.bar import Bar, BarFrame
+from barsignal.log import get_logger
+
+log = get_logger(__name__)
+
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 500
+EXTRA_COLUMNS = ("quote_volume", "count", "taker_buy_volume", "taker_buy_quote_volume")
+
+
+class RateLimited(TransientError):
+    """Binance asked us to back off (429 beyond our patience, or 418: IP banned for a while)."""
+
+    def __init__(self, message: str, retry_after_s: float, status: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+        self.status = status
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure helpers: rows <-> bars, and a klines query answered from a BarFrame.
+
+
+def decode_kline_rows(rows: Any, *, now_ms: int | None = None, source: str = "rest") -> list[Bar]:
+    """Bars from REST kline rows ``[open_time, "o", "h", "l", "c", "v", close_time, ...]``.
+
+    With ``now_ms``, a row whose close time is not yet past (the bar still open) is left out.
+    A malformed row raises BadMessage.
+    """
+    if not isinstance(rows, list):
+        raise BadMessage(f"klines response is not a list: {str(rows)[:200]}")
+    bars = []
+    for row in rows:
+        try:
+            t, o, h, lo, c, v, close_t = (int(row[0]), float(row[1]), float(row[2]), float(row[3]),
+                                          float(row[4]), float(row[5]), int(row[6]))
+        except (TypeError, ValueError, IndexError, KeyError):
+            raise BadMessage(f"malformed kline row: {str(row)[:200]}") from None
+        if now_ms is not None and close_t >= now_ms:
+            continue
+        bars.append(Bar(t, o, h, lo, c, v, source))
+    return bars
+
+
+def _s(x: float) -> str:
+    """Binance's 8-decimal string. The shortest round-trip repr, padded, keeps the source's digits
+    where ``f"{x:.8f}"`` would not (104737787.3657063 -> ...36570629 with .8f)."""
+    r = repr(x)
+    head, dot, frac = r.partition(".")
+    if dot and len(frac) <= 8 and "e" not in frac and head.lstrip("-").isdigit():
+        return f"{head}.{frac:0<8}"
+    return f"{x:.8f}"
+
+
+def encode_klines(frame: BarFrame, interval_ms: int, *, extra: Mapping[str, np.ndarray] | None = None,
+                  start: int = 0, stop: int | None = None) -> list[list[Any]]:
+    """Rows ``frame[start:stop]`` as Binance REST kline rows (12 columns, numbers as strings).
+
+    Quote volume, trade count and taker volumes come from ``extra`` when given (the full-kline
+    columns of a CSV dump); a source without them (freqtrade OHLCV) encodes them as 0.
+    """
+    stop = len(frame) if stop is None else stop
+    ex = extra or {}
+    cols = [frame.open_time[start:stop].tolist()] + [
+        getattr(frame, k)[start:stop].tolist() for k in ("open", "high", "low", "close", "volume")]
+    extras = [ex[k][start:stop].tolist() if k in ex else None for k in EXTRA_COLUMNS]
+    out = []
+    for i, t in enumerate(cols[0]):
+        qv, n, tb, tq = (e[i] if e is not None else 0 for e in extras)
+        out.append([t, _s(cols[1][i]), _s(cols[2][i]), _s(cols[3][i]), _s(cols[4][i]), _s(cols[5][i]),
+                    t + interval_ms - 1, _s(qv), int(n), _s(tb), _s(tq), "0"])
+    return out
+
+
+def _error(code: int, msg: str) -> tuple[int, dict[str, Any]]:
+    return 400, {"code": code, "msg": msg}
+
+
+def klines_response(frame: BarFrame, params: Mapping[str, str], *, symbol: str, interval: str,
+                    extra: Mapping[str, np.ndarray] | None = None, visible_until_ms: int | None = None,
+                    ) -> tuple[int, Any]:
+    """``(http_status, json_body)`` answering ``GET /api/v3/klines`` from ``frame`` as Binance does.
+
+    Query: symbol, interval (must match), startTime/endTime (inclusive bounds on open time), limit
+    (default 500, at most 1000). With only endTime, the last ``limit`` bars up to it; with neither,
+    the most recent. ``visible_until_ms`` hides bars that have not closed by then (a replay clock).
+    Errors use Binance's codes (-1102 missing parameter, -1121 bad symbol, -1120 bad interval,
+    -1100 bad number).
+    """
+    sym = params.get("symbol")
+    if not sym:
+        return _error(-1102, "Mandatory parameter 'symbol' was not sent, was empty/null, or malformed.")
+    if sym.upper() != symbol.upper():
+        return _error(-1121, "Invalid symbol.")
+    iv = params.get("interval")
+    if not iv:
+        return _error(-1102, "Mandatory parameter 'interval' was not sent, was empty/null, or malformed.")
+    if iv != interval or iv not in INTERVAL_MS:
+        return _error(-1120, "Invalid interval.")
+    iv_ms = INTERVAL_MS[iv]
+    try:
+        limit = int(params.get("limit", DEFAULT_LIMIT))
+        start = int(params["startTime"]) if params.get("startTime") else None
+        end = int(params["endTime"]) if params.get("endTime") else None
+    except ValueError:
+        return _error(-1100, "Illegal characters found in a parameter.")
+    if limit < 1:
+        return _error(-1100, "Illegal characters found in parameter 'limit'; legal range is '1'-'1000'.")
+    limit = min(limit, MAX_LIMIT)
+    t = frame.open_time
+    hi = len(t)
+    if visible_until_ms is not None:
+        hi = int(np.searchsorted(t, visible_until_ms - iv_ms, side="right"))  # close < visible_until
+    if end is not None:
+        hi = min(hi, int(np.searchsorted(t, end, side="right")))
+    if start is not None:
+        lo = int(np.searchsorted(t, start, side="left"))
+        hi = max(lo, min(hi, lo + limit))
+    else:
+        lo = max(0, hi - limit)
+    return 200, encode_klines(frame, iv_ms, extra=extra, start=lo, stop=hi)
+
+
+# ---------------------------------------------------------------------------------------------
+# ccxt client
+
+
+async def fetch_bars(rest_url: str, symbol: str, since_ms: int, until_ms: int, *, interval: str = "1m",
+                     limit: int = MAX_LIMIT, timeout_s: float = 10.0, now_ms: int | None = None,
+                     max_retries: int = 3, max_wait_s: float = 60.0,
+                     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[Bar]:
+    """Closed bars with ``since_ms <= open_time < until_ms`` from ``rest_url`` (e.g.
+    ``https://api.binance.com``), oldest first, paginated ``limit`` at a time.
+
+    ``now_ms`` (default: the wall clock) decides which bars have closed. A 429 waits the server's
+    Retry-After (at most ``max_wait_s``) up to ``max_retries`` times; 418 raises RateLimited at
+    once. Timeouts, refused connections and 5xx raise TransientError.
+    """
+    import ccxt.async_support as ccxt
+
+    if interval not in INTERVAL_MS:
+        raise ValueError(f"unknown kline interval {interval!r}")
+    limit = max(1, min(int(limit), MAX_LIMIT))
+    ex = ccxt.binance({"enableRateLimit": True, "timeout": int(timeout_s * 1000)})
+    base = rest_url.rstrip("/")
+    ex.urls["api"]["public"] = f"{base}/api/v3"
+    status: dict[str, Any] = {}
+    on_rest_response = ex.on_rest_response
+
+    def _record(code: Any, reason: Any, url: Any, method: Any, headers: Any, body: Any, *rest: Any) -> Any:
+        status["code"], status["headers"] = int(code), dict(headers or {})
+        return on_rest_response(code, reason, url, method, headers, body, *rest)
+
+    ex.on_rest_response = _record
+    bars: list[Bar] = []
+    cursor = since_ms
+    try:
+        while cursor < until_ms:
+            params = {"symbol": symbol.upper(), "interval": interval, "startTime": cursor,
+                      "endTime": until_ms - 1, "limit": limit}
+            rows = await _get_klines(ex, ccxt, params, status, base, max_retries, max_wait_s, sleep)
+            now = int(time.time() * 1000) if now_ms is None else now_ms
+            page = decode_kline_rows(rows, now_ms=now)
+            bars.extend(b for b in page if since_ms <= b.open_time < until_ms and b.open_time >= cursor)
+            if len(rows) < limit or len(page) < len(rows):
+                break  # the last page, or it reached the bar still open
+            last = int(rows[-1][0])
+            if last < cursor:
+                break
+            cursor = last + 1
+    finally:
+        await ex.close()
+    log.debug("rest_backfill", symbol=symbol, since_ms=since_ms, until_ms=until_ms, bars=len(bars))
+    return bars
+
+
+async def _get_klines(ex: Any, ccxt: Any, params: dict[str, Any], status: dict[str, Any], base: str,
+                      max_retries: int, max_wait_s: float, sleep: Callable[[float], Awaitable[Any]]) -> Any:
+    for attempt in range(max_retries + 1):
+        status.clear()
+        try:
+            return await ex.publicGetKlines(params)
+        except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
+            code = status.get("code", 429)
+            wait = _retry_after(status.get("headers", {}))
+            if code == 418:
+                raise RateLimited(f"{base}: HTTP 418, IP banned by Binance for {wait:.0f} s; "
+                                  "back off until then", wait, 418) from None
+            if wait > max_wait_s or attempt == max_retries:
+                raise RateLimited(f"{base}: HTTP {code} rate limited (Retry-After {wait:.0f} s): {exc}",
+                                  wait, code) from None
+            log.warning("rest_rate_limited", status=code, retry_after_s=wait, attempt=attempt + 1)
+            await sleep(wait)
+        except ccxt.NetworkError as exc:
+            raise TransientError(f"{base}: klines request failed ({type(exc).__name__}: {exc}); "
+                                 "will retry") from None
+        except ccxt.ExchangeError as exc:
+            code = status.get("code")
+            if code is not None and code >= 500:
+                raise TransientError(f"{base}: HTTP {code} from klines endpoint: {exc}") from None
+            raise DataError(f"{base}: klines request refused ({exc}); check symbol and interval") from None
+    raise AssertionError("unreachable")
+
+
+def _retry_after(headers: Mapping[str, str]) -> float:
+    for k, v in headers.items():
+        if k.lower() == "retry-after":
+            try:
+                return max(0.0, float(v))
+            except ValueError:
+                return 1.0
+    return 1.0
+
+
+def fetch_bars_sync(rest_url: str, symbol: str, since_ms: int, until_ms: int, **kwargs: Any) -> list[Bar]:
+    """``fetch_bars`` for synchronous callers (runs its own event loop)."""
+    return asyncio.run(fetch_bars(rest_url, symbol, since_ms, until_ms, **kwargs))

@@ -1,0 +1,204 @@
+"""Binance's websocket wire format for kline streams: decode frames into typed events, encode bars.
+
+Everything that knows the shape of a Binance market-stream frame lives here. The rest of
+barsignal sees :class:`KlineEvent` (and, through the feed client, :class:`~barsignal.features.bar.Bar`).
+
+Frames come in two wrappings: combined streams (``{"stream": "btcusdt@kline_1m", "data": {...}}``)
+and raw streams (the payload alone). Non-kline market events (depth, trades, book tickers) and
+subscription replies decode to ``None``; ``serverShutdown`` decodes to :class:`ServerShutdown`.
+Anything malformed raises :class:`~barsignal.errors.BadMessage` whose ``reason`` attribute is a
+short label fit for a metrics counter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection
+from typing import Any
+
+import msgspec
+import orjson
+from barsignal.daemon.binance import INTERVAL_MS
+from barsignal.errors import BadMessage
+from barsignal.features.bar import Bar
+
+DEFAULT_MAX_FRAME_BYTES = 65_536
+PRICE_DECIMALS = 8  # spot frames carry prices and volumes as strings with 8 decimals
+
+
+class KlineEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """One kline update (``e == "kline"``). Times are ms since the epoch, UTC."""
+
+    symbol: str  # upper case, e.g. BTCUSDT
+    interval: str  # e.g. 1m
+    open_time: int  # k.t: identifies the kline
+    close_time: int  # k.T = open_time + interval - 1
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float  # base asset volume
+    closed: bool  # k.x: only closed klines become bars
+    event_time: int  # E: exchange clock when the frame was produced
+    first_trade_id: int = -1  # k.f
+    last_trade_id: int = -1  # k.L
+    trades: int = 0  # k.n
+    quote_volume: float = 0.0  # k.q
+    taker_buy_base: float = 0.0  # k.V
+    taker_buy_quote: float = 0.0  # k.Q
+
+    def to_bar(self, source: str = "ws") -> Bar:
+        return Bar(self.open_time, self.open, self.high, self.low, self.close, self.volume, source)
+
+    @property
+    def stream(self) -> str:
+        return stream_name(self.symbol, self.interval)
+
+
+class ServerShutdown(msgspec.Struct, frozen=True):
+    """``{"e": "serverShutdown", "E": ...}``: the server is going away; reconnect now."""
+
+    event_time: int
+
+
+def stream_name(symbol: str, interval: str = "1m") -> str:
+    """``BTCUSDT``, ``1m`` -> ``btcusdt@kline_1m`` (Binance stream names are lower case)."""
+    return f"{symbol.lower()}@kline_{interval}"
+
+
+def combined_url(base: str, symbols: Collection[str], interval: str = "1m") -> str:
+    """The combined-stream URL for ``symbols`` under ``base`` (``wss://host:port``)."""
+    streams = "/".join(stream_name(s, interval) for s in symbols)
+    return f"{base.rstrip('/')}/stream?streams={streams}"
+
+
+def _bad(reason: str, detail: str) -> BadMessage:
+    exc = BadMessage(f"bad kline frame ({reason}): {detail}")
+    exc.reason = reason  # type: ignore[attr-defined]
+    return exc
+
+
+def _int(k: dict[str, Any], key: str) -> int:
+    v = k.get(key)
+    if type(v) is not int:
+        raise _bad("wrong_type", f"{key!r} must be an integer, got {type(v).__name__}")
+    return v
+
+
+def _num(k: dict[str, Any], key: str, *, positive: bool) -> float:
+    v = k.get(key)
+    if type(v) is not str:
+        raise _bad("wrong_type", f"{key!r} must be a decimal string, got {type(v).__name__}")
+    try:
+        x = float(v)
+    except ValueError:
+        raise _bad("wrong_type", f"{key!r} is not a number: {v[:40]!r}") from None
+    if not math.isfinite(x):
+        raise _bad("not_finite", f"{key!r} is {v[:40]!r}")
+    if x < 0 or (positive and x == 0):
+        raise _bad("negative", f"{key!r} is {v[:40]!r}")
+    return x
+
+
+def decode(
+    frame: str | bytes,
+    *,
+    symbols: Collection[str] | None = None,
+    max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+) -> KlineEvent | ServerShutdown | None:
+    """Decode one websocket text frame.
+
+    Returns a :class:`KlineEvent`, a :class:`ServerShutdown`, or ``None`` for frames that are
+    valid but not ours (other event types, subscription replies). ``symbols`` (upper case), when
+    given, is the set of symbols subscribed to: a kline for another symbol is a bad frame.
+    Raises :class:`BadMessage` (with ``.reason``) for anything malformed.
+    """
+    if len(frame) > max_bytes:
+        raise _bad("oversized", f"{len(frame)} bytes > {max_bytes}")
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise _bad("not_json", str(exc)[:80]) from None
+    if not isinstance(msg, dict):
+        raise _bad("wrong_type", f"frame is a JSON {type(msg).__name__}, expected an object")
+    stream = None
+    if "data" in msg and "stream" in msg:  # combined-stream wrapper
+        stream, msg = msg["stream"], msg["data"]
+        if type(stream) is not str or not isinstance(msg, dict):
+            raise _bad("wrong_type", "combined frame needs a string 'stream' and an object 'data'")
+    event = msg.get("e")
+    if event is None:
+        if "result" in msg and "id" in msg:  # reply to SUBSCRIBE / LIST_SUBSCRIPTIONS
+            return None
+        if stream is not None and "@kline_" not in stream:  # bookTicker frames carry no 'e'
+            return None
+        if stream is None and "u" in msg and "b" in msg:  # raw bookTicker
+            return None
+        raise _bad("no_event", "frame has no event type 'e'")
+    if event == "serverShutdown":
+        return ServerShutdown(_int(msg, "E"))
+    if event != "kline":
+        if type(event) is not str:
+            raise _bad("wrong_type", "'e' must be a string")
+        return None
+    k = msg.get("k")
+    if not isinstance(k, dict):
+        raise _bad("wrong_type", "kline frame needs an object 'k'")
+    symbol = msg.get("s")
+    if type(symbol) is not str or k.get("s") != symbol:
+        raise _bad("wrong_type", "kline symbol 's' missing or disagrees with 'k.s'")
+    if symbols is not None and symbol not in symbols:
+        raise _bad("wrong_symbol", f"{symbol[:20]!r} is not subscribed")
+    interval = k.get("i")
+    step = INTERVAL_MS.get(interval) if type(interval) is str else None
+    if step is None:
+        raise _bad("wrong_type", f"unknown interval {str(interval)[:10]!r}")
+    if stream is not None and stream != stream_name(symbol, interval):
+        raise _bad("wrong_symbol", f"stream {stream[:40]!r} does not carry {symbol} {interval}")
+    closed = k.get("x")
+    if type(closed) is not bool:
+        raise _bad("wrong_type", "'x' must be a boolean")
+    t, T, E = _int(k, "t"), _int(k, "T"), _int(msg, "E")
+    if t <= 0 or (step <= 86_400_000 and t % step) or T != t + step - 1:
+        raise _bad("bad_time", f"kline t={t} T={T} is not a {interval} kline")
+    o, h = _num(k, "o", positive=True), _num(k, "h", positive=True)
+    lo, c = _num(k, "l", positive=True), _num(k, "c", positive=True)
+    if not (lo <= min(o, c) and max(o, c) <= h):
+        raise _bad("ohlc", f"o={o} h={h} l={lo} c={c} are inconsistent")
+    return KlineEvent(
+        symbol=symbol, interval=interval, open_time=t, close_time=T,
+        open=o, high=h, low=lo, close=c, volume=_num(k, "v", positive=False),
+        closed=closed, event_time=E,
+        first_trade_id=_int(k, "f"), last_trade_id=_int(k, "L"), trades=_int(k, "n"),
+        quote_volume=_num(k, "q", positive=False),
+        taker_buy_base=_num(k, "V", positive=False), taker_buy_quote=_num(k, "Q", positive=False),
+    )
+
+
+def _fmt(x: float, decimals: int) -> str:
+    return f"{x:.{decimals}f}"
+
+
+def encode_kline(ev: KlineEvent, *, combined: bool = True, decimals: int = PRICE_DECIMALS) -> bytes:
+    """Encode an event as Binance sends it: same keys, same order, same JSON types."""
+    d = decimals
+    payload = {
+        "e": "kline",
+        "E": ev.event_time,
+        "s": ev.symbol,
+        "k": {
+            "t": ev.open_time, "T": ev.close_time, "s": ev.symbol, "i": ev.interval,
+            "f": ev.first_trade_id, "L": ev.last_trade_id,
+            "o": _fmt(ev.open, d), "c": _fmt(ev.close, d), "h": _fmt(ev.high, d), "l": _fmt(ev.low, d),
+            "v": _fmt(ev.volume, d), "n": ev.trades, "x": ev.closed,
+            "q": _fmt(ev.quote_volume, d), "V": _fmt(ev.taker_buy_base, d),
+            "Q": _fmt(ev.taker_buy_quote, d), "B": "0",
+        },
+    }
+    if combined:
+        return orjson.dumps({"stream": stream_name(ev.symbol, ev.interval), "data": payload})
+    return orjson.dumps(payload)
+
+
+def encode_shutdown(event_time: int) -> bytes:
+    return orjson.dumps({"e": "serverShutdown", "E": event_time})

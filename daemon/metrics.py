@@ -1,0 +1,277 @@
+"""Prometheus metrics and ``/healthz`` on loopback (127.0.0.1 by default), plus live model monitoring.
+
+A private ``CollectorRegistry`` per daemon (no global state). Feed counters and the outbox depth
+are read at scrape time from the objects that own them. The HTTP endpoint is a tiny asyncio
+server in the daemon's own loop: ``GET /metrics`` (text exposition) and ``GET /healthz``
+(JSON; 200 while data is fresh, 503 while starting or stale).
+
+Live monitoring (:class:`LiveMonitor`): once ``horizon`` bars have passed, a prediction's outcome
+(close at t+h above close at t) is known; rolling accuracy, Brier score and calibration error are
+exported over the last ``monitor_window`` outcomes. Feature drift: PSI of the newest feature row
+of each window against the training distribution. The artifact's normalization makes the training
+features mean 0 / std 1; the reference is ``normalization["psi_reference"]`` (per-feature bin edges
+and fractions) when the artifact ships one, else the standard normal's deciles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+from barsignal.log import get_logger
+
+log = get_logger(__name__)
+
+LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 2e-3, 5e-3, 10e-3, 50e-3,
+                   0.25, 1.0)
+# Standard-normal deciles: equal-probability bins for a mean-0 / std-1 training feature.
+_NORMAL_DECILES = np.array([-1.2815516, -0.8416212, -0.5244005, -0.2533471, 0.0,
+                            0.2533471, 0.5244005, 0.8416212, 1.2815516])
+
+
+def psi(actual: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index of ``actual`` samples against ``expected`` bin fractions."""
+    counts = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(expected))
+    a = np.maximum(counts / max(1, len(actual)), eps)
+    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+class LiveMonitor:
+    """Rolling live accuracy / Brier / calibration, and feature drift (PSI). Bounded state."""
+
+    def __init__(self, horizon: int, window: int = 1440, step_ms: int = 60_000, n_features: int = 33,
+                 psi_warn: float = 0.25, psi_every: int = 60,
+                 reference: dict[str, Any] | None = None) -> None:
+        self.h = max(1, int(horizon))
+        self.step_ms = step_ms
+        self.pending: deque[tuple[int, float, float]] = deque(maxlen=self.h + 8)  # open_time, close, p_up
+        self.closes: deque[tuple[int, float]] = deque(maxlen=self.h + 1)
+        self.outcomes: deque[tuple[float, int]] = deque(maxlen=window)
+        self.rows: deque[np.ndarray] = deque(maxlen=window)
+        self.psi_warn = psi_warn
+        self.psi_every = psi_every
+        self.n_features = n_features
+        ref = reference or {}
+        if "edges" in ref and "fractions" in ref:
+            self.edges = [np.asarray(e, np.float64) for e in ref["edges"]]
+            self.fractions = [np.asarray(f, np.float64) for f in ref["fractions"]]
+        else:
+            self.edges = [_NORMAL_DECILES] * n_features
+            self.fractions = [np.full(10, 0.1)] * n_features
+        self.psi_values = np.zeros(n_features)
+        self._since_psi = 0
+        self.drift_warned = False
+
+    def observe_bar(self, open_time: int, close: float) -> None:
+        """A closed bar: resolve the prediction made ``h`` bars before it, if any."""
+        target = open_time - self.h * self.step_ms
+        while self.pending and self.pending[0][0] < target:
+            self.pending.popleft()  # its t+h bar never came (a gap): no outcome
+        if self.pending and self.pending[0][0] == target:
+            _, c0, p = self.pending.popleft()
+            self.outcomes.append((p, 1 if close > c0 else 0))
+
+    def observe_signal(self, open_time: int, close: float, p_up: float, window: np.ndarray | None) -> None:
+        self.pending.append((open_time, close, p_up))
+        if window is not None:
+            self.rows.append(np.array(window[-1], dtype=np.float64))
+            self._since_psi += 1
+            if self._since_psi >= self.psi_every:
+                self.update_psi()
+
+    def update_psi(self) -> np.ndarray:
+        self._since_psi = 0
+        if len(self.rows) < 10:
+            return self.psi_values
+        x = np.stack(self.rows)
+        self.psi_values = np.array([psi(x[:, j], self.edges[j], self.fractions[j])
+                                    for j in range(min(self.n_features, x.shape[1]))])
+        worst = float(self.psi_values.max())
+        if worst > self.psi_warn and not self.drift_warned:
+            log.warning("feature_drift", psi_max=round(worst, 4), feature=int(self.psi_values.argmax()),
+                        bound=self.psi_warn, rows=len(self.rows))
+            self.drift_warned = True
+        elif worst <= self.psi_warn:
+            self.drift_warned = False
+        return self.psi_values
+
+    def scores(self) -> dict[str, float]:
+        """accuracy, brier, ece (expected calibration error, 10 bins), n."""
+        if not self.outcomes:
+            return {"accuracy": math.nan, "brier": math.nan, "ece": math.nan, "n": 0.0}
+        p = np.array([o[0] for o in self.outcomes])
+        y = np.array([o[1] for o in self.outcomes], dtype=np.float64)
+        bins = np.minimum((p * 10).astype(int), 9)
+        ece = 0.0
+        for b in range(10):
+            m = bins == b
+            if m.any():
+                ece += m.mean() * abs(p[m].mean() - y[m].mean())
+        return {"accuracy": float(((p >= 0.5) == (y == 1)).mean()), "brier": float(((p - y) ** 2).mean()),
+                "ece": float(ece), "n": float(len(p))}
+
+
+class DaemonMetrics:
+    """Every metric the daemon exports, on a private registry."""
+
+    def __init__(self) -> None:
+        self.registry = r = CollectorRegistry()
+        self.signals = Counter("barsignal_signals", "signals emitted, by action", ["action"], registry=r)
+        self.delivered = Counter("barsignal_sink_delivered", "signals delivered, by sink", ["sink"],
+                                 registry=r)
+        self.sink_failures = Counter("barsignal_sink_failures", "failed delivery attempts, by sink", ["sink"],
+                                     registry=r)
+        self.tick_to_signal = Histogram("barsignal_tick_to_signal_seconds",
+                                        "closing frame received -> signal in the outbox and queues",
+                                        buckets=LATENCY_BUCKETS, registry=r)
+        self.scoring = Histogram("barsignal_scoring_seconds", "model scoring time per window",
+                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.reloads = Counter("barsignal_reloads", "SIGHUP reloads, by result", ["result"], registry=r)
+        self.live = Gauge("barsignal_live_model", "rolling live model scores once h bars passed",
+                          ["score"], registry=r)
+        self.psi = Gauge("barsignal_feature_psi", "feature drift: PSI vs training distribution", ["feature"],
+                         registry=r)
+        self.psi_max = Gauge("barsignal_feature_psi_max", "largest feature PSI", registry=r)
+        self.info = Gauge("barsignal_artifact_info", "the model in use", ["artifact", "backend"], registry=r)
+        self._sources: dict[str, Callable[[], Any]] = {}
+        r.register(_Collector(self))
+
+    def bind(self, *, feed_stats: Callable[[], Any] | None = None,
+             outbox_depth: Callable[[], int] | None = None,
+             last_bar_age: Callable[[], float] | None = None,
+             gpu: Callable[[], dict[str, float]] | None = None) -> None:
+        """Read these at scrape time."""
+        for k, v in (("feed", feed_stats), ("outbox", outbox_depth), ("age", last_bar_age), ("gpu", gpu)):
+            if v is not None:
+                self._sources[k] = v
+
+    def set_model(self, artifact: str, backend: str) -> None:
+        self.info.clear()
+        self.info.labels(artifact=artifact[:16], backend=backend).set(1)
+
+    def export_monitor(self, mon: LiveMonitor) -> None:
+        for k, v in mon.scores().items():
+            self.live.labels(score=k).set(v)
+        for j, v in enumerate(mon.psi_values.tolist()):
+            self.psi.labels(feature=str(j)).set(v)
+        self.psi_max.set(float(mon.psi_values.max()) if len(mon.psi_values) else 0.0)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Collector:
+    """Scrape-time metrics from the feed's counters, the outbox and the GPU."""
+
+    def __init__(self, m: DaemonMetrics) -> None:
+        self.m = m
+
+    def collect(self) -> Any:
+        src = self.m._sources
+        st = src["feed"]() if "feed" in src else None
+        if st is not None:
+            bars = CounterMetricFamily("barsignal_bars", "closed bars used, by source", labels=["source"])
+            bars.add_metric(["ws"], st.bars_ws)
+            bars.add_metric(["rest"], st.bars_rest)
+            yield bars
+            for name, doc, val in (
+                ("barsignal_gaps", "holes REST could not fill", st.gaps),
+                ("barsignal_missing_bars", "bars inside those holes", st.missing_bars),
+                ("barsignal_backfilled_bars", "bars backfilled over REST after a reconnect", st.backfilled),
+                ("barsignal_reconnects", "websocket reconnects", st.reconnects),
+                ("barsignal_bad_frames", "frames that failed to decode or validate", st.bad_frames),
+                ("barsignal_dropped_frames", "duplicate, late or out-of-order closed klines dropped",
+                 st.duplicates + st.late),
+                ("barsignal_rest_failures", "failed REST requests", st.rest_failures),
+            ):
+                yield CounterMetricFamily(name, doc, value=val)
+            yield GaugeMetricFamily("barsignal_feed_connected", "websocket connected",
+                                    value=int(st.connected))
+        if "outbox" in src:
+            yield GaugeMetricFamily("barsignal_outbox_depth", "signals not yet delivered to every sink",
+                                    value=src["outbox"]())
+        if "age" in src:
+            yield GaugeMetricFamily("barsignal_last_bar_age_seconds", "seconds since the last closed bar",
+                                    value=src["age"]())
+        if "gpu" in src:
+            try:
+                g = src["gpu"]()
+            except Exception as exc:  # NVML trouble must not break a scrape
+                log.debug("nvml_failed", error=str(exc))
+                g = {}
+            for k, v in g.items():
+                yield GaugeMetricFamily(f"barsignal_gpu_{k}", f"GPU {k} (NVML)", value=v)
+
+
+def nvml_reader(index: int = 0) -> Callable[[], dict[str, float]] | None:
+    """A reader of GPU utilization and memory through NVML, or None where NVML is absent."""
+    try:
+        import pynvml  # type: ignore[import-not-found]
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    except Exception:
+        return None
+
+    def read() -> dict[str, float]:
+        u = pynvml.nvmlDeviceGetUtilizationRates(handle)
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle)
+        return {"utilization_ratio": u.gpu / 100.0, "memory_used_bytes": float(mem.used),
+                "memory_total_bytes": float(mem.total)}
+
+    return read
+
+
+class MetricsServer:
+    """``/metrics`` and ``/healthz`` over HTTP/1.1 in the daemon's event loop."""
+
+    def __init__(self, metrics: DaemonMetrics, host: str, port: int,
+                 health: Callable[[], tuple[bool, dict[str, Any]]]) -> None:
+        self.metrics = metrics
+        self.host, self.port = host, port
+        self.health = health
+        self._server: asyncio.base_events.Server | None = None
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        log.info("metrics_listening", url=f"http://{self.host}:{self.port}/metrics")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
+            method, path, *_ = head.split(b"\r\n", 1)[0].decode("latin-1").split(" ")
+            path = path.split("?", 1)[0]
+            if method not in ("GET", "HEAD"):
+                status, ctype, body = "405 Method Not Allowed", "text/plain", b"GET only\n"
+            elif path == "/metrics":
+                status, ctype = "200 OK", "text/plain; version=0.0.4; charset=utf-8"
+                body = self.metrics.render()
+            elif path == "/healthz":
+                ok, info = self.health()
+                status = "200 OK" if ok else "503 Service Unavailable"
+                ctype, body = "application/json", orjson.dumps(info) + b"\n"
+            else:
+                status, ctype, body = "404 Not Found", "text/plain", b"try /metrics or /healthz\n"
+            writer.write(f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {len(body)}\r\n"
+                         "Connection: close\r\n\r\n".encode() + (body if method == "GET" else b""))
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError):
+            pass
+        finally:
+            writer.close()

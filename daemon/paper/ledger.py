@@ -1,0 +1,186 @@
+"""The paper ledger: fills, positions and equity per bar in SQLite (WAL), restart-safe.
+
+Each signal is applied in ONE transaction that records the bar's equity row (UNIQUE by signal
+id), the fill it triggered (UNIQUE by the ordering signal's id) and the account's new state. A
+process killed at any moment (kill -9) leaves either all of it or none of it, so a restart replays
+the same signals without losing or duplicating a fill. The account state is re-read on open.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+from barsignal.daemon.paper.broker import Account, EquityRow, Fill, Rules, new_account, step
+from barsignal.engine.signal import Signal
+from barsignal.errors import ConfigError, DataError
+from barsignal.log import get_logger
+
+log = get_logger(__name__)
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS positions (
+    symbol TEXT PRIMARY KEY, cash REAL NOT NULL, qty REAL NOT NULL, avg_price REAL NOT NULL,
+    realized REAL NOT NULL, fees REAL NOT NULL, traded_notional REAL NOT NULL, trip_pnl REAL NOT NULL,
+    pending_dir INTEGER, pending_id TEXT, last_open_time INTEGER, last_close REAL, bars INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS fills (
+    seq INTEGER PRIMARY KEY, signal_id TEXT NOT NULL UNIQUE, symbol TEXT NOT NULL,
+    open_time INTEGER NOT NULL, side TEXT NOT NULL, qty REAL NOT NULL, price REAL NOT NULL,
+    fee REAL NOT NULL, realized REAL NOT NULL, trip_pnl REAL, position REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS equity (
+    seq INTEGER PRIMARY KEY, signal_id TEXT NOT NULL UNIQUE, symbol TEXT NOT NULL,
+    open_time INTEGER NOT NULL, bar_open REAL NOT NULL, bar_close REAL NOT NULL, p_up REAL NOT NULL,
+    action TEXT NOT NULL, qty REAL NOT NULL, cash REAL NOT NULL, equity REAL NOT NULL,
+    UNIQUE (symbol, open_time)
+);
+"""
+
+_POS_COLS = ("symbol", "cash", "qty", "avg_price", "realized", "fees", "traded_notional", "trip_pnl",
+             "pending_dir", "pending_id", "last_open_time", "last_close", "bars")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """What applying one signal did: ``duplicate`` means it was already in the ledger (or stale)."""
+
+    duplicate: bool
+    fill: Fill | None = None
+    equity: EquityRow | None = None
+
+
+class PaperLedger:
+    """A SQLite-backed paper account per symbol. ``apply(signal)`` is idempotent by signal id.
+
+    ``durability`` is SQLite's ``synchronous``: ``full`` (live: a power cut loses nothing committed),
+    ``normal`` (a process crash loses nothing; the default) or ``off`` (replay into a scratch file).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], rules: Rules,
+                 durability: Literal["full", "normal", "off"] = "normal") -> None:
+        self.path = Path(path)
+        self.rules = rules
+        if str(path) != ":memory:":
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(f"PRAGMA synchronous={durability.upper()}")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise DataError(f"{self.path}: cannot open the paper ledger ({exc}); move it aside "
+                            "or point [paper] ledger at a new file") from None
+        self._check_meta()
+        self._accounts: dict[str, Account] = {
+            row[0]: Account(*row) for row in self._db.execute(f"SELECT {', '.join(_POS_COLS)} FROM positions")
+        }
+
+    def _check_meta(self) -> None:
+        want = json.dumps(asdict(self.rules), sort_keys=True)
+        have = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not have:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                                 [("schema", str(SCHEMA_VERSION)), ("rules", want)])
+            self._db.execute("COMMIT")
+            return
+        if have.get("schema") != str(SCHEMA_VERSION):
+            raise DataError(f"{self.path}: paper ledger schema {have.get('schema')} is not "
+                            f"{SCHEMA_VERSION}; start a new ledger file")
+        if have.get("rules") != want:
+            raise ConfigError(
+                f"{self.path}: this paper ledger was created with other [paper] settings "
+                f"({have.get('rules')}); restore them or point [paper] ledger at a new file")
+
+    # -- writing ------------------------------------------------------------------------------
+    def apply(self, sig: Signal) -> Applied:
+        """Apply one signal in one transaction. Already-applied or older bars are a no-op."""
+        acct = self._accounts.get(sig.symbol) or new_account(sig.symbol, self.rules)
+        if acct.last_open_time is not None and sig.open_time <= acct.last_open_time:
+            return Applied(duplicate=True)
+        new, fill, row = step(acct, sig, self.rules)
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            cur = db.execute("INSERT OR IGNORE INTO equity (signal_id, symbol, open_time, bar_open, "
+                             "bar_close, p_up, action, qty, cash, equity) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                             (row.signal_id, row.symbol, row.open_time, row.bar_open, row.bar_close,
+                              row.p_up, row.action, row.qty, row.cash, row.equity))
+            if cur.rowcount == 0:  # another process applied it: re-read, never double-count
+                db.execute("ROLLBACK")
+                self._reload(sig.symbol)
+                return Applied(duplicate=True)
+            if fill is not None:
+                db.execute("INSERT INTO fills (signal_id, symbol, open_time, side, qty, price, fee, "
+                           "realized, trip_pnl, position) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                           (fill.signal_id, fill.symbol, fill.open_time, fill.side, fill.qty, fill.price,
+                            fill.fee, fill.realized, fill.trip_pnl, fill.position))
+            db.execute(f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
+                       f"VALUES ({', '.join('?' * len(_POS_COLS))})",
+                       tuple(getattr(new, c) for c in _POS_COLS))
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+        self._accounts[sig.symbol] = new
+        return Applied(duplicate=False, fill=fill, equity=row)
+
+    def apply_many(self, signals: Iterable[Signal]) -> tuple[int, int]:
+        """Apply signals in order; returns (applied, duplicates)."""
+        n = d = 0
+        for s in signals:
+            if self.apply(s).duplicate:
+                d += 1
+            else:
+                n += 1
+        return n, d
+
+    def _reload(self, symbol: str) -> None:
+        row = self._db.execute(f"SELECT {', '.join(_POS_COLS)} FROM positions WHERE symbol=?",
+                               (symbol,)).fetchone()
+        if row:
+            self._accounts[symbol] = Account(*row)
+
+    # -- reading ------------------------------------------------------------------------------
+    def account(self, symbol: str) -> Account | None:
+        return self._accounts.get(symbol)
+
+    def symbols(self) -> list[str]:
+        return sorted(self._accounts)
+
+    def last_open_time(self, symbol: str) -> int | None:
+        """The last bar applied for ``symbol`` (a restarted daemon signals only newer bars)."""
+        a = self._accounts.get(symbol)
+        return a.last_open_time if a else None
+
+    def fills(self, symbol: str | None = None) -> list[Fill]:
+        q = ("SELECT signal_id, symbol, open_time, side, qty, price, fee, realized, trip_pnl, position "
+             "FROM fills")
+        rows = (self._db.execute(q + " WHERE symbol=? ORDER BY seq", (symbol,)) if symbol
+                else self._db.execute(q + " ORDER BY seq"))
+        return [Fill(*r) for r in rows]
+
+    def equity_rows(self, symbol: str) -> Iterator[EquityRow]:
+        yield from (EquityRow(*r) for r in self._db.execute(
+            "SELECT signal_id, symbol, open_time, bar_open, bar_close, p_up, action, qty, cash, equity "
+            "FROM equity WHERE symbol=? ORDER BY open_time", (symbol,)))
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> PaperLedger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

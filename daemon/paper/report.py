@@ -1,0 +1,249 @@
+"""Backtest report: metrics of a paper account beside buy-and-hold on the same bars, Markdown + PNG.
+
+Returns are per bar (1 minute). Sharpe and Sortino are annualized with sqrt(525,600), the number of
+1-minute bars in a 365-day year (crypto trades around the clock), and use a zero risk-free rate.
+matplotlib is imported only to draw the PNG; without it the report is Markdown only and says how
+to add the chart.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from barsignal.daemon.paper.broker import Fill, Rules
+from barsignal.daemon.paper.ledger import PaperLedger
+
+BARS_PER_YEAR = 525_600  # 1-minute bars in 365 days
+ANNUALIZATION = math.sqrt(BARS_PER_YEAR)
+
+
+@dataclass(frozen=True)
+class Series:
+    """One account's per-bar marks (columns) and its fills."""
+
+    symbol: str
+    open_time: np.ndarray  # int64 ms
+    bar_open: np.ndarray
+    bar_close: np.ndarray
+    qty: np.ndarray
+    equity: np.ndarray
+    fills: list[Fill]
+
+    @classmethod
+    def from_ledger(cls, ledger: PaperLedger, symbol: str) -> Series:
+        rows = list(ledger.equity_rows(symbol))
+        cols = list(zip(*[(r.open_time, r.bar_open, r.bar_close, r.qty, r.equity) for r in rows],
+                        strict=True)) or [(), (), (), (), ()]
+        return cls(symbol, np.array(cols[0], dtype=np.int64),
+                   *(np.array(c, dtype=np.float64) for c in cols[1:]), ledger.fills(symbol))
+
+
+@dataclass(frozen=True)
+class Metrics:
+    total_return: float
+    sharpe: float
+    sortino: float
+    max_drawdown: float  # a fraction, <= 0
+    hit_rate: float  # winning round trips / closed round trips (net of fees); NaN if none
+    round_trips: int
+    fills: int
+    turnover: float  # traded notional / initial cash
+    fees: float
+    exposure: float  # fraction of bars with a position at the close
+    final_equity: float
+
+
+def drawdown(equity: np.ndarray) -> np.ndarray:
+    """Drawdown from the running peak, as a fraction (<= 0)."""
+    if len(equity) == 0:
+        return equity
+    peak = np.maximum.accumulate(equity)
+    return equity / peak - 1.0
+
+
+def _ratios(equity: np.ndarray, initial: float) -> tuple[float, float]:
+    eq = np.concatenate([[initial], equity])
+    r = eq[1:] / eq[:-1] - 1.0
+    if len(r) < 2:
+        return math.nan, math.nan
+    sd = float(r.std(ddof=1))
+    down = float(np.sqrt(np.mean(np.minimum(r, 0.0) ** 2)))
+    mean = float(r.mean())
+    sharpe = mean / sd * ANNUALIZATION if sd > 0 else math.nan
+    sortino = mean / down * ANNUALIZATION if down > 0 else math.nan
+    return sharpe, sortino
+
+
+def metrics(s: Series, rules: Rules) -> Metrics:
+    """The strategy's figures from its per-bar equity and fills."""
+    initial = rules.initial_cash
+    eq = s.equity
+    trips = [f.trip_pnl for f in s.fills if f.trip_pnl is not None]
+    sharpe, sortino = _ratios(eq, initial)
+    return Metrics(
+        total_return=float(eq[-1] / initial - 1.0) if len(eq) else 0.0,
+        sharpe=sharpe, sortino=sortino,
+        max_drawdown=float(drawdown(np.concatenate([[initial], eq])).min()),
+        hit_rate=(sum(t > 0 for t in trips) / len(trips)) if trips else math.nan,
+        round_trips=len(trips), fills=len(s.fills),
+        turnover=sum(f.qty * f.price for f in s.fills) / initial,
+        fees=sum(f.fee for f in s.fills),
+        exposure=float(np.mean(s.qty != 0)) if len(s.qty) else 0.0,
+        final_equity=float(eq[-1]) if len(eq) else initial,
+    )
+
+
+def buy_and_hold(s: Series, rules: Rules) -> tuple[Metrics, np.ndarray]:
+    """Buy with all the cash at the first price the fill rule allows, hold, mark at each close.
+
+    It pays the entry fee and slippage; like the strategy's open position at the end, it is
+    marked to the last close without an exit fee.
+    """
+    n = len(s.open_time)
+    initial = rules.initial_cash
+    eq = np.full(n, initial, dtype=np.float64)
+    fee_rate, slip = rules.fee_bps / 1e4, rules.slippage_bps / 1e4
+    entry = 1 if rules.fill == "next_open" else 0
+    fee = 0.0
+    if n > entry:
+        px = (s.bar_open[entry] if rules.fill == "next_open" else s.bar_close[0]) * (1 + slip)
+        notional = initial / (1 + fee_rate)
+        qty = notional / px
+        fee = notional * fee_rate
+        eq[entry:] = initial - notional - fee + qty * s.bar_close[entry:]
+    sharpe, sortino = _ratios(eq, initial)
+    m = Metrics(
+        total_return=float(eq[-1] / initial - 1.0) if n else 0.0, sharpe=sharpe, sortino=sortino,
+        max_drawdown=float(drawdown(np.concatenate([[initial], eq])).min()),
+        hit_rate=math.nan, round_trips=0, fills=1 if n > entry else 0,
+        turnover=(initial / (1 + fee_rate)) / initial if n > entry else 0.0, fees=fee,
+        exposure=float(np.mean(np.arange(n) >= entry)) if n else 0.0,
+        final_equity=float(eq[-1]) if n else initial,
+    )
+    return m, eq
+
+
+def _pct(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x * 100:+.2f} %"
+
+
+def _num(x: float) -> str:
+    return "n/a" if math.isnan(x) else f"{x:.2f}"
+
+
+def _ts(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
+
+
+def _settings(rules: Rules) -> str:
+    fill = "the next bar's open" if rules.fill == "next_open" else "the signal bar's close"
+    size = (f"{rules.equity_fraction * 100:g} % of equity" if rules.sizing == "equity_fraction"
+            else f"fixed notional {rules.notional:g}")
+    side = "long/short" if rules.allow_short else "long-only"
+    return (f"fill at {fill}, fee {rules.fee_bps:g} bps and slippage {rules.slippage_bps:g} bps per "
+            f"fill, sizing {size}, {side}, initial cash {rules.initial_cash:,.2f}")
+
+
+def render_markdown(s: Series, rules: Rules, strat: Metrics, bh: Metrics, png: str | None,
+                    png_note: str = "") -> str:
+    n = len(s.open_time)
+    span = f"{_ts(int(s.open_time[0]))} → {_ts(int(s.open_time[-1]))} UTC" if n else "no bars"
+    verdict = ("**The strategy lost money after fees.**" if strat.total_return < 0 else
+               "The strategy made money after fees.")
+    vs = ("It did worse than buy-and-hold." if strat.total_return < bh.total_return
+          else "It beat buy-and-hold over these bars.")
+    gross = strat.final_equity + strat.fees - rules.initial_cash
+    rows = [
+        ("Total return", _pct(strat.total_return), _pct(bh.total_return)),
+        ("Sharpe (annualized, sqrt(525600))", _num(strat.sharpe), _num(bh.sharpe)),
+        ("Sortino (annualized, sqrt(525600))", _num(strat.sortino), _num(bh.sortino)),
+        ("Max drawdown", _pct(strat.max_drawdown), _pct(bh.max_drawdown)),
+        ("Hit rate (round trips won, net of fees)", _pct(strat.hit_rate).lstrip("+"), "n/a"),
+        ("Round trips", str(strat.round_trips), "0"),
+        ("Fills", str(strat.fills), str(bh.fills)),
+        ("Turnover (traded notional / initial cash)", f"{strat.turnover:.1f}x", f"{bh.turnover:.1f}x"),
+        ("Fees paid", f"{strat.fees:,.2f}", f"{bh.fees:,.2f}"),
+        ("Exposure (bars with a position)", _pct(strat.exposure).lstrip("+"), _pct(bh.exposure).lstrip("+")),
+        ("Final equity", f"{strat.final_equity:,.2f}", f"{bh.final_equity:,.2f}"),
+    ]
+    lines = [
+        f"# Backtest report: {s.symbol}",
+        "",
+        f"{n:,} one-minute bars, {span}.",
+        "",
+        f"{verdict} {vs} Its trades' price PnL before fees was {gross:+,.2f} "
+        f"({gross / rules.initial_cash * 100:+.2f} % of the initial cash); fees took {strat.fees:,.2f}.",
+        "",
+        "| | strategy | buy-and-hold |",
+        "|---|---:|---:|",
+        *[f"| {a} | {b} | {c} |" for a, b, c in rows],
+        "",
+        f"Settings: {_settings(rules)}.",
+        "",
+        "Returns are per 1-minute bar; Sharpe and Sortino are annualized by sqrt(525,600) (1-minute "
+        "bars in a 365-day year), risk-free rate 0. Open positions are marked to the last close "
+        "without an exit fee, for both columns. Shorts pay no borrow interest.",
+        "",
+    ]
+    if png:
+        lines += [f"![equity and drawdown]({png})", ""]
+    elif png_note:
+        lines += [png_note, ""]
+    return "\n".join(lines)
+
+
+def plot(s: Series, bh_equity: np.ndarray, path: Path) -> None:
+    """Equity of the strategy and buy-and-hold, drawdown underneath (needs matplotlib)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = s.open_time.astype("datetime64[ms]")
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(11, 6), sharex=True,
+                                   gridspec_kw={"height_ratios": [3, 1]})
+    ax1.plot(t, s.equity, label="strategy (after fees)", lw=1)
+    ax1.plot(t, bh_equity, label="buy-and-hold", lw=1, alpha=0.7)
+    ax1.set_ylabel("equity")
+    ax1.legend(loc="best")
+    ax1.set_title(f"{s.symbol} paper account")
+    ax2.fill_between(t, drawdown(s.equity) * 100, 0, color="tab:red", alpha=0.4, label="strategy")
+    ax2.plot(t, drawdown(bh_equity) * 100, color="tab:orange", lw=0.8, label="buy-and-hold")
+    ax2.set_ylabel("drawdown %")
+    ax2.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = None,
+                 png: bool = True) -> Path:
+    """Write ``report.md`` (and ``equity.png`` when matplotlib is installed) for one symbol."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    symbols = ledger.symbols()
+    if not symbols:
+        from barsignal.errors import DataError
+
+        raise DataError(f"{ledger.path}: the paper ledger has no bars yet; nothing to report")
+    sym = symbol or symbols[0]
+    s = Series.from_ledger(ledger, sym)
+    strat = metrics(s, ledger.rules)
+    bh, bh_eq = buy_and_hold(s, ledger.rules)
+    png_name, note = None, ""
+    if png:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            note = ("(No chart: matplotlib is not installed. Install it with "
+                    "`pip install matplotlib` and run `barsignal paper report` again.)")
+        else:
+            plot(s, bh_eq, out / f"equity_{sym}.png")
+            png_name = f"equity_{sym}.png"
+    md = out / "report.md" if len(symbols) == 1 or symbol else out / f"report_{sym}.md"
+    md.write_text(render_markdown(s, ledger.rules, strat, bh, png_name, note), encoding="utf-8")
+    return md

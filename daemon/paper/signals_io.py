@@ -1,0 +1,46 @@
+"""Signals JSONL in the live format (one ``Signal.to_dict()`` per line, as the ``jsonl`` sink writes)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import orjson
+from barsignal.engine.signal import Signal
+from barsignal.errors import DataError
+
+_FIELDS = set(Signal.__slots__)  # type: ignore[attr-defined]
+
+
+def read_signals(path: str | os.PathLike[str]) -> Iterator[Signal]:
+    """Signals from a JSONL file; a torn last line (a crash mid-write) is skipped."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: signals file not found")
+    with p.open("rb") as f:
+        lines = f.read().split(b"\n")
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            if i >= len(lines) - 1:  # the last line, unterminated: a torn write
+                return
+            raise DataError(f"{p}:{i}: not a JSON line") from None
+        if not isinstance(d, dict) or not {"id", "symbol", "open_time", "p_up", "action"} <= d.keys():
+            raise DataError(f"{p}:{i}: not a signal record (needs id, symbol, open_time, p_up, action)")
+        yield Signal(**{k: v for k, v in d.items() if k in _FIELDS})
+
+
+def write_signals(path: str | os.PathLike[str], signals: Iterable[Signal]) -> int:
+    """Write signals as JSONL (the live format); returns how many."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with p.open("wb") as f:
+        for s in signals:
+            f.write(orjson.dumps(s.to_dict()) + b"\n")
+            n += 1
+    return n

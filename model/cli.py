@@ -1,0 +1,73 @@
+"""``barsignal train teacher|student --data FILE... --out DIR``: train an Informer on bar files.
+
+Runs the same under ``torchrun --nproc-per-node N -m barsignal train ...`` (DDP: gloo on CPU, NCCL
+on GPU). No torch import at module level: the handler imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the Informer teacher or student on bar files")
+    p.add_argument("kind", choices=["teacher", "student"], help="which model config to train")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                   help="bar files or directories (one directory = one source; gaps split segments)")
+    p.add_argument("--out", required=True, help="checkpoint directory (best model + train_state.pt)")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--batch-size", type=int, default=256, help="global batch size (split across ranks)")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--patience", type=int, default=3, help="epochs without a better val log-loss")
+    p.add_argument("--max-train-windows", type=int, default=0,
+                   help="windows per epoch, a fresh random subset each epoch (0 = all)")
+    p.add_argument("--max-val-windows", type=int, default=0, help="evenly spaced val windows (0 = all)")
+    p.add_argument("--max-minutes", type=float, default=0.0,
+                   help="stop at the epoch end before this wall-time budget is passed (0 = none)")
+    p.add_argument("--horizon", type=int, default=1, help="label: close this many bars ahead > close now")
+    p.add_argument("--dropout", type=float, default=None, help="override the config's dropout")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt when present")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+    from barsignal.model.dataset import DatasetSpec, load_splits
+    from barsignal.model.informer import Informer, describe, student_config, teacher_config
+    from barsignal.model.train import TrainConfig, train
+
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    overrides = {} if args.dropout is None else {"dropout": args.dropout}
+    cfg = (teacher_config if args.kind == "teacher" else student_config)(**overrides)
+    splits = load_splits(args.data, DatasetSpec(horizon=args.horizon))
+    command = "barsignal " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
+    tc = TrainConfig(kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                     weight_decay=args.weight_decay, patience=args.patience,
+                     max_train_windows=args.max_train_windows, max_val_windows=args.max_val_windows,
+                     max_minutes=args.max_minutes, seed=args.seed, device=args.device,
+                     progress=not args.no_progress,
+                     meta={"data": [str(p) for p in args.data], "command": command,
+                           "threads": torch.get_num_threads()})
+    print(describe(Informer(cfg)), file=sys.stderr)
+    summary = train(splits, cfg, tc, args.out, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun only rank 0 reports
+        return 0
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        last = summary["history"][-1] if summary["history"] else {}
+        print(f"{args.kind}: {summary['epochs_run']} epochs ({summary['stop']}), best val log-loss "
+              f"{summary['best_val_logloss']:.5f}, {last.get('windows_per_s', 0):,.0f} windows/s; "
+              f"checkpoint in {args.out}")
+    return 0

@@ -1,0 +1,147 @@
+"""Fixtures for the daemon tests: real bars, a real (tiny) ONNX model on ONNX Runtime, redis."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+from collections import deque
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from barsignal.features.bar import Bar
+from tests.conftest import SPOT_1M, free_port
+
+T, F = 30, 33
+_K = (np.arange(F) + 1) / F
+_M = np.arange(F) % 3
+
+
+def real_bars(n: int, start: int = 0, path: Path | None = None) -> list[Bar]:
+    """``n`` consecutive real BTCUSDT 1m bars from ../shared/data (the 2021-11 file has no gaps)."""
+    path = path or next(p for p in SPOT_1M if "2021-11-11" in p.name)
+    rows = orjson.loads(path.read_bytes())[start:start + n]
+    return [Bar(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), "file")
+            for r in rows]
+
+
+class TinyFeatures:
+    """Stand-in for features.online.OnlineFeatures where a test needs no real features: the window
+    is 33 log-return/range columns of the last 30 bars. Same contract: ``update(bar) -> window|None``."""
+
+    def __init__(self) -> None:
+        self.bars: deque[Bar] = deque(maxlen=T + 1)
+        self.buf = np.zeros((T, F), np.float32)
+
+    def update(self, bar: Bar) -> np.ndarray | None:
+        self.bars.append(bar)
+        if len(self.bars) <= T:
+            return None
+        c = np.array([b.close for b in self.bars])
+        rng = np.array([(b.high - b.low) / b.close for b in self.bars])[1:]
+        r = np.diff(np.log(c)) * 100
+        self.buf[:] = r[:, None] * _K + rng[:, None] * _M
+        return self.buf
+
+
+def write_tiny_onnx(dest: Path, seed: int = 0, bias: float = 0.0) -> tuple[Path, Path]:
+    """A real ONNX model, sigmoid(sum(window * W) + b), static (1,30,33) and dynamic (N,30,33)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(seed).standard_normal((1, T, F)).astype(np.float32) * 0.05
+    out = []
+    for name, batch in (("static.onnx", 1), ("dynamic.onnx", "N")):
+        g = helper.make_graph(
+            [helper.make_node("Mul", ["input", "W"], ["m"]),
+             helper.make_node("ReduceSum", ["m", "axes"], ["s"], keepdims=0),
+             helper.make_node("Add", ["s", "b"], ["z"]),
+             helper.make_node("Sigmoid", ["z"], ["up_probability"])],
+            "tiny",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, T, F])],
+            [helper.make_tensor_value_info("up_probability", TensorProto.FLOAT, [batch])],
+            [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
+             numpy_helper.from_array(np.array([bias], np.float32), "b")],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        p = dest / name
+        dest.mkdir(parents=True, exist_ok=True)
+        onnx.save(m, p)
+        out.append(p)
+    return out[0], out[1]
+
+
+@pytest.fixture
+def tiny_scorer(tmp_path: Path):
+    from barsignal.engine.backends.ort import OnnxRuntimeScorer
+
+    static, dynamic = write_tiny_onnx(tmp_path / "tiny")
+    return OnnxRuntimeScorer(static, dynamic, warmup=2)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory):
+    """$BARSIGNAL_TEST_REDIS_URL (make test starts one), else our own redis-server on a free port."""
+    url = os.environ.get("BARSIGNAL_TEST_REDIS_URL")
+    if url:
+        yield url
+        return
+    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists()
+                                           else None)
+    if exe is None:
+        pytest.fail("redis-server is not installed: install it (apt-get install redis-server) or set "
+                    "BARSIGNAL_TEST_REDIS_URL to a running one; the redis sink is tested against a real "
+                    "server")
+    port = free_port()
+    d = tmp_path_factory.mktemp("redis")
+    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(d)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import redis
+
+    client = redis.Redis(host="127.0.0.1", port=port)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                proc.kill()
+                pytest.fail(f"redis-server on port {port} did not start")
+            time.sleep(0.02)
+    client.close()
+    yield f"redis://127.0.0.1:{port}/0"
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def write_tiny_artifact(dest: Path, *, bias: float = 0.0, n_fit: int = 3000) -> Path:
+    """A real, verified artifact (write_artifact) holding the tiny ONNX model and a Normalizer fitted
+    on real bars: for daemon tests that must not wait for a trained student."""
+    from barsignal.engine.artifact import write_artifact
+    from barsignal.features import batch
+    from barsignal.features.bar import BarFrame
+    from barsignal.features.normalize import Normalizer
+    from barsignal.features.spec import schema_hash
+
+    frame = BarFrame.from_bars(real_bars(n_fit, start=20_000))
+    rows, ready = batch.compute_with_ready(frame)
+    norm = Normalizer.fit(rows[ready])
+    static, dynamic = write_tiny_onnx(dest.parent / f".{dest.name}-onnx", bias=bias)
+    write_artifact(dest, files={"static.onnx": static, "dynamic.onnx": dynamic}, model_config={"kind": "tiny"},
+                   schema_hash=schema_hash(), normalization=norm.to_dict(),
+                   signal={"long_threshold": 0.52, "short_threshold": 0.48, "rule": "threshold"},
+                   variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
+                   default_variant="tiny", horizon=1, metrics={}, command="tests/daemon")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_tiny_artifact(tmp_path_factory.mktemp("artifact") / "tiny")

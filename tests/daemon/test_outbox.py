@@ -1,0 +1,128 @@
+"""The SQLite outbox: written before delivery, per-sink queues, restart delivery, slow sinks."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from barsignal.daemon.outbox import Outbox, SinkWorker
+from barsignal.engine.signal import RuleState, Signal
+
+
+def sig(i: int) -> Signal:
+    return Signal(id=f"BTCUSDT-{i}-abc", symbol="BTCUSDT", open_time=i * 60_000, bar_open=1.0, bar_close=2.0,
+                  p_up=0.5, action="flat", artifact="abc")
+
+
+class ListSink:
+    def __init__(self, name: str, fail_first: int = 0, gate: asyncio.Event | None = None) -> None:
+        self.name = name
+        self.got: list[str] = []
+        self.fail_first = fail_first
+        self.gate = gate
+
+    async def start(self) -> None:
+        pass
+
+    async def send(self, s: Signal) -> None:
+        if self.gate is not None:
+            await self.gate.wait()
+        if self.fail_first > 0:
+            self.fail_first -= 1
+            raise ConnectionError("down")
+        self.got.append(s.id)
+
+    async def close(self) -> None:
+        pass
+
+
+async def _nosleep(_: float) -> None:
+    await asyncio.sleep(0)
+
+
+def test_add_is_idempotent_and_remembers_rule_state(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", ["a", "b"])
+    assert ob.add(sig(1), RuleState("flat", 3)) == 1
+    assert ob.add(sig(1), RuleState("flat", 3)) is None
+    ob.add(sig(2), RuleState("long", 0))
+    assert ob.last("BTCUSDT") == (120_000, RuleState("long", 0))
+    assert ob.depth("a") == 2 and ob.depth() == 2
+    ob.ack("a", 1)
+    assert [s.id for _, s in ob.pending("a")] == ["BTCUSDT-2-abc"]
+    assert [s.id for _, s in ob.pending("b")] == ["BTCUSDT-1-abc", "BTCUSDT-2-abc"]
+    ob.close()
+    again = Outbox(tmp_path / "o.sqlite", ["a", "b"])
+    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_undelivered_signals_are_delivered_after_restart(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path, ["good", "down"])
+    for i in range(5):
+        ob.add(sig(i), RuleState())
+
+    async def first_run() -> tuple[list[str], list[str]]:
+        good, down = ListSink("good"), ListSink("down", fail_first=10**9)
+        ws = [SinkWorker(s, ob, sleep=_nosleep) for s in (good, down)]
+        for w in ws:
+            w.start()
+        assert await ws[0].drain(5)
+        assert not await ws[1].drain(0.05)
+        for w in ws:
+            await w.stop()
+        return good.got, down.got
+
+    good, down = asyncio.run(first_run())
+    assert len(good) == 5 and down == []
+    ob.close()
+
+    ob2 = Outbox(path, ["good", "down"])  # the restart
+    assert ob2.depth("down") == 5 and ob2.depth("good") == 0
+
+    async def second_run() -> tuple[list[str], list[str]]:
+        good, down = ListSink("good"), ListSink("down", fail_first=2)
+        ws = [SinkWorker(s, ob2, sleep=_nosleep) for s in (good, down)]
+        for w in ws:
+            w.start()
+        seq = ob2.add(sig(5), RuleState())
+        for w in ws:
+            w.offer(seq, sig(5))
+        for w in ws:
+            assert await w.drain(5)
+            await w.stop()
+        return good.got, down.got
+
+    good2, down2 = asyncio.run(second_run())
+    assert good2 == ["BTCUSDT-5-abc"]
+    assert down2 == [f"BTCUSDT-{i}-abc" for i in range(6)]
+    assert ob2.depth() == 0
+
+
+def test_a_stuck_sink_delays_neither_others_nor_the_producer(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", ["fast", "stuck"])
+
+    async def main() -> tuple[list[str], list[str], int]:
+        gate = asyncio.Event()
+        fast, stuck = ListSink("fast"), ListSink("stuck", gate=gate)
+        ws = {s.name: SinkWorker(s, ob, queue_size=4, sleep=_nosleep) for s in (fast, stuck)}
+        for w in ws.values():
+            w.start()
+        await asyncio.sleep(0.01)
+        for i in range(50):  # the producer never awaits a sink
+            seq = ob.add(sig(i), RuleState())
+            for w in ws.values():
+                w.offer(seq, sig(i))
+            await asyncio.sleep(0)
+        assert await ws["fast"].drain(5)
+        got_fast_before = list(fast.got)
+        assert stuck.got == []
+        gate.set()  # the stuck sink recovers: it catches up from the outbox, in order
+        assert await ws["stuck"].drain(5)
+        for w in ws.values():
+            await w.stop()
+        return got_fast_before, stuck.got, ws["stuck"].overflows
+
+    fast, stuck, overflows = asyncio.run(main())
+    want = [f"BTCUSDT-{i}-abc" for i in range(50)]
+    assert fast == want and stuck == want
+    assert overflows >= 1

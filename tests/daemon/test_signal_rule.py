@@ -1,0 +1,74 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from barsignal.daemon.config import SignalConfig
+from barsignal.engine.signal import RuleState, SignalRule
+
+
+def run(rule: SignalRule, ps: list[float]) -> list[str]:
+    return [rule.update(p) for p in ps]
+
+
+def test_thresholds_without_short() -> None:
+    rule = SignalRule(0.6, 0.4)
+    assert run(rule, [0.5, 0.61, 0.59, 0.3, 0.6]) == ["flat", "long", "flat", "flat", "long"]
+
+
+def test_thresholds_with_short() -> None:
+    rule = SignalRule(0.6, 0.4, allow_short=True)
+    assert run(rule, [0.5, 0.39, 0.41, 0.4, 0.7]) == ["flat", "short", "flat", "short", "long"]
+
+
+def test_hysteresis_holds_until_the_band_is_left() -> None:
+    rule = SignalRule(0.6, 0.4, hysteresis=0.05, allow_short=True)
+    assert run(rule, [0.6, 0.56, 0.551, 0.549, 0.56]) == ["long", "long", "long", "flat", "flat"]
+    assert run(rule, [0.4, 0.44, 0.45, 0.4501]) == ["short", "short", "short", "flat"]
+
+
+def test_cooldown_holds_an_action_for_n_bars() -> None:
+    rule = SignalRule(0.6, 0.4, cooldown_bars=2, allow_short=True)
+    # change at bar 0 -> bars 1 and 2 locked -> bar 3 may change
+    assert run(rule, [0.7, 0.3, 0.3, 0.3, 0.5]) == ["long", "long", "long", "short", "short"]
+    assert run(rule, [0.5, 0.5, 0.5]) == ["short", "flat", "flat"]
+
+
+def test_state_round_trip_resumes_identically() -> None:
+    ps = [0.7, 0.3, 0.55, 0.62, 0.2, 0.45, 0.9, 0.1]
+    whole = run(SignalRule(0.6, 0.4, 0.05, 2, True), ps)
+    first = SignalRule(0.6, 0.4, 0.05, 2, True)
+    head = run(first, ps[:3])
+    resumed = SignalRule(0.6, 0.4, 0.05, 2, True, RuleState.from_dict(first.state.to_dict()))
+    assert head + run(resumed, ps[3:]) == whole
+
+
+def test_config_overrides_artifact_thresholds() -> None:
+    art = {"long_threshold": 0.58, "short_threshold": 0.42}
+    r = SignalRule.from_config(SignalConfig(), art)
+    assert (r.long_threshold, r.short_threshold) == (0.58, 0.42)
+    r = SignalRule.from_config(SignalConfig(long_threshold=0.7, hysteresis=0.01, cooldown_bars=3), art)
+    assert (r.long_threshold, r.short_threshold, r.hysteresis, r.cooldown_bars) == (0.7, 0.42, 0.01, 3)
+
+
+def test_bad_thresholds_are_refused() -> None:
+    with pytest.raises(ValueError, match="short"):
+        SignalRule(0.4, 0.6)
+
+
+@given(st.lists(st.floats(0, 1), max_size=200), st.floats(0, 0.2), st.integers(0, 5))
+def test_actions_only_change_outside_cooldown(ps: list[float], hyst: float, cool: int) -> None:
+    rule = SignalRule(0.6, 0.4, hyst, cool, True)
+    acts = run(rule, ps)
+    last_change = -10**9
+    prev = "flat"
+    for i, (a, p) in enumerate(zip(acts, ps, strict=True)):
+        if a != prev:
+            assert i - last_change > cool
+            last_change = i
+            if a == "long":
+                assert p >= 0.6
+            if a == "short":
+                assert p <= 0.4
+        prev = a

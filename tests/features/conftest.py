@@ -1,0 +1,6 @@
+"""Lets the feature tests import their helper module ``_data``."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

@@ -1,0 +1,205 @@
+"""The websocket client against a real loopback ``feed serve`` on real bars, with real ccxt REST:
+every closed bar exactly once and in order, through faults, kills, stalls, shutdowns and rollovers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from barsignal.daemon.config import FeedConfig
+from barsignal.daemon.feed.client import FeedClient
+from barsignal.daemon.feed.faults import Faults
+from barsignal.daemon.feed.simulator import FeedSimulator
+from barsignal.errors import ConfigError
+from barsignal.features.bar import Bar
+from structlog.testing import capture_logs
+
+from tests.conftest import free_port
+from tests.feed.conftest import collect, expected_times, feed_cfg
+
+
+class Collector:
+    """Consumes a client in a task; the test awaits conditions on what arrived (no sleeping)."""
+
+    def __init__(self, client: FeedClient) -> None:
+        self.client, self.bars = client, []
+        self._cond = asyncio.Condition()
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        async for bar in self.client:
+            async with self._cond:
+                self.bars.append(bar)
+                self._cond.notify_all()
+
+    async def wait(self, pred: Callable[[list[Bar]], bool], timeout_s: float) -> None:
+        async def _w() -> None:
+            async with self._cond:
+                await self._cond.wait_for(lambda: pred(self.bars) or self.task.done())
+            if self.task.done():
+                self.task.result()
+
+        try:
+            await asyncio.wait_for(_w(), timeout_s)
+        except TimeoutError:
+            last = self.bars[-1].open_time if self.bars else None
+            pytest.fail(f"timed out with {len(self.bars)} bars (last {last}); {self.client.stats}")
+
+    async def close(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass
+
+
+def _has(t: int) -> Callable[[list[Bar]], bool]:
+    return lambda bars: bool(bars) and bars[-1].open_time >= t
+
+
+def _assert_exactly_once(bars: list[Bar], want: list[int]) -> None:
+    got = [b.open_time for b in bars]
+    assert len(got) == len(set(got)), "a bar was delivered twice"
+    assert got == sorted(got), "bars out of order"
+    missing = sorted(set(want) - set(got))
+    assert not missing, f"{len(missing)} bars missing, first {missing[:5]}"
+    assert got == want
+
+
+def test_every_closed_bar_once_in_order_through_faults(spot) -> None:
+    faults = Faults.parse("drop=0.1,dup=0.1,ooo=0.05,late=0.05,malformed=0.25,delay=0.05,delay_s=0.05,"
+                          "rest5xx=0.2,seed=11")
+
+    async def main() -> tuple[list[Bar], Any, FeedSimulator]:
+        async with FeedSimulator(spot.frame, speed=40, start_index=300, end_index=420, intrabar=1,
+                                 faults=faults) as sim:
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url), warmup_bars=50, stale_after_s=5)
+            bars = await collect(client, until=_has(int(spot.frame.open_time[419])), timeout_s=40)
+            return bars, client.stats, sim
+
+    bars, stats, sim = asyncio.run(main())
+    _assert_exactly_once(bars, expected_times(spot, 250, 420))
+    assert [b.source for b in bars[:50]] == ["rest"] * 50 and stats.warmup_bars == 50
+    assert stats.bars_ws + stats.bars_rest == len(bars) and stats.bars_ws > 60
+    assert stats.backfilled > 0  # dropped and held-back closed frames came over REST
+    assert stats.bad_frames > 0 and sum(stats.bad_by_reason.values()) == stats.bad_frames
+    assert stats.duplicates > 0 and stats.late > 0
+    assert stats.rest_failures > 0  # 503s were retried
+    assert stats.gaps == 0 and stats.missing_bars == 0
+    for b in bars[::17]:  # values are the file's, whichever path they came by
+        i = int(np.searchsorted(spot.frame.open_time, b.open_time))
+        assert (b.open, b.high, b.low, b.close, b.volume) == (
+            spot.frame.open[i], spot.frame.high[i], spot.frame.low[i], spot.frame.close[i], spot.frame.volume[i])
+
+
+def test_server_killed_and_restarted_later_missing_bars_backfilled(spot) -> None:
+    port = free_port()
+
+    async def main() -> tuple[list[Bar], Any]:
+        sim = await FeedSimulator(spot.frame, port=port, speed=40, start_index=300, intrabar=1).start()
+        client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url), warmup_bars=20, stale_after_s=5)
+        col = Collector(client)
+        await col.wait(_has(int(spot.frame.open_time[330])), 20)
+        await sim.stop()  # the feed dies; bars 331.. close while it is down
+        await col.wait(lambda _: client.stats.connect_failures >= 1, 10)
+        sim2 = await FeedSimulator(spot.frame, port=port, speed=40, start_index=350, intrabar=1).start()
+        await col.wait(_has(int(spot.frame.open_time[370])), 20)
+        await col.close()
+        await sim2.stop()
+        return col.bars, client.stats
+
+    bars, stats = asyncio.run(main())
+    got_until = bars[-1].open_time
+    want = [t for t in expected_times(spot, 280, 400) if t <= got_until]
+    _assert_exactly_once(bars, want)
+    by_time = {b.open_time: b.source for b in bars}
+    assert all(by_time[int(t)] == "rest" for t in spot.frame.open_time[335:350])  # closed while down
+    assert stats.backfilled >= 15 and stats.reconnects >= 1 and stats.connect_failures >= 1
+    assert stats.gaps == 0
+
+
+def test_stale_stream_forces_reconnect(spot) -> None:
+    async def main() -> tuple[list[Bar], Any]:
+        async with FeedSimulator(spot.frame, speed=40, start_index=300, end_index=400, intrabar=1,
+                                 faults=Faults.parse("stall=320")) as sim:
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url), stale_after_s=0.4)
+            bars = await collect(client, until=_has(int(spot.frame.open_time[399])), timeout_s=30)
+            return bars, client.stats
+
+    bars, stats = asyncio.run(main())
+    _assert_exactly_once(bars, [t for t in expected_times(spot, 300, 400) if t >= bars[0].open_time])
+    assert stats.reconnects_by_reason.get("stale", 0) >= 1 and stats.backfilled > 0
+
+
+def test_server_shutdown_and_24h_rollover_reconnect_with_overlap(spot) -> None:
+    async def main() -> tuple[list[Bar], Any]:
+        async with FeedSimulator(spot.frame, speed=40, start_index=300, end_index=420, intrabar=2,
+                                 faults=Faults.parse("shutdown=330")) as sim:
+            cfg = feed_cfg(sim.ws_url, sim.rest_url, rollover_s=0.7)  # 24 h shrunk to 0.7 s
+            client = FeedClient(cfg, warmup_bars=10, stale_after_s=5)
+            bars = await collect(client, until=_has(int(spot.frame.open_time[419])), timeout_s=30)
+            return bars, client.stats
+
+    bars, stats = asyncio.run(main())
+    _assert_exactly_once(bars, expected_times(spot, 290, 420))
+    assert stats.reconnects_by_reason.get("server_shutdown") == 1
+    assert stats.reconnects_by_reason.get("rollover", 0) >= 2
+    assert stats.connect_failures == 0 and stats.gaps == 0
+
+
+def test_real_exchange_halt_is_a_counted_gap_never_invented(spot_apr) -> None:
+    t = spot_apr.frame.open_time
+    g = int(np.flatnonzero(np.diff(t) > 60_000)[0])  # 2021-04-25 04:00 -> 08:45, 284 bars missing
+    assert (t[g + 1] - t[g]) // 60_000 - 1 == 284
+
+    async def main() -> tuple[list[Bar], Any]:
+        async with FeedSimulator(spot_apr.frame, speed=40, start_index=g - 10, end_index=g + 30,
+                                 intrabar=1, faults=Faults.parse("drop=0.3,seed=2")) as sim:
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url), warmup_bars=20, stale_after_s=5)
+            bars = await collect(client, until=_has(int(t[g + 29])), timeout_s=30)
+            return bars, client.stats
+
+    bars, stats = asyncio.run(main())
+    _assert_exactly_once(bars, expected_times(spot_apr, g - 30, g + 30))
+    assert stats.gaps == 1 and stats.missing_bars == 284  # logged, counted, passed on
+
+
+def test_unreachable_feed_logs_one_line_per_attempt_and_backs_off() -> None:
+    port = free_port()  # nothing listens there
+    delays: list[float] = []
+
+    class Enough(Exception):
+        pass
+
+    async def fake_sleep(s: float) -> None:
+        delays.append(s)
+        if len(delays) >= 8:
+            raise Enough
+
+    cfg = FeedConfig(ws_url=f"ws://127.0.0.1:{port}", rest_url=f"http://127.0.0.1:{port}",
+                     reconnect_min_s=1.0, reconnect_max_s=8.0)
+    client = FeedClient(cfg, sleep=fake_sleep)
+
+    async def main() -> None:
+        async for _ in client:
+            pass
+
+    with capture_logs() as logs, pytest.raises(Enough):
+        asyncio.run(main())
+    failed = [e for e in logs if e["event"] == "feed.connect_failed"]
+    assert len(failed) == 8 == client.stats.connect_failures
+    assert all(e["log_level"] == "warning" and "exc_info" not in e for e in failed)
+    assert all("refused" in e["error"].lower() and e["url"].startswith("ws://127.0.0.1") for e in failed)
+    ceilings = [min(8.0, 2.0**i) for i in range(8)]
+    assert all(c / 2 <= d <= c for d, c in zip(delays, ceilings, strict=True))
+    assert [e["retry_in_s"] for e in failed] == [round(d, 3) for d in delays]
+
+
+def test_config_errors_are_clear() -> None:
+    with pytest.raises(ConfigError, match="ws_url"):
+        FeedClient(FeedConfig(ws_url="https://example.invalid"))
+    with pytest.raises(ConfigError, match="stream"):
+        FeedClient(FeedConfig(symbols=("BTCUSDT", "ETHUSDT"))).__aiter__()

@@ -1,0 +1,132 @@
+"""Real bars and signals for the paper tests, as fixtures (test modules cannot import each other
+under --import-mode=importlib). A seeded p_up stands in for a model: the broker and the ledger only
+see signals, and their actions come from the real signal rule."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import pytest
+from barsignal.engine.signal import Signal, SignalRule, signal_id
+from barsignal.features.bar import Bar
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("BARSIGNAL_SHARED", REPO.parent / "shared")).resolve()
+SPOT_1M = sorted((SHARED / "data" / "klines" / "spot_1m").glob("*.json"))
+ART = "0123456789abcdef0123"
+
+
+@cache
+def _spot_bars(n: int, file_index: int = 2) -> tuple[Bar, ...]:
+    """The first ``n`` real 1m bars of a spot file (index 2: Nov-Dec 2021, no gaps)."""
+    if not SPOT_1M:
+        pytest.fail(f"real data not found under {SHARED}/data/klines/spot_1m")
+    rows = json.loads(SPOT_1M[file_index].read_text())[:n]
+    return tuple(Bar(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), "file")
+                 for r in rows)
+
+
+def _make_signals(bars: tuple[Bar, ...] | list[Bar], seed: int = 0, allow_short: bool = True,
+                  symbol: str = "BTCUSDT") -> list[Signal]:
+    rng = np.random.default_rng(seed)
+    rule = SignalRule(0.55, 0.45, hysteresis=0.02, cooldown_bars=1, allow_short=allow_short)
+    out = []
+    for b in bars:
+        p = float(np.float32(rng.beta(5, 5)))
+        out.append(Signal(signal_id(symbol, b.open_time, ART), symbol, b.open_time, b.open, b.close, p,
+                          rule.update(p), ART, b.source))
+    return out
+
+
+@pytest.fixture(scope="session")
+def spot_bars() -> Callable[..., tuple[Bar, ...]]:
+    return _spot_bars
+
+
+@pytest.fixture(scope="session")
+def make_signals() -> Callable[..., list[Signal]]:
+    return _make_signals
+
+
+# -- a real pipeline: real features (OnlineFeatures), a real ONNX model on ONNX Runtime, the real rule --
+T, F = 30, 33
+
+
+def write_tiny_onnx(dest: Path, seed: int = 0) -> tuple[Path, Path]:
+    """A real ONNX model, sigmoid(sum(tanh(window @ W1) * w2) + b), static (1,30,33) and dynamic (N,30,33):
+    a MatMul, so batched and single calls could round differently if the backend let them."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    w1 = rng.standard_normal((F, 16)).astype(np.float32) * 0.3
+    w2 = rng.standard_normal((1, T, 16)).astype(np.float32) * 0.05
+    out = []
+    for name, batch in (("static.onnx", 1), ("dynamic.onnx", "N")):
+        g = helper.make_graph(
+            [helper.make_node("MatMul", ["input", "W1"], ["h"]),
+             helper.make_node("Tanh", ["h"], ["a"]),
+             helper.make_node("Mul", ["a", "W2"], ["m"]),
+             helper.make_node("ReduceSum", ["m", "axes"], ["s"], keepdims=0),
+             helper.make_node("Sigmoid", ["s"], ["up_probability"])],
+            "tiny",
+            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, T, F])],
+            [helper.make_tensor_value_info("up_probability", TensorProto.FLOAT, [batch])],
+            [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
+             numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
+        )
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+        m.ir_version = 8
+        dest.mkdir(parents=True, exist_ok=True)
+        onnx.save(m, dest / name)
+        out.append(dest / name)
+    return out[0], out[1]
+
+
+@pytest.fixture(scope="session")
+def make_pipeline(tmp_path_factory) -> Callable[..., object]:
+    """``make_pipeline(last_signalled=None)`` -> a fresh real Pipeline (same model every call)."""
+    from barsignal.daemon.pipeline import Model, Pipeline
+    from barsignal.engine.backends.ort import OnnxRuntimeScorer
+    from barsignal.features import batch
+    from barsignal.features.bar import BarFrame
+    from barsignal.features.normalize import Normalizer
+    from barsignal.features.online import OnlineFeatures
+
+    static, dynamic = write_tiny_onnx(tmp_path_factory.mktemp("onnx"))
+    scorer = OnnxRuntimeScorer(static, dynamic)
+    X, ready = batch.compute_with_ready(BarFrame.from_bars(list(_spot_bars(3000, 0))))
+    norm = Normalizer.fit(X[ready])
+
+    def make(last_signalled: int | None = None) -> Pipeline:
+        rule = SignalRule(0.52, 0.48, hysteresis=0.01, cooldown_bars=2, allow_short=True)
+        return Pipeline("BTCUSDT", Model(OnlineFeatures(norm, T), scorer, rule, "cd" * 32),
+                        last_signalled=last_signalled)
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_artifact(tmp_path_factory) -> Path:
+    """A real, verified model artifact around the tiny ONNX model (normalizer fit on real bars)."""
+    from barsignal.engine.artifact import write_artifact
+    from barsignal.features import batch
+    from barsignal.features.bar import BarFrame
+    from barsignal.features.normalize import Normalizer
+    from barsignal.features.spec import schema_hash
+
+    d = tmp_path_factory.mktemp("art")
+    static, dynamic = write_tiny_onnx(d / "src", seed=1)
+    X, ready = batch.compute_with_ready(BarFrame.from_bars(list(_spot_bars(3000, 0))))
+    write_artifact(d / "artifact", files={"static.onnx": static, "dynamic.onnx": dynamic},
+                   model_config={"kind": "tiny test model"}, schema_hash=schema_hash(),
+                   normalization=Normalizer.fit(X[ready]).to_dict(),
+                   signal={"long_threshold": 0.52, "short_threshold": 0.48, "rule": {}},
+                   variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
+                   default_variant="tiny", horizon=1, metrics={}, command="tests/paper fixture")
+    return d / "artifact"
