@@ -10,8 +10,12 @@ import importlib
 
 # target -> module. Add a line when a benchmark becomes real.
 BENCHES: dict[str, str] = {
+    "features": "barsignal.daemon.bench_features",
     "scoring": "barsignal.engine.bench",
     "replay": "barsignal.daemon.bench_replay",
+    "data": "barsignal.daemon.data.bench",
+    "feed": "barsignal.daemon.feed.bench",
+    "train": "barsignal.model.bench_train",
 }
 
 

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "train": "barsignal.model.cli",
     "eval": "barsignal.model.eval_cli",
     "compress": "barsignal.compression.cli",
+    "features": "barsignal.daemon.features_cli",
     "bench": "barsignal.bench",
     "paper": "barsignal.daemon.paper.cli",
     "replay": "barsignal.daemon.replay_cli",

@@ -33,7 +33,7 @@ class TransientError(BarsignalError):
     exit_code = 1
 
 
-class BadMessage(BarsignalError):  # noqa: N818 - named for what the operator does: count, drop, go on
+class BadMessage(BarsignalError):
     """One bad frame or bar: count it, log it, drop it, go on."""
 
     exit_code = 1

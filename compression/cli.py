@@ -57,6 +57,7 @@ def _value(text: str) -> Any:
 
 def load_config(args: argparse.Namespace) -> Any:
     import msgspec
+
     from barsignal.compression import config as cc
     from barsignal.errors import ConfigError
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from barsignal.compression.config import CompressionConfig
 from barsignal.compression.distill import Data, Split
 from barsignal.errors import ConfigError

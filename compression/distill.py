@@ -25,9 +25,10 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from barsignal.compression.config import DistillSection
 from barsignal.log import get_logger
-from torch import nn
 
 log = get_logger(__name__)
 
@@ -197,7 +198,7 @@ def train(model: nn.Module, data: Data, cfg: DistillSection, *, teacher: nn.Modu
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             for k in sums:
-                sums[k] += float(parts[k]) * len(idx)
+                sums[k] += float(parts[k].detach()) * len(idx)
         sched.step()
         val_loss = _epoch_loss(model, loss_fn, data.val, val_targets if distil else None, 1024)
         row = {"epoch": epoch, **{f"train_{k}": v / n for k, v in sums.items()}, "val_loss": val_loss,

@@ -34,7 +34,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 INPUT, OUTPUT = "input", "up_probability"
-OPSET = 19
+OPSET = 20
 PASSES = ("dropout", "scale", "qkv", "transpose", "topk")
 
 
@@ -280,7 +280,8 @@ def _fold_scale(g: _Graph, proto: onnx.ModelProto) -> int:
                 chain.append(p)
                 cur = p.input[0]
             lin = _linear_of(g, cur)
-            if lin is None or g.single_consumer(cur) is None or (not chain and g.single_consumer(x_in) is None):
+            if lin is None or g.single_consumer(cur) is None \
+                    or (not chain and g.single_consumer(x_in) is None):
                 continue
             mm, add = lin
             b_name = add.input[1] if g.const(add.input[1]) is not None else add.input[0]
@@ -556,11 +557,18 @@ def _interim_main(argv: Sequence[str] | None = None) -> int:
     if args.checkpoint:
         model = checkpoint.load(args.checkpoint)
         _, meta = checkpoint.read_config(args.checkpoint)
-        trained = f"checkpoint {args.checkpoint} (epoch {meta.get('epoch')}, val_logloss {meta.get('val_logloss')})"
+        trained = (f"checkpoint {args.checkpoint} (epoch {meta.get('epoch')},"
+                   f" val_logloss {meta.get('val_logloss')})")
     else:
         torch.manual_seed(0)
         model, meta = Informer(student_config()).eval(), {}
         trained = "UNTRAINED: random weights, no predictive value; interim artifact only"
+    from barsignal.errors import ArtifactError
+    from barsignal.features.spec import schema_hash
+
+    if meta.get("schema_hash") and meta["schema_hash"] != schema_hash():
+        raise ArtifactError(f"checkpoint {args.checkpoint} was trained on features with schema hash "
+                            f"{meta['schema_hash'][:16]}..., the code's is {schema_hash()[:16]}...: retrain it")
     horizon = int(meta.get("horizon", 1))
     segments = load_segments(args.data)
     splits = build(segments, DatasetSpec(window=model.cfg.window, horizon=horizon))

@@ -22,6 +22,7 @@ from typing import Any
 
 import msgspec
 import numpy as np
+
 from barsignal.compression.config import CompressionConfig
 from barsignal.compression.distill import Data
 from barsignal.errors import ConfigError
@@ -46,6 +47,7 @@ class Context:
         self._teacher: Any = None
         self._meta: dict[str, Any] | None = None
         self._data: Data | None = data
+        self._targets: dict[str, Any] = {}
         self._progress = progress
 
     def progress(self, msg: str) -> None:
@@ -77,6 +79,22 @@ class Context:
 
             self._data = load_data(self.cfg, self.teacher_meta, self.workdir)
         return self._data
+
+    def targets(self, split: str) -> Any:
+        """The teacher's logits and features on the ``train`` or ``val`` windows (computed once)."""
+        from barsignal.compression.distill import teacher_targets
+
+        if split not in self._targets:
+            self._targets[split] = teacher_targets(self.teacher, getattr(self.data, split).x)
+        return self._targets[split]
+
+    @property
+    def teacher_test_proba(self) -> np.ndarray:
+        from barsignal.compression.distill import predict_proba
+
+        if "test_p" not in self._targets:
+            self._targets["test_p"] = predict_proba(self.teacher, self.data.test.x)
+        return self._targets["test_p"]
 
     def load(self, name: str) -> Any:
         from barsignal.model import checkpoint
@@ -128,7 +146,8 @@ def _fidelity(p_ref: np.ndarray, p: np.ndarray) -> dict[str, float]:
 def stage_distill(ctx: Context) -> dict[str, Any]:
     """Distil the teacher into the student, and train the same student without distillation."""
     import torch
-    from barsignal.compression.distill import predict_proba, teacher_targets, train
+
+    from barsignal.compression.distill import predict_proba, train
     from barsignal.compression.metrics import auc
     from barsignal.model.informer import Informer, InformerConfig, student_config
 
@@ -136,8 +155,8 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
     tcfg: InformerConfig = ctx.teacher.cfg
     scfg = student_config(window=tcfg.window, n_features=tcfg.n_features)
     ctx.progress(f"teacher targets on {len(data.train)} train + {len(data.val)} val windows")
-    tt, tv = teacher_targets(ctx.teacher, data.train.x), teacher_targets(ctx.teacher, data.val.x)
-    p_teacher = predict_proba(ctx.teacher, data.test.x)
+    tt, tv = ctx.targets("train"), ctx.targets("val")
+    p_teacher = ctx.teacher_test_proba
     out: dict[str, Any] = {"config": msgspec.structs.asdict(cfg), "train_windows": len(data.train),
                            "val_windows": len(data.val), "test_windows": len(data.test),
                            "teacher_test_auc": auc(data.test.y, p_teacher)}
@@ -165,14 +184,14 @@ def stage_prune(ctx: Context) -> dict[str, Any]:
     """Structured pruning of the distilled student, distillation fine-tuning, magnitude-pruning stats."""
     import copy
 
-    from barsignal.compression.distill import predict_proba, teacher_targets, train
+    from barsignal.compression.distill import predict_proba, train
     from barsignal.compression.metrics import auc
     from barsignal.compression.prune import PruneTargets, importance, magnitude_prune, prune_structured
     from barsignal.model.informer import flops_per_window
 
     pc, data = ctx.cfg.prune, ctx.data
     student = ctx.load("student")
-    p_teacher = predict_proba(ctx.teacher, data.test.x)
+    p_teacher = ctx.teacher_test_proba
     p_student = predict_proba(student, data.test.x)
     ctx.progress(f"importance ({pc.importance})")
     scores = importance(student, pc.importance, data.train.x, data.train.y)
@@ -181,8 +200,7 @@ def stage_prune(ctx: Context) -> dict[str, Any]:
     ctx.progress(f"fine-tuning the pruned student ({pc.finetune_epochs} epochs, distillation loss)")
     res = None
     if pc.finetune_epochs > 0:
-        tt = teacher_targets(ctx.teacher, data.train.x)
-        tv = teacher_targets(ctx.teacher, data.val.x)
+        tt, tv = ctx.targets("train"), ctx.targets("val")
         res = train(pruned, data, ctx.cfg.distill, train_targets=tt, val_targets=tv,
                     epochs=pc.finetune_epochs, lr=pc.finetune_lr, seed=ctx.cfg.data.seed, label="pruned")
     p_pruned = predict_proba(pruned, data.test.x)
@@ -237,11 +255,23 @@ def stage_export(ctx: Context) -> dict[str, Any]:
 # --- stage 4: quantization -------------------------------------------------------------------------
 
 
-def _static_twin(dynamic: Path) -> Path:
-    from barsignal.compression.quantize import fix_batch
+def _make_variant(kind: str, src_stem: str, dst_stem: str, onnx_dir: Path, calib: np.ndarray) -> None:
+    """``{dst_stem}.onnx`` and ``{dst_stem}.dynamic.onnx`` from the FP32 pair ``{src_stem}[.dynamic].onnx``.
 
-    static = dynamic.with_name(dynamic.name.replace(".dynamic.onnx", ".onnx"))
-    return fix_batch(dynamic, static, 1)
+    Static and dynamic are converted separately (the static FP32 has constant shapes, which the
+    TensorRT rules need); INT8 static calibrates both on the same windows with min/max, so both
+    get the same scales.
+    """
+    from barsignal.compression import quantize as q
+
+    for suffix, batch in ((".onnx", 1), (".dynamic.onnx", 64)):
+        src, dst = onnx_dir / f"{src_stem}{suffix}", onnx_dir / f"{dst_stem}{suffix}"
+        if kind == "fp16":
+            q.to_fp16(src, dst)
+        elif kind == "int8_dynamic":
+            q.int8_dynamic(src, dst)
+        else:
+            q.int8_static(src, dst, calib, batch=batch)
 
 
 def stage_quantize(ctx: Context) -> dict[str, Any]:
@@ -249,7 +279,7 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
     import logging
 
     from barsignal.compression import quantize as q
-    from barsignal.compression.distill import teacher_targets, train
+    from barsignal.compression.distill import train
     from barsignal.compression.metrics import backtest, signal_agreement
     from barsignal.compression.onnx_export import export_variant
     from barsignal.compression.thresholds import choose_thresholds
@@ -262,9 +292,8 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
     calib = data.train.x[np.linspace(0, len(data.train) - 1, min(qc.calibration_windows, len(data.train)))
                          .round().astype(np.int64)]
     ctx.progress("FP16, INT8 dynamic, INT8 static")
-    q.to_fp16(base, d / "fp16.dynamic.onnx")
-    q.int8_dynamic(base, d / "int8_dynamic.dynamic.onnx")
-    q.int8_static(base, d / "int8_static.dynamic.onnx", calib)
+    for kind in ("fp16", "int8_dynamic", "int8_static"):
+        _make_variant(kind, "pruned", kind, d, calib)
     # QAT: torchao fake quantization, fine-tuned with the distillation loss, exported through QDQ.
     ctx.progress(f"QAT ({qc.qat_epochs} epochs, torchao fake quantization)")
     model = ctx.load("pruned").train()
@@ -272,15 +301,13 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
     n_fq = q.count_fake_quantized(model)
     qat_res = None
     if qc.qat_epochs > 0:
-        tt, tv = teacher_targets(ctx.teacher, data.train.x), teacher_targets(ctx.teacher, data.val.x)
+        tt, tv = ctx.targets("train"), ctx.targets("val")
         qat_res = train(model, data, ctx.cfg.distill, train_targets=tt, val_targets=tv, epochs=qc.qat_epochs,
                         lr=qc.qat_lr, seed=ctx.cfg.data.seed, label="qat")
     q.qat_strip(model)
     ctx.save(model, "qat", {"kind": "qat"})
     export_variant(model, d, "qat_fp32")
-    q.int8_static(d / "qat_fp32.dynamic.onnx", d / "qat.dynamic.onnx", calib)
-    for v in QUANT_VARIANTS:
-        _static_twin(d / f"{v}.dynamic.onnx")
+    _make_variant("int8_static", "qat_fp32", "qat", d, calib)
 
     x, xv = data.test.x, data.val.x
     p_ref = q.onnx_proba(base, x)
@@ -303,10 +330,13 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
         p = q.onnx_proba(path, x)
         if v in ("int8_static", "qat"):
             clip = q.clipping_rate(ref_onnx, path, calib)
+            clip["held_out_rate"] = q.clipping_rate(ref_onnx, path, x[:2048])["rate"]
         elif v == "fp16":
             clip = {**q.fp16_overflow_rate(ref_onnx, calib[:256]), "note": "values beyond float16's range"}
+            clip["held_out_rate"] = q.fp16_overflow_rate(ref_onnx, x[:256])["rate"]
         else:
-            clip = {"rate": 0.0, "note": "dynamic: each call's own min/max sets the range, nothing clips"}
+            clip = {"rate": 0.0, "held_out_rate": 0.0,
+                    "note": "dynamic: each call's own min/max sets the range, nothing clips"}
         bt = backtest(p, data.test.ret, th.long_threshold, th.short_threshold, ctx.cfg.eval.fee_bps)
         out["variants"][v] = {
             "ops": q.count_ops(path), "weight_error": q.weight_errors(ref_onnx, path),
@@ -333,23 +363,38 @@ def stage_report(ctx: Context, artifact: str | None = None, command: str = "") -
     return build_report(ctx, artifact_dir=Path(artifact or ctx.cfg.output.artifact), command=command)
 
 
-def stage_engine(ctx: Context, variants: tuple[str, ...] = ("pruned", "fp16", "int8_static"),
+def stage_engine(ctx: Context, variants: tuple[str, ...] = ("pruned", "fp16", "int8_static", "qat"),
                  version_compatible: bool = False) -> dict[str, Any]:
-    """TensorRT engines from the FP32, FP16 and QDQ ONNX (strongly typed), via tensorrt_build."""
-    try:
-        from barsignal.compression import tensorrt_build
-    except ImportError as exc:  # the module itself is the engine helper's; tensorrt is optional
-        raise ConfigError(f"TensorRT build unavailable: {exc}") from None
-    build = getattr(tensorrt_build, "build_engine", None)
-    if build is None:
-        raise ConfigError("barsignal.compression.tensorrt_build has no build_engine(); cannot build engines")
+    """TensorRT engines (strongly typed) from the FP32, FP16 and Q/DQ ONNX, via ``tensorrt_build``.
+
+    Each ONNX is first checked against TensorRT's ONNX parser rules (``trt_ops.check_graph``), which
+    needs no TensorRT; the build itself needs ``tensorrt`` and an NVIDIA GPU (the ``gpu`` extra).
+    """
+    import importlib.util
+
+    import onnx
+
+    from barsignal.compression.trt_ops import check_graph, prepare_for_tensorrt
+
+    paths = {v: ctx.onnx_dir / f"{v}.onnx" for v in variants}
+    for path in paths.values():
+        if not path.is_file():
+            raise ConfigError(f"{path}: missing; run `barsignal compress export` and `quantize` first")
+        problems = check_graph(prepare_for_tensorrt(onnx.load(str(path))), static=True)
+        if problems:
+            raise ConfigError(f"{path}: TensorRT's ONNX parser would refuse it: {'; '.join(problems[:5])}")
+    if importlib.util.find_spec("tensorrt") is None:
+        raise ConfigError(
+            "TensorRT is not installed on this machine, so no engine was built (the ONNX variants in "
+            f"{ctx.onnx_dir} pass TensorRT's parser rules). On a machine with an NVIDIA GPU: "
+            "pip install 'barsignal[gpu]', then run `barsignal compress engine` again")
+    from barsignal.compression.tensorrt_build import build_engine
+
     out = {}
-    for v in variants:
-        onnx_path = ctx.onnx_dir / f"{v}.onnx"
-        if not onnx_path.is_file():
-            raise ConfigError(f"{onnx_path}: missing; run `barsignal compress export` and `quantize` first")
-        out[v] = build(onnx_path, ctx.workdir / "engines", version_compatible=version_compatible)
-    return {"engines": {k: str(v) for k, v in out.items()}}
+    for v, path in paths.items():
+        ctx.progress(f"TensorRT engine {v}")
+        out[v] = str(build_engine(path, ctx.workdir / "engines", version_compatible=version_compatible))
+    return {"engines": out}
 
 
 STAGE_FNS: dict[str, Callable[..., dict[str, Any]]] = {

@@ -26,8 +26,9 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
-from barsignal.model.informer import Informer
 from torch import nn
+
+from barsignal.model.informer import Informer
 
 Importance = Literal["l1", "taylor"]
 

@@ -1,7 +1,7 @@
 """Quantized ONNX variants and their diagnostics.
 
-Variants (each written as a dynamic-batch ONNX; :func:`fix_batch` derives the static (1, 30, 33) twin
-with the very same weights and scales):
+Variants (the pipeline converts the static (1, 30, 33) FP32 ONNX and its dynamic-batch twin
+separately, with the same calibration windows, so both carry the same weights and scales):
 
 - **FP16**: every float initializer and op in float16, graph inputs/outputs kept float32
   (``onnxruntime.transformers.float16`` with ``keep_io_types=True``).
@@ -56,21 +56,26 @@ def onnx_proba(path: str | Path, x: np.ndarray, batch: int = 512, threads: int =
     return np.concatenate([o.reshape(-1) for o in outs]).astype(np.float32)
 
 
-def fix_batch(src: str | Path, dst: str | Path, batch: int = 1) -> Path:
-    """Copy of ``src`` with the input/output batch axis fixed to ``batch`` (same weights, same scales)."""
-    m = onnx.load(str(src))
-    for v in list(m.graph.input) + list(m.graph.output):
-        d = v.type.tensor_type.shape.dim[0]
-        d.ClearField("dim_param")
-        d.dim_value = batch
-    del m.graph.value_info[:]
-    m = onnx.shape_inference.infer_shapes(m)
-    onnx.checker.check_model(m)
-    onnx.save(m, str(dst))
-    return Path(dst)
-
-
 # --- variants --------------------------------------------------------------------------------------
+
+
+def topo_sort(graph: onnx.GraphProto) -> None:
+    """Order ``graph.node`` topologically in place (converters append their Casts at the end)."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    pending, ordered = list(graph.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(i in ready for i in n.input):
+                ordered.append(n)
+                ready.update(n.output)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            raise ValueError(f"graph has a cycle or a dangling input near node {rest[0].name!r}")
+        pending = rest
+    del graph.node[:]
+    graph.node.extend(ordered)
 
 
 def to_fp16(src: str | Path, dst: str | Path) -> Path:
@@ -78,6 +83,8 @@ def to_fp16(src: str | Path, dst: str | Path) -> Path:
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     m = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
+    topo_sort(m.graph)
+    onnx.checker.check_model(m)
     onnx.save(m, str(dst))
     return Path(dst)
 
@@ -113,13 +120,13 @@ def _output_nodes(path: str | Path) -> list[str]:
 
 def int8_static(src: str | Path, dst: str | Path, calibration: np.ndarray,
                 nodes_to_quantize: list[str] | None = None,
-                op_types: tuple[str, ...] = STATIC_OP_TYPES) -> Path:
+                op_types: tuple[str, ...] = STATIC_OP_TYPES, batch: int = 64) -> Path:
     """INT8 QDQ: symmetric per-channel int8 weights, int8 activations calibrated by min/max on
     ``calibration`` windows. Only ``op_types`` (and ``nodes_to_quantize``, when given) are quantized."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     quantize_static(
-        str(src), str(dst), _Reader(calibration), quant_format=QuantFormat.QDQ, per_channel=True,
+        str(src), str(dst), _Reader(calibration, batch), quant_format=QuantFormat.QDQ, per_channel=True,
         activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
         calibrate_method=CalibrationMethod.MinMax, nodes_to_quantize=nodes_to_quantize,
         nodes_to_exclude=_output_nodes(src), op_types_to_quantize=list(op_types),
@@ -226,7 +233,8 @@ def _with_outputs(path: str | Path, names: Iterable[str]) -> bytes:
 def clipping_rate(fp32: str | Path, quantized: str | Path, calibration: np.ndarray,
                   batch: int = 256) -> dict[str, Any]:
     """Fraction of FP32 activation values outside the range each activation QuantizeLinear can
-    represent, on ``calibration`` windows. Returns the overall rate and the rate per tensor."""
+    represent (by more than half a quantization step, i.e. saturated rather than rounded), on
+    ``calibration`` windows. Returns the overall rate and the rate per tensor."""
     import onnxruntime as ort
 
     qm = onnx.load(str(quantized))
@@ -239,7 +247,8 @@ def clipping_rate(fp32: str | Path, quantized: str | Path, calibration: np.ndarr
         zp_arr = inits.get(n.input[2]) if len(n.input) > 2 else None
         zp = float(np.asarray(zp_arr).reshape(-1)[0]) if zp_arr is not None else 0.0
         info = np.iinfo(zp_arr.dtype if zp_arr is not None else np.uint8)
-        ranges[n.input[0]] = ((info.min - zp) * scale, (info.max - zp) * scale)
+        # beyond half a step outside [qmin, qmax]: within it a value rounds to qmin/qmax anyway
+        ranges[n.input[0]] = ((info.min - 0.5 - zp) * scale, (info.max + 0.5 - zp) * scale)
     produced = {o for n in onnx.load(str(fp32)).graph.node for o in n.output}
     ranges = {k: v for k, v in ranges.items() if k in produced}
     if not ranges:

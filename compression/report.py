@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -47,6 +48,7 @@ def _cpu_flags() -> dict[str, Any]:
 def _latency(rows: list[dict[str, Any]], window: np.ndarray, iters: int, threads: int) -> None:
     """p50/p99 per row in µs, all rows interleaved in one loop (same machine state for all)."""
     import torch
+
     from barsignal.compression.quantize import INPUT, OUTPUT, session
 
     torch.set_num_threads(threads)
@@ -285,7 +287,10 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
         name = "fp32" if v == "pruned" else v
         files[f"{name}.onnx"] = d / f"{r['file']}.onnx"
         files[f"{name}.dynamic.onnx"] = d / f"{r['file']}.dynamic.onnx"
+        net = "qat" if v == "qat" else "pruned"  # the PyTorch weights of this network (torch backend)
+        files[f"{net}.safetensors"] = ctx.workdir / net / "model.safetensors"
         variants[name] = {"onnx": f"{name}.onnx", "onnx_dynamic": f"{name}.dynamic.onnx",
+                          "weights": f"{net}.safetensors",
                           "model": r["model"].cfg.to_dict(), "precision": name,
                           "latency_p50_us": r["latency_p50_us"], "auc": r["auc"],
                           "signal_agreement_vs_fp32": r["signal_agreement_vs_fp32"]}
@@ -374,14 +379,16 @@ def _markdown(s: dict[str, Any]) -> str:
     q = s.get("quantize")
     if q:
         lines += ["## Quantization diagnostics", "",
-                  "| variant | max weight err | mean weight err | activation clipping | mean abs Δp | "
+                  "| variant | max weight err | mean weight err | clipping (calib) | clipping (test) | "
+                  "mean abs Δp | "
                   "p99 abs Δp | "
                   "signal agree | Sharpe (FP32 " f"{q['fp32_backtest']['sharpe']:.2f}) | max DD (FP32 "
-                  f"{q['fp32_backtest']['max_drawdown']:.3f}) |", "|---|---|---|---|---|---|---|---|---|"]
+                  f"{q['fp32_backtest']['max_drawdown']:.3f}) |", "|---|---|---|---|---|---|---|---|---|---|"]
         for v, r in q["variants"].items():
             we = list(r["weight_error"].values()) or [float("nan")]
             lines.append(f"| {v} | {max(we):.2e} | {np.mean(we):.2e} | "
                          f"{r['activation_clipping']['rate']:.2e} | "
+                         f"{r['activation_clipping'].get('held_out_rate', float('nan')):.2e} | "
                          f"{r['vs_fp32']['mean_abs_dp']:.2e} | {r['vs_fp32']['p99_abs_dp']:.2e} | "
                          f"{r['vs_fp32']['signal_agreement']:.4f} | {r['backtest']['sharpe']:.2f} | "
                          f"{r['backtest']['max_drawdown']:.3f} |")
@@ -401,8 +408,9 @@ def _markdown(s: dict[str, Any]) -> str:
                       + (f"; measured mix: mean |Δp| {meas['mean_abs_dp']:.2e}, signal agreement "
                          f"{meas['signal_agreement']:.4f}." if meas else "."), ""]
         lines += ["Weight error is ||W - Q(W)|| / ||W|| per layer (report.json has every layer); activation "
-                  "clipping is the fraction of FP32 activation values on the calibration windows outside the "
-                  "range of their QuantizeLinear.", ""]
+                  "clipping is the fraction of FP32 activation values outside the range of their QuantizeLinear "
+                  "by more than half a step, on the calibration windows (0 by construction for min/max "
+                  "calibration) and on 2,048 held-out test windows; FP16: values beyond ±65504.", ""]
     e = s.get("export_parity")
     if e:
         lines += ["## ONNX parity (PyTorch vs ONNX Runtime FP32)", ""]

@@ -90,7 +90,8 @@ def cuda_check(result: Any) -> Any:
 def gpu_info(device: int = 0) -> GpuInfo:
     rt = cudart()
     props = cuda_check(rt.cudaGetDeviceProperties(device))
-    name = props.name.decode(errors="replace").rstrip("\x00") if isinstance(props.name, bytes) else str(props.name)
+    raw = props.name
+    name = raw.decode(errors="replace").rstrip("\x00") if isinstance(raw, bytes) else str(raw)
     return GpuInfo(name=name, compute_capability=(int(props.major), int(props.minor)))
 
 

@@ -121,7 +121,8 @@ def check_graph(model: onnx.ModelProto, *, static: bool = True) -> list[str]:
             if not tt.HasField("shape"):
                 bad.append(f"tensor {vi.name!r}: unknown rank")
             elif not all(d.HasField("dim_value") for d in tt.shape.dim):
-                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tt.shape.dim]
+                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                        for d in tt.shape.dim]
                 bad.append(f"tensor {vi.name!r}: dynamic shape {dims}")
     return bad
 

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
-from barsignal.errors import ConfigError
 from msgspec import Meta
+
+from barsignal.errors import ConfigError
 
 Pos = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]

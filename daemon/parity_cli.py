@@ -15,7 +15,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="the live daemon's TOML config")
     p.add_argument("--artifact", default=None, help="model artifact directory (default: [model] or bundled)")
     p.add_argument("--symbol", default=None, help="symbol (default: the first of [feed] symbols)")
-    p.add_argument("--batch", type=int, default=4096, help="windows scored per batch in the replay")
+    p.add_argument("--batch", type=int, default=256, help="windows scored per batch in the replay")
     p.set_defaults(func=_run)
 
 

@@ -23,9 +23,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ledger", default=None, help="paper ledger file (default: DIR/paper.sqlite with "
                    "--report, else an in-memory ledger)")
     p.add_argument("--symbol", default=None, help="symbol of the bars (default: the first of [feed] symbols)")
-    p.add_argument("--batch", type=int, default=4096, help="windows scored per batch; 1 = one by one "
+    p.add_argument("--batch", type=int, default=256, help="windows scored per batch; 1 = one by one "
                    "(the live path); the same signals either way")
+    p.add_argument("--threads", type=int, default=None,
+                   help="scoring threads for this replay (default: [engine] intra_op_threads, the live setting)")
     p.set_defaults(func=_run)
+
+
+def with_threads(cfg: Any, threads: int | None) -> Any:
+    """``cfg`` with ``[engine] intra_op_threads`` replaced (replay is about throughput, live about latency)."""
+    if not threads:
+        return cfg
+    import msgspec
+
+    from barsignal.errors import ConfigError
+
+    if threads < 1:
+        raise ConfigError("--threads must be >= 1")
+    return msgspec.structs.replace(cfg, engine=msgspec.structs.replace(cfg.engine, intra_op_threads=threads))
 
 
 def build_pipeline(cfg: Any, artifact: str | None, symbol: str, last_signalled: int | None = None) -> Any:
@@ -53,7 +68,7 @@ def _run(args: argparse.Namespace) -> int:
     log = get_logger("barsignal.daemon.replay")
     if args.batch < 1:
         raise ConfigError("--batch must be >= 1")
-    cfg = cfgmod.load(args.config)
+    cfg = with_threads(cfgmod.load(args.config), args.threads)
     symbol = args.symbol or cfg.feed.symbols[0]
     t0 = time.perf_counter()
     bars = list(load_bars(args.bars, symbol))

@@ -181,7 +181,8 @@ def load_artifact(path: str | os.PathLike[str] | None = None, *, expected_schema
     if manifest["default_variant"] not in manifest["variants"]:
         raise ArtifactError(f"{mpath}: default_variant {manifest['default_variant']!r} is not a variant")
     if tuple(manifest["window_shape"]) != WINDOW_SHAPE:
-        raise ArtifactError(f"{mpath}: window_shape {manifest['window_shape']}, the engine feeds {WINDOW_SHAPE}")
+        raise ArtifactError(
+            f"{mpath}: window_shape {manifest['window_shape']}, the engine feeds {WINDOW_SHAPE}")
     want_schema = expected_schema_hash if expected_schema_hash is not None else _code_schema_hash()
     got_schema = manifest["features"].get("schema_hash")
     if got_schema != want_schema:

@@ -6,6 +6,8 @@ they are computed by the very same method. Throughput: see docs/BENCHMARKS.md (#
 
 from __future__ import annotations
 
+from itertools import chain
+
 import numpy as np
 from barsignal.features.bar import INTERVAL_MS, BarFrame
 from barsignal.features.engine import FeatureEngine
@@ -32,7 +34,8 @@ def compute_with_ready(frame: BarFrame, gap_policy: str = "continue",
         add_seen(eng.bars_seen)
     if not rows:
         return np.zeros((0, N_FEATURES), dtype=np.float64), np.zeros(0, dtype=bool)
-    return np.array(rows, dtype=np.float64), np.array(seen, dtype=np.int64) >= WARMUP_BARS
+    X = np.fromiter(chain.from_iterable(rows), np.float64, count=len(rows) * N_FEATURES)
+    return X.reshape(len(rows), N_FEATURES), np.array(seen, dtype=np.int64) >= WARMUP_BARS
 
 
 def compute(frame: BarFrame, gap_policy: str = "continue", interval_ms: int = INTERVAL_MS) -> np.ndarray:

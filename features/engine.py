@@ -23,7 +23,8 @@ GAP_POLICIES = ("continue", "reset")
 
 _FLAT = 1e-12  # a dispersion <= _FLAT * level counts as zero (flat window): neutral value
 _TA_EPS = 1e-14  # TA-Lib's TA_EPSILON (TA_IS_ZERO and the scaled tie test of MFI)
-_INF = math.inf
+# Accepted magnitudes: every intermediate stays finite inside them (ratios <= 1e24, tp * v <= 1e30).
+_MIN_PRICE, _MAX_PRICE, _MAX_VOLUME = 1e-12, 1e12, 1e18
 _fsum = sum  # builtin: deterministic for one interpreter; 3.12+ compensates (ulp-level changes)
 _log = math.log
 _log1p = math.log1p
@@ -48,7 +49,10 @@ class FeatureEngine:
     - ``"continue"``: indicators run on across the gap, exactly as TA-Lib does on the file's rows.
     - ``"reset"``: the engine resets and warms up again from the bar after the gap.
     A bar whose open time is not after the last one, is not on the interval grid, or whose OHLCV
-    is not finite and consistent raises ``BadMessage`` and leaves the state untouched.
+    is not finite, consistent (l <= o, c <= h) and in range (prices 1e-12..1e12, volume 0..1e18)
+    raises ``BadMessage`` and leaves the state untouched.
+
+    ``bars_seen``: bars since the start or the last reset. ``gaps``: gaps seen since construction.
     """
 
     def __init__(self, gap_policy: str = "continue", interval_ms: int = INTERVAL_MS) -> None:
@@ -102,8 +106,8 @@ class FeatureEngine:
 
     def step(self, t: int, o: float, h: float, l: float, c: float, v: float) -> list[float]:
         """``update`` on raw values, returning a new list of 33 floats (the batch path uses it)."""
-        if not (0.0 < l <= o <= h < _INF and l <= c <= h and 0.0 <= v < _INF):
-            raise BadMessage(f"bar at open_time {t} is not finite and consistent "
+        if not (_MIN_PRICE <= l <= o <= h <= _MAX_PRICE and l <= c <= h and 0.0 <= v <= _MAX_VOLUME):
+            raise BadMessage(f"bar at open_time {t} is not finite, consistent and in range "
                              f"(o={o} h={h} l={l} c={c} v={v}): drop it")
         last = self.last_open_time
         gap = 0
@@ -335,8 +339,9 @@ class FeatureEngine:
             # 32 vwap30_dev: typical-price VWAP over 30 bars
             if i >= 29:
                 vs = _fsum(self._v30)
-                if vs > 0.0:
-                    f[32] = c / (_fsum(self._pv30) / vs) - 1.0
+                vwap = _fsum(self._pv30) / vs if vs > 0.0 else 0.0
+                if vwap > _FLAT * c:  # no volume (or flows lost to underflow): 0
+                    f[32] = c / vwap - 1.0
                 # 30 rvol30: population standard deviation of the last 30 one-bar log returns
                 if i >= 30:
                     f[30] = _std(self._r30, 30)[1]

@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file, save_file
+
 from barsignal.errors import ArtifactError
 from barsignal.model.informer import Informer, InformerConfig
-from safetensors.torch import load_file, save_file
 
 FORMAT = "barsignal-informer"
 VERSION = 1

@@ -31,6 +31,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="stop at the epoch end before this wall-time budget is passed (0 = none)")
     p.add_argument("--horizon", type=int, default=1, help="label: close this many bars ahead > close now")
     p.add_argument("--dropout", type=float, default=None, help="override the config's dropout")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any InformerConfig field (JSON value), e.g. --set distil=false")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
@@ -42,14 +44,27 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import torch
+
+    from barsignal.errors import ConfigError
     from barsignal.model.dataset import DatasetSpec, load_splits
     from barsignal.model.informer import Informer, describe, student_config, teacher_config
     from barsignal.model.train import TrainConfig, train
 
     if args.threads > 0:
         torch.set_num_threads(args.threads)
-    overrides = {} if args.dropout is None else {"dropout": args.dropout}
-    cfg = (teacher_config if args.kind == "teacher" else student_config)(**overrides)
+    overrides: dict[str, object] = {} if args.dropout is None else {"dropout": args.dropout}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set distil=false")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    try:
+        cfg = (teacher_config if args.kind == "teacher" else student_config)(**overrides)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"--set: {exc}") from None
     splits = load_splits(args.data, DatasetSpec(horizon=args.horizon))
     command = "barsignal " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     tc = TrainConfig(kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from barsignal.errors import DataError
 from barsignal.features.bar import INTERVAL_MS, BarFrame
 from barsignal.log import get_logger

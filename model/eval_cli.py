@@ -29,6 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import numpy as np
+
     from barsignal.model import evaluate
     from barsignal.model.dataset import DatasetSpec, all_windows, build, load_segments
     from barsignal.model.scoring import open_model

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from barsignal.model.dataset import WindowSet
 
 EPS = 1e-7

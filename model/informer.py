@@ -285,6 +285,29 @@ def flops_per_window(model: Informer) -> int:
     return int(counter.get_total_flops())
 
 
+@torch.no_grad()
+def export_mode_shift(model: Informer, x: torch.Tensor, repeats: int = 8) -> dict[str, float]:
+    """How far export mode moves p_up against sampled ProbSparse, next to the sampled mode's own spread.
+
+    ``x`` (N, T, F). Returns mean/max |p_export - p_sampled| over ``repeats`` sampled passes, and the
+    mean/max |p_sampled - mean(p_sampled)| (the noise sampling alone adds). The model is left as found.
+    """
+    was_training, was_det = model.training, model.cfg.deterministic
+    model.eval()
+    try:
+        model.export_mode(False)
+        sampled = torch.stack([torch.sigmoid(model(x)) for _ in range(repeats)])  # (R, N)
+        model.export_mode(True)
+        det = torch.sigmoid(model(x))  # (N,)
+    finally:
+        model.train(was_training).export_mode(was_det)
+    move = (sampled - det).abs()  # (R, N)
+    spread = (sampled - sampled.mean(0)).abs()  # (R, N)
+    return {"mean_abs_shift": float(move.mean()), "max_abs_shift": float(move.max()),
+            "sampled_mean_abs_spread": float(spread.mean()), "sampled_max_abs_spread": float(spread.max()),
+            "windows": int(x.shape[0]), "repeats": repeats}
+
+
 def describe(model: Informer) -> str:
     """One line: parameters and FLOPs per window."""
     cfg = model.cfg

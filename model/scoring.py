@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from barsignal.errors import ArtifactError
 
 
@@ -29,10 +30,10 @@ class ScoredModel:
 def open_model(path: str | os.PathLike[str] | None = None) -> ScoredModel:
     """A checkpoint directory (``config.json`` + ``model.safetensors``) or an artifact (``manifest.json``)."""
     from barsignal.features.normalize import Normalizer
-    from barsignal.model import checkpoint
 
-    if path is not None and checkpoint.is_checkpoint(path):
-        return _open_checkpoint(Path(path), Normalizer)
+    p = Path(path) if path is not None else None
+    if p is not None and (p / "config.json").is_file() and (p / "model.safetensors").is_file():
+        return _open_checkpoint(Path(path), Normalizer)  # torch; an artifact below needs no torch
     from barsignal.engine.artifact import default_artifact_dir, load_artifact
 
     root = Path(path) if path is not None else default_artifact_dir()
@@ -59,6 +60,7 @@ def open_model(path: str | os.PathLike[str] | None = None) -> ScoredModel:
 
 def _open_checkpoint(path: Path, normalizer_cls: Any) -> ScoredModel:
     import torch
+
     from barsignal.model import checkpoint
 
     model = checkpoint.load(path).export_mode(True)

@@ -25,11 +25,12 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+from tqdm import tqdm
+
 from barsignal.log import get_logger
 from barsignal.model import checkpoint
 from barsignal.model.dataset import Splits, WindowSet
 from barsignal.model.informer import Informer, InformerConfig
-from tqdm import tqdm
 
 log = get_logger(__name__)
 

@@ -53,8 +53,13 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def test_wheel_ships_every_subpackage(installed: tuple[Path, Path]) -> None:
     _, wheel = installed
     names = set(zipfile.ZipFile(wheel).namelist())
-    source_pkgs = sorted(p.parent.relative_to(REPO) for p in REPO.rglob("__init__.py")
-                         if not ({".venv", "tests", "build", ".git"} & set(p.relative_to(REPO).parts)))
+    outside = {"tests", "build", "dist", "runs", "state", "docs", "systemd"}
+    source_pkgs = []
+    for root, dirs, files in os.walk(REPO):  # pruned walk: never into .venv
+        dirs[:] = [d for d in dirs
+                   if d not in outside and not d.startswith(".") and not d.endswith(".egg-info")]
+        if "__init__.py" in files:
+            source_pkgs.append(Path(root).relative_to(REPO))
     assert len(source_pkgs) >= 6
     missing = [str(d) for d in source_pkgs if f"barsignal/{d}/__init__.py".replace("/./", "/") not in names]
     assert not missing, f"packages missing from the wheel (add them to pyproject's packages): {missing}"

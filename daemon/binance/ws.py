@@ -18,6 +18,7 @@ from typing import Any
 
 import msgspec
 import orjson
+
 from barsignal.daemon.binance import INTERVAL_MS
 from barsignal.errors import BadMessage
 from barsignal.features.bar import Bar
@@ -100,6 +101,75 @@ def _num(k: dict[str, Any], key: str, *, positive: bool) -> float:
     return x
 
 
+class _K(msgspec.Struct):
+    t: int
+    T: int
+    s: str
+    i: str
+    f: int
+    L: int
+    o: str
+    c: str
+    h: str
+    l: str
+    v: str
+    n: int
+    x: bool
+    q: str
+    V: str
+    Q: str
+
+
+class _Kline(msgspec.Struct):
+    e: str
+    E: int
+    s: str
+    k: _K
+
+
+class _Combined(msgspec.Struct):
+    stream: str
+    data: _Kline
+
+
+_COMBINED = msgspec.json.Decoder(_Combined)
+_RAW = msgspec.json.Decoder(_Kline)
+
+
+def _fast(frame: str | bytes, symbols: Collection[str] | None) -> KlineEvent | None:
+    """The common case, typed by msgspec: a well-formed kline frame, or None (then the slow path
+    below decides what the frame is, and why it is bad). It accepts only what the slow path accepts."""
+    try:
+        if frame[:10] in (b'{"stream":', '{"stream":'):
+            c = _COMBINED.decode(frame)
+            msg, stream = c.data, c.stream
+        else:
+            msg, stream = _RAW.decode(frame), None
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError):
+        return None
+    k = msg.k
+    step = INTERVAL_MS.get(k.i)
+    if (msg.e != "kline" or k.s != msg.s or step is None or (symbols is not None and msg.s not in symbols)
+            or (stream is not None and stream != stream_name(msg.s, k.i))):
+        return None
+    t = k.t
+    if t <= 0 or (step <= 86_400_000 and t % step) or k.T != t + step - 1:
+        return None
+    try:
+        o, h, lo, c_, v = float(k.o), float(k.h), float(k.l), float(k.c), float(k.v)
+        q, vb, qb = float(k.q), float(k.V), float(k.Q)
+    except ValueError:
+        return None
+    if not (0 < lo <= o <= h < math.inf and lo <= c_ <= h and 0 <= v < math.inf
+            and 0 <= q < math.inf and 0 <= vb < math.inf and 0 <= qb < math.inf):
+        return None  # NaN fails too: every comparison with NaN is False
+    return KlineEvent(
+        symbol=msg.s, interval=k.i, open_time=t, close_time=k.T, open=o, high=h, low=lo, close=c_,
+        volume=v, closed=k.x, event_time=msg.E, first_trade_id=k.f, last_trade_id=k.L, trades=k.n,
+        quote_volume=q, taker_buy_base=vb, taker_buy_quote=qb,
+    )
+
+
 def decode(
     frame: str | bytes,
     *,
@@ -115,6 +185,12 @@ def decode(
     """
     if len(frame) > max_bytes:
         raise _bad("oversized", f"{len(frame)} bytes > {max_bytes}")
+    ev = _fast(frame, symbols)
+    return ev if ev is not None else _slow(frame, symbols)
+
+
+def _slow(frame: str | bytes, symbols: Collection[str] | None) -> KlineEvent | ServerShutdown | None:
+    """Any frame, checked field by field: says what a frame is, or exactly why it is bad."""
     try:
         msg = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:

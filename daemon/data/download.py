@@ -14,6 +14,7 @@ import http.client
 import os
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -73,6 +74,10 @@ class Fetcher:
                  backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep) -> None:
         self.base_url = base_url.rstrip("/")
         self.timeout_s, self.retries, self.backoff_s, self.sleep = timeout_s, retries, backoff_s, sleep
+        host = urllib.parse.urlsplit(self.base_url).hostname or ""
+        # environment proxies apply to real hosts, never to a loopback test server
+        loopback = host in ("127.0.0.1", "::1", "localhost")
+        self._opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if loopback else []))
 
     def get(self, path: str) -> bytes | None:
         """The body at ``path``, or None on 404."""
@@ -100,14 +105,14 @@ class Fetcher:
         raise TransientError(f"{url}: {err}; check the network or --base-url and run again (it resumes)")
 
     def _get(self, url: str) -> bytes:
-        with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
+        with self._opener.open(url, timeout=self.timeout_s) as resp:
             return resp.read()
 
     def _to_file(self, url: str, dest: Path) -> bool:
         have = dest.stat().st_size if dest.exists() else 0
         req = urllib.request.Request(url, headers={"Range": f"bytes={have}-"} if have else {})
         try:
-            resp = urllib.request.urlopen(req, timeout=self.timeout_s)
+            resp = self._opener.open(req, timeout=self.timeout_s)
         except urllib.error.HTTPError as exc:
             if exc.code == 416 and have:  # partial file is whole or stale: start over
                 dest.unlink()

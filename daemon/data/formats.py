@@ -8,6 +8,7 @@ against ``.CHECKSUM`` when present), freqtrade JSON ``[[ms, o, h, l, c, v], ...]
 from __future__ import annotations
 
 import gzip
+import io
 import itertools
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from barsignal.daemon.data import parquet
 from barsignal.errors import DataError
 
 OHLCV = ("open", "high", "low", "close", "volume")
+_NUMERIC_JSON = b"0123456789.,[]-+eE"  # the only bytes a compact numeric freqtrade file holds
 
 
 def sniff(path: Path) -> str:
@@ -40,8 +42,46 @@ def sniff(path: Path) -> str:
     return "csv"
 
 
+def _compact_rows(data: bytes) -> np.ndarray | None:
+    """Fast path for freqtrade's compact layout ``[[t,o,h,l,c,v],[...]]`` (no whitespace): the rows
+    become CSV lines for pyarrow's parser, ~2.5x faster than building Python floats with orjson.
+    None when the text is not in that layout or does not parse cleanly (the orjson path decides)."""
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    body = data.strip()
+    if body[:2] != b"[[" or body[-2:] != b"]]" or body.translate(None, _NUMERIC_JSON):
+        return None
+    names = ["t", "o", "h", "l", "c", "v"]
+    try:
+        table = pacsv.read_csv(
+            io.BytesIO(body[2:-2].replace(b"],[", b"\n")),
+            read_options=pacsv.ReadOptions(column_names=names),
+            convert_options=pacsv.ConvertOptions(column_types=dict.fromkeys(names, pa.float64()),
+                                                 null_values=[], strings_can_be_null=False),
+        )
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+    if table.num_rows == 0:
+        return None
+    return np.column_stack([table.column(k).to_numpy() for k in names])
+
+
 def read_freqtrade_json(data: bytes, source: str) -> dict[str, np.ndarray]:
     """Columns of a freqtrade OHLCV JSON array ``[[open_time_ms, o, h, l, c, v], ...]``."""
+    arr = _compact_rows(data)
+    if arr is None:
+        arr = _orjson_rows(data, source)
+    t = arr[:, 0]
+    if not (np.all(np.isfinite(t)) and np.all(t == np.floor(t)) and np.all((t >= 0) & (t < 1e14))):
+        raise DataError(f"{source}: open times must be whole milliseconds since the epoch")
+    cols = {"open_time": t.astype(np.int64)}
+    cols.update({k: np.ascontiguousarray(arr[:, i + 1]) for i, k in enumerate(OHLCV)})
+    return cols
+
+
+def _orjson_rows(data: bytes, source: str) -> np.ndarray:
+    """The general path (any JSON layout), with precise errors."""
     try:
         rows = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
@@ -59,18 +99,14 @@ def read_freqtrade_json(data: bytes, source: str) -> dict[str, np.ndarray]:
                     or not all(isinstance(x, int | float) for x in r)), 0)
         raise DataError(f"{source}: row {bad} is not [open_time_ms, open, high, low, close, volume]: "
                         f"{str(rows[bad])[:120] if rows else ''}")
-    arr = flat.reshape(-1, 6)
-    t = arr[:, 0]
-    if not np.all(np.isfinite(t)) or np.any(t != np.floor(t)):
-        raise DataError(f"{source}: open times must be whole milliseconds")
-    cols = {"open_time": t.astype(np.int64)}
-    cols.update({k: np.ascontiguousarray(arr[:, i + 1]) for i, k in enumerate(OHLCV)})
-    return cols
+    return flat.reshape(-1, 6)
 
 
 def read_columns(path: str | Path) -> dict[str, np.ndarray]:
     """Raw columns of one bar file: ``open_time`` (int64 ms), OHLCV (float64), optional extras."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"{p}: is a directory; pass the files in it (load_many, or inspect --merge)")
     if not p.is_file():
         raise DataError(f"{p}: no such file")
     kind = sniff(p)

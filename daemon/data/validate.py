@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from barsignal.daemon.binance import interval_name
 from barsignal.errors import DataError
 
 OHLCV = ("open", "high", "low", "close", "volume")
@@ -59,7 +60,7 @@ class Report:
         lines = [
             f"{self.source}",
             f"  rows {self.rows}  {iso(self.first_open_ms or 0)} -> {iso(self.last_open_ms or 0)}"
-            f"  interval {self.interval_ms} ms",
+            f"  interval {self.interval_ms} ms ({interval_name(self.interval_ms or 0) or '?'})",
             f"  duplicates dropped {self.duplicates}  conflicts {self.conflicts}"
             f"  out of order {self.out_of_order}"
             f"  OHLC errors {self.ohlc_errors}  misaligned {self.misaligned}",
@@ -86,6 +87,16 @@ def validate(cols: dict[str, np.ndarray], sources: list[str], src_idx: np.ndarra
     rep = Report(source=sources[0] if len(sources) == 1 else f"{len(sources)} files")
     if src_idx is None:
         src_idx = np.zeros(n, dtype=np.int32)
+    if n and (t.min() < 0 or t.max() >= 10**14):
+        i = int(np.argmax((t < 0) | (t >= 10**14)))
+        raise DataError(f"{sources[int(src_idx[i])]}: open time {int(t[i])} is not ms since the epoch")
+    finite = np.ones(n, dtype=bool)
+    for k in OHLCV:
+        finite &= np.isfinite(np.asarray(cols[k], dtype=np.float64))
+    if not finite.all():
+        i = int(np.argmin(finite))
+        raise DataError(f"{sources[int(src_idx[i])]}: the bar at {iso(int(t[i]))} has a missing or "
+                        f"non-finite OHLCV value; {int(n - finite.sum())} such rows")
     rep.out_of_order = int(np.count_nonzero(np.diff(t) < 0))
     order = np.argsort(t, kind="stable")
     s = {k: np.asarray(v)[order] for k, v in cols.items()}

@@ -36,6 +36,7 @@ def _serve(args: argparse.Namespace) -> int:
     import sys
 
     import orjson
+
     from barsignal.daemon.data import load_many
     from barsignal.daemon.feed.faults import Faults
     from barsignal.daemon.feed.simulator import FeedSimulator

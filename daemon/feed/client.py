@@ -27,19 +27,21 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import websockets
+from websockets.asyncio.client import ClientConnection, connect
+
 from barsignal.daemon.binance.ws import INTERVAL_MS, KlineEvent, ServerShutdown, combined_url, decode
 from barsignal.daemon.config import FeedConfig
 from barsignal.daemon.feed.backoff import AttemptLimiter, Backoff
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import Bar
 from barsignal.log import get_logger
-from websockets.asyncio.client import ClientConnection, connect
 
 log = get_logger(__name__)
 
 FetchBars = Callable[..., Awaitable[list[Bar]]]
-"""``fetch(rest_url, symbol, since_ms, until_ms, *, interval, timeout_s) -> list[Bar]``: the closed
-bars with ``since_ms <= open_time < until_ms`` (``barsignal.daemon.binance.rest.fetch_bars``)."""
+"""``fetch(rest_url, symbol, since_ms, until_ms, *, interval, timeout_s, now_ms) -> list[Bar]``: the
+bars with ``since_ms <= open_time < until_ms`` closed by exchange time ``now_ms`` (None: the local
+clock), i.e. ``barsignal.daemon.binance.rest.fetch_bars``."""
 
 
 class BarSource(Protocol):
@@ -79,6 +81,8 @@ class _RestUnavailable(Exception):
 
 
 def _default_fetch() -> FetchBars:
+    import ccxt.async_support  # noqa: F401 - fetch_bars imports it lazily; seconds, so do it up front
+
     from barsignal.daemon.binance.rest import fetch_bars
 
     return fetch_bars
@@ -107,6 +111,7 @@ class FeedClient:
         rest_attempts: int = 3,
         rest_give_up_cycles: int = 3,
         limiter: AttemptLimiter | None = None,
+        close_grace_ms: int = 5_000,
     ) -> None:
         if not cfg.symbols:
             raise ConfigError("[feed] symbols is empty; name at least one, e.g. symbols = [\"BTCUSDT\"]")
@@ -131,6 +136,10 @@ class FeedClient:
         self._rest_fail_cycles = 0
         self._stopped = False
         self._end_reason = "closed"
+        self._exchange_now = 0  # newest event time seen: the exchange clock
+        # A closed kline arrives 0.2-2 s after its close time (WS_RULES.md); past this point into
+        # the next bar, a missing closed frame is taken as lost.
+        self.close_grace_ms = close_grace_ms
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -150,6 +159,8 @@ class FeedClient:
     async def stream(self) -> AsyncIterator[tuple[str, Bar]]:
         """Yield ``(symbol, bar)`` forever (until :meth:`stop` or cancellation)."""
         ws: ClientConnection | None = None
+        if self._fetch is None:
+            self._fetch = _default_fetch()  # import ccxt (seconds) before the stream starts
         try:
             while not self._stopped:
                 if ws is None:
@@ -207,9 +218,10 @@ class FeedClient:
                 raise ConfigError(f"[feed] ws_url gives an invalid URL {self.url!r}: {exc}") from None
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
                 self.stats.connect_failures += 1
-                delay = self.backoff.next_delay()
+                delay = max(self.backoff.next_delay(), _retry_after(exc))
                 log.warning("feed.connect_failed", url=self.url, error=_short(exc),
-                            attempt=self.backoff.attempt, retry_in_s=round(delay, 3))
+                            attempt=self.backoff.attempt, retry_in_s=round(delay, 3),
+                            hint="cannot reach the kline feed (no network?); retrying with backoff")
                 await self._sleep(delay)
                 continue
             self.stats.connects += 1
@@ -233,8 +245,8 @@ class FeedClient:
                 log.warning("feed.stale", no_closed_bar_for_s=round(now - progress_at, 3))
                 return
             try:
-                frame = await asyncio.wait_for(
-                    ws.recv(decode=False), min(rollover_at, progress_at + self.stale_after_s) - now)
+                async with asyncio.timeout(min(rollover_at, progress_at + self.stale_after_s) - now):
+                    frame = await ws.recv(decode=False)
             except TimeoutError:
                 continue
             except websockets.ConnectionClosed as exc:
@@ -248,8 +260,10 @@ class FeedClient:
             except BadMessage as exc:
                 reason = getattr(exc, "reason", "bad")
                 self.stats.bad_frames += 1
-                self.stats.bad_by_reason[reason] = self.stats.bad_by_reason.get(reason, 0) + 1
-                log.debug("feed.bad_frame", reason=reason, error=str(exc))
+                seen = self.stats.bad_by_reason[reason] = self.stats.bad_by_reason.get(reason, 0) + 1
+                # The first of each kind is worth a warning; the rest are counted (metrics) and dropped.
+                (log.warning if seen == 1 else log.debug)("feed.bad_frame", reason=reason, error=str(exc),
+                                                          count=seen)
                 continue
             if ev is None:
                 continue
@@ -257,6 +271,7 @@ class FeedClient:
                 self._end_reason = "server_shutdown"
                 log.warning("feed.server_shutdown", event_time=ev.event_time)
                 return
+            self._exchange_now = max(self._exchange_now, ev.event_time)
             if ev.symbol not in synced:
                 for bar in await self._backfill(ev.symbol, ev.open_time):
                     yield ev.symbol, bar
@@ -266,6 +281,13 @@ class FeedClient:
                 for bar in await self._on_closed(ev, recv_ns):
                     yield ev.symbol, bar
                 progress_at = self._clock()
+            elif ev.event_time - ev.open_time >= self.close_grace_ms:
+                # Bar t is well under way: if the closed frame of t-1 never came, fetch it now
+                # rather than one bar later.
+                last = self._last.get(ev.symbol)
+                if last is not None and last < ev.open_time - self.step_ms:
+                    for bar in await self._backfill(ev.symbol, ev.open_time):
+                        yield ev.symbol, bar
 
     # -- bars -----------------------------------------------------------------------------------
 
@@ -307,8 +329,8 @@ class FeedClient:
         fetch = self._fetch or _default_fetch()
         for attempt in range(1, self.rest_attempts + 1):
             try:
-                bars = await fetch(self.cfg.rest_url, symbol, since_ms, until_ms,
-                                   interval=self.cfg.interval, timeout_s=self.cfg.rest_timeout_s)
+                bars = await fetch(self.cfg.rest_url, symbol, since_ms, until_ms, interval=self.cfg.interval,
+                                   timeout_s=self.cfg.rest_timeout_s, now_ms=self._exchange_now or None)
             except Exception as exc:  # the REST boundary: ccxt raises many types; log, retry, go on
                 self.stats.rest_failures += 1
                 delay = min(self.cfg.reconnect_max_s, self.cfg.reconnect_min_s * 2 ** (attempt - 1))
@@ -356,6 +378,17 @@ class FeedClient:
         else:
             self.stats.late += 1
             log.debug("feed.late_kline", symbol=symbol, open_time=open_time, last=last)
+
+
+def _retry_after(exc: BaseException) -> float:
+    """Seconds a 429/418 handshake refusal asks us to wait (Binance sends Retry-After), else 0."""
+    response = getattr(exc, "response", None)
+    if response is None or getattr(response, "status_code", 0) not in (418, 429):
+        return 0.0
+    try:
+        return max(0.0, float(response.headers.get("Retry-After", 0)))
+    except ValueError:
+        return 0.0
 
 
 def _short(exc: BaseException) -> str:

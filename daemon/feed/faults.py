@@ -4,7 +4,7 @@ A spec is a comma-separated list of ``key=value``; keys may repeat for scheduled
 
     drop=0.05,dup=0.02,ooo=0.02,late=0.02,malformed=0.05,delay=0.1,delay_s=0.3,
     gap=120:5,disconnect=200,shutdown=300,stall=400,rest429=0.1,rest418=0.01,rest5xx=0.1,
-    rest_timeout=0.05,rest_timeout_s=15,seed=7
+    rest_timeout=0.05,rest_timeout_s=15,refuse=2,retry_after_s=1,seed=7
 
 Probabilities apply to each closed-kline frame (or REST request); scheduled events name a bar
 index into the served series. ``gap=I:N`` removes bars I..I+N-1 from both the stream and REST
@@ -39,6 +39,7 @@ class Faults:
     rest_timeout: float = 0.0  # no answer for rest_timeout_s
     rest_timeout_s: float = 30.0
     retry_after_s: int = 1
+    refuse: int = 0  # the first N websocket handshakes get HTTP 429 with Retry-After
     gaps: tuple[tuple[int, int], ...] = ()  # (first bar index, count): an exchange halt
     disconnect: tuple[int, ...] = ()
     shutdown: tuple[int, ...] = ()
@@ -52,7 +53,7 @@ class Faults:
             return cls()
         kw: dict[str, object] = {}
         lists: dict[str, list] = {"gaps": [], "disconnect": [], "shutdown": [], "stall": []}
-        allowed = [*_PROBS, *_EVENTS, "gap", "delay_s", "rest_timeout_s", "retry_after_s", "seed"]
+        allowed = [*_PROBS, *_EVENTS, "gap", "delay_s", "rest_timeout_s", "retry_after_s", "refuse", "seed"]
         for item in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, value = item.partition("=")
             key = key.strip().replace("-", "_")
@@ -66,7 +67,7 @@ class Faults:
                     kw[key] = p
                 elif key in ("delay_s", "rest_timeout_s"):
                     kw[key] = float(value)
-                elif key in ("retry_after_s", "seed"):
+                elif key in ("retry_after_s", "seed", "refuse"):
                     kw[key] = int(value)
                 elif key == "gap":
                     start, _, n = value.partition(":")

@@ -25,14 +25,15 @@ from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import orjson
+from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
+from websockets.datastructures import Headers
+from websockets.http11 import Request, Response
+
 from barsignal.daemon.binance import INTERVAL_MS
 from barsignal.daemon.binance.ws import KlineEvent, encode_kline, encode_shutdown, stream_name
 from barsignal.daemon.feed.faults import Faults
 from barsignal.features.bar import BarFrame
 from barsignal.log import get_logger
-from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
-from websockets.datastructures import Headers
-from websockets.http11 import Request, Response
 
 log = get_logger(__name__)
 
@@ -71,6 +72,7 @@ class FeedSimulator:
         intrabar: int = 2,
         faults: Faults | None = None,
         ping_interval_s: float | None = 20.0,
+        ping_timeout_s: float = 60.0,  # Binance drops a client that does not pong within a minute
         close_delay_ms: int = 250,
         extra: Mapping[str, np.ndarray] | None = None,
     ) -> None:
@@ -89,6 +91,7 @@ class FeedSimulator:
         self.end_index = n if end_index is None else max(start_index, min(n, end_index))
         self.faults = faults or Faults()
         self.ping_interval_s, self.close_delay_ms = ping_interval_s, close_delay_ms
+        self.ping_timeout_s = ping_timeout_s
         self.stream = stream_name(self.symbol, interval)
         ex = extra or {}
         self._trades = _extra_column(ex, _EXTRA_KEYS["trades"], n).astype(np.int64)
@@ -115,6 +118,7 @@ class FeedSimulator:
         self.done = asyncio.Event()
         self.sent_closed: list[int] = []  # open times of closed frames sent (with repeats)
         self.rest_requests = 0
+        self._refused = 0
         self.connections_total = 0
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -130,11 +134,13 @@ class FeedSimulator:
     async def start(self) -> FeedSimulator:
         self._server = await serve(
             self._handler, self.host, self.port, process_request=self._process_request,
-            ping_interval=self.ping_interval_s, ping_timeout=60, compression=None,
+            ping_interval=self.ping_interval_s, ping_timeout=self.ping_timeout_s, compression=None,
             server_header="barsignal-feed-serve", max_size=1 << 16,
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self._cur_started = asyncio.get_running_loop().time()
         self._task = asyncio.create_task(self._run(), name="feed-serve")
+        self._task.add_done_callback(_log_crash)
         log.info("feed_serve.started", ws_url=self.ws_url, bars=self.end_index - self.start_index,
                  start_index=self.start_index, speed=self.speed, faults=self.faults.describe())
         return self
@@ -226,17 +232,16 @@ class FeedSimulator:
 
     def now_ms(self) -> int:
         """Simulated exchange time: inside the bar being built, or after the last one."""
-        loop = asyncio.get_running_loop()
-        i = min(self._cur, len(self._times) - 1)
-        frac = min(1.0, max(0.0, (loop.time() - self._cur_started) * self.speed))
-        base = int(self._times[i]) + (self.step_ms if self._cur > i else 0)
-        return base + int(frac * self.step_ms)
+        if self._cur >= self.end_index:  # every bar served: the close of the last one
+            return int(self._times[max(0, self.end_index - 1)]) + self.step_ms
+        frac = min(1.0, max(0.0, (asyncio.get_running_loop().time() - self._cur_started) * self.speed))
+        return int(self._times[self._cur]) + int(frac * self.step_ms)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         per_bar = 1.0 / self.speed
         held: list[tuple[int, bytes]] = []  # (send after closing bar index, frame)
-        t_next = loop.time()
+        t_next = self._cur_started
         fl = self.faults
         for i in range(self.start_index, self.end_index):
             if not self._present[i]:
@@ -283,6 +288,8 @@ class FeedSimulator:
             for item in [h for h in held if h[0] <= i]:
                 held.remove(item)
                 self._send(item[1])
+        for _, frame in held:  # frames held back past the last bar go out now
+            self._send(frame)
         self._cur = self.end_index
         self.done.set()
         log.info("feed_serve.finished", closed_upto=self.closed_upto)
@@ -300,6 +307,11 @@ class FeedSimulator:
     async def _process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         url = urlsplit(request.path)
         q = {k: v[-1] for k, v in parse_qs(url.query).items()}
+        if url.path == "/stream" or url.path.startswith("/ws/"):
+            if self._refused < self.faults.refuse:
+                self._refused += 1
+                return _json(429, {"code": -1003, "msg": "Too many connection attempts (simulated)."},
+                             {"Retry-After": str(self.faults.retry_after_s)})
         if url.path == "/stream":
             streams = q.get("streams", "").split("/")
             if self.stream not in streams:
@@ -344,6 +356,12 @@ class FeedSimulator:
             visible = int(self._times[self.closed_upto - 1]) + self.step_ms
         return klines_response(self._rest_frame, q, symbol=self.symbol, interval=self.interval,
                                extra=self._rest_extra, visible_until_ms=visible)
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        exc = task.exception()
+        log.error("feed_serve.crashed", error=f"{type(exc).__name__}: {exc}")
 
 
 def _json(status: int, body: Any, headers: Mapping[str, str] | None = None) -> Response:

@@ -15,7 +15,7 @@ notional is capped by equity. Shorts pay no borrow interest (a simplification, n
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from barsignal.engine.signal import Signal
@@ -119,25 +119,26 @@ def target_direction(action: str, rules: Rules) -> int:
 def _trade(acct: Account, direction: int, mid: float, signal_id: str, open_time: int,
            rules: Rules) -> tuple[Account, Fill | None]:
     """Move the position to ``direction`` at market price ``mid``; no order if already there."""
-    if direction == acct.direction:
+    qty = acct.qty
+    if direction == (qty > 0) - (qty < 0):
         return acct, None
     fee_rate = rules.fee_bps / 1e4
     slip = rules.slippage_bps / 1e4
-    buying = direction > acct.direction
+    buying = direction > (qty > 0) - (qty < 0)
     px = mid * (1 + slip) if buying else mid * (1 - slip)
     target = 0.0
     if direction != 0:
         # Equity once the current position is closed at this price and fee, then sized.
-        eq_after = acct.cash + acct.qty * px - fee_rate * abs(acct.qty) * px
+        eq_after = acct.cash + qty * px - fee_rate * abs(qty) * px
         cap = max(eq_after, 0.0) / (1 + fee_rate)
         notional = (min(rules.notional, cap) if rules.sizing == "fixed_notional"
                     else rules.equity_fraction * cap)
         target = direction * notional / px
-    dq = target - acct.qty
+    dq = target - qty
     if dq == 0.0:
         return acct, None
     fee = fee_rate * abs(dq) * px
-    qty, avg, realized, trip = acct.qty, acct.avg_price, 0.0, acct.trip_pnl
+    avg, realized, trip = acct.avg_price, 0.0, acct.trip_pnl
     trip_closed: float | None = None
     if qty == 0.0 or (qty > 0) == (dq > 0):  # open or add
         avg = (qty * avg + dq * px) / (qty + dq)
@@ -157,9 +158,9 @@ def _trade(acct: Account, direction: int, mid: float, signal_id: str, open_time:
             trip += realized - close_fee
     fill = Fill(signal_id, acct.symbol, open_time, "buy" if dq > 0 else "sell", abs(dq), px, fee,
                 realized, trip_closed, qty)
-    acct = replace(acct, cash=acct.cash - dq * px - fee, qty=qty, avg_price=avg,
-                   realized=acct.realized + realized, fees=acct.fees + fee,
-                   traded_notional=acct.traded_notional + abs(dq) * px, trip_pnl=trip)
+    acct = Account(acct.symbol, acct.cash - dq * px - fee, qty, avg, acct.realized + realized,
+                   acct.fees + fee, acct.traded_notional + abs(dq) * px, trip, acct.pending_dir,
+                   acct.pending_id, acct.last_open_time, acct.last_close, acct.bars)
     return acct, fill
 
 
@@ -173,10 +174,13 @@ def step(acct: Account, sig: Signal, rules: Rules) -> tuple[Account, Fill | None
     if rules.fill == "next_open":
         if acct.pending_dir is not None and acct.pending_id is not None:
             acct, fill = _trade(acct, acct.pending_dir, sig.bar_open, acct.pending_id, sig.open_time, rules)
-        acct = replace(acct, pending_dir=want, pending_id=sig.id)
+        pending_dir, pending_id = want, sig.id
     else:
         acct, fill = _trade(acct, want, sig.bar_close, sig.id, sig.open_time, rules)
-    acct = replace(acct, last_open_time=sig.open_time, last_close=sig.bar_close, bars=acct.bars + 1)
+        pending_dir, pending_id = acct.pending_dir, acct.pending_id
+    a = acct
+    acct = Account(a.symbol, a.cash, a.qty, a.avg_price, a.realized, a.fees, a.traded_notional, a.trip_pnl,
+                   pending_dir, pending_id, sig.open_time, sig.bar_close, a.bars + 1)
     row = EquityRow(sig.id, sig.symbol, sig.open_time, sig.bar_open, sig.bar_close, sig.p_up, sig.action,
-                    acct.qty, acct.cash, acct.equity(sig.bar_close))
+                    acct.qty, acct.cash, acct.cash + acct.qty * sig.bar_close)
     return acct, fill, row

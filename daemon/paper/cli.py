@@ -45,7 +45,8 @@ def _open(args: argparse.Namespace, must_exist: bool = True, durability: str = "
     if args.ledger:
         path = Path(args.ledger)
     else:
-        path = ledger_path(cfg.paper, Path(os.environ.get("STATE_DIRECTORY") or cfg.state.dir))
+        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or cfg.state.dir  # as the daemon does
+        path = ledger_path(cfg.paper, Path(state))
     if must_exist and not path.is_file():
         raise ConfigError(f"{path}: no paper ledger here; run the daemon with the paper sink, "
                           "`barsignal replay`, or pass --ledger PATH")

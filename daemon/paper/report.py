@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
 from barsignal.daemon.paper.broker import Fill, Rules
 from barsignal.daemon.paper.ledger import PaperLedger
 

@@ -7,6 +7,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import orjson
+
 from barsignal.engine.signal import Signal
 from barsignal.errors import DataError
 
@@ -41,6 +42,6 @@ def write_signals(path: str | os.PathLike[str], signals: Iterable[Signal]) -> in
     n = 0
     with p.open("wb") as f:
         for s in signals:
-            f.write(orjson.dumps(s.to_dict()) + b"\n")
+            f.write(orjson.dumps(s) + b"\n")  # == orjson.dumps(s.to_dict()), without the deep copy
             n += 1
     return n

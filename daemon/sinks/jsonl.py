@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable
@@ -42,17 +43,17 @@ class JsonlSink:
         os.write(self._fd, orjson.dumps(signal.to_dict()) + b"\n")  # one write: no torn lines
         if self.fsync == "always" or (self.fsync == "interval" and self._clock() - self._last_sync
                                       >= self.interval):
-            self._sync()
+            await self._sync()
 
-    def _sync(self) -> None:
+    async def _sync(self) -> None:
         if self._fd is not None:
-            os.fsync(self._fd)
             self._last_sync = self._clock()
+            await asyncio.to_thread(os.fsync, self._fd)  # off the event loop: scoring never waits on a disk
             self.syncs += 1
 
     async def close(self) -> None:
         if self._fd is not None:
             if self.fsync != "never":
-                self._sync()
+                await self._sync()
             os.close(self._fd)
             self._fd = None

@@ -1,8 +1,11 @@
 """ONNX Runtime backend, the CPU default.
 
-Sequential execution, ``intra_op_threads`` threads (1 by default), spinning configurable, full
-graph optimization, warm-up at load. Batch-1 scoring goes through an IOBinding bound once to
-preallocated input and output arrays: the hot path copies the window into the bound input, runs,
+Sequential execution, ``intra_op_threads`` threads (1 by default), spinning configurable, warm-up
+at load. Graph optimization level ``basic`` by default: measured on the student (interleaved A/B,
+docs/BENCHMARKS.md), ``extended``/``all`` were ~20 % slower at batch 1, because their
+SkipLayerNormalization fusion and layout transforms cost more than they save at this size.
+Batch-1 scoring goes through an IOBinding bound once to preallocated input and output arrays:
+the hot path copies the window into the bound input, runs,
 and reads one float; it allocates no arrays.
 """
 
@@ -32,7 +35,11 @@ def available() -> tuple[bool, str]:
     return True, "onnxruntime importable"
 
 
-def session_options(intra_op_threads: int = 1, spinning: bool = False, opt_level: str = "all") -> Any:
+DEFAULT_OPT_LEVEL = "basic"
+
+
+def session_options(intra_op_threads: int = 1, spinning: bool = False, opt_level: str = DEFAULT_OPT_LEVEL
+                    ) -> Any:
     """SessionOptions for low-latency scoring: sequential, few threads, full graph optimization."""
     import onnxruntime as ort
 
@@ -70,7 +77,7 @@ class OnnxRuntimeScorer:
     name = "onnxruntime"
 
     def __init__(self, onnx: Path, onnx_dynamic: Path | None = None, *, intra_op_threads: int = 1,
-                 spinning: bool = False, opt_level: str = "all", warmup: int = 200) -> None:
+                 spinning: bool = False, opt_level: str = DEFAULT_OPT_LEVEL, warmup: int = 200) -> None:
         so = session_options(intra_op_threads, spinning, opt_level)
         self.path = Path(onnx)
         self.session = _open(self.path, so)
@@ -112,7 +119,9 @@ class OnnxRuntimeScorer:
         self._run_inner(self._run_arg, None)
         return float(self._out[0])
 
-    def score_batch(self, windows: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    def score_batch(self, windows: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """Batches of ``chunk`` windows through the dynamic-batch graph (small chunks keep the
+        activations in L2: measured faster per window than 4096-window batches)."""
         if windows.ndim != 3 or windows.shape[1:] != self._window_shape:
             raise ValueError(f"windows shape {windows.shape}, expected (N, 30, 33)")
         n = windows.shape[0]
@@ -128,7 +137,7 @@ class OnnxRuntimeScorer:
 
 
 def load(variant: Variant, *, intra_op_threads: int = 1, spinning: bool = False,
-         cache_dir: Path | None = None, opt_level: str = "all") -> OnnxRuntimeScorer:
+         cache_dir: Path | None = None, opt_level: str = DEFAULT_OPT_LEVEL) -> OnnxRuntimeScorer:
     """Open the variant's static ONNX (and the dynamic one for ``score_batch``)."""
     del cache_dir  # ORT compiles at load; nothing to cache
     return OnnxRuntimeScorer(variant.onnx, variant.onnx_dynamic, intra_op_threads=intra_op_threads,

@@ -196,3 +196,13 @@ def test_inspect_merge_conflicts_and_missing(tmp_path: Path) -> None:
     merged = json.loads(proc.stdout)
     assert merged["rows"] == 3 * 1440 and merged["gaps"] == []
     assert np.diff([merged["first_open_ms"], merged["last_open_ms"]])[0] == (3 * 1440 - 1) * 60_000
+
+
+def test_bench_data_runs() -> None:
+    proc = run_cli("bench", "data", "--repeat", "1", "--json")
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)["results"]
+    rows = {r["case"]: r["rows"] for r in res}
+    assert rows["csv load_many 123 futures daily files"] == 177_120
+    assert rows["parquet (same bars, 11 columns)"] == 177_120
+    assert all(r["seconds"] > 0 for r in res)

@@ -221,3 +221,21 @@ def test_malformed_inputs_are_data_errors(tmp_path: Path) -> None:
             load(tmp_path / name)
     with pytest.raises(DataError, match="no such file"):
         load(tmp_path / "absent.json")
+
+
+def test_fast_json_path_equals_orjson_path(tmp_path: Path) -> None:
+    src = K / "spot_1m" / "BTC_USDT-1m_2021-09-17_2021-10-17.json"
+    rows = json.loads(src.read_text())
+    fast = load(src)  # compact layout: the pyarrow fast path
+    assert fast.frame.open_time.tolist() == [r[0] for r in rows]
+    for j, k in enumerate(("open", "high", "low", "close", "volume"), start=1):
+        assert getattr(fast.frame, k).tolist() == [float(r[j]) for r in rows], k
+    pretty = tmp_path / "pretty.json"
+    pretty.write_text(json.dumps(rows, indent=1))  # not compact: the orjson path
+    slow = load(pretty)
+    for k, v in fast.columns().items():
+        assert np.array_equal(slow.columns()[k], v)
+    for bad in ("[[1637000000000,1,2,0.5,1.5,NaN]]", "[[1637000000000,1,2,0.5,1.5,null]]"):
+        (tmp_path / "bad.json").write_text(bad)
+        with pytest.raises(DataError, match=r"bad\.json"):
+            load(tmp_path / "bad.json")

@@ -1,8 +1,7 @@
-"""Real bars for the feature tests: the freqtrade JSON spot 1m files (OHLCV rows), loaded once."""
+"""Real bars for the feature tests: the spot 1m files through the data loader, loaded once."""
 
 from __future__ import annotations
 
-import json
 import os
 from functools import cache
 from pathlib import Path
@@ -18,9 +17,10 @@ SPOT_1M = sorted((SHARED / "data" / "klines" / "spot_1m").glob("*.json"))
 
 @cache
 def load_frame(path: Path) -> BarFrame:
-    """A freqtrade JSON file ``[[open_time_ms, o, h, l, c, v], ...]`` as a BarFrame."""
-    a = np.array(json.loads(Path(path).read_text()), dtype=np.float64)
-    return BarFrame(a[:, 0].astype(np.int64), *(np.ascontiguousarray(a[:, k]) for k in range(1, 6)))
+    """A bar file (here the freqtrade JSON spot files) as a checked BarFrame."""
+    from barsignal.daemon.data import load
+
+    return load(path).frame
 
 
 @cache

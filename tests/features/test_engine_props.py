@@ -21,7 +21,7 @@ _step = st.tuples(
     st.sampled_from([0, 0, 0, 1, 2]),
     st.floats(-0.02, 0.02, allow_nan=False),
     st.sampled_from([0] * 12 + [1, 3, 250]),
-    st.sampled_from([0.0, 0.0, 1e-8, 0.5, 3.0, 250.0]),
+    st.sampled_from([0.0, 0.0, 1e-300, 1e-8, 0.5, 3.0, 250.0, 1e17]),
     st.floats(0.0, 0.01, allow_nan=False),
 )
 
@@ -29,7 +29,7 @@ _step = st.tuples(
 @st.composite
 def bar_frames(draw, min_size: int = 1, max_size: int = 260) -> BarFrame:
     steps = draw(st.lists(_step, min_size=min_size, max_size=max_size))
-    price = draw(st.sampled_from([0.001234, 1.0, 27_345.67, 64_000.0]))
+    price = draw(st.sampled_from([2e-12, 0.001234, 1.0, 27_345.67, 64_000.0, 5e11]))
     t = T0
     rows = []
     prev = None
@@ -39,12 +39,13 @@ def bar_frames(draw, min_size: int = 1, max_size: int = 260) -> BarFrame:
             rows.append((t, *prev[1:]))
             continue
         o = price
-        c = price * math.exp(move)
+        c = min(max(price * math.exp(move), 1e-12), 1e12)
         if kind == 1:
             o = c = h = l = price
         else:
-            h = max(o, c) * (1 + wick)
-            l = min(o, c) * (1 - wick / 2)
+            h = min(max(o, c) * (1 + wick), 1e12)
+            l = max(min(o, c) * (1 - wick / 2), 1e-12)
+            c = min(max(c, l), h)
         price = c
         prev = (t, o, h, l, c, vol)
         rows.append(prev)
@@ -154,7 +155,8 @@ def test_bad_bars_raise_and_leave_state_untouched() -> None:
                 Bar(T0 + 2 * INTERVAL_MS, 10.0, 11.0, 9.0, float("nan"), 1.0),
                 Bar(T0 + 2 * INTERVAL_MS, 10.0, float("inf"), 9.0, 10.0, 1.0),
                 Bar(T0 + 2 * INTERVAL_MS, 10.0, 11.0, 9.0, 10.0, -1.0),
-                Bar(T0 + 2 * INTERVAL_MS, 0.0, 11.0, 0.0, 10.0, 1.0)):
+                Bar(T0 + 2 * INTERVAL_MS, 0.0, 11.0, 0.0, 10.0, 1.0),
+                Bar(T0 + 2 * INTERVAL_MS, 10.0, 11.0, 9.0, 10.0, 1e30)):
         with pytest.raises(BadMessage):
             eng.update(bad)
     assert eng.bars_seen == 2 and eng.last_open_time == T0 + INTERVAL_MS

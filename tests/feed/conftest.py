@@ -7,10 +7,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+
 from barsignal.daemon.config import FeedConfig
 from barsignal.daemon.data import Loaded, load
 from barsignal.features.bar import Bar
-
 from tests.conftest import FUTURES_1M, SPOT_1M
 
 # Spot BTC/USDT 1m, 2021-11-11..12-11: no gaps (PROVENANCE.md).

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 import pytest
+
 from barsignal.daemon.feed.backoff import AttemptLimiter, Backoff
 from barsignal.daemon.feed.faults import Faults
 from barsignal.errors import ConfigError

@@ -8,11 +8,11 @@ import urllib.request
 
 import orjson
 import websockets
+from websockets.asyncio.client import connect
+
 from barsignal.daemon.binance.ws import KlineEvent, decode, encode_kline
 from barsignal.daemon.feed.faults import Faults
 from barsignal.daemon.feed.simulator import FeedSimulator
-from websockets.asyncio.client import connect
-
 from tests.conftest import WIRE
 
 REAL = orjson.loads((WIRE / "real_kline_ws_samples.jsonl").read_text().splitlines()[0])["raw"]
@@ -141,3 +141,19 @@ def test_rest_faults_and_exchange_halt(spot) -> None:
     assert code == 429
     times = [r[0] for r in rows]
     assert len(times) == 195 and int(spot.frame.open_time[102]) not in times  # the halt is not served
+
+
+def test_virtual_clock_matches_the_stream(spot) -> None:
+    async def main():
+        sim = FeedSimulator(spot.frame, speed=50, start_index=100, end_index=110, intrabar=1)
+        async with sim:
+            t_mid = sim.now_ms()
+            _, _, body = await asyncio.to_thread(_get, f"{sim.rest_url}/api/v3/time")
+            await asyncio.wait_for(sim.done.wait(), 5)
+            return t_mid, body["serverTime"], sim.now_ms()
+
+    t_mid, server_time, t_end = asyncio.run(main())
+    t = spot.frame.open_time
+    assert t[100] <= t_mid < t[101]  # inside the first bar, which is being built
+    assert t[100] <= server_time <= t[110]
+    assert t_end == t[109] + 60_000  # after the last bar: its close

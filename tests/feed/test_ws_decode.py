@@ -6,11 +6,11 @@ import math
 
 import orjson
 import pytest
-from barsignal.daemon.binance.ws import KlineEvent, ServerShutdown, decode, encode_kline, encode_shutdown
-from barsignal.errors import BadMessage
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from barsignal.daemon.binance.ws import KlineEvent, ServerShutdown, decode, encode_kline, encode_shutdown
+from barsignal.errors import BadMessage
 from tests.conftest import WIRE
 
 CAPTURES = sorted(WIRE.glob("*.ws.1.0"))
@@ -155,3 +155,26 @@ def test_decode_encode_round_trip(o, c, up, down, v, minute, closed, combined, n
                     quote_volume=round(v * 3, 8), taker_buy_base=round(v / 2, 8), taker_buy_quote=0.0)
     back = decode(encode_kline(ev, combined=combined))
     assert back == ev and not math.isnan(back.close)
+
+
+FIELDS = ["t", "T", "s", "i", "f", "L", "o", "c", "h", "l", "v", "n", "x", "q", "V", "Q"]
+VALUES = st.one_of(st.integers(-2, 2**53), st.booleans(), st.none(), st.floats(allow_nan=True),
+                   st.sampled_from(["NaN", "-1.0", "0", "1e400", "29038.47000000", "abc", "", "1m", "BTCUSDT",
+                                    "ETHUSDT"]))
+
+
+@settings(max_examples=300, deadline=None)
+@given(field=st.sampled_from(FIELDS), value=VALUES, where=st.sampled_from(["k", "top"]))
+def test_fast_path_agrees_with_the_checked_path(field: str, value, where: str) -> None:
+    from barsignal.daemon.binance import ws
+
+    msg = orjson.loads(SPOT_COMBINED)
+    target = msg["data"]["k"] if where == "k" else msg["data"]
+    target[field] = value
+    frame = orjson.dumps(msg)
+    fast = ws._fast(frame, {"BTCUSDT"})
+    try:
+        slow = ws._slow(frame, {"BTCUSDT"})
+    except BadMessage:
+        slow = None
+    assert fast is None or fast == slow  # the fast path never accepts what the checked path refuses

@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+
 from barsignal.features.bar import INTERVAL_MS, BarFrame
 from barsignal.model.dataset import DatasetSpec, Segment, all_windows, build, features_of, load_segments
-
 from tests.conftest import FUTURES_1M, SPOT_1M
 
 SPEC = DatasetSpec(window=30, horizon=1)
@@ -19,15 +19,20 @@ def spot_first() -> list[Segment]:
     return load_segments([SPOT_1M[0]])  # 2021-04-20 .. 05-20, one 284-bar gap on 2021-04-25
 
 
+@pytest.fixture(scope="module")
+def spot_splits(spot_first):
+    return build(spot_first, SPEC)
+
+
 def _slice(segs: list[Segment], n: int) -> BarFrame:
     return segs[-1].frame.slice(0, n)
 
 
-def test_a_gap_splits_the_file_and_no_window_spans_it(spot_first) -> None:
+def test_a_gap_splits_the_file_and_no_window_spans_it(spot_first, spot_splits) -> None:
     assert len(spot_first) == 2
     a, b = spot_first
     assert b.frame.open_time[0] - a.frame.open_time[-1] == 285 * INTERVAL_MS  # 284 bars missing
-    splits = build(spot_first, SPEC)
+    splits = spot_splits
     for ws in (splits.train, splits.val, splits.test):
         t = np.concatenate([s.frame.open_time for s in spot_first])
         span = t[ws.ends] - t[ws.ends - (SPEC.window - 1)]
@@ -50,8 +55,8 @@ def test_labels_are_the_close_horizon_bars_ahead(spot_first) -> None:
             assert np.array_equal(ws.last_up, (frame.close[ws.ends] > frame.close[ws.ends - 1]))
 
 
-def test_splits_are_chronological_80_10_10_with_a_purge(spot_first) -> None:
-    splits = build(spot_first, SPEC)
+def test_splits_are_chronological_80_10_10_with_a_purge(spot_splits) -> None:
+    splits = spot_splits
     tr, va, te = splits.train, splits.val, splits.test
     n = len(tr) + len(va) + len(te)
     assert abs(len(tr) / n - 0.8) < 0.01 and abs(len(va) / n - 0.1) < 0.01 and abs(len(te) / n - 0.1) < 0.01
@@ -106,8 +111,8 @@ def test_features_and_labels_of_bars_before_a_changed_train_bar_do_not_move(spot
     assert np.array_equal(w0.x(early), w1.x(early)) and np.array_equal(w0.labels[early], w1.labels[early])
 
 
-def test_normalized_rows_are_float32_and_train_standardized(spot_first) -> None:
-    splits = build(spot_first, SPEC)
+def test_normalized_rows_are_float32_and_train_standardized(spot_splits) -> None:
+    splits = spot_splits
     assert splits.train.rows.dtype == np.float32
     x = splits.train.last_rows()
     assert np.isfinite(x).all()

@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+
 from barsignal.model import checkpoint
 from barsignal.model.informer import (
     Informer,
     InformerConfig,
+    export_mode_shift,
     flops_per_window,
     probsparse_budget,
     student_config,
@@ -46,18 +48,16 @@ def test_teacher_export_mode_is_deterministic_and_close_to_sampled_mode() -> Non
     torch.manual_seed(1)
     t = Informer(teacher_config()).eval()
     x = _windows(64)
+    shift = export_mode_shift(t, x, repeats=8)
+    print(f"export mode shift (untrained teacher): {shift}")
+    assert not t.cfg.deterministic  # left as found
     with torch.no_grad():
-        sampled = torch.stack([torch.sigmoid(t(x)) for _ in range(8)])  # (8, N)
         t.export_mode(True)
-        det1, det2 = torch.sigmoid(t(x)), torch.sigmoid(t(x))
-    assert torch.equal(det1, det2)
-    move = (det1 - sampled).abs()
-    spread = (sampled - sampled.mean(0)).abs()
-    print(f"export mode moves p_up by mean {move.mean():.2e} max {move.max():.2e}; "
-          f"sampled-mode spread mean {spread.mean():.2e}")
-    # The deterministic mode sits within the sampled mode's own spread (same order of magnitude).
-    assert move.mean() <= 3 * spread.mean() + 1e-6
-    assert move.max() < 0.05
+        assert torch.equal(t(x), t(x))
+    # Export mode sits within the sampled mode's own noise (same order of magnitude), and moves p
+    # by far less than a probability bin.
+    assert shift["mean_abs_shift"] <= 3 * shift["sampled_mean_abs_spread"] + 1e-6
+    assert shift["max_abs_shift"] < 0.05
 
 
 def test_student_is_deterministic_and_batch_independent() -> None:

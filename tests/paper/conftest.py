@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from barsignal.engine.signal import Signal, SignalRule, signal_id
 from barsignal.features.bar import Bar
 

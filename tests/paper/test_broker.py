@@ -5,10 +5,11 @@ from __future__ import annotations
 import math
 
 import pytest
-from barsignal.daemon.paper.broker import Rules, new_account, step, target_direction
-from barsignal.engine.signal import Signal
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from barsignal.daemon.paper.broker import Rules, new_account, step, target_direction
+from barsignal.engine.signal import Signal
 
 
 def sig(t: int, o: float, c: float, action: str) -> Signal:
@@ -69,7 +70,7 @@ def test_long_only_maps_short_to_flat() -> None:
         target_direction("buy", Rules())
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**16), fill=st.sampled_from(["next_open", "close"]),
        sizing=st.sampled_from(["fixed_notional", "equity_fraction"]), short=st.booleans(),
        frac=st.floats(0.1, 1.0), fee=st.floats(0, 30), slip=st.floats(0, 10))

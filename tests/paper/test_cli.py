@@ -59,3 +59,14 @@ def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     r = cli("parity", "--live-signals", str(bad), *args)
     assert r.returncode == 1
     assert f"open_time {rec['open_time']}): action differs" in r.stderr
+
+
+def test_bench_replay_runs_and_checks_batched_equals_one_by_one(tmp_path, tiny_artifact) -> None:
+    out = tmp_path / "bench.json"
+    r = cli("bench", "replay", *map(str, FUT), "--artifact", str(tiny_artifact), "--limit", "2000",
+            "--verify", "1500", "--batch", "64", "--json", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "identical = True" in r.stdout and "bars/s" in r.stdout
+    fig = orjson.loads(out.read_bytes())
+    assert fig["bars"] == 2000 and fig["signals"] > 0 and fig["matmul_ceiling_gflops"] > 0
+    assert fig["batched_equals_one_by_one"]["identical"] is True

@@ -9,6 +9,7 @@ import sqlite3
 
 import numpy as np
 import orjson
+
 from barsignal.daemon.config import JsonlSinkConfig
 from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import PaperLedger
@@ -34,6 +35,9 @@ def test_batched_replay_equals_one_by_one(tmp_path, spot_bars, make_pipeline) ->
                   signals_path=tmp_path / "many.jsonl", batch=256, chunk=700)  # crosses chunk ends
     assert one.bars == many.bars == 2500
     assert one.signals == many.signals > 2000 and one.fills == many.fills > 0
+    lines = (tmp_path / "many.jsonl").read_bytes().splitlines()
+    sigs = list(read_signals(tmp_path / "many.jsonl"))
+    assert lines == [orjson.dumps(s.to_dict()) for s in sigs]  # byte for byte what the jsonl sink writes
     a, b = strip(tmp_path / "one.jsonl"), strip(tmp_path / "many.jsonl")
     assert a == b
     assert len({r["action"] for r in a}) == 3  # the rule really trades: long, short and flat

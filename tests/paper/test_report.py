@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.daemon.paper.report import ANNUALIZATION, Series, buy_and_hold, drawdown, metrics, write_report

@@ -1,0 +1,26 @@
+"""`barsignal bench scoring` runs end to end on the bundled artifact (figures, not timed asserts)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_bench_scoring_json_and_markdown(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "barsignal", "bench", "scoring", "--calls", "300", "--warmup", "50",
+         "--batch", "256", "--json", "--out", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    for key in ("floor_ms", "matmul_gflops", "torch_eager_p50_ms", "flops_per_window"):
+        assert isinstance(res[key], float | int) and res[key] > 0, key
+    entry = res["results"]["onnxruntime/student"]
+    assert entry["calls"] == 300
+    assert 0 < entry["p50_ms"] <= entry["p99_ms"] <= entry["p999_ms"]
+    assert entry["batch"]["windows_per_s"] > 0
+    assert res["ort_process_imports_torch"] is False
+    md = (tmp_path / "bench_scoring.md").read_text()
+    assert "| onnxruntime/student |" in md and "PyTorch eager p50" in md
+    assert json.loads((tmp_path / "bench_scoring.json").read_text())["artifact_hash"] == res["artifact_hash"]
