@@ -15,6 +15,7 @@ BENCHES: dict[str, str] = {
     "replay": "barsignal.daemon.bench_replay",
     "data": "barsignal.daemon.data.bench",
     "feed": "barsignal.daemon.feed.bench",
+    "live": "barsignal.daemon.bench_live",
     "train": "barsignal.model.bench_train",
 }
 

@@ -102,6 +102,7 @@ class Daemon:
         self.ready = False
         self.started_at = clock()
         self.ready_at: float | None = None
+        self.ready_ns = 1 << 62  # perf_counter_ns() at READY
         self.last_bar_at: float | None = None
         self.workers: list[SinkWorker] = []
         self.feed: Any = None
@@ -181,8 +182,8 @@ class Daemon:
                            on_failed=lambda n, _e: self.metrics.sink_failures.labels(sink=n).inc())
             w.start()
             self.workers.append(w)
-        for sig_, handler in ((signal.SIGTERM, self.request_stop), (signal.SIGINT, self.request_stop),
-                              (signal.SIGHUP, self._on_hup)):
+        for sig_, handler in ((signal.SIGTERM, lambda: self.request_stop("TERM")),
+                              (signal.SIGINT, lambda: self.request_stop("INT")), (signal.SIGHUP, self._on_hup)):
             try:
                 loop.add_signal_handler(sig_, handler)
             except (NotImplementedError, RuntimeError, ValueError):
@@ -242,8 +243,9 @@ class Daemon:
     def _last_bar_age(self) -> float:
         return (self._clock() - self.last_bar_at) if self.last_bar_at is not None else -1.0
 
-    def request_stop(self) -> None:
-        log.info("signal_received", signal="TERM")
+    def request_stop(self, why: str = "request") -> None:
+        """Stop: drain the sinks (bounded) and return 0. SIGTERM and SIGINT call this."""
+        log.info("stop_requested", by=why)
         if self.stop_event is not None:
             self.stop_event.set()
 
@@ -255,6 +257,8 @@ class Daemon:
         perf = time.perf_counter_ns
         async for bar in self.feed:
             recv_ns = stats.last_recv_ns if (stats is not None and bar.source == "ws") else None
+            if recv_ns is not None and recv_ns < self.ready_ns:
+                recv_ns = None  # received during warm-up: queued behind the REST fetch, not a live tick
             self.last_bar_at = self._clock()
             barlog.record(bar)
             mon.observe_bar(bar.open_time, bar.close)
@@ -282,6 +286,7 @@ class Daemon:
 
     def _became_ready(self, open_time: int) -> None:
         self.ready = True
+        self.ready_ns = time.perf_counter_ns()
         self.ready_at = self._clock()
         self.notifier.ready(f"ready: warm at bar {open_time}")
         log.info("daemon_ready", warm_at=open_time, after_s=round(self.ready_at - self.started_at, 3))

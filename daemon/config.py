@@ -210,7 +210,10 @@ def _explain(exc: msgspec.ValidationError, source: str) -> str:
 def check_file_safe(path: Path) -> None:
     """Refuse a config reached through a world-writable file or directory (no symlink tricks)."""
     p = path.resolve()
-    for q in [p, *p.parents]:
+    # The directories of the path as given count too: a symlink in a world-writable directory
+    # could be swapped for one pointing elsewhere.
+    given = Path(os.path.abspath(path)).parents
+    for q in dict.fromkeys([p, *p.parents, *given]):
         try:
             st = q.stat()
         except OSError:

@@ -37,8 +37,11 @@ class Notifier:
         try:
             if self._sock is None:
                 self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                self._sock.setblocking(False)  # never block the event loop on a full receiver
             self._sock.sendto("\n".join(lines).encode(), addr)
             return True
+        except BlockingIOError:
+            return False
         except OSError as exc:
             log.warning("sd_notify_failed", socket=self.address, error=str(exc))
             return False

@@ -159,6 +159,7 @@ class SinkWorker:
         self.delivered = 0
         self.failures = 0
         self.overflows = 0
+        self._busy = False
 
     def offer(self, seq: int, sig: Signal) -> None:
         """Hand a stored signal to this sink without waiting."""
@@ -175,9 +176,8 @@ class SinkWorker:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"sink:{self.name}")
 
     def idle(self) -> bool:
+        """Nothing offered is waiting: the queue is empty, no backlog, no send in progress."""
         return not self.backlog and self.queue.empty() and not self._busy
-
-    _busy = False
 
     async def _run(self) -> None:
         while True:

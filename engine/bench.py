@@ -138,12 +138,12 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
                            "matmul_gflops_median": median_gf,
                            "sgemm": "512^3 float32, numpy BLAS, 1 thread, best of 50",
                            "cpu": _cpu_name(), "results": {}}
-    default_flops = art.manifest["variants"][art.default_variant].get("flops_per_window")
+    default_flops = variant_flops(art, art.default_variant)
     res["flops_per_window"] = default_flops
     res["floor_ms"] = default_flops / (gf * 1e9) * 1e3 if default_flops else None
     for vname in variants:
         var = art.variant(vname)
-        flops = art.manifest["variants"][vname].get("flops_per_window")
+        flops = variant_flops(art, vname)
         for bname in backends:
             scorer = backend_module(bname).load(var, intra_op_threads=1, spinning=args.spinning)
             lat = percentiles(time_calls(scorer.score, windows, args.calls, args.warmup))
@@ -169,6 +169,25 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     return res
 
 
+def variant_flops(art: Any, vname: str) -> int | None:
+    """FLOPs per window: the manifest's figure, else counted on the weights (needs torch)."""
+    entry = art.manifest["variants"][vname]
+    if entry.get("flops_per_window"):
+        return int(entry["flops_per_window"])
+    from barsignal.engine.backends import torch_ref
+
+    var = art.variant(vname)
+    if not torch_ref.available()[0] or var.weights is None:
+        return None
+    from barsignal.model.informer import flops_per_window
+
+    try:
+        return int(flops_per_window(torch_ref.build_model(var)))
+    except Exception as exc:  # weights that do not rebuild: report no floor rather than fail
+        log.warning("flops not counted", variant=vname, error=str(exc))
+        return None
+
+
 def _torch_eager(art: Any, variants: list[str], windows: np.ndarray, args: argparse.Namespace
                  ) -> float | None:
     from barsignal.engine.backends import torch_ref
@@ -177,7 +196,11 @@ def _torch_eager(art: Any, variants: list[str], windows: np.ndarray, args: argpa
     var = art.variant(art.default_variant if art.default_variant in variants else variants[0])
     if not ok or var.weights is None:
         return None
-    scorer = torch_ref.load(var, intra_op_threads=1)
+    try:
+        scorer = torch_ref.load(var, intra_op_threads=1)
+    except Exception as exc:  # weights that do not rebuild the config: no eager figure
+        log.warning("torch eager not measured", variant=var.name, error=str(exc))
+        return None
     calls = min(args.calls, 3000)
     return percentiles(time_calls(scorer.score, windows, calls, min(args.warmup, 200)))["p50_ms"]
 

@@ -85,6 +85,13 @@ class SignalRule:
                   else artifact_thresholds["long_threshold"])
         short_t = (cfg.short_threshold if cfg.short_threshold is not None
                    else artifact_thresholds["short_threshold"])
+        if long_t is None:
+            raise ValueError("the artifact has no long_threshold; set [signal] long_threshold")
+        if short_t is None:  # an artifact chosen without shorts has none
+            if cfg.allow_short:
+                raise ValueError("[signal] allow_short = true, but the artifact has no short_threshold; "
+                                 "set [signal] short_threshold")
+            short_t = 0.0  # unused: without shorts that zone is flat
         return cls(long_t, short_t, cfg.hysteresis, cfg.cooldown_bars, cfg.allow_short, state)
 
     def target(self, p_up: float, held: str) -> str:

@@ -21,6 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--latency-calls", type=int, default=200, help="timed batch-1 calls per attention kind")
     p.add_argument("--json", action="store_true")
 
 
@@ -79,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
             for _ in range(20):
                 m(one)
             t = []
-            for _ in range(200):
+            for _ in range(args.latency_calls):
                 t0 = time.perf_counter()
                 m(one)
                 t.append(time.perf_counter() - t0)

@@ -27,7 +27,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=_report)
     ig = cmds.add_parser("ingest", help="apply a signals JSONL (live format) to the ledger, idempotently")
     common(ig)
-    ig.add_argument("signals", help="signals JSONL, e.g. the jsonl sink's file or replay --signals")
+    ig.add_argument("signals", help="signals JSONL, e.g. the jsonl sink's file or replay --signals; "
+                    "- reads standard input as it arrives")
     ig.add_argument("--progress", action="store_true", help="print one line per signal applied")
     ig.add_argument("--durability", choices=["full", "normal", "off"], default="normal",
                     help="SQLite synchronous level (default normal: a crash loses nothing committed)")

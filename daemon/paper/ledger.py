@@ -49,6 +49,27 @@ _POS_COLS = ("symbol", "cash", "qty", "avg_price", "realized", "fees", "traded_n
              "pending_dir", "pending_id", "last_open_time", "last_close", "bars")
 
 
+def check_rules(path: str | os.PathLike[str], rules: Rules) -> None:
+    """Refuse (ConfigError) an existing ledger made with other settings, opening it read-only; a
+    missing file is fine. Lets the daemon refuse a changed [paper] section before it starts."""
+    p = Path(path)
+    if not p.is_file():
+        return
+    try:
+        db = sqlite3.connect(f"file:{p}?mode=ro", uri=True)
+        try:
+            have = dict(db.execute("SELECT key, value FROM meta").fetchall())
+        finally:
+            db.close()
+    except sqlite3.DatabaseError as exc:
+        raise DataError(f"{p}: cannot read the paper ledger ({exc}); move it aside or point [paper] "
+                        "ledger at a new file") from None
+    want = json.dumps(asdict(rules), sort_keys=True)
+    if have.get("rules") not in (None, want):
+        raise ConfigError(f"{p}: this paper ledger was created with other [paper] settings "
+                          f"({have.get('rules')}); restore them or point [paper] ledger at a new file")
+
+
 @dataclass(frozen=True, slots=True)
 class Applied:
     """What applying one signal did: ``duplicate`` means it was already in the ledger (or stale)."""

@@ -223,14 +223,17 @@ def plot(s: Series, bh_equity: np.ndarray, path: Path) -> None:
 
 def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = None,
                  png: bool = True) -> Path:
-    """Write ``report.md`` (and ``equity.png`` when matplotlib is installed) for one symbol."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Write ``report.md`` (and ``equity_<SYMBOL>.png`` when matplotlib is installed) for ``symbol``
+    (default: the ledger's first symbol; with several symbols the file is ``report_<SYMBOL>.md``)."""
+    from barsignal.errors import DataError
+
     symbols = ledger.symbols()
     if not symbols:
-        from barsignal.errors import DataError
-
         raise DataError(f"{ledger.path}: the paper ledger has no bars yet; nothing to report")
+    if symbol is not None and symbol not in symbols:
+        raise DataError(f"{ledger.path}: no bars for {symbol!r} in the paper ledger; it has {', '.join(symbols)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     sym = symbol or symbols[0]
     s = Series.from_ledger(ledger, sym)
     strat = metrics(s, ledger.rules)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 from barsignal.daemon.paper.broker import Rules
-from barsignal.daemon.paper.ledger import Applied, PaperLedger
+from barsignal.daemon.paper.ledger import Applied, PaperLedger, check_rules
 from barsignal.daemon.sinks.base import SinkContext
 from barsignal.engine.signal import Signal
 from barsignal.log import get_logger
@@ -40,6 +40,7 @@ class PaperSink:
         self.path = ledger_path(section, ctx.state_dir)
         self.durability = durability
         self.ledger: PaperLedger | None = None
+        check_rules(self.path, self.rules)  # a changed [paper] section is refused before the start
 
     async def start(self) -> None:
         if self.ledger is None:

@@ -59,7 +59,7 @@ class TensorRTScorer:
         from barsignal.compression.tensorrt_build import cuda_check, cudart
 
         rt = cudart()
-        self._rt, self._check = rt, cuda_check
+        self._rt, self._check, self._ok = rt, cuda_check, rt.cudaError_t.cudaSuccess
         self._logger = trt.Logger(trt.Logger.WARNING)
         self._runtime = trt.Runtime(self._logger)
         self._runtime.engine_host_code_allowed = True  # version-compatible engines need it
@@ -111,7 +111,9 @@ class TensorRTScorer:
             self._rt.cudaGraphLaunch(self._graph_exec, self.stream)
         else:
             self._enqueue()
-        self._rt.cudaStreamSynchronize(self.stream)
+        err = self._rt.cudaStreamSynchronize(self.stream)[0]
+        if err != self._ok:
+            raise RuntimeError(f"CUDA error {err} while scoring")
         return float(self._out[0])
 
     def score_batch(self, windows: np.ndarray) -> np.ndarray:

@@ -50,7 +50,7 @@ def signals(state: Path) -> list[dict]:
 
 def test_daemon_signals_every_bar_serves_metrics_and_resumes_without_duplicates(tmp_path: Path,
                                                                                  tiny_artifact: Path) -> None:
-    bars = real_bars(900)
+    bars = real_bars(1200)  # the warm-up (RESTART_WARMUP_BARS + 29) fits before index 900
     frame = BarFrame.from_bars(bars)
     state = tmp_path / "state"
     port = free_port()
@@ -76,19 +76,19 @@ def test_daemon_signals_every_bar_serves_metrics_and_resumes_without_duplicates(
         finally:
             await sim.stop()
 
-    code, d, seen = asyncio.run(one_run(700, 760, port))
+    code, d, seen = asyncio.run(one_run(900, 960, port))
     assert code == 0
     warm = d.pipeline.min_bars
     # The bars the daemon used (its record): REST warm-up, then the stream, contiguous to the end.
     used = next(iter(read_runs(state / "bars").values()))
     start = next(i for i, b in enumerate(bars) if b.open_time == used[0].open_time)
-    assert [b.open_time for b in used] == [b.open_time for b in bars[start:760]]
+    assert [b.open_time for b in used] == [b.open_time for b in bars[start:960]]
     n_rest = sum(b.source == "rest" for b in used)
     assert n_rest == warm and all(b.source == "ws" for b in used[warm:])
     # One signal per closed bar from the end of the warm-up on: none missing, none duplicated.
     got = signals(state)
     first = start + warm - 1
-    assert [s["open_time"] for s in got] == [b.open_time for b in bars[first:760]]
+    assert [s["open_time"] for s in got] == [b.open_time for b in bars[first:960]]
     assert got[0]["source"] == "rest" and {s["source"] for s in got[1:]} == {"ws"}
     assert len({s["id"] for s in got}) == len(got)
     status, body = seen["metrics"]
@@ -100,11 +100,11 @@ def test_daemon_signals_every_bar_serves_metrics_and_resumes_without_duplicates(
     assert "barsignal_outbox_depth 0.0" in text and "barsignal_tick_to_signal_seconds_bucket" in text
     assert seen["healthz"][0] == 200 and orjson.loads(seen["healthz"][1])["status"] == "ok"
 
-    # restart later: bars 760..779 were missed while down; no duplicate, no hole
-    code, d2, _ = asyncio.run(one_run(780, 800, 0))
+    # restart later: bars 960..979 were missed while down; no duplicate, no hole
+    code, d2, _ = asyncio.run(one_run(980, 1000, 0))
     assert code == 0
     got = signals(state)
-    assert [s["open_time"] for s in got] == [b.open_time for b in bars[first:800]]
+    assert [s["open_time"] for s in got] == [b.open_time for b in bars[first:1000]]
     assert len({s["id"] for s in got}) == len(got)
     assert d2.pipeline.stats.already_signalled > 0
 
@@ -116,11 +116,11 @@ def test_hot_swap_keeps_the_old_model_when_the_new_artifact_is_bad(tmp_path: Pat
 
     art = tmp_path / "art"
     shutil.copytree(tiny_artifact, art)
-    bars = real_bars(800)
+    bars = real_bars(1000)
     frame = BarFrame.from_bars(bars)
 
     async def main() -> tuple[str, str, str, Daemon]:
-        sim = FeedSimulator(frame, speed=50.0, start_index=700, end_index=800, intrabar=0, ping_interval_s=None,
+        sim = FeedSimulator(frame, speed=50.0, start_index=900, end_index=1000, intrabar=0, ping_interval_s=None,
                             close_delay_ms=0)
         await sim.start()
         try:

@@ -49,7 +49,7 @@ def test_daemon_notifies_ready_after_warmup_watchdog_only_while_fresh_and_drains
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     srv.bind(path)
     srv.setblocking(False)
-    frame = BarFrame.from_bars(real_bars(800))
+    frame = BarFrame.from_bars(real_bars(1000))
     now = [0.0]
 
     async def main() -> tuple[int, float, Daemon, list[str], list[str]]:
@@ -66,7 +66,7 @@ def test_daemon_notifies_ready_after_warmup_watchdog_only_while_fresh_and_drains
         site = web.TCPSite(runner, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]
-        sim = FeedSimulator(frame, speed=100.0, start_index=700, end_index=720, intrabar=0, ping_interval_s=None,
+        sim = FeedSimulator(frame, speed=20.0, start_index=900, end_index=1000, intrabar=0, ping_interval_s=None,
                             close_delay_ms=0)
         await sim.start()
         try:
@@ -76,31 +76,37 @@ def test_daemon_notifies_ready_after_warmup_watchdog_only_while_fresh_and_drains
                              url=f"http://127.0.0.1:{port}/hook", timeout_s=30, retries=0)))
             notifier = Notifier(path)
             notifier.watchdog_s = 0.03
-            d = Daemon(cfg, loaded=load_model(cfg, None and "", None) if False else load_model(
-                cfg, str(tiny_artifact), None), notifier=notifier, drain_timeout_s=0.5, clock=lambda: now[0])
+            d = Daemon(cfg, loaded=load_model(cfg, str(tiny_artifact), None), notifier=notifier,
+                       drain_timeout_s=0.5, clock=lambda: now[0])
+            got: list[str] = []
+            loop = asyncio.get_running_loop()
+            loop.add_reader(srv.fileno(), lambda: got.extend(_recv_all(srv)))  # the "systemd" side
             task = asyncio.create_task(d.run())
             await _until(lambda: d.ready and d.pipeline.stats.signals >= 5)
-            await asyncio.sleep(0.1)  # a few watchdog periods with fresh data
-            fresh = _recv_all(srv)
-            now[0] += 1000.0  # the feed goes quiet (injected clock): no more WATCHDOG
-            await asyncio.sleep(0.1)
-            stale = _recv_all(srv)
-            loop = asyncio.get_running_loop()
+            await _until(lambda: got.count("WATCHDOG=1") >= 2)  # fresh data: pings
+            fresh = list(got)
+            await sim.stop()  # the feed goes quiet ...
+            await asyncio.sleep(0)
+            now[0] += 1000.0  # ... for 1000 s (injected clock): no more WATCHDOG
+            n = len(got)
+            await asyncio.sleep(0.1)  # ten watchdog periods
+            stale = got[n:]
             t0 = loop.time()
             d.request_stop()
             code = await asyncio.wait_for(task, 10)
             took = loop.time() - t0
-            return code, took, d, fresh, stale + _recv_all(srv)
+            loop.remove_reader(srv.fileno())
+            return code, took, d, fresh, stale + got[n:] + _recv_all(srv)
         finally:
             release.set()
-            await sim.stop()
+            await sim.stop()  # idempotent
             await runner.cleanup()
 
-    code, took, d, fresh, after = asyncio.run(main())
+    code, took, _, fresh, after = asyncio.run(main())
     srv.close()
     assert code == 0
     assert took < 0.5 + 5.0 + 1.0, f"SIGTERM took {took:.2f} s"  # drain bound + sink close bound
-    assert any(m.startswith("READY=1") for m in fresh) and "WATCHDOG=1" in fresh
+    assert any(m.startswith("READY=1") for m in fresh) and "WATCHDOG=1" in fresh, fresh[:20]
     assert "WATCHDOG=1" not in after and "STOPPING=1" in after
     from barsignal.daemon.outbox import Outbox
 

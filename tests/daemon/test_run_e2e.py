@@ -153,8 +153,15 @@ def test_unreachable_feed_logs_a_clear_line_and_retries_without_a_traceback(tmp_
         if not line:
             break
         lines.append(line)
+    run.send_signal(signal.SIGHUP)  # reload: config and artifact re-read, model swapped (or kept)
+    while time.monotonic() < end and not any('"reload' in x for x in lines[-5:]):
+        line = run.stderr.readline()
+        if not line:
+            break
+        lines.append(line)
     code, rest = _stop(run)
     err = "".join(lines) + rest
+    assert any(orjson.loads(x).get("event") == "reloaded" for x in lines if x.startswith("{")), err[-3000:]
     fails = [orjson.loads(x) for x in lines if "feed.connect_failed" in x]
     assert len(fails) >= 3, err[-3000:]
     assert all("retry_in_s" in f and f"127.0.0.1:{port}" in f["url"] for f in fails)

@@ -52,6 +52,14 @@ def test_config_overrides_artifact_thresholds() -> None:
     assert (r.long_threshold, r.short_threshold, r.hysteresis, r.cooldown_bars) == (0.7, 0.42, 0.01, 3)
 
 
+def test_an_artifact_without_short_threshold_works_long_only() -> None:
+    art = {"long_threshold": 0.53, "short_threshold": None}
+    r = SignalRule.from_config(SignalConfig(), art)
+    assert run(r, [0.1, 0.6, 0.5]) == ["flat", "long", "flat"]
+    with pytest.raises(ValueError, match="short_threshold"):
+        SignalRule.from_config(SignalConfig(allow_short=True), art)
+
+
 def test_bad_thresholds_are_refused() -> None:
     with pytest.raises(ValueError, match="short"):
         SignalRule(0.4, 0.6)

@@ -50,6 +50,18 @@ def test_registry_builds_builtins_and_registered_sinks(tmp_path: Path) -> None:
         build_sink("nope", None, tmp_path)
 
 
+def test_sinks_load_from_the_barsignal_sinks_entry_point_group(tmp_path: Path, monkeypatch) -> None:
+    from importlib.metadata import EntryPoint
+
+    from barsignal.daemon.sinks import registry
+
+    ep = EntryPoint(name="third_party", value="barsignal.daemon.sinks.stdout:StdoutSink", group="barsignal.sinks")
+    monkeypatch.setattr(registry, "entry_points", lambda group: [ep] if group == "barsignal.sinks" else [])
+    assert "third_party" in sink_names()
+    assert build_sink("third_party", None, tmp_path).name == "stdout"
+    registry._REGISTRY.pop("third_party", None)
+
+
 # -- jsonl ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("policy", ["always", "interval", "never"])
 def test_jsonl_appends_lines_with_its_fsync_policy(tmp_path: Path, policy: str) -> None:

@@ -41,3 +41,16 @@ def artifact_copy(tmp_path: Path, bundled: Path) -> Path:
     dst = tmp_path / "artifact"
     shutil.copytree(bundled, dst)
     return dst
+
+
+@pytest.fixture(scope="session")
+def fp32_variant() -> str:
+    """The bundled artifact's FP32 variant (the default may be a quantized one)."""
+    from barsignal.engine.artifact import load_artifact
+
+    art = load_artifact()
+    names = [art.default_variant, *art.variant_names]
+    for name in names:
+        if art.manifest["variants"][name].get("precision", "fp32") == "fp32":
+            return name
+    pytest.fail(f"the bundled artifact has no FP32 variant (variants: {art.variant_names})")

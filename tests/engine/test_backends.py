@@ -23,13 +23,16 @@ def ort_scorer() -> OnnxRuntimeScorer:
     return s
 
 
-def test_ort_scores_real_windows_like_pytorch(ort_scorer: OnnxRuntimeScorer,
-                                              real_windows: np.ndarray) -> None:
+def test_ort_scores_real_windows_like_pytorch(ort_scorer: OnnxRuntimeScorer, real_windows: np.ndarray,
+                                              fp32_variant: str) -> None:
     """The shipped ONNX vs the shipped weights in PyTorch on real windows: FP32 max |Δp| <= 1e-5.
     (The 10,000-window parity of a fresh export is in test_onnx_export.)"""
     from barsignal.engine.backends import torch_ref
 
-    torch_scorer = torch_ref.load(load_artifact().variant())
+    name = fp32_variant
+    if name != load_artifact().default_variant:
+        ort_scorer = load_scorer(backend="onnxruntime", variant=name)
+    torch_scorer = torch_ref.load(load_artifact().variant(name))
     windows = real_windows[::4]
     ref = torch_scorer.score_batch(windows)
     got = np.array([ort_scorer.score(w) for w in windows], np.float32)

@@ -16,11 +16,14 @@ def test_bench_scoring_json_and_markdown(tmp_path: Path) -> None:
     res = json.loads(proc.stdout)
     for key in ("floor_ms", "matmul_gflops", "torch_eager_p50_ms", "flops_per_window"):
         assert isinstance(res[key], float | int) and res[key] > 0, key
-    entry = res["results"]["onnxruntime/student"]
+    from barsignal.engine.artifact import load_artifact
+
+    default = load_artifact().default_variant
+    entry = res["results"][f"onnxruntime/{default}"]
     assert entry["calls"] == 300
     assert 0 < entry["p50_ms"] <= entry["p99_ms"] <= entry["p999_ms"]
     assert entry["batch"]["windows_per_s"] > 0
     assert res["ort_process_imports_torch"] is False
     md = (tmp_path / "bench_scoring.md").read_text()
-    assert "| onnxruntime/student |" in md and "PyTorch eager p50" in md
+    assert f"| onnxruntime/{default} |" in md and "PyTorch eager p50" in md
     assert json.loads((tmp_path / "bench_scoring.json").read_text())["artifact_hash"] == res["artifact_hash"]

@@ -19,10 +19,10 @@ torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def model():  # the bundled student's weights (trained when the bundled artifact is)
+def model(fp32_variant: str):  # the bundled student's FP32 weights
     from barsignal.engine.backends.torch_ref import build_model
 
-    return build_model(load_artifact().variant())
+    return build_model(load_artifact().variant(fp32_variant))
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_op_table_is_data_with_its_source() -> None:
 def test_exported_student_passes_tensorrt_rules(exported: dict[str, Path]) -> None:
     m = onnx.load(str(exported["static"]))
     before = check_graph(m)
-    assert before and all("1D pooling" in p for p in before), before
+    assert all("1D pooling" in p for p in before), before  # a 1-layer student has no pooling
     prepared = prepare_for_tensorrt(m)
     assert check_graph(prepared) == []
     # The 2D-pool rewrite changes nothing numerically.

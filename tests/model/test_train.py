@@ -79,7 +79,15 @@ def test_checkpoint_holds_the_best_model_and_what_rebuilds_its_inputs(splits, fu
     assert state["epoch"] == 2 and "optimizer" in state
 
 
-def test_train_and_eval_cli(tmp_path, capsys) -> None:
+@pytest.fixture
+def restore_logging():
+    yield
+    from barsignal import log
+
+    log.configure(stream=sys.__stderr__)  # main() bound structlog to pytest's captured stderr
+
+
+def test_train_and_eval_cli(tmp_path, capsys, restore_logging) -> None:
     from barsignal.cli import main
 
     out = tmp_path / "cli"
@@ -138,3 +146,19 @@ def test_eval_scores_the_bundled_artifact_without_torch(tmp_path) -> None:
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
     assert rep["kind"].startswith("artifact:") and rep["windows"] == 1440 - 99 + 1 - 30 + 1 - 1
     assert set(rep["baselines"]) == {"majority", "same_direction", "logistic"}
+
+
+def test_bench_train_reports_both_models(capsys) -> None:
+    import argparse
+
+    from barsignal.model import bench_train
+
+    p = argparse.ArgumentParser()
+    bench_train.add_arguments(p)
+    args = p.parse_args(["--bars", *SLICE, "--steps", "2", "--batch", "16", "--latency-calls", "3", "--json"])
+    assert bench_train.run(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert [r["model"] for r in out["models"]] == ["teacher", "student"]
+    assert all(r["train_windows_per_s"] > 0 and r["eval_windows_per_s"] > 0 for r in out["models"])
+    flops = {a["teacher attention"]: a["mflops_per_window"] for a in out["attention"]}
+    assert flops["prob (sampled)"] == flops["full"] < flops["prob (export mode)"]  # ProbSparse saves nothing

@@ -23,11 +23,12 @@ ART = "0123456789abcdef0123"
 
 
 @cache
-def _spot_bars(n: int, file_index: int = 2) -> tuple[Bar, ...]:
-    """The first ``n`` real 1m bars of a spot file (index 2: Nov-Dec 2021, no gaps)."""
+def _spot_bars(n: int, file_index: int = 2, start: int = 0) -> tuple[Bar, ...]:
+    """``n`` real 1m bars of a spot file from row ``start`` (index 2: Nov-Dec 2021, no gaps; index 0
+    has a real 284-bar exchange gap at 2021-04-25 04:00)."""
     if not SPOT_1M:
         pytest.fail(f"real data not found under {SHARED}/data/klines/spot_1m")
-    rows = json.loads(SPOT_1M[file_index].read_text())[:n]
+    rows = json.loads(SPOT_1M[file_index].read_text())[start:start + n]
     return tuple(Bar(int(r[0]), float(r[1]), float(r[2]), float(r[3]), float(r[4]), float(r[5]), "file")
                  for r in rows)
 

@@ -78,6 +78,10 @@ def test_other_settings_are_refused(tmp_path, spot_bars, make_signals) -> None:
         led.apply_many(make_signals(spot_bars(50)))
     with pytest.raises(ConfigError, match=r"other \[paper\] settings"):
         PaperLedger(p, Rules(allow_short=True, fee_bps=5))
+    # the sink refuses it when built (the daemon builds sinks before it starts), not at the first signal
+    with pytest.raises(ConfigError, match=r"other \[paper\] settings"):
+        build_sink("paper", PaperConfig(ledger=str(p), allow_short=True, fee_bps=5), tmp_path)
+    build_sink("paper", PaperConfig(ledger=str(p), allow_short=True), tmp_path)
 
 
 def test_garbage_file_is_a_clear_error(tmp_path) -> None:
@@ -107,7 +111,7 @@ def test_sink_resumes_from_ledger_without_duplicates(tmp_path, spot_bars, make_s
 
 
 def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, spot_bars, make_signals) -> None:
-    sigs = make_signals(spot_bars(2000), seed=4)
+    sigs = make_signals(spot_bars(1200), seed=4)
     src = tmp_path / "signals.jsonl"
     write_signals(src, sigs)
     assert list(read_signals(src)) == sigs  # the live format round-trips exactly
@@ -118,30 +122,37 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, spot_ba
         led.apply_many(sigs)
 
     victim = tmp_path / "victim.sqlite"
-    cmd = [sys.executable, "-m", "barsignal", "paper", "ingest", str(src), "--config", str(cfg),
+    cmd = [sys.executable, "-m", "barsignal", "paper", "ingest", "-", "--config", str(cfg),
            "--ledger", str(victim), "--progress"]
+    lines = src.read_bytes().splitlines(keepends=True)
     rng = random.Random(20261123)
-    kills = 0
-    for _ in range(8):
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd=REPO)
-        assert proc.stdout is not None
-        # Let it apply a random number of signals, then kill it wherever it is by then.
-        for _ in range(rng.randint(1, 300)):
-            if not proc.stdout.readline():
-                break
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGKILL)
-            kills += 1
+    kills = applied = 0
+    while applied < len(sigs) - 200 and kills < 40:
+        # Each run gets every signal so far again (re-delivery, as after a crash) plus up to 400 new
+        # ones; it is killed after a random number of new fills commit, so it dies at a random point
+        # while it still has work: inside a transaction, between two, or while re-reading.
+        hi = min(len(sigs), applied + rng.randint(100, 400))
+        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                cwd=REPO)
+        assert proc.stdin is not None and proc.stdout is not None
+        proc.stdin.write(b"".join(lines[:hi]))
+        proc.stdin.flush()
+        for _ in range(rng.randint(0, hi - applied - 1)):
+            assert proc.stdout.readline()
+        os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        proc.stdout.close()
-        if proc.returncode == 0:
-            break
+        kills += 1
+        for f in (proc.stdin, proc.stdout):
+            try:
+                f.close()
+            except BrokenPipeError:
+                pass
         # Every restart sees a consistent ledger: one equity row per applied bar, each fill once.
-        state = dump(victim)
-        n = len(state["equity"])
-        assert [r[3] for r in state["equity"]] == [s.open_time for s in sigs[:n]]
+        state = dump(victim) if victim.exists() else {"equity": [], "fills": []}
+        applied = len(state["equity"])
+        assert [r[3] for r in state["equity"]] == [s.open_time for s in sigs[:applied]]
         assert state["fills"] == dump(ref)["fills"][:len(state["fills"])]
-    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)  # finish the job
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert kills >= 4
+    proc2 = subprocess.run(cmd, input=b"".join(lines), capture_output=True, cwd=REPO)  # finish the job
+    assert proc2.returncode == 0, proc2.stderr[-2000:]
+    assert kills >= 5
     assert dump(victim) == dump(ref)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import itertools
 import sqlite3
 
 import numpy as np
 import orjson
+import pytest
 
 from barsignal.daemon.config import JsonlSinkConfig
 from barsignal.daemon.paper.broker import Rules
@@ -27,8 +29,11 @@ def strip(path) -> list[dict]:
             for line in path.read_bytes().splitlines()]
 
 
-def test_batched_replay_equals_one_by_one(tmp_path, spot_bars, make_pipeline) -> None:
-    bars = spot_bars(2500)
+@pytest.mark.parametrize("where", [(2, 0), (0, 4500)], ids=["gapless", "across-a-real-gap"])
+def test_batched_replay_equals_one_by_one(tmp_path, spot_bars, make_pipeline, where) -> None:
+    bars = spot_bars(2500, *where)
+    gaps = sum(b.open_time - a.open_time > 60_000 for a, b in itertools.pairwise(bars))
+    assert gaps == (where[0] == 0)
     one = replay(bars, make_pipeline(), ledger=PaperLedger(tmp_path / "one.sqlite", RULES),
                  signals_path=tmp_path / "one.jsonl", batch=1)
     many = replay(bars, make_pipeline(), ledger=PaperLedger(tmp_path / "many.sqlite", RULES),

@@ -1,0 +1,141 @@
+"""Live daemon on a loopback feed at high speed: tick-to-signal p50/p99, start-to-READY, RSS.
+
+The real ``Daemon`` (features, scorer, rule, outbox, bar record, sinks) reads a real ``FeedSimulator``
+on 127.0.0.1 serving real bars. Tick-to-signal runs from the closing frame's arrival to the signal
+stored in the outbox and handed to every sink queue. Start-to-READY runs from the start of model
+loading to READY, minus the time spent in REST requests (the warm-up fetch). RSS is the process
+peak (it includes the in-process feed simulator: an upper bound for the daemon alone).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bars", type=int, default=3000, help="live bars to stream after the warm-up")
+    p.add_argument("--speed", type=float, default=200.0, help="bars per second of wall time")
+    p.add_argument("--artifact", default=None, help="model artifact (default: bundled)")
+    p.add_argument("--backend", default="onnxruntime", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    p.add_argument("--data", default=None, help="bar file (default: ../shared/data 2021-11 spot 1m)")
+    p.add_argument("--sinks", default="jsonl", help="comma-separated sinks (default: jsonl)")
+
+
+def _default_data() -> Path:
+    shared = Path(os.environ.get("BARSIGNAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    files = sorted((shared / "data" / "klines" / "spot_1m").glob("*2021-11-11*.json"))
+    if not files:
+        from barsignal.errors import ConfigError
+
+        raise ConfigError(f"no bar data under {shared}/data/klines/spot_1m; pass --data FILE")
+    return files[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        import uvloop
+
+        factory = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        res = runner.run(_bench(args))
+    lat = np.array(res["tick_to_signal_s"]) * 1e3
+    print(f"bench live: {res['signals']} signals from {res['ws_bars']} live bars at {args.speed:g} bars/s "
+          f"(backend {res['backend']}, sinks {args.sinks})")
+    if len(lat):
+        print(f"  tick-to-signal  p50 {np.percentile(lat, 50):.3f} ms  p99 {np.percentile(lat, 99):.3f} ms  "
+              f"max {lat.max():.3f} ms  (n={len(lat)})")
+    for k in ("features", "score", "emit"):
+        v = res["parts_us"].get(k)
+        if v is not None and len(v):
+            print(f"  {k:<15} p50 {np.percentile(v, 50):.1f} us  p99 {np.percentile(v, 99):.1f} us")
+    print(f"  start-to-READY  {res['ready_s']:.3f} s excluding REST ({res['rest_s']:.3f} s REST, "
+          f"{res['ready_total_s']:.3f} s in all)")
+    print(f"  peak RSS        {res['rss_mb']:.1f} MB")
+    return 0
+
+
+async def _bench(args: argparse.Namespace) -> dict:
+    from barsignal.daemon import config as c
+    from barsignal.daemon.app import Daemon, load_model
+    from barsignal.daemon.binance.rest import fetch_bars
+    from barsignal.daemon.data import load_many
+    from barsignal.daemon.feed.client import FeedClient
+    from barsignal.daemon.feed.simulator import FeedSimulator
+
+    frame = load_many([args.data or _default_data()]).frame
+    state = Path(tempfile.mkdtemp(prefix="barsignal-bench-live-"))
+    t_start = time.perf_counter()
+    cfg0 = c.Config(engine=c.EngineConfig(backend=args.backend))
+    loaded = load_model(cfg0, args.artifact, state / "engines")
+    start = loaded.warmup_bars + 10
+    end = min(len(frame), start + args.bars)
+    sim = FeedSimulator(frame, speed=args.speed, start_index=start, end_index=end, intrabar=1,
+                        ping_interval_s=None, close_delay_ms=0)
+    await sim.start()
+    rest_s = [0.0]
+
+    async def timed_fetch(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return await fetch_bars(*a, **kw)
+        finally:
+            rest_s[0] += time.perf_counter() - t
+
+    cfg = c.Config(
+        feed=c.FeedConfig(ws_url=sim.ws_url, rest_url=sim.rest_url, reconnect_min_s=0.05, reconnect_max_s=0.5),
+        engine=cfg0.engine,
+        sinks=c.SinksConfig(enabled=tuple(s for s in args.sinks.split(",") if s),
+                          jsonl=c.JsonlSinkConfig(path="signals.jsonl", fsync="interval")),
+        metrics=c.MetricsConfig(enabled=False), state=c.StateConfig(dir=str(state)),
+    )
+    d = Daemon(cfg, loaded=loaded, drain_timeout_s=10,
+               source_factory=lambda fc, warm: FeedClient(fc, warmup_bars=warm, fetch=timed_fetch))
+    d.record_latency = args.bars + 10
+    task = asyncio.create_task(d.run())
+    try:
+        while not (sim.done.is_set() and d.pipeline is not None
+                   and d.pipeline.last_open_time == int(frame.open_time[end - 1])):
+            if task.done():
+                task.result()
+                raise RuntimeError("the daemon stopped early")
+            await asyncio.sleep(0.05)
+        d.request_stop()
+        await task
+    finally:
+        await sim.stop()
+    ready_total = (d.ready_at or time.monotonic()) - d.started_at + (d.started_at - _mono_at(t_start))
+    parts = _latency_parts(state)
+    return {
+        "signals": d.pipeline.stats.signals, "ws_bars": d.feed.stats.bars_ws,
+        "backend": loaded.model.info.get("backend"), "tick_to_signal_s": d.tick_to_signal_s,
+        "ready_total_s": ready_total, "rest_s": rest_s[0], "ready_s": ready_total - rest_s[0],
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "parts_us": parts,
+    }
+
+
+def _mono_at(perf_t: float) -> float:
+    """The monotonic time that corresponds to a perf_counter reading."""
+    return time.monotonic() - (time.perf_counter() - perf_t)
+
+
+def _latency_parts(state: Path) -> dict[str, np.ndarray]:
+    """Per-stage latency (us) of the live (ws) signals, from the jsonl sink's output."""
+    import orjson
+
+    p = state / "signals.jsonl"
+    if not p.exists():
+        return {}
+    rows = [orjson.loads(x) for x in p.read_bytes().splitlines() if x.endswith(b"}")]
+    rows = [r["latency_us"] for r in rows if r["source"] == "ws"]
+    return {k: np.array([r[k] for r in rows]) for k in ("features", "score", "emit")}

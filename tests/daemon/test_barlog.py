@@ -1,0 +1,48 @@
+"""The bar record: every bar used, with its source, per run; a torn last line is tolerated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from barsignal.daemon.barlog import BarLog, read_barlog, read_runs
+from barsignal.errors import DataError
+from barsignal.features.bar import Bar
+from tests.daemon.conftest import real_bars
+
+
+def test_runs_round_trip_with_sources_across_days(tmp_path: Path) -> None:
+    bars = real_bars(3000)  # spans three UTC days
+    a = BarLog(tmp_path, "BTCUSDT", run_id="20260101T000000Z")
+    first = [Bar(b.open_time, b.open, b.high, b.low, b.close, b.volume, "rest" if i < 100 else "ws")
+             for i, b in enumerate(bars[:2000])]
+    for b in first:
+        a.record(b)
+    a.close()
+    b2 = BarLog(tmp_path, "BTCUSDT", run_id="20260101T010000Z")
+    second = [Bar(b.open_time, b.open, b.high, b.low, b.close, b.volume, "rest") for b in bars[1900:3000]]
+    for b in second:
+        b2.record(b)
+    b2.close()
+    assert len(list(tmp_path.glob("*.jsonl"))) >= 4
+    runs = read_runs(tmp_path, "BTCUSDT")
+    assert list(runs) == ["20260101T000000Z", "20260101T010000Z"]
+    assert runs["20260101T000000Z"] == first and runs["20260101T010000Z"] == second
+    assert list(read_barlog(tmp_path)) == first + second
+
+
+def test_a_torn_last_line_is_dropped_and_a_bad_middle_line_is_an_error(tmp_path: Path) -> None:
+    log = BarLog(tmp_path, "BTCUSDT", run_id="r1")
+    for b in real_bars(3):
+        log.record(b)
+    log.close()
+    (f,) = tmp_path.glob("*.jsonl")
+    f.write_bytes(f.read_bytes() + b'{"open_time": 1, "op')  # a crash mid-write
+    assert len(list(read_barlog(tmp_path))) == 3
+    lines = f.read_bytes().split(b"\n")
+    f.write_bytes(b"\n".join([lines[0], b"garbage", *lines[1:]]))
+    with pytest.raises(DataError, match=":2: bad bar record line"):
+        list(read_barlog(tmp_path))
+    with pytest.raises(DataError, match="no bar record"):
+        list(read_barlog(tmp_path / "nothing"))
