@@ -39,6 +39,7 @@ def _pct(xs: list[int], q: float) -> float:
 
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+
     from barsignal.daemon.data import load
     from barsignal.errors import ConfigError
     from barsignal.features.batch import compute_with_ready

@@ -9,6 +9,7 @@ from __future__ import annotations
 from itertools import chain
 
 import numpy as np
+
 from barsignal.features.bar import INTERVAL_MS, BarFrame
 from barsignal.features.engine import FeatureEngine
 from barsignal.features.spec import N_FEATURES, WARMUP_BARS

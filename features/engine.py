@@ -15,6 +15,7 @@ from itertools import repeat
 from operator import mul, sub
 
 import numpy as np
+
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import INTERVAL_MS, Bar
 from barsignal.features.spec import N_FEATURES, WARMUP_BARS

@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
 from barsignal.errors import ArtifactError
 from barsignal.features.spec import N_FEATURES, NAMES, schema_hash
 

@@ -6,6 +6,7 @@ Live, replay and training share it.
 from __future__ import annotations
 
 import numpy as np
+
 from barsignal.features.bar import INTERVAL_MS, Bar
 from barsignal.features.engine import FeatureEngine
 from barsignal.features.normalize import Normalizer

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
+
 from barsignal.features.bar import BarFrame
 from barsignal.features.batch import compute
 from barsignal.features.engine import FeatureEngine

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import msgspec
 import pytest
+
 from barsignal.daemon import config as cfg
 from barsignal.daemon.secrets import Secret, read_secret
 from barsignal.errors import ConfigError
-
 from tests.conftest import REPO, run_cli
 
 

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+
 from barsignal.errors import DataError
 
 DEFAULT_BASE_URL = "https://data.binance.vision"

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import numpy as np
+
 from barsignal.daemon.binance import INTERVAL_MS
 from barsignal.errors import BadMessage, DataError, TransientError
 from barsignal.features.bar import Bar, BarFrame

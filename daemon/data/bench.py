@@ -34,6 +34,7 @@ def _time(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
 
 def run(args: argparse.Namespace) -> int:
     import orjson
+
     from barsignal.daemon.data import load, load_many, parquet
     from barsignal.daemon.data.formats import _orjson_rows, read_freqtrade_json
     from barsignal.errors import ConfigError

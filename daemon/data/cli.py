@@ -46,6 +46,7 @@ def _date(text: str) -> date:
 
 def _inspect(args: argparse.Namespace) -> int:
     import orjson
+
     from barsignal.daemon.data import load, load_many
 
     loaded = ([load_many(args.files, allow_conflicts=True)] if args.merge

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
 from barsignal.daemon.binance import INTERVAL_MS
 from barsignal.daemon.data.formats import read_columns
 from barsignal.daemon.data.validate import OHLCV, Report, validate

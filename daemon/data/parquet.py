@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+
 from barsignal.errors import DataError
 
 REQUIRED = ("open_time", "open", "high", "low", "close", "volume")

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+
 from barsignal.daemon.binance import interval_name
 from barsignal.errors import DataError
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from barsignal.daemon.data import parquet
 from barsignal.daemon.data.download import Fetcher, download, plan
 from barsignal.errors import DataError
-
 from tests.conftest import DATA, run_cli
 
 FUT = DATA / "klines" / "um_futures_1m_daily"

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+
 from barsignal.daemon.binance.rest import (
     RateLimited,
     decode_kline_rows,
@@ -18,7 +19,6 @@ from barsignal.daemon.binance.rest import (
 )
 from barsignal.errors import BadMessage, DataError, TransientError
 from barsignal.features.bar import BarFrame
-
 from tests.conftest import WIRE, free_port
 
 SAMPLE = json.loads((WIRE / "real_rest_klines_btcusdt_1h_sample.json").read_text())["response"]

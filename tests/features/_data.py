@@ -7,6 +7,7 @@ from functools import cache
 from pathlib import Path
 
 import numpy as np
+
 from barsignal.features.bar import BarFrame
 from barsignal.features.batch import compute_with_ready
 

@@ -6,13 +6,14 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import INTERVAL_MS, Bar, BarFrame
 from barsignal.features.batch import compute, compute_with_ready
 from barsignal.features.engine import FeatureEngine
 from barsignal.features.spec import N_FEATURES, WARMUP, WARMUP_BARS
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 T0 = 1_600_000_020_000 - 1_600_000_020_000 % INTERVAL_MS
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from _data import REPO, SHARED
+
 from barsignal.features.spec import NAMES, schema_hash
 
 FUT = SHARED / "data" / "klines" / "um_futures_1m_daily"

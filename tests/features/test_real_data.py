@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from _data import SPOT_1M, features_of
+
 from barsignal.features.batch import compute
 from barsignal.features.reference import (
     TALIB_REFERENCED,

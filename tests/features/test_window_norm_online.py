@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 from _data import SPOT_1M, features_of
+
 from barsignal.errors import ArtifactError
 from barsignal.features import spec
 from barsignal.features.bar import INTERVAL_MS, BarFrame
