@@ -3,7 +3,10 @@
 The bars are the ones the teacher was trained on (its checkpoint's ``meta["data"]``) unless the
 config names others, split exactly as ``barsignal.model.dataset`` splits them (so the normalizer is
 the teacher's). Next-bar returns come from the closes of the same rows, for backtests. The result is
-cached in ``<workdir>/data.npz`` (rows + indices, not (N, T, F) copies), keyed by the bar paths.
+cached in ``<workdir>/data.npz`` (rows + indices, not (N, T, F) copies), keyed by the bar paths and
+the feature-schema hash. The student is trained on these windows, so the artifact declares *their*
+schema hash and normalizer (the teacher's are recorded beside them; a teacher trained on other
+features is still a valid source of soft labels, and its fidelity is measured on these windows).
 """
 
 from __future__ import annotations
@@ -69,10 +72,13 @@ def _split(raw: dict[str, Any], name: str, window: int, limit: int) -> Split:
 def data_from_segments(segments: list[Any], *, horizon: int = 1, window: int = 30, max_train: int = 0,
                        max_val: int = 5000, max_test: int = 10_000) -> Data:
     """The same splits from in-memory segments (``barsignal.model.dataset.Segment``), uncached."""
+    from barsignal.features.spec import schema_hash
+
     raw = _build_segments(segments, horizon, window)
     return Data(_split(raw, "train", window, max_train), _split(raw, "val", window, max_val),
                 _split(raw, "test", window, max_test),
                 meta={"bars": [s.name for s in segments], "horizon": horizon, "window": window,
+                      "schema_hash": schema_hash(),
                       "normalizer": json.loads(raw["normalizer"]), "dataset": json.loads(raw["info"])})
 
 
@@ -83,7 +89,10 @@ def load_data(cfg: CompressionConfig, teacher_meta: dict[str, Any], workdir: Pat
     paths = bar_paths(cfg, teacher_meta)
     horizon = int(teacher_meta.get("horizon", 1))
     window = int(teacher_meta.get("window", 30))
-    key = hashlib.sha256(json.dumps([paths, horizon, window]).encode()).hexdigest()[:16]
+    from barsignal.features.spec import schema_hash
+
+    sh = schema_hash()  # the features the windows are built with (and the artifact declares)
+    key = hashlib.sha256(json.dumps([paths, horizon, window, sh]).encode()).hexdigest()[:16]
     cache = workdir / "data.npz"
     raw: dict[str, Any] | None = None
     if cache.is_file():
@@ -99,7 +108,7 @@ def load_data(cfg: CompressionConfig, teacher_meta: dict[str, Any], workdir: Pat
         _split(raw, "train", window, cfg.data.max_windows),
         _split(raw, "val", window, val_windows),
         _split(raw, "test", window, cfg.eval.windows),
-        meta={"bars": paths, "horizon": horizon, "window": window,
+        meta={"bars": paths, "horizon": horizon, "window": window, "schema_hash": sh,
               "normalizer": json.loads(str(raw["normalizer"])), "dataset": json.loads(str(raw["info"]))},
     )
     log.info("compression data", train=len(data.train), val=len(data.val), test=len(data.test),

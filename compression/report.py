@@ -247,6 +247,7 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
         "selection_rule": (f"fastest p50 of the pruned family with signal agreement >= "
                            f"{ev.min_signal_agreement:g} vs pruned FP32 at the deployed thresholds"),
         "thresholds": th_best.to_manifest(), "data": data.meta, "plots": plots,
+        "teacher_schema_hash": ctx.teacher_meta.get("schema_hash"),
         "distill": _strip_history(distill), "prune": prune, "quantize": quant, "export_parity": export,
     }
     (rep_dir / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
@@ -296,21 +297,23 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
                           "signal_agreement_vs_fp32": r["signal_agreement_vs_fp32"]}
     default = "fp32" if best["variant"] == "pruned" else best["variant"]
     meta = ctx.teacher_meta
-    sh = str(meta.get("schema_hash") or schema_hash())
+    sh = str(ctx.data.meta.get("schema_hash") or schema_hash())  # the features the student was trained on
     metrics = {k: best[k] for k in ("auc", "agree_teacher", "latency_p50_us", "latency_p99_us",
                                     "signal_agreement_vs_fp32", "dp_vs_fp32_mean", "dp_vs_fp32_max")}
     metrics["backtest_test"] = best["backtest"]
     metrics["machine"] = summary["machine"]["model"]
     return write_artifact(
         dest, files=files, model_config=best["model"].cfg.to_dict(), schema_hash=sh,
-        normalization=meta.get("normalizer") or ctx.data.meta["normalizer"],
+        normalization=ctx.data.meta["normalizer"],
         signal={"long_threshold": th.long_threshold, "short_threshold": th.short_threshold,
                 "rule": th.rule, "chosen_on": "validation", "val_sharpe": th.val_sharpe,
                 "val_exposure": th.val_exposure},
         variants=variants, default_variant=default, horizon=int(meta.get("horizon", 1)), metrics=metrics,
         command=command or "barsignal compress", overwrite=True,
         extra={"compression": {"selected": best["name"], "rule": summary["selection_rule"],
-                               "teacher": str(ctx.cfg.data.teacher)}},
+                               "teacher": str(ctx.cfg.data.teacher),
+                               "teacher_schema_hash": meta.get("schema_hash"),
+                               "teacher_schema_matches": meta.get("schema_hash") == sh}},
     )
 
 
@@ -325,6 +328,11 @@ def _markdown(s: dict[str, Any]) -> str:
         f"{s['latency']['iters']} calls per row, all rows interleaved in one loop.",
         f"Data: {s['train_windows']:,} train / {s['val_windows']:,} validation / {s['test_windows']:,} "
         f"test windows of real bars ({', '.join(Path(b).name for b in s['data']['bars'])}).",
+        *([f"Feature schema of these windows and of the artifact: {s['data']['schema_hash'][:12]}…; the teacher "
+           f"checkpoint was trained on schema {str(s['teacher_schema_hash'])[:12]}… (features changed since): its "
+           "figures here are measured on the current features."]
+          if s["data"].get("schema_hash") and s.get("teacher_schema_hash")
+          and s["teacher_schema_hash"] != s["data"]["schema_hash"] else []),
         "",
         _table(rows),
         "",

@@ -134,9 +134,9 @@ def test_hot_swap_keeps_the_old_model_when_the_new_artifact_is_bad(tmp_path: Pat
             h1 = d.pipeline.model.artifact_hash
             shutil.rmtree(art)
             write_tiny_artifact(art, bias=0.5)  # a good new one
-            n = d.pipeline.stats.signals
             assert await d.reload() is True
             h2 = d.pipeline.model.artifact_hash
+            n = d.pipeline.stats.signals  # the old model kept scoring while the new one loaded
             await _until(lambda: d.pipeline.stats.signals > n + 3)
             d.request_stop()
             assert await asyncio.wait_for(task, 15) == 0

@@ -78,7 +78,7 @@ def test_load_scorer_logs_choice(capsys: pytest.CaptureFixture[str], monkeypatch
     from barsignal import log
 
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    log.configure(level="info", fmt="json", stream=sys.stderr)
+    log.configure(level="info", fmt="json")  # writes to whatever sys.stderr is (capsys)
     s = load_scorer(None, backend="auto")
     assert s.name == "onnxruntime"
     err = capsys.readouterr().err

@@ -84,7 +84,7 @@ def restore_logging():
     yield
     from barsignal import log
 
-    log.configure(stream=sys.__stderr__)  # main() bound structlog to pytest's captured stderr
+    log.configure()  # back to the lazy sys.stderr writer
 
 
 def test_train_and_eval_cli(tmp_path, capsys, restore_logging) -> None:
