@@ -6,14 +6,13 @@ own section. Paths are relative to the current directory.
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from barsignal.errors import ConfigError
+from barsignal import tomlconfig
 
 Pos = Annotated[float, Meta(gt=0)]
 Frac = Annotated[float, Meta(ge=0, lt=1)]
@@ -68,6 +67,8 @@ class EvalSection(_Section):
     latency_iters: Annotated[int, Meta(ge=10)] = 2000
     latency_threads: Annotated[int, Meta(ge=1)] = 1
     min_signal_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.99  # for the deployed variant
+    # the deployed variant's dynamic-batch ONNX (replay) must match its batch-1 ONNX (live) this closely
+    max_batch_drift: Annotated[float, Meta(ge=0)] = 1e-5
 
 
 class OutputSection(_Section):
@@ -85,22 +86,11 @@ class CompressionConfig(_Section):
 
 
 def loads(text: str, source: str = "<compression config>") -> CompressionConfig:
-    """Parse TOML text; errors name the source, the section and the key."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    try:
-        return msgspec.convert(raw, type=CompressionConfig, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(f"{source}: {exc}; see compression.toml for every key") from None
+    """Parse TOML text; errors name the source, the section, the key and what is allowed."""
+    return tomlconfig.decode(text, source, CompressionConfig)
 
 
 def load(path: str | Path | None) -> CompressionConfig:
     """Load ``path``; ``None`` gives the defaults."""
-    if path is None:
-        return CompressionConfig()
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: compression config not found; pass --config PATH to a TOML file")
-    return loads(p.read_text(encoding="utf-8"), str(p))
+    return CompressionConfig() if path is None else tomlconfig.load_file(path, CompressionConfig,
+                                                                           "compression config")

@@ -219,9 +219,14 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
     ctx.progress(f"report: latency ({ev.latency_iters} iterations x {len(spec)} rows, interleaved)")
     _latency(spec, x[0], ev.latency_iters, ev.latency_threads)
 
-    # the default variant: fastest of the pruned family that keeps signal agreement
+    # the default variant: fastest of the pruned family that keeps signal agreement and whose
+    # replay path (dynamic batch) gives live's (batch 1) probabilities
     fam = [r for r in spec if r.get("variant")]
-    ok = [r for r in fam if r["signal_agreement_vs_fp32"] >= ev.min_signal_agreement]
+    ctx.progress("report: batch drift (static batch 1 vs dynamic batch 512)")
+    for r in fam:
+        r["batch_drift"] = _batch_drift(r["path"], d / f"{r['file']}.dynamic.onnx", x[:1000])
+    ok = [r for r in fam if r["signal_agreement_vs_fp32"] >= ev.min_signal_agreement
+          and r["batch_drift"] <= ev.max_batch_drift]
     best = min(ok or fam[:1], key=lambda r: r["latency_p50_us"])
     fastest = min(spec, key=lambda r: r["latency_p50_us"])
     fp32 = next(r for r in fam if r["variant"] == "pruned")
@@ -243,9 +248,13 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
                     "interleaved": True},
         "rows": table_rows, "speedup_vs_pruned_fp32": speed,
         "faster_than_pruned_fp32": [n for n, s in speed.items() if s > 1.0 and n != fp32["name"]],
-        "fastest": fastest["name"], "selected": best["name"], "selected_variant": best["variant"],
+        "fastest": fastest["name"], "selected": best["name"],
+        "selected_variant": "fp32" if best["variant"] == "pruned" else best["variant"],  # artifact name
         "selection_rule": (f"fastest p50 of the pruned family with signal agreement >= "
-                           f"{ev.min_signal_agreement:g} vs pruned FP32 at the deployed thresholds"),
+                           f"{ev.min_signal_agreement:g} vs pruned FP32 at the deployed thresholds and "
+                           f"batch drift <= {ev.max_batch_drift:g} (max |p| difference between the "
+                           "dynamic-batch ONNX at batch 512, used by replay, and the batch-1 ONNX, used live)"),
+        "batch_drift": {r["name"]: r["batch_drift"] for r in fam},
         "thresholds": th_best.to_manifest(), "data": data.meta, "plots": plots,
         "teacher_schema_hash": ctx.teacher_meta.get("schema_hash"),
         "distill": _strip_history(distill), "prune": prune, "quantize": quant, "export_parity": export,
@@ -258,6 +267,15 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
                            "bytes": sum(f.stat().st_size for f in art.path.iterdir())}
     (rep_dir / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return summary
+
+
+def _batch_drift(static: Path, dynamic: Path, x: np.ndarray) -> float:
+    """max |p| between batch-1 calls of the static ONNX and batch-512 calls of the dynamic one."""
+    from barsignal.compression.quantize import INPUT, OUTPUT, onnx_proba, session
+
+    sess = session(static)
+    single = np.array([sess.run([OUTPUT], {INPUT: w[None]})[0].reshape(-1)[0] for w in x], np.float64)
+    return float(np.abs(single - onnx_proba(dynamic, x, batch=512)).max())
 
 
 def _maybe(ctx: Any, name: str) -> dict[str, Any] | None:
@@ -294,7 +312,8 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
                           "weights": f"{net}.safetensors",
                           "model": r["model"].cfg.to_dict(), "precision": name,
                           "latency_p50_us": r["latency_p50_us"], "auc": r["auc"],
-                          "signal_agreement_vs_fp32": r["signal_agreement_vs_fp32"]}
+                          "signal_agreement_vs_fp32": r["signal_agreement_vs_fp32"],
+                          "batch_drift": r["batch_drift"]}
     default = "fp32" if best["variant"] == "pruned" else best["variant"]
     meta = ctx.teacher_meta
     sh = str(ctx.data.meta.get("schema_hash") or schema_hash())  # the features the student was trained on
@@ -345,6 +364,8 @@ def _markdown(s: dict[str, Any]) -> str:
         + ", ".join(f"{k} {v:.2f}x" for k, v in s["speedup_vs_pruned_fp32"].items()) + ".",
         f"**Fastest row:** {s['fastest']}. **Deployed (artifact default):** {s['selected']} "
         f"({s['selection_rule']}).",
+        "**Batch drift** (replay vs live, max |Δp|): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in s["batch_drift"].items()) + ".",
         f"**Thresholds:** long >= {s['thresholds']['long_threshold']:.4f}"
         + (f", short <= {s['thresholds']['short_threshold']:.4f}" if s['thresholds']['short_threshold']
            is not None else "") + f". Rule: {s['thresholds']['rule']}.",

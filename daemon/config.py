@@ -9,18 +9,12 @@ Each component receives its own section, never the whole config.
 from __future__ import annotations
 
 import os
-import re
-import stat
-import tomllib
-import types
-import typing
-from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
 from msgspec import Meta
 
-from barsignal.errors import ConfigError
+from barsignal import tomlconfig
 
 Pos = Annotated[float, Meta(gt=0)]
 NonNeg = Annotated[float, Meta(ge=0)]
@@ -151,96 +145,11 @@ class Config(_Section):
     state: StateConfig = msgspec.field(default_factory=StateConfig)
 
 
-_UNKNOWN = re.compile(r"Object contains unknown field `(?P<key>[^`]+)`(?: - at `(?P<path>[^`]+)`)?")
-_AT = re.compile(r"^(?P<msg>.*?) - at `(?P<path>[^`]+)`$")
-
-
-def _allowed(path: list[str]) -> list[str]:
-    t: type = Config
-    for part in path:
-        t = msgspec.structs.fields(t)[[f.name for f in msgspec.structs.fields(t)].index(part)].type
-    return [f.name for f in msgspec.structs.fields(t)]
-
-
-def _choices(path: list[str]) -> tuple[object, ...]:
-    """The allowed values of a Literal-typed key (also inside Optional/Annotated), else ()."""
-    t: object = Config
-    try:
-        for part in path:
-            if "[" in part:  # an element of a tuple: no fixed choices
-                return ()
-            t = {f.name: f.type for f in msgspec.structs.fields(t)}[part]  # type: ignore[arg-type]
-    except (KeyError, TypeError):
-        return ()
-    pending, out = [t], []
-    while pending:
-        x = pending.pop()
-        if typing.get_origin(x) is Literal:
-            out.extend(typing.get_args(x))
-        elif typing.get_origin(x) in (typing.Union, types.UnionType, typing.Annotated):
-            pending.extend(typing.get_args(x)[:1] if typing.get_origin(x) is typing.Annotated
-                           else typing.get_args(x))
-    return tuple(out)
-
-
-def _explain(exc: msgspec.ValidationError, source: str) -> str:
-    text = str(exc)
-    m = _UNKNOWN.match(text)
-    if m:
-        parts = [p for p in (m["path"] or "$").split(".")[1:]]
-        section = ".".join(parts) or "(top level)"
-        try:
-            allowed = ", ".join(_allowed(parts))
-        except (ValueError, AttributeError, TypeError):
-            allowed = "see config.toml"
-        return f"{source}: [{section}] unknown key {m['key']!r}; allowed keys: {allowed}"
-    m = _AT.match(text)
-    if m:
-        parts = m["path"].split(".")[1:]
-        key = parts[-1] if parts else "?"
-        section = ".".join(parts[:-1]) or "(top level)"
-        msg = m["msg"]
-        choices = _choices(parts)
-        if choices:
-            msg += f"; allowed: {', '.join(repr(c) for c in choices)}"
-        return f"{source}: [{section}] key {key!r}: {msg}"
-    return f"{source}: {text}"
-
-
-def check_file_safe(path: Path) -> None:
-    """Refuse a config reached through a world-writable file or directory (no symlink tricks)."""
-    p = path.resolve()
-    # The directories of the path as given count too: a symlink in a world-writable directory
-    # could be swapped for one pointing elsewhere.
-    given = Path(os.path.abspath(path)).parents
-    for q in dict.fromkeys([p, *p.parents, *given]):
-        try:
-            st = q.stat()
-        except OSError:
-            continue
-        sticky = bool(st.st_mode & stat.S_ISVTX)
-        if st.st_mode & stat.S_IWOTH and not (q != p and sticky):
-            raise ConfigError(f"{path}: refusing config: {q} is world-writable; fix with chmod o-w {q}")
-
-
 def loads(text: str, source: str = "<config>") -> Config:
     """Parse TOML text into a frozen Config; errors name source, section, key and what is allowed."""
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
-    try:
-        return msgspec.convert(raw, type=Config, strict=True)
-    except msgspec.ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+    return tomlconfig.decode(text, source, Config)
 
 
 def load(path: str | os.PathLike[str] | None) -> Config:
     """Load a config file; ``None`` gives the embedded defaults."""
-    if path is None:
-        return Config()
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"{p}: config file not found; pass --config PATH to an existing TOML file")
-    check_file_safe(p)
-    return loads(p.read_text(encoding="utf-8"), str(p))
+    return Config() if path is None else tomlconfig.load_file(path, Config)

@@ -116,7 +116,8 @@ def test_report_has_one_table_with_every_row(done):
     assert md.count("| model | runtime | params |") == 1
     for name in ROWS:
         assert f"| {name} |" in md
-    assert rep["selected_variant"] in ("pruned", "fp16", "int8_dynamic", "int8_static", "qat")
+    assert rep["selected_variant"] in ("fp32", "fp16", "int8_dynamic", "int8_static", "qat")
+    assert rep["batch_drift"]["pruned (ONNX FP32)"] <= 1e-5  # FP32: replay scores as live does
 
 
 def test_artifact_verifies_and_is_refused_when_tampered(done, tmp_path):

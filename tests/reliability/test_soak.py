@@ -29,7 +29,7 @@ from tests.reliability import harness as h
 
 BARS = int(os.environ.get("BARSIGNAL_SOAK_BARS", "8000"))
 SPEED = float(os.environ.get("BARSIGNAL_SOAK_SPEED", "250"))
-TAIL = 50  # served beyond BARS, so the last checked bars are not the stream's very last frames
+TAIL = 1000  # served beyond BARS: the stream runs before the daemon connects (those bars come in its REST warm-up)
 START = 800  # bars before this are history (REST warm-up: 729)
 
 
