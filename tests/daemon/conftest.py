@@ -14,6 +14,7 @@ import orjson
 import pytest
 
 from barsignal.features.bar import Bar
+from tests import tiny_model
 from tests.conftest import SPOT_1M, free_port
 
 T, F = 30, 33
@@ -48,39 +49,11 @@ class TinyFeatures:
         return self.buf
 
 
-def write_tiny_onnx(dest: Path, seed: int = 0, bias: float = 0.0) -> tuple[Path, Path]:
-    """A real ONNX model, sigmoid(sum(window * W) + b), static (1,30,33) and dynamic (N,30,33)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    w = np.random.default_rng(seed).standard_normal((1, T, F)).astype(np.float32) * 0.05
-    out = []
-    for name, batch in (("static.onnx", 1), ("dynamic.onnx", "N")):
-        g = helper.make_graph(
-            [helper.make_node("Mul", ["input", "W"], ["m"]),
-             helper.make_node("ReduceSum", ["m", "axes"], ["s"], keepdims=0),
-             helper.make_node("Add", ["s", "b"], ["z"]),
-             helper.make_node("Sigmoid", ["z"], ["up_probability"])],
-            "tiny",
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, T, F])],
-            [helper.make_tensor_value_info("up_probability", TensorProto.FLOAT, [batch])],
-            [numpy_helper.from_array(w, "W"), numpy_helper.from_array(np.array([1, 2], np.int64), "axes"),
-             numpy_helper.from_array(np.array([bias], np.float32), "b")],
-        )
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
-        p = dest / name
-        dest.mkdir(parents=True, exist_ok=True)
-        onnx.save(m, p)
-        out.append(p)
-    return out[0], out[1]
-
-
 @pytest.fixture
 def tiny_scorer(tmp_path: Path):
     from barsignal.engine.backends.ort import OnnxRuntimeScorer
 
-    static, dynamic = write_tiny_onnx(tmp_path / "tiny")
+    static, dynamic = tiny_model.write_tiny_onnx(tmp_path / "tiny")
     return OnnxRuntimeScorer(static, dynamic, warmup=2)
 
 
@@ -122,24 +95,8 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
 
 
 def write_tiny_artifact(dest: Path, *, bias: float = 0.0, n_fit: int = 3000) -> Path:
-    """A real, verified artifact (write_artifact) holding the tiny ONNX model and a Normalizer fitted
-    on real bars: for daemon tests that must not wait for a trained student."""
-    from barsignal.engine.artifact import write_artifact
-    from barsignal.features import batch
-    from barsignal.features.bar import BarFrame
-    from barsignal.features.normalize import Normalizer
-    from barsignal.features.spec import schema_hash
-
-    frame = BarFrame.from_bars(real_bars(n_fit, start=20_000))
-    rows, ready = batch.compute_with_ready(frame)
-    norm = Normalizer.fit(rows[ready])
-    static, dynamic = write_tiny_onnx(dest.parent / f".{dest.name}-onnx", bias=bias)
-    write_artifact(dest, files={"static.onnx": static, "dynamic.onnx": dynamic}, model_config={"kind": "tiny"},
-                   schema_hash=schema_hash(), normalization=norm.to_dict(),
-                   signal={"long_threshold": 0.52, "short_threshold": 0.48, "rule": "threshold"},
-                   variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
-                   default_variant="tiny", horizon=1, metrics={}, command="tests/daemon")
-    return dest
+    """The shared tiny artifact (tests/tiny_model.py), its Normalizer fitted on real bars."""
+    return tiny_model.write_tiny_artifact(dest, real_bars(n_fit, start=20_000), bias=bias)
 
 
 @pytest.fixture(scope="session")

@@ -64,8 +64,8 @@ def test_swapped_manifest_is_refused(artifact_copy: Path, tmp_path: Path) -> Non
     var = a.variant()
     other = tmp_path / "other"
     b = write_artifact(
-        other, files={var.onnx.name: var.onnx_dynamic, var.onnx_dynamic.name: var.onnx_dynamic,
-                      var.weights.name: var.weights},
+        other, files={**{name: artifact_copy / name for name in a.manifest["files"]},
+                      var.onnx.name: var.onnx_dynamic},
         model_config=a.model_config, schema_hash=a.schema_hash, normalization=a.normalization,
         signal=a.signal, variants=a.manifest["variants"], default_variant=a.default_variant,
         horizon=a.horizon, metrics={}, command="test")

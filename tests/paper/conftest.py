@@ -15,6 +15,7 @@ import pytest
 
 from barsignal.engine.signal import Signal, SignalRule, signal_id
 from barsignal.features.bar import Bar
+from tests.tiny_model import T, write_tiny_artifact, write_tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("BARSIGNAL_SHARED", REPO.parent / "shared")).resolve()
@@ -56,38 +57,6 @@ def make_signals() -> Callable[..., list[Signal]]:
 
 
 # -- a real pipeline: real features (OnlineFeatures), a real ONNX model on ONNX Runtime, the real rule --
-T, F = 30, 33
-
-
-def write_tiny_onnx(dest: Path, seed: int = 0) -> tuple[Path, Path]:
-    """A real ONNX model, sigmoid(sum(tanh(window @ W1) * w2) + b), static (1,30,33) and dynamic (N,30,33):
-    a MatMul, so batched and single calls could round differently if the backend let them."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(seed)
-    w1 = rng.standard_normal((F, 16)).astype(np.float32) * 0.3
-    w2 = rng.standard_normal((1, T, 16)).astype(np.float32) * 0.05
-    out = []
-    for name, batch in (("static.onnx", 1), ("dynamic.onnx", "N")):
-        g = helper.make_graph(
-            [helper.make_node("MatMul", ["input", "W1"], ["h"]),
-             helper.make_node("Tanh", ["h"], ["a"]),
-             helper.make_node("Mul", ["a", "W2"], ["m"]),
-             helper.make_node("ReduceSum", ["m", "axes"], ["s"], keepdims=0),
-             helper.make_node("Sigmoid", ["s"], ["up_probability"])],
-            "tiny",
-            [helper.make_tensor_value_info("input", TensorProto.FLOAT, [batch, T, F])],
-            [helper.make_tensor_value_info("up_probability", TensorProto.FLOAT, [batch])],
-            [numpy_helper.from_array(w1, "W1"), numpy_helper.from_array(w2, "W2"),
-             numpy_helper.from_array(np.array([1, 2], np.int64), "axes")],
-        )
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
-        dest.mkdir(parents=True, exist_ok=True)
-        onnx.save(m, dest / name)
-        out.append(dest / name)
-    return out[0], out[1]
 
 
 @pytest.fixture(scope="session")
@@ -116,19 +85,4 @@ def make_pipeline(tmp_path_factory) -> Callable[..., object]:
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory) -> Path:
     """A real, verified model artifact around the tiny ONNX model (normalizer fit on real bars)."""
-    from barsignal.engine.artifact import write_artifact
-    from barsignal.features import batch
-    from barsignal.features.bar import BarFrame
-    from barsignal.features.normalize import Normalizer
-    from barsignal.features.spec import schema_hash
-
-    d = tmp_path_factory.mktemp("art")
-    static, dynamic = write_tiny_onnx(d / "src", seed=1)
-    X, ready = batch.compute_with_ready(BarFrame.from_bars(list(_spot_bars(3000, 0))))
-    write_artifact(d / "artifact", files={"static.onnx": static, "dynamic.onnx": dynamic},
-                   model_config={"kind": "tiny test model"}, schema_hash=schema_hash(),
-                   normalization=Normalizer.fit(X[ready]).to_dict(),
-                   signal={"long_threshold": 0.52, "short_threshold": 0.48, "rule": {}},
-                   variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
-                   default_variant="tiny", horizon=1, metrics={}, command="tests/paper fixture")
-    return d / "artifact"
+    return write_tiny_artifact(tmp_path_factory.mktemp("art") / "artifact", _spot_bars(3000, 0), seed=1)

@@ -12,10 +12,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import free_port
-from tests.daemon.conftest import redis_url, write_tiny_artifact
+from tests.daemon.conftest import write_tiny_artifact
 from tests.reliability import harness as h
-
-__all__ = ["redis_url"]  # reused: $BARSIGNAL_TEST_REDIS_URL (make test) or our own server
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -137,4 +137,6 @@ def test_soak_memory_fds_and_latency_stay_flat(tmp_path: Path, artifact: Path) -
     assert gaps == 0
     assert max(fds) - min(fds) <= 4, f"file descriptors drift: {fds}"
     assert rss[-1] - rss[0] < 0.1 * rss[0] + 10 * 1024, "resident memory grows"
-    assert abs(slope) < 5.0, f"RSS trend {slope:.2f} MB per 10k bars"
+    assert rss[-1] < 250 * 1024, "RSS above the 250 MB budget"
+    if BARS >= 50_000:  # a trend needs a long run: the first ~20k bars still fill caches (see RELIABILITY.md)
+        assert abs(slope) < 1.0, f"RSS trend {slope:.2f} MB per 10k bars"
