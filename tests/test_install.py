@@ -93,3 +93,32 @@ def test_daemon_and_engine_import_without_torch(installed: tuple[Path, Path], tm
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
             "print('ok')\n")
     assert _run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path).stdout.strip() == "ok"
+
+
+def test_run_path_works_with_torch_uninstallable(installed: tuple[Path, Path], tmp_path: Path) -> None:
+    """As in a core-only install: with torch made unimportable, the installed wheel loads its bundled
+    artifact (package data), verifies it, scores a window on ONNX Runtime and builds the run command."""
+    venv, wheel = installed
+    assert "barsignal/engine/default_artifact/manifest.json" in zipfile.ZipFile(wheel).namelist()
+    code = (
+        "import sys, importlib.abc\n"
+        "class NoTorch(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'torchao', 'matplotlib'):\n"
+        "            raise ImportError(f'{name} is not installed (core-only)')\n"
+        "sys.meta_path.insert(0, NoTorch())\n"
+        "import numpy as np, pathlib\n"
+        "from barsignal.engine.artifact import load_artifact, default_artifact_dir\n"
+        "from barsignal.engine.select import load_scorer\n"
+        "import barsignal.daemon.app, barsignal.daemon.run_cli, barsignal.daemon.paper\n"
+        "from barsignal.cli import build_parser\n"
+        "build_parser()\n"
+        "a = load_artifact()\n"
+        "assert str(default_artifact_dir()).startswith(sys.prefix), default_artifact_dir()\n"
+        "s = load_scorer(a, backend='auto')\n"
+        "p = s.score(np.zeros(tuple(a.window_shape), np.float32))\n"
+        "assert s.name == 'onnxruntime' and 0.0 < p < 1.0, (s.name, p)\n"
+        "print('ok', s.name, round(p, 4))\n"
+    )
+    out = _run([str(venv / "bin" / "python"), "-c", code], cwd=tmp_path).stdout.strip().splitlines()[-1]
+    assert out.startswith("ok onnxruntime")
