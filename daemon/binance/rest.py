@@ -166,6 +166,8 @@ async def fetch_bars(rest_url: str, symbol: str, since_ms: int, until_ms: int, *
     ex = ccxt.binance({"enableRateLimit": True, "timeout": int(timeout_s * 1000)})
     base = rest_url.rstrip("/")
     ex.urls["api"]["public"] = f"{base}/api/v3"
+    if base.startswith("http://"):
+        ex.timeout_on_exit = 0  # ccxt's 250 ms wait on close is for SSL transports to shut down
     status: dict[str, Any] = {}
     on_rest_response = ex.on_rest_response
 

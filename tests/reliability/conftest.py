@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tests import e2e as h
 from tests.conftest import free_port
 from tests.daemon.conftest import write_tiny_artifact
-from tests.reliability import harness as h
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import orjson
 
+from tests import e2e as h
 from tests.conftest import REPO, free_port
-from tests.reliability import harness as h
 
 START, DAY, TAIL = 2000, 1440, 400  # served bars [START, START + DAY + TAIL); checked: the first DAY signalled
 WARMUP = 729  # OnlineFeatures.bars_to_fetch: RESTART_WARMUP_BARS + window - 1

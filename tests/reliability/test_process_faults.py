@@ -24,8 +24,8 @@ from barsignal.daemon import config as cfgmod
 from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.daemon.paper.signals_io import read_signals
+from tests import e2e as h
 from tests.conftest import REPO, free_port
-from tests.reliability import harness as h
 
 START, SPEED, KILLS = 3000, 40.0, 7
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import orjson
 
+from tests import e2e as h
 from tests.conftest import REPO, free_port
-from tests.reliability import harness as h
 
 
 def _run(args: list[str], tmp: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:

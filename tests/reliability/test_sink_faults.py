@@ -17,8 +17,8 @@ import numpy as np
 import orjson
 import redis
 
+from tests import e2e as h
 from tests.conftest import free_port
-from tests.reliability import harness as h
 
 START, SPEED = 6000, 40.0
 

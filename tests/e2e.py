@@ -1,5 +1,6 @@
-"""Helpers for the reliability suite: ``barsignal feed serve`` and ``barsignal run`` as real
-subprocesses on real bars, their logs in files (greped for secrets), metrics scraped over HTTP."""
+"""End-to-end helpers (the run, parity and reliability tests): ``barsignal feed serve`` and
+``barsignal run`` as real subprocesses on real bars, their logs in files (greped for secrets),
+metrics scraped over HTTP."""
 
 from __future__ import annotations
 
