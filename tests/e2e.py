@@ -5,6 +5,7 @@ metrics scraped over HTTP."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,8 +15,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import orjson
+import pytest
 
-from tests.conftest import REPO, SPOT_1M
+from tests.conftest import REPO, SPOT_1M, free_port
 
 # Spot BTC/USDT 1m 2021-11-11..12-11: no gaps (PROVENANCE.md), 43,200 bars.
 SPOT_NOV = next(p for p in SPOT_1M if "2021-11-11" in p.name)
@@ -213,3 +215,41 @@ def assert_no_secret(logs: Iterable[Path]) -> int:
 def assert_clean_log(log: Path) -> None:
     text = log.read_text(errors="replace")
     assert "Traceback" not in text, text[-3000:]
+
+
+class RedisServer:
+    """A loopback ``redis-server`` (append-only, so its stream survives a restart) that a test starts,
+    stops and restarts on the same port."""
+
+    def __init__(self, workdir: Path) -> None:
+        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
+        if not Path(exe).exists():
+            pytest.fail("redis-server is not installed (apt-get install redis-server): the sink-fault "
+                        "test stops and restarts a real one")
+        self.exe, self.dir, self.port = exe, workdir, free_port()
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        import redis
+
+        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "yes", "--dir", str(self.dir)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        end = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                if time.monotonic() > end or self.proc.poll() is not None:
+                    pytest.fail(f"redis-server on port {self.port} did not start")
+                time.sleep(0.02)
+        client.close()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None

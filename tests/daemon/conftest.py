@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
-import time
 from collections import deque
 from pathlib import Path
 
@@ -14,8 +11,8 @@ import orjson
 import pytest
 
 from barsignal.features.bar import Bar
-from tests import tiny_model
-from tests.conftest import SPOT_1M, free_port
+from tests import e2e, tiny_model
+from tests.conftest import SPOT_1M
 
 T, F = 30, 33
 _K = (np.arange(F) + 1) / F
@@ -64,34 +61,10 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     if url:
         yield url
         return
-    exe = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists()
-                                           else None)
-    if exe is None:
-        pytest.fail("redis-server is not installed: install it (apt-get install redis-server) or set "
-                    "BARSIGNAL_TEST_REDIS_URL to a running one; the redis sink is tested against a real "
-                    "server")
-    port = free_port()
-    d = tmp_path_factory.mktemp("redis")
-    proc = subprocess.Popen([exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-                             "--appendonly", "no", "--dir", str(d)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import redis
-
-    client = redis.Redis(host="127.0.0.1", port=port)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.ConnectionError:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                proc.kill()
-                pytest.fail(f"redis-server on port {port} did not start")
-            time.sleep(0.02)
-    client.close()
-    yield f"redis://127.0.0.1:{port}/0"
-    proc.terminate()
-    proc.wait(timeout=10)
+    srv = e2e.RedisServer(tmp_path_factory.mktemp("redis"))
+    srv.start()
+    yield srv.url
+    srv.stop()
 
 
 def write_tiny_artifact(dest: Path, *, bias: float = 0.0, n_fit: int = 3000) -> Path:

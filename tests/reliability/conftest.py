@@ -1,18 +1,15 @@
 """Fixtures for the reliability suite: a real verified artifact (the daemon tests' tiny ONNX model,
-reused), and a redis-server of our own that a test may stop and restart."""
+reused), and a redis-server of our own
+(``tests.e2e.RedisServer``) that a test may stop and restart."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests import e2e as h
-from tests.conftest import free_port
 from tests.daemon.conftest import write_tiny_artifact
 
 
@@ -31,47 +28,9 @@ def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_artifact(tmp_path_factory.mktemp("artifact") / "tiny")
 
 
-class RedisServer:
-    """A loopback ``redis-server`` (append-only, so its stream survives a restart) that a test stops
-    and restarts on the same port."""
-
-    def __init__(self, workdir: Path) -> None:
-        exe = shutil.which("redis-server") or "/usr/bin/redis-server"
-        if not Path(exe).exists():
-            pytest.fail("redis-server is not installed (apt-get install redis-server): the sink-fault "
-                        "test stops and restarts a real one")
-        self.exe, self.dir, self.port = exe, workdir, free_port()
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        import redis
-
-        self.proc = subprocess.Popen([self.exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "yes", "--dir", str(self.dir)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(host="127.0.0.1", port=self.port)
-        end = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                if time.monotonic() > end or self.proc.poll() is not None:
-                    pytest.fail(f"redis-server on port {self.port} did not start")
-                time.sleep(0.02)
-        client.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
-        self.proc = None
-
-
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path)
+def redis_server(tmp_path: Path) -> Iterator[h.RedisServer]:
+    srv = h.RedisServer(tmp_path)
     srv.start()
     yield srv
     srv.stop()
