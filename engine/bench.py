@@ -64,6 +64,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="also export each variant with cumulative ONNX passes and time each (needs torch)")
     p.add_argument("--out", default=None, help="directory for bench_scoring.json and bench_scoring.md")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    p.add_argument("--idle-ms", type=float, default=5.0,
+                   help="also time 1,000 calls each made after sleeping this long, as a live bar arrives "
+                        "after an idle wait (0: skip)")
 
 
 def percentiles(samples_ns: np.ndarray) -> dict[str, float]:
@@ -72,8 +75,9 @@ def percentiles(samples_ns: np.ndarray) -> dict[str, float]:
             "p999_ms": float(np.percentile(ms, 99.9)), "mean_ms": float(ms.mean()), "calls": len(ms)}
 
 
-def time_calls(score: Any, windows: np.ndarray, calls: int, warmup: int) -> np.ndarray:
-    """perf_counter_ns around each of ``calls`` calls, after ``warmup`` untimed ones."""
+def time_calls(score: Any, windows: np.ndarray, calls: int, warmup: int, idle_s: float = 0.0) -> np.ndarray:
+    """perf_counter_ns around each of ``calls`` calls, after ``warmup`` untimed ones; with ``idle_s``,
+    each timed call follows a sleep of that long (the process idles between live bars)."""
     n = len(windows)
     for i in range(warmup):
         score(windows[i % n])
@@ -81,6 +85,8 @@ def time_calls(score: Any, windows: np.ndarray, calls: int, warmup: int) -> np.n
     clock = time.perf_counter_ns
     for i in range(calls):
         w = windows[i % n]
+        if idle_s:
+            time.sleep(idle_s)
         t0 = clock()
         score(w)
         out[i] = clock() - t0
@@ -148,6 +154,9 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             scorer = backend_module(bname).load(var, intra_op_threads=1, spinning=args.spinning)
             lat = percentiles(time_calls(scorer.score, windows, args.calls, args.warmup))
             entry: dict[str, Any] = {**lat, "backend": bname, "variant": vname, "flops_per_window": flops}
+            if args.idle_ms:
+                idle = percentiles(time_calls(scorer.score, windows, 1000, 0, args.idle_ms / 1e3))
+                entry["after_idle"] = {"idle_ms": args.idle_ms, "p50_ms": idle["p50_ms"], "p99_ms": idle["p99_ms"]}
             if flops:
                 floor = flops / (gf * 1e9) * 1e3
                 entry["floor_ms"] = floor
@@ -268,6 +277,11 @@ def to_markdown(res: dict[str, Any]) -> str:
             f"{e.get('floor_ms', float('nan')):.4f} | {e.get('p50_over_floor', float('nan')):.2f} | "
             f"{b['us_per_window']:.1f} | {b.get('gflops', float('nan')):.1f} | "
             f"{b.get('of_sgemm', float('nan')):.0%} |")
+    idle = {k: e["after_idle"] for k, e in res["results"].items() if e.get("after_idle")}
+    if idle:
+        lines += ["", "After an idle sleep before each call (1,000 calls; a live bar arrives after one):", ""]
+        lines += [f"- {k}: p50 {e['p50_ms']:.4f} ms, p99 {e['p99_ms']:.4f} ms after {e['idle_ms']:g} ms idle "
+                  f"({e['p50_ms'] / res['results'][k]['p50_ms']:.1f}x the back-to-back p50)" for k, e in idle.items()]
     eager = res.get("torch_eager_p50_ms")
     lines.append("")
     if eager:
