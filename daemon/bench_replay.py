@@ -64,45 +64,6 @@ class _TimedScorer:
         return p
 
 
-def matmul_ceiling(threads: int = 1, n: int = 1024, repeat: int = 5) -> tuple[float, str]:
-    """The engine's matmul ceiling in GFLOP/s: an (n x n) @ (n x n) float32 MatMul on ONNX Runtime
-    with the engine's thread count (the best of ``repeat``). Falls back to numpy's BLAS when
-    onnx is not installed. Returns (GFLOP/s, how it was measured)."""
-    a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
-    try:
-        import onnxruntime as ort
-        from onnx import TensorProto, helper
-
-        g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "mm",
-                              [helper.make_tensor_value_info(k, TensorProto.FLOAT, [n, n]) for k in "ab"],
-                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, [n, n])])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-        m.ir_version = 8
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-        def run() -> None:
-            sess.run(None, {"a": a, "b": a})
-
-        how = f"onnxruntime MatMul {n}x{n}x{n} float32, {threads} thread(s)"
-    except ImportError:
-        def run() -> None:
-            a @ a
-
-        how = f"numpy BLAS matmul {n}x{n}x{n} float32 (onnx not installed)"
-    run()
-    best = min(_timed(run) for _ in range(repeat))
-    return 2.0 * n**3 / best / 1e9, how
-
-
-def _timed(fn: Any) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def run(args: argparse.Namespace) -> int:
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.paper.broker import Rules
@@ -111,6 +72,7 @@ def run(args: argparse.Namespace) -> int:
     from barsignal.daemon.paper.replay import load_bars, replay
     from barsignal.daemon.replay_cli import build_pipeline, with_threads
     from barsignal.engine.artifact import load_artifact
+    from barsignal.engine.bench import sgemm_gflops, variant_flops
 
     live_cfg = cfgmod.load(args.config)
     cfg = with_threads(live_cfg, args.threads)
@@ -134,19 +96,14 @@ def run(args: argparse.Namespace) -> int:
     t_end_to_end = t_load + t_replay  # model loading is a one-off start cost, reported apart
     bps = res.bars / t_end_to_end
     art = load_artifact(args.artifact or cfg.model.artifact or None)
-    var = art.manifest["variants"][cfg.model.variant or art.default_variant]
-    flops = var.get("flops_per_window")
+    # The engine's own figures (barsignal bench scoring): FLOPs per window (manifest, else counted
+    # when torch is there) and the single-core SGEMM ceiling, best of 50, times the scoring threads.
+    flops = variant_flops(art, cfg.model.variant or art.default_variant)
     threads = cfg.engine.intra_op_threads
-    ort_gflops, ort_how = matmul_ceiling(threads)
-    try:  # the engine's own ceiling (barsignal bench scoring): single-core SGEMM, best of 50
-        from barsignal.engine.bench import sgemm_gflops
-
-        sg_median, sg_best = sgemm_gflops()
-        gflops = sg_best * threads
-        how = (f"engine SGEMM 512^3 float32, best of 50 = {sg_best:.1f} GFLOP/s per core (median "
-               f"{sg_median:.1f}) x {threads} thread(s); ORT MatMul 1024^3 here: {ort_gflops:.1f}")
-    except ImportError:
-        gflops, how = ort_gflops, ort_how
+    sg_median, sg_best = sgemm_gflops()
+    gflops = sg_best * threads
+    how = (f"engine SGEMM 512^3 float32, best of 50 = {sg_best:.1f} GFLOP/s per core (median "
+           f"{sg_median:.1f}) x {threads} thread(s)")
     achieved = flops * timed.windows / timed.seconds / 1e9 if flops and timed.seconds else None
     identical = None
     if args.verify:
@@ -172,7 +129,7 @@ def run(args: argparse.Namespace) -> int:
         "scoring_windows_per_s": timed.windows / timed.seconds if timed.seconds else None,
         "flops_per_window": flops,
         "scoring_gflops": achieved,
-        "matmul_ceiling_gflops": gflops, "ceiling_measured_with": how, "ort_matmul_gflops": ort_gflops,
+        "matmul_ceiling_gflops": gflops, "ceiling_measured_with": how,
         "fraction_of_ceiling": achieved / gflops if achieved else None,
         "batched_equals_one_by_one": identical,
         "cpu_count": os.cpu_count(),
