@@ -155,7 +155,8 @@ class Daemon:
                                    psi_warn=cfg.metrics.drift_psi_warn,
                                    reference=_psi_reference(loaded.artifact))
         self.metrics.set_model(loaded.model.artifact_hash, loaded.model.info.get("backend", "?"))
-        barlog = BarLog(self.state / "bars", self.symbol)
+        barlog = BarLog(self.state / "bars", self.symbol, last_signalled=last[0] if last else None,
+                        rule_state=last[1] if last else None)
         warmup = loaded.warmup_bars
         if last is not None:  # also re-signal bars missed while stopped (at most a day of them)
             missed = int(time.time() * 1000 - last[0]) // 60_000

@@ -1,5 +1,9 @@
 """``barsignal parity --live-signals X --bars Y``: replay the bars the live daemon used and compare
-signal by signal (same bars, p_up equal as float32 bits, same actions). Exit 1 on any difference."""
+signal by signal (same bars, p_up equal as float32 bits, same actions). Exit 1 on any difference.
+
+A live bar record is replayed run by run, each through a fresh pipeline started from the state the
+run started from (its ``run_start`` line: last signalled bar and rule state), exactly as the daemon
+restarted; a bar signalled by two runs (killed between scoring and the outbox) counts once."""
 
 from __future__ import annotations
 
@@ -21,8 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.barlog import read_run_records
     from barsignal.daemon.paper.parity import compare
-    from barsignal.daemon.paper.replay import load_bars, replay
+    from barsignal.daemon.paper.replay import is_barlog, load_bars, replay
     from barsignal.daemon.paper.signals_io import read_signals
     from barsignal.daemon.replay_cli import build_pipeline
     from barsignal.errors import ConfigError
@@ -33,8 +38,17 @@ def _run(args: argparse.Namespace) -> int:
     symbol = args.symbol or cfg.feed.symbols[0]
     live = [s for s in read_signals(args.live_signals) if s.symbol == symbol]
     replayed: list = []
-    replay(load_bars(args.bars, symbol), build_pipeline(cfg, args.artifact, symbol),
-           on_signal=replayed.append, batch=args.batch)
+    logs = [p for p in args.bars if is_barlog(p)]
+    if logs and len(logs) == len(args.bars):
+        for path in logs:
+            for run in read_run_records(path, symbol):
+                pipe = build_pipeline(cfg, args.artifact, symbol, last_signalled=run.last_signalled)
+                if run.rule_state is not None:
+                    pipe.model.rule.state = run.rule_state
+                replay(run.bars, pipe, on_signal=replayed.append, batch=args.batch)
+    else:
+        replay(load_bars(args.bars, symbol), build_pipeline(cfg, args.artifact, symbol),
+               on_signal=replayed.append, batch=args.batch)
     res = compare(live, replayed)
     if res.ok:
         print(f"parity OK: {res.compared} signals compared, 0 differences "

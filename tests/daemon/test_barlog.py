@@ -46,3 +46,25 @@ def test_a_torn_last_line_is_dropped_and_a_bad_middle_line_is_an_error(tmp_path:
         list(read_barlog(tmp_path))
     with pytest.raises(DataError, match="no bar record"):
         list(read_barlog(tmp_path / "nothing"))
+
+
+def test_each_run_carries_the_state_it_started_from(tmp_path: Path) -> None:
+    from barsignal.daemon.barlog import new_run_id, read_run_records
+    from barsignal.engine.signal import RuleState
+
+    bars = real_bars(3000)  # a run that crosses a UTC day repeats its run_start line in the new file
+    a = BarLog(tmp_path, "BTCUSDT", run_id="20260101T000000000Z")
+    for b in bars[:10]:
+        a.record(b)
+    a.close()
+    b2 = BarLog(tmp_path, "BTCUSDT", run_id="20260101T000000001Z", last_signalled=bars[5].open_time,
+                rule_state=RuleState("short", 3))
+    for b in bars[:3000]:
+        b2.record(b)
+    b2.close()
+    first, second = read_run_records(tmp_path, "BTCUSDT")
+    assert (first.last_signalled, first.rule_state, len(first.bars)) == (None, None, 10)
+    assert (second.last_signalled, second.rule_state) == (bars[5].open_time, RuleState("short", 3))
+    assert second.bars == list(bars) and len(list(tmp_path.glob("*0001Z-*.jsonl"))) >= 3
+    ids = [new_run_id() for _ in range(3)]
+    assert ids == sorted(ids) and all(len(i) == 19 and i.endswith("Z") and "-" not in i for i in ids)

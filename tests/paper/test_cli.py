@@ -70,3 +70,55 @@ def test_bench_replay_runs_and_checks_batched_equals_one_by_one(tmp_path, tiny_a
     fig = orjson.loads(out.read_bytes())
     assert fig["bars"] == 2000 and fig["signals"] > 0 and fig["matmul_ceiling_gflops"] > 0
     assert fig["batched_equals_one_by_one"]["identical"] is True
+
+
+def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_artifact, spot_bars) -> None:
+    """Run A is killed in its warm-up (no signal); run B starts afresh with a REST warm-up that overlaps
+    A's bars and signals once warm; run C restarts from B's last signal and catches up. One series
+    through one pipeline would signal B's bars earlier than B could (the first kill -9 CI failure);
+    parity replays each run from its ``run_start`` line and finds 0 differences."""
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.barlog import BarLog
+    from barsignal.daemon.paper.parity import compare
+    from barsignal.daemon.paper.replay import load_bars, replay
+    from barsignal.daemon.replay_cli import build_pipeline
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text("[signal]\nallow_short = true\n")
+    cfg = cfgmod.load(cfg_path)
+    bars = list(spot_bars(2000))
+    state = tmp_path / "bars"
+    live: list = []
+
+    def run(rid: str, part: list, last=None, rule_state=None) -> object:
+        pipe = build_pipeline(cfg, str(tiny_artifact), "BTCUSDT", last_signalled=last)
+        if rule_state is not None:
+            pipe.model.rule.state = rule_state
+        log = BarLog(state, "BTCUSDT", run_id=rid, last_signalled=last, rule_state=rule_state)
+        for b in part:
+            log.record(b)
+            if (s := pipe.process(b)) is not None:
+                live.append(s)
+        log.close()
+        return pipe
+
+    warm = build_pipeline(cfg, str(tiny_artifact), "BTCUSDT").min_bars
+    run("20260101T000000000Z", bars[:warm - 10])
+    assert live == []
+    end_b = warm - 40 + warm + 200
+    b = run("20260101T000001000Z", bars[warm - 40:end_b])
+    first_b = len(live)
+    assert first_b == 201 and live[0].open_time == bars[end_b - 201].open_time
+    run("20260101T000002000Z", bars[end_b - warm:end_b + 100], last=live[-1].open_time, rule_state=b.rule_state)
+    assert [s.open_time for s in live] == [x.open_time for x in bars[end_b - 201:end_b + 100]]
+    sig_path = tmp_path / "signals.jsonl"
+    sig_path.write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in live))
+
+    merged: list = []
+    replay(load_bars([str(state)], "BTCUSDT"), build_pipeline(cfg, str(tiny_artifact), "BTCUSDT"),
+           on_signal=merged.append, batch=1)
+    assert not compare(live, merged).ok, "one series through one pipeline should differ here"
+    r = cli("parity", "--live-signals", str(sig_path), "--bars", str(state), "--artifact", str(tiny_artifact),
+            "--config", str(cfg_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"parity OK: {len(live)} signals compared, 0 differences" in r.stdout
