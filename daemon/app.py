@@ -24,6 +24,7 @@ import msgspec
 from barsignal.daemon import config as cfgmod
 from barsignal.daemon.barlog import BarLog
 from barsignal.daemon.config import Config
+from barsignal.daemon.keepwarm import KeepWarm
 from barsignal.daemon.metrics import DaemonMetrics, LiveMonitor, MetricsServer, nvml_reader
 from barsignal.daemon.notify import Notifier
 from barsignal.daemon.outbox import Outbox, SinkWorker
@@ -105,6 +106,7 @@ class Daemon:
         self.ready_ns = 1 << 62  # perf_counter_ns() at READY
         self.last_bar_at: float | None = None
         self.workers: list[SinkWorker] = []
+        self.keep_warm: KeepWarm | None = None
         self.feed: Any = None
         self.pipeline: Pipeline | None = None
         self.outbox: Outbox | None = None
@@ -196,6 +198,12 @@ class Daemon:
         consume = loop.create_task(self._consume(barlog), name="consume")
         watchdog = loop.create_task(self._watchdog(), name="watchdog")
         stop = loop.create_task(self.stop_event.wait(), name="stop")
+        if cfg.engine.keep_warm_ms > 0:
+            self.keep_warm = KeepWarm(self._dummy_score, cfg.engine.keep_warm_ms / 1e3)
+            self.metrics.bind(keep_warm=lambda: self.keep_warm)
+            background = (watchdog, loop.create_task(self.keep_warm.run(), name="keep_warm"))
+        else:
+            background = (watchdog,)
         code = 0
         try:
             done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -213,9 +221,9 @@ class Daemon:
             stop_feed = getattr(feed, "stop", None)
             if stop_feed:
                 stop_feed()
-            for t in (consume, watchdog, stop):
+            for t in (consume, stop, *background):
                 t.cancel()
-            await asyncio.gather(consume, watchdog, stop, return_exceptions=True)
+            await asyncio.gather(consume, stop, *background, return_exceptions=True)
             deadline = self._clock() + self.drain_timeout_s
             drained = True
             for w in self.workers:
@@ -240,6 +248,12 @@ class Daemon:
         from barsignal.daemon.feed.client import FeedClient
 
         return FeedClient(self.cfg.feed, warmup_bars=warmup)
+
+    def _dummy_score(self) -> None:
+        """Score the current window and discard the result (keep-warm); no state changes."""
+        pipe = self.pipeline
+        if pipe is not None and pipe.last_window is not None:
+            pipe.model.scorer.score(pipe.last_window)
 
     def _last_bar_age(self) -> float:
         return (self._clock() - self.last_bar_at) if self.last_bar_at is not None else -1.0
@@ -280,6 +294,8 @@ class Daemon:
                 mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
                 if pipe.stats.signals % 10 == 0:
                     m.export_monitor(mon)
+            if recv_ns is not None and self.keep_warm is not None:
+                self.keep_warm.arrived(recv_ns / 1e9)
             if not self.ready and (pipe.warm or sig is not None):
                 self._became_ready(bar.open_time)
             elif self.ready and bar.source == "ws" and pipe.stats.bars % 10 == 0:

@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="onnxruntime", choices=["auto", "onnxruntime", "tensorrt", "torch"])
     p.add_argument("--data", default=None, help="bar file (default: ../shared/data 2021-11 spot 1m)")
     p.add_argument("--sinks", default="jsonl", help="comma-separated sinks (default: jsonl)")
+    p.add_argument("--keep-warm-ms", type=float, default=None,
+                   help="[engine] keep_warm_ms (default: the config default)")
+    p.add_argument("--compare-keep-warm", type=int, default=0, metavar="ROUNDS",
+                   help="alternate keep-warm off / on for ROUNDS rounds each and report the ratios")
 
 
 def _default_data() -> Path:
@@ -46,25 +50,45 @@ def run(args: argparse.Namespace) -> int:
         factory = uvloop.new_event_loop
     except ImportError:
         factory = None
-    with asyncio.Runner(loop_factory=factory) as runner:
-        res = runner.run(_bench(args))
-    lat = np.array(res["tick_to_signal_s"]) * 1e3
-    print(f"bench live: {res['signals']} signals from {res['ws_bars']} live bars at {args.speed:g} bars/s "
-          f"(backend {res['backend']}, sinks {args.sinks})")
-    if len(lat):
-        print(f"  tick-to-signal  p50 {np.percentile(lat, 50):.3f} ms  p99 {np.percentile(lat, 99):.3f} ms  "
-              f"max {lat.max():.3f} ms  (n={len(lat)})")
-    for k in ("features", "score", "emit"):
-        v = res["parts_us"].get(k)
-        if v is not None and len(v):
-            print(f"  {k:<15} p50 {np.percentile(v, 50):.1f} us  p99 {np.percentile(v, 99):.1f} us")
-    print(f"  start-to-READY  {res['ready_s']:.3f} s excluding REST ({res['rest_s']:.3f} s REST, "
-          f"{res['ready_total_s']:.3f} s in all)")
-    print(f"  peak RSS        {res['rss_mb']:.1f} MB")
+    if not args.compare_keep_warm:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            _print(args, runner.run(_bench(args, args.keep_warm_ms)))
+        return 0
+    p50: dict[float, list[float]] = {0.0: [], args.keep_warm_ms or 100.0: []}
+    for r in range(args.compare_keep_warm):
+        for kw in p50:
+            with asyncio.Runner(loop_factory=factory) as runner:
+                res = runner.run(_bench(args, kw))
+            print(f"round {r + 1}, keep_warm_ms = {kw:g}:")
+            _print(args, res)
+            p50[kw].append(float(np.percentile(res["tick_to_signal_s"], 50)) * 1e3)
+    off, on = (np.median(v) for v in p50.values())
+    print(f"keep-warm off / on, median of {args.compare_keep_warm} rounds' tick-to-signal p50: "
+          f"{off:.3f} / {on:.3f} ms = {off / on:.2f}x")
     return 0
 
 
-async def _bench(args: argparse.Namespace) -> dict:
+def _print(args: argparse.Namespace, res: dict) -> None:
+    lat = np.array(res["tick_to_signal_s"]) * 1e3
+    print(f"bench live: {res['signals']} signals from {res['ws_bars']} live bars at {args.speed:g} bars/s "
+          f"(backend {res['backend']}, sinks {args.sinks}, keep_warm_ms {res['keep_warm_ms']:g})")
+    if len(lat):
+        print(f"  tick-to-signal  p50 {np.percentile(lat, 50):.3f} ms  p99 {np.percentile(lat, 99):.3f} ms  "
+              f"max {lat.max():.3f} ms  (n={len(lat)})")
+    for k in ("recv_to_bar", "features", "score", "emit"):
+        v = res["parts_us"].get(k)
+        if v is not None and len(v):
+            print(f"  {k:<15} p50 {np.percentile(v, 50):.1f} us  p99 {np.percentile(v, 99):.1f} us")
+    kw = res.get("keep_warm")
+    if kw:
+        print(f"  keep-warm       {kw['calls']} dummy scores, {kw['busy_s']:.2f} s busy "
+              f"({kw['busy_s'] / res['wall_s']:.0%} of the run's wall time)")
+    print(f"  start-to-READY  {res['ready_s']:.3f} s excluding REST ({res['rest_s']:.3f} s REST, "
+          f"{res['ready_total_s']:.3f} s in all)")
+    print(f"  peak RSS        {res['rss_mb']:.1f} MB")
+
+
+async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     from barsignal.daemon import config as c
     from barsignal.daemon.app import Daemon, load_model
     from barsignal.daemon.binance.rest import fetch_bars
@@ -75,7 +99,10 @@ async def _bench(args: argparse.Namespace) -> dict:
     frame = load_many([args.data or _default_data()]).frame
     state = Path(tempfile.mkdtemp(prefix="barsignal-bench-live-"))
     t_start = time.perf_counter()
-    cfg0 = c.Config(engine=c.EngineConfig(backend=args.backend))
+    engine = c.EngineConfig(backend=args.backend)
+    if keep_warm_ms is not None:
+        engine = c.EngineConfig(backend=args.backend, keep_warm_ms=keep_warm_ms)
+    cfg0 = c.Config(engine=engine)
     loaded = load_model(cfg0, args.artifact, state / "engines")
     start = loaded.warmup_bars + 10
     end = min(len(frame), start + args.bars)
@@ -102,6 +129,7 @@ async def _bench(args: argparse.Namespace) -> dict:
                source_factory=lambda fc, warm: FeedClient(fc, warmup_bars=warm, fetch=timed_fetch))
     d.record_latency = args.bars + 10
     task = asyncio.create_task(d.run())
+    t_run = time.perf_counter()
     try:
         while not (sim.done.is_set() and d.pipeline is not None
                    and d.pipeline.last_open_time == int(frame.open_time[end - 1])):
@@ -120,7 +148,8 @@ async def _bench(args: argparse.Namespace) -> dict:
         "backend": loaded.model.info.get("backend"), "tick_to_signal_s": d.tick_to_signal_s,
         "ready_total_s": ready_total, "rest_s": rest_s[0], "ready_s": ready_total - rest_s[0],
         "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "parts_us": parts,
+        "parts_us": parts, "keep_warm_ms": engine.keep_warm_ms, "wall_s": time.perf_counter() - t_run,
+        "keep_warm": {"calls": d.keep_warm.calls, "busy_s": d.keep_warm.busy_s} if d.keep_warm else None,
     }
 
 
@@ -138,4 +167,4 @@ def _latency_parts(state: Path) -> dict[str, np.ndarray]:
         return {}
     rows = [orjson.loads(x) for x in p.read_bytes().splitlines() if x.endswith(b"}")]
     rows = [r["latency_us"] for r in rows if r["source"] == "ws"]
-    return {k: np.array([r[k] for r in rows]) for k in ("features", "score", "emit")}
+    return {k: np.array([r[k] for r in rows]) for k in ("recv_to_bar", "features", "score", "emit")}

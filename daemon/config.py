@@ -57,6 +57,9 @@ class EngineConfig(_Section):
     backend: Literal["auto", "onnxruntime", "tensorrt", "torch"] = "auto"
     intra_op_threads: Annotated[int, Meta(ge=1, le=256)] = 1
     spinning: bool = False  # ONNX Runtime intra-op spinning: lower latency, burns a core
+    # Busy-poll and keep the scorer hot for this long either side of the next closed bar's
+    # expected arrival (daemon/keepwarm.py): about 2x this much of one core per bar. 0: off.
+    keep_warm_ms: Annotated[float, Meta(ge=0, le=10_000)] = 100.0
     engine_cache_dir: str = ""  # TensorRT engines; empty = <state dir>/engines
 
 

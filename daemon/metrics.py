@@ -148,9 +148,11 @@ class DaemonMetrics:
     def bind(self, *, feed_stats: Callable[[], Any] | None = None,
              outbox_depth: Callable[[], int] | None = None,
              last_bar_age: Callable[[], float] | None = None,
-             gpu: Callable[[], dict[str, float]] | None = None) -> None:
+             gpu: Callable[[], dict[str, float]] | None = None,
+             keep_warm: Callable[[], Any] | None = None) -> None:
         """Read these at scrape time."""
-        for k, v in (("feed", feed_stats), ("outbox", outbox_depth), ("age", last_bar_age), ("gpu", gpu)):
+        for k, v in (("feed", feed_stats), ("outbox", outbox_depth), ("age", last_bar_age), ("gpu", gpu),
+                     ("keep_warm", keep_warm)):
             if v is not None:
                 self._sources[k] = v
 
@@ -202,6 +204,12 @@ class _Collector:
         if "age" in src:
             yield GaugeMetricFamily("barsignal_last_bar_age_seconds", "seconds since the last closed bar",
                                     value=src["age"]())
+        if "keep_warm" in src:
+            kw = src["keep_warm"]()
+            yield CounterMetricFamily("barsignal_keep_warm_busy_seconds",
+                                      "CPU seconds spent busy-polling around expected bars", value=kw.busy_s)
+            yield CounterMetricFamily("barsignal_keep_warm_scores", "dummy scores run to keep the model hot",
+                                      value=kw.calls)
         if "gpu" in src:
             try:
                 g = src["gpu"]()

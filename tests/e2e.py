@@ -123,16 +123,16 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def bar_record(state: Path) -> list[dict]:
-    """The daemon's bar record, every run, in file order (run id, then day)."""
+    """The daemon's bar record, every run, in file order (run id, then day); run_start lines left out."""
     out: list[dict] = []
     for f in sorted((state / "bars").glob("*.jsonl")):
-        out += read_jsonl(f)
+        out += [r for r in read_jsonl(f) if "run_start" not in r]
     return out
 
 
 def last_bar(state: Path) -> int | None:
     files = sorted((state / "bars").glob("*.jsonl"), key=lambda f: f.stat().st_mtime)
-    recs = read_jsonl(files[-1]) if files else []
+    recs = [r for r in read_jsonl(files[-1]) if "run_start" not in r] if files else []
     return int(recs[-1]["open_time"]) if recs else None
 
 

@@ -1,0 +1,96 @@
+"""Keep-warm: when it plans to busy-poll, that it runs only around expected bars, and that signals are
+identical with it on or off (the real daemon on a real loopback feed)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from barsignal.daemon.app import Daemon, load_model
+from barsignal.daemon.config import EngineConfig
+from barsignal.daemon.feed.simulator import FeedSimulator
+from barsignal.daemon.keepwarm import KeepWarm
+from barsignal.features.bar import BarFrame
+from tests.daemon.conftest import real_bars
+from tests.daemon.test_app import make_cfg, signals
+
+
+def test_window_is_the_median_interval_ahead_with_a_capped_lead() -> None:
+    kw = KeepWarm(lambda: None, lead_s=0.1, clock=lambda: 0.0)
+    for t in (0.0, 60.0, 120.2):
+        kw.arrived(t)
+    assert kw.window() is None  # two intervals are not enough
+    kw.arrived(179.9)
+    assert kw.window() == pytest.approx((239.9 - 0.1, 239.9 + 0.1))  # median of 60, 60.2, 59.7
+    kw.arrived(240.0)
+    assert kw.window() == pytest.approx((300.05 - 0.1, 300.05 + 0.1))  # median of 60, 60.2, 59.7, 60.1
+    fast = KeepWarm(lambda: None, lead_s=0.1, clock=lambda: 0.0)
+    for i in range(5):
+        fast.arrived(i * 0.005)  # 200 bars/s: the lead shrinks to a quarter of the interval
+    assert fast.window() == pytest.approx((0.025 - 0.00125, 0.025 + 0.00125))
+
+
+def test_busy_only_around_expected_bars_and_idle_once_they_stop() -> None:
+    async def go() -> tuple[int, int, int, float]:
+        calls = [0]
+
+        def warm() -> None:
+            calls[0] += 1
+
+        kw = KeepWarm(warm, lead_s=0.005, period_s=0.0005)
+        task = asyncio.create_task(kw.run())
+        for _ in range(12):  # bars every 30 ms: busy windows of +-5 ms around each expected one
+            kw.arrived()
+            await asyncio.sleep(0.03)
+        during = calls[0]
+        await asyncio.sleep(0.1)  # the feed stops: at most one more window, then it waits
+        after_window = calls[0]
+        await asyncio.sleep(0.2)
+        idle = calls[0]
+        task.cancel()
+        return during, after_window, idle, kw.busy_s
+
+    during, after_window, idle, busy = asyncio.run(go())
+    assert during > 0 and busy > 0
+    assert idle == after_window, "keep-warm kept scoring with no bars coming"
+    assert busy < 0.36 * 0.5, f"busy {busy:.3f} s of 0.36 s: windows are +-5 ms of each 30 ms, not all the time"
+
+
+def test_signals_are_identical_with_keep_warm_on_and_off(tmp_path: Path, tiny_artifact: Path) -> None:
+    bars = real_bars(1100)
+    frame = BarFrame.from_bars(bars)
+
+    async def one_run(keep_warm_ms: float) -> tuple[list[dict], Daemon]:
+        sim = FeedSimulator(frame, speed=200.0, start_index=900, end_index=1100, intrabar=1,
+                            ping_interval_s=None, close_delay_ms=0)
+        await sim.start()
+        try:
+            state = tmp_path / f"kw{keep_warm_ms:g}"
+            cfg = make_cfg(sim, state)
+            cfg = msgspec.structs.replace(cfg, engine=EngineConfig(keep_warm_ms=keep_warm_ms))
+            d = Daemon(cfg, loaded=load_model(cfg, str(tiny_artifact), None), drain_timeout_s=5)
+            task = asyncio.create_task(d.run())
+            end = bars[1099].open_time
+            while not (d.pipeline is not None and d.pipeline.last_open_time == end):
+                assert not task.done(), "the daemon stopped early"
+                await asyncio.sleep(0.01)
+            d.request_stop()
+            assert await asyncio.wait_for(task, 15) == 0
+            return signals(state), d
+        finally:
+            await sim.stop()
+
+    off, d_off = asyncio.run(one_run(0.0))
+    on, d_on = asyncio.run(one_run(50.0))
+    assert d_off.keep_warm is None
+    assert d_on.keep_warm is not None and d_on.keep_warm.calls > 0, "keep-warm never ran"
+    # Each run's REST warm-up ends where the feed was when it connected; compare the bars both signalled
+    # (the default rule has no hysteresis or cooldown, so an action depends on its p_up only).
+    a = {s["open_time"]: (s["id"], s["p_up"], s["action"]) for s in off}
+    b = {s["open_time"]: (s["id"], s["p_up"], s["action"]) for s in on}
+    common = sorted(a.keys() & b.keys())
+    assert len(common) > 150 and common[-1] == bars[1099].open_time
+    assert [a[t] for t in common] == [b[t] for t in common]
