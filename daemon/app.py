@@ -199,7 +199,7 @@ class Daemon:
         watchdog = loop.create_task(self._watchdog(), name="watchdog")
         stop = loop.create_task(self.stop_event.wait(), name="stop")
         if cfg.engine.keep_warm_ms > 0:
-            self.keep_warm = KeepWarm(self._dummy_score, cfg.engine.keep_warm_ms / 1e3)
+            self.keep_warm = KeepWarm(self._warm_hot_path, cfg.engine.keep_warm_ms / 1e3)
             self.metrics.bind(keep_warm=lambda: self.keep_warm)
             background = (watchdog, loop.create_task(self.keep_warm.run(), name="keep_warm"))
         else:
@@ -249,11 +249,13 @@ class Daemon:
 
         return FeedClient(self.cfg.feed, warmup_bars=warmup)
 
-    def _dummy_score(self) -> None:
-        """Score the current window and discard the result (keep-warm); no state changes."""
-        pipe = self.pipeline
-        if pipe is not None and pipe.last_window is not None:
-            pipe.model.scorer.score(pipe.last_window)
+    def _warm_hot_path(self) -> None:
+        """Keep-warm: rehearse the pipeline (features on a copy, the scorer) and read the outbox's
+        newest row, discarding all of it. Nothing a signal depends on changes."""
+        if self.pipeline is not None:
+            self.pipeline.rehearse()
+        if self.outbox is not None:
+            self.outbox.touch()
 
     def _last_bar_age(self) -> float:
         return (self._clock() - self.last_bar_at) if self.last_bar_at is not None else -1.0

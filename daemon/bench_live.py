@@ -75,13 +75,13 @@ def _print(args: argparse.Namespace, res: dict) -> None:
     if len(lat):
         print(f"  tick-to-signal  p50 {np.percentile(lat, 50):.3f} ms  p99 {np.percentile(lat, 99):.3f} ms  "
               f"max {lat.max():.3f} ms  (n={len(lat)})")
-    for k in ("recv_to_bar", "features", "score", "emit"):
+    for k in ("recv_to_bar", "features", "score", "emit", "store"):
         v = res["parts_us"].get(k)
         if v is not None and len(v):
             print(f"  {k:<15} p50 {np.percentile(v, 50):.1f} us  p99 {np.percentile(v, 99):.1f} us")
     kw = res.get("keep_warm")
     if kw:
-        print(f"  keep-warm       {kw['calls']} dummy scores, {kw['busy_s']:.2f} s busy "
+        print(f"  keep-warm       {kw['calls']} rehearsals, {kw['busy_s']:.2f} s busy "
               f"({kw['busy_s'] / res['wall_s']:.0%} of the run's wall time)")
     print(f"  start-to-READY  {res['ready_s']:.3f} s excluding REST ({res['rest_s']:.3f} s REST, "
           f"{res['ready_total_s']:.3f} s in all)")
@@ -143,6 +143,10 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
         await sim.stop()
     ready_total = (d.ready_at or time.monotonic()) - d.started_at + (d.started_at - _mono_at(t_start))
     parts = _latency_parts(state)
+    n = min(len(d.tick_to_signal_s), len(parts.get("score", ())))
+    if n:  # the rest of tick-to-signal: the outbox transaction and the hand-off to the sink queues
+        total_us = np.array(d.tick_to_signal_s[-n:]) * 1e6
+        parts["store"] = total_us - sum(parts[k][-n:] for k in ("recv_to_bar", "features", "score", "emit"))
     return {
         "signals": d.pipeline.stats.signals, "ws_bars": d.feed.stats.bars_ws,
         "backend": loaded.model.info.get("backend"), "tick_to_signal_s": d.tick_to_signal_s,

@@ -1,15 +1,17 @@
-"""Keep the scorer hot around the next closed bar's expected arrival.
+"""Keep the hot path hot around the next closed bar's expected arrival.
 
 Between bars the daemon sleeps, and on this class of machine the first ``score()`` after a sleep
 costs 3 to 5 times a back-to-back one (``barsignal bench scoring --idle-ms 5``): the caches the
-model needs are cold again. A busy spin alone does not help; a dummy ``score()`` shortly before
-does. So, from ``lead`` before the expected arrival (the last arrival plus the median of the recent
-intervals between closed bars) until the bar arrives or ``lead`` after it, this task busy-polls the
-event loop and scores the current window every ``period`` seconds, discarding the result.
+model needs are cold again; features and the outbox commit show the same. A busy spin alone does
+not help; running the same code shortly before does. So, from ``lead`` before the expected arrival
+(the last arrival plus the median of the recent intervals between closed bars) until the bar
+arrives or ``lead`` after it, this task busy-polls the event loop and calls ``warm`` every
+``period`` seconds: the daemon's ``warm`` rehearses the pipeline on throwaway state (features on a
+copy, the scorer on the current window) and reads the outbox, discarding all of it.
 
 The cost is CPU: about ``2 * lead`` of one core per bar at most (live 1-minute bars with the
-default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A dummy score in
-progress when the frame arrives delays it by at most one score call. Nothing here touches the
+default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A rehearsal in
+progress when the frame arrives delays it by at most one rehearsal. Nothing here touches the
 features, the rule or any state a signal depends on: signals are identical with it on or off.
 """
 
@@ -24,7 +26,7 @@ from collections.abc import Callable
 
 
 class KeepWarm:
-    """``arrived()`` after each live closed bar; ``run()`` as a task. ``warm()`` does one dummy score."""
+    """``arrived()`` after each live closed bar; ``run()`` as a task. ``warm()`` is one rehearsal."""
 
     def __init__(self, warm: Callable[[], None], lead_s: float, period_s: float = 250e-6,
                  clock: Callable[[], float] = time.perf_counter, history: int = 8) -> None:
@@ -34,8 +36,8 @@ class KeepWarm:
         self.clock = clock
         self.arrivals: deque[float] = deque(maxlen=history + 1)
         self.busy_s = 0.0  # time spent busy-polling (the CPU it costs)
-        self.calls = 0  # dummy scores run
-        self.error: str | None = None  # set when a dummy score failed: keep-warm stops
+        self.calls = 0  # warm() calls (rehearsals) run
+        self.error: str | None = None  # set when a warm() call failed: keep-warm stops
         self._seen = 0
         self._wake = asyncio.Event()
 
@@ -82,7 +84,7 @@ class KeepWarm:
                 try:
                     self.warm()
                     self.calls += 1
-                except Exception as exc:  # the real call reports scorer trouble; stop warming
+                except Exception as exc:  # the real path reports its own trouble; stop warming
                     self.error = f"{type(exc).__name__}: {exc}"
                     return
                 next_warm = self.clock() + self.period_s

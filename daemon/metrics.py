@@ -208,7 +208,7 @@ class _Collector:
             kw = src["keep_warm"]()
             yield CounterMetricFamily("barsignal_keep_warm_busy_seconds",
                                       "CPU seconds spent busy-polling around expected bars", value=kw.busy_s)
-            yield CounterMetricFamily("barsignal_keep_warm_scores", "dummy scores run to keep the model hot",
+            yield CounterMetricFamily("barsignal_keep_warm_rehearsals", "hot-path rehearsals run to keep it warm",
                                       value=kw.calls)
         if "gpu" in src:
             try:

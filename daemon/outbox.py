@@ -95,6 +95,11 @@ class Outbox:
             self.prune()
         return seq
 
+    def touch(self) -> None:
+        """Read the newest row and discard it: keeps SQLite's code and pages hot for the next ``add``
+        (keep-warm; a read, so nothing changes)."""
+        self.db.execute("SELECT seq FROM signals ORDER BY seq DESC LIMIT 1").fetchone()
+
     def ack(self, sink: str, seq: int) -> None:
         """``sink`` delivered the signal ``seq``."""
         self.db.execute("DELETE FROM pending WHERE sink = ? AND seq = ?", (sink, seq))

@@ -16,6 +16,7 @@ are neither scored nor signalled again, and the rule state is restored from the 
 
 from __future__ import annotations
 
+import copy
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -78,6 +79,8 @@ class Pipeline:
         self._clock = clock_ns
         # The last bars seen, so a hot swap can warm up the new model's features (bounded).
         self.recent: deque[Bar] = deque(maxlen=max(0, keep_bars))
+        self._rehearsal: tuple[tuple[int, int], Any] | None = None  # (bar, features id), their copy
+        self._rehearsal_t = self._rehearsal_step = 0
 
     # -- one bar -------------------------------------------------------------------------------
     def process(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
@@ -132,6 +135,27 @@ class Pipeline:
                 flush()
         flush()
         return out
+
+    # -- keep-warm ------------------------------------------------------------------------------
+    def rehearse(self) -> None:
+        """Run the hot path on throwaway state and discard the results: the features on a copy (made
+        once per bar) fed a synthetic next bar, then the scorer on the current window. Keep-warm
+        (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds code and
+        data hot. Nothing the signals depend on changes: the pipeline's own features never see it."""
+        if self.last_window is None or not self.recent:
+            return
+        last = self.recent[-1]
+        f = self.model.features
+        key = (last.open_time, id(f))
+        if self._rehearsal is None or self._rehearsal[0] != key:
+            norm = getattr(f, "normalizer", None)
+            self._rehearsal = key, copy.deepcopy(f, {id(norm): norm} if norm is not None else {})
+            step = last.open_time - self.recent[-2].open_time if len(self.recent) > 1 else 60_000
+            self._rehearsal_t, self._rehearsal_step = last.open_time, step
+        self._rehearsal_t += self._rehearsal_step
+        self._rehearsal[1].update(Bar(self._rehearsal_t, last.open, last.high, last.low, last.close,
+                                      last.volume, last.source))
+        self.model.scorer.score(self.last_window)
 
     # -- hot swap ------------------------------------------------------------------------------
     def swap(self, model: Model) -> None:

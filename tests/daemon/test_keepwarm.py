@@ -94,3 +94,27 @@ def test_signals_are_identical_with_keep_warm_on_and_off(tmp_path: Path, tiny_ar
     common = sorted(a.keys() & b.keys())
     assert len(common) > 150 and common[-1] == bars[1099].open_time
     assert [a[t] for t in common] == [b[t] for t in common]
+
+
+def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
+    from barsignal.daemon.config import Config
+    from barsignal.daemon.pipeline import Pipeline
+
+    bars = real_bars(1000)
+    pipes = []
+    for _ in range(2):
+        loaded = load_model(Config(), str(tiny_artifact), None)
+        pipes.append(Pipeline("BTCUSDT", loaded.model, min_bars=loaded.warmup_bars, keep_bars=8))
+    plain, rehearsed = pipes
+    a, b = [], []
+    for bar in bars:
+        a.append(plain.process(bar))
+        for _ in range(3):
+            rehearsed.rehearse()  # what keep-warm runs while waiting for the bar
+        b.append(rehearsed.process(bar))
+    sigs = [s for s in a if s is not None]
+    assert len(sigs) > 200
+    assert [(s.id, s.p_up, s.action) for s in sigs] == [(s.id, s.p_up, s.action) for s in b if s is not None]
+    assert rehearsed._rehearsal is not None and rehearsed._rehearsal[0][0] == bars[-2].open_time, \
+        "the rehearsal never ran the features copy"
+    assert rehearsed._rehearsal_t == bars[-2].open_time + 3 * 60_000  # three synthetic bars on the copy
