@@ -1,0 +1,22 @@
+"""``barsignal bench live`` as a user runs it: the real daemon on a loopback feed, keep-warm off and on."""
+
+from __future__ import annotations
+
+import re
+
+from tests.conftest import run_cli
+
+
+def test_bench_live_compares_keep_warm_off_and_on() -> None:
+    r = run_cli("bench", "live", "--bars", "300", "--speed", "200", "--compare-keep-warm", "1", check=True)
+    out = r.stdout
+    counts = [(int(a), int(b)) for a, b in re.findall(r"(\d+) signals from (\d+) live bars", out)]
+    assert len(counts) == 2 and all(sig >= bars >= 299 for sig, bars in counts), out  # + the warm-up's last bar
+    assert "keep_warm_ms 0)" in out and "keep_warm_ms 100)" in out
+    rehearsals = [int(x) for x in re.findall(r"keep-warm\s+(\d+) rehearsals", out)]
+    assert len(rehearsals) == 1 and rehearsals[0] > 0, out  # only the round with it on
+    p50 = [float(x) for x in re.findall(r"tick-to-signal\s+p50 ([\d.]+) ms", out)]
+    assert len(p50) == 2 and all(0 < x < 1000 for x in p50), out
+    for part in ("recv_to_bar", "features", "score", "emit", "store"):
+        assert out.count(f"  {part} ") == 2, part
+    assert re.search(r"keep-warm off / on, median of 1 rounds' tick-to-signal p50: [\d.]+ / [\d.]+ ms = [\d.]+x", out)
