@@ -42,9 +42,7 @@ def _run(args: argparse.Namespace) -> int:
     if logs and len(logs) == len(args.bars):
         for path in logs:
             for run in read_run_records(path, symbol):
-                pipe = build_pipeline(cfg, args.artifact, symbol, last_signalled=run.last_signalled)
-                if run.rule_state is not None:
-                    pipe.model.rule.state = run.rule_state
+                pipe = build_pipeline(cfg, args.artifact, symbol, run.last_signalled, run.rule_state)
                 replay(run.bars, pipe, on_signal=replayed.append, batch=args.batch)
     else:
         replay(load_bars(args.bars, symbol), build_pipeline(cfg, args.artifact, symbol),

@@ -43,14 +43,16 @@ def with_threads(cfg: Any, threads: int | None) -> Any:
     return msgspec.structs.replace(cfg, engine=msgspec.structs.replace(cfg.engine, intra_op_threads=threads))
 
 
-def build_pipeline(cfg: Any, artifact: str | None, symbol: str, last_signalled: int | None = None) -> Any:
+def build_pipeline(cfg: Any, artifact: str | None, symbol: str, last_signalled: int | None = None,
+                   rule_state: Any = None) -> Any:
     """The live daemon's pipeline for ``symbol``: the model built by the daemon's own
-    ``app.load_model`` (features, scorer, rule) and the same warm-up (``min_bars``) as live."""
+    ``app.load_model`` (features, scorer, rule, optionally from ``rule_state``) and the same
+    warm-up (``min_bars``) as live."""
     from barsignal.daemon.app import load_model, state_dir
     from barsignal.daemon.pipeline import Pipeline
 
     cache = cfg.engine.engine_cache_dir or None
-    loaded = load_model(cfg, artifact, Path(cache) if cache else state_dir(cfg) / "engines")
+    loaded = load_model(cfg, artifact, Path(cache) if cache else state_dir(cfg) / "engines", rule_state)
     return Pipeline(symbol, loaded.model, last_signalled=last_signalled, min_bars=loaded.warmup_bars)
 
 

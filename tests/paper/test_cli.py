@@ -91,9 +91,7 @@ def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_a
     live: list = []
 
     def run(rid: str, part: list, last=None, rule_state=None) -> object:
-        pipe = build_pipeline(cfg, str(tiny_artifact), "BTCUSDT", last_signalled=last)
-        if rule_state is not None:
-            pipe.model.rule.state = rule_state
+        pipe = build_pipeline(cfg, str(tiny_artifact), "BTCUSDT", last, rule_state)
         log = BarLog(state, "BTCUSDT", run_id=rid, last_signalled=last, rule_state=rule_state)
         for b in part:
             log.record(b)
