@@ -374,7 +374,7 @@ def stage_engine(ctx: Context, variants: tuple[str, ...] = ("pruned", "fp16", "i
 
     import onnx
 
-    from barsignal.compression.trt_ops import check_graph, prepare_for_tensorrt
+    from barsignal.engine.trt_ops import check_graph, prepare_for_tensorrt
 
     paths = {v: ctx.onnx_dir / f"{v}.onnx" for v in variants}
     for path in paths.values():
@@ -388,7 +388,7 @@ def stage_engine(ctx: Context, variants: tuple[str, ...] = ("pruned", "fp16", "i
             "TensorRT is not installed on this machine, so no engine was built (the ONNX variants in "
             f"{ctx.onnx_dir} pass TensorRT's parser rules). On a machine with an NVIDIA GPU: "
             "pip install 'barsignal[gpu]', then run `barsignal compress engine` again")
-    from barsignal.compression.tensorrt_build import build_engine
+    from barsignal.engine.tensorrt_build import build_engine
 
     out = {}
     for v, path in paths.items():

@@ -130,7 +130,7 @@ def split_at_gaps(frame: BarFrame, name: str, interval_ms: int = INTERVAL_MS) ->
 
 def load_segments(paths: Iterable[str | os.PathLike[str]]) -> list[Segment]:
     """Load bar files with the data layer: one series per directory (source), cut at gaps."""
-    from barsignal.daemon.data import load_many
+    from barsignal.data import load_many
 
     groups: dict[Path, list[Path]] = {}
     for f in expand_paths(paths):

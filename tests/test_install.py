@@ -70,7 +70,7 @@ def test_installed_wheel_imports_from_the_venv(installed: tuple[Path, Path], tmp
     venv, _ = installed
     code = (
         "import barsignal, barsignal.daemon, barsignal.features, barsignal.model, barsignal.compression, "
-        "barsignal.engine, barsignal.daemon.data, barsignal.daemon.binance, pathlib\n"
+        "barsignal.engine, barsignal.data, barsignal.daemon.binance, pathlib\n"
         "mods = [barsignal, barsignal.daemon, barsignal.features, barsignal.model, barsignal.compression,"
         " barsignal.engine]\n"
         "print('\\n'.join(str(pathlib.Path(m.__file__).resolve()) for m in mods))\n"
@@ -87,7 +87,7 @@ def test_installed_wheel_imports_from_the_venv(installed: tuple[Path, Path], tmp
 def test_daemon_and_engine_import_without_torch(installed: tuple[Path, Path], tmp_path: Path) -> None:
     venv, _ = installed
     code = ("import sys, barsignal.daemon, barsignal.engine\n"
-            "import barsignal.daemon.data, barsignal.daemon.binance.rest\n"
+            "import barsignal.data, barsignal.daemon.binance.rest\n"
             "import importlib.util\n"
             "assert importlib.util.find_spec('torch') is not None, 'torch should be importable here'\n"
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))\n"
@@ -110,7 +110,7 @@ def test_run_path_works_with_torch_uninstallable(installed: tuple[Path, Path], t
         "import numpy as np, pathlib\n"
         "from barsignal.engine.artifact import load_artifact, default_artifact_dir\n"
         "from barsignal.engine.select import load_scorer\n"
-        "import barsignal.daemon.app, barsignal.daemon.run_cli, barsignal.daemon.paper\n"
+        "import barsignal.daemon.app, barsignal.cli.run, barsignal.daemon.paper\n"
         "from barsignal.cli import build_parser\n"
         "build_parser()\n"
         "a = load_artifact()\n"

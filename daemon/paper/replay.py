@@ -104,6 +104,6 @@ def load_bars(paths: list[str], symbol: str | None = None) -> Iterator[Bar]:
         for p in logs:
             yield from read_barlog(p, symbol)
         return
-    from barsignal.daemon.data.load import load_many
+    from barsignal.data.load import load_many
 
     yield from load_many(paths).frame.bars("file")

@@ -10,5 +10,5 @@ from __future__ import annotations
 BACKENDS: dict[str, str] = {
     "onnxruntime": "barsignal.engine.backends.ort",
     "tensorrt": "barsignal.engine.backends.trt",
-    "torch": "barsignal.engine.backends.torch_ref",
+    "torch": "barsignal.model.torch_backend",  # needs torch: lives with the model, loaded by name
 }

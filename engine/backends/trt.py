@@ -36,7 +36,7 @@ def available() -> tuple[bool, str]:
     except ImportError:
         return False, "tensorrt not importable"
     try:
-        from barsignal.compression.tensorrt_build import cuda_check, cudart
+        from barsignal.engine.tensorrt_build import cuda_check, cudart
 
         n = cuda_check(cudart().cudaGetDeviceCount())
     except Exception as exc:  # no driver, no cuda-python, no device
@@ -56,7 +56,7 @@ class TensorRTScorer:
     def __init__(self, engine_file: Path, *, warmup: int = 50, cuda_graph: bool = True) -> None:
         import tensorrt as trt
 
-        from barsignal.compression.tensorrt_build import cuda_check, cudart
+        from barsignal.engine.tensorrt_build import cuda_check, cudart
 
         rt = cudart()
         self._rt, self._check, self._ok = rt, cuda_check, rt.cudaError_t.cudaSuccess
@@ -137,7 +137,7 @@ def load(variant: Variant, *, intra_op_threads: int = 1, spinning: bool = False,
          cache_dir: Path | None = None, version_compatible: bool = False) -> TensorRTScorer:
     """Deserialize the cached engine for this GPU and ONNX, building it first when absent."""
     del intra_op_threads, spinning
-    from barsignal.compression.tensorrt_build import build_engine
+    from barsignal.engine.tensorrt_build import build_engine
 
     engine = build_engine(variant.onnx, cache_dir or default_cache_dir(),
                           version_compatible=version_compatible, log=log)

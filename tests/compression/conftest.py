@@ -26,7 +26,7 @@ def _one_thread():
 @pytest.fixture(scope="session")
 def slice_data():
     from barsignal.compression.data import data_from_segments
-    from barsignal.daemon.data import load
+    from barsignal.data import load
     from barsignal.model.dataset import Segment
 
     if not SPOT_1M:

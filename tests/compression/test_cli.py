@@ -9,7 +9,7 @@ from tests.conftest import REPO, run_cli
 
 
 def test_cli_module_imports_without_torch():
-    code = "import sys, barsignal.cli, barsignal.compression.cli; print('torch' in sys.modules)"
+    code = "import sys, barsignal.cli, barsignal.cli.compress; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "False"
 

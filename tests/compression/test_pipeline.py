@@ -15,8 +15,8 @@ import numpy as np
 import onnx
 import pytest
 
+from barsignal.cli.compress import load_config
 from barsignal.compression import quantize as q
-from barsignal.compression.cli import load_config
 from barsignal.errors import ArtifactError, ConfigError
 from tests.conftest import run_cli
 
@@ -97,7 +97,7 @@ def test_variants_are_what_they_claim(done):
 
 
 def test_static_onnx_pass_tensorrt_parser_rules(done):
-    from barsignal.compression.trt_ops import check_graph, prepare_for_tensorrt
+    from barsignal.engine.trt_ops import check_graph, prepare_for_tensorrt
 
     _, _, work = done
     for name in ("teacher", "student", "pruned", "fp16", "int8_static", "qat"):

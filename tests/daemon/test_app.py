@@ -10,8 +10,8 @@ import orjson
 from barsignal.daemon.app import Daemon, load_model
 from barsignal.daemon.barlog import read_runs
 from barsignal.daemon.config import Config, FeedConfig, JsonlSinkConfig, MetricsConfig, SinksConfig, StateConfig
-from barsignal.daemon.feed.simulator import FeedSimulator
 from barsignal.features.bar import BarFrame
+from barsignal.sim.simulator import FeedSimulator
 from tests.conftest import free_port
 from tests.daemon.conftest import real_bars
 

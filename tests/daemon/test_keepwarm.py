@@ -11,9 +11,9 @@ import pytest
 
 from barsignal.daemon.app import Daemon, load_model
 from barsignal.daemon.config import EngineConfig
-from barsignal.daemon.feed.simulator import FeedSimulator
 from barsignal.daemon.keepwarm import KeepWarm
 from barsignal.features.bar import BarFrame
+from barsignal.sim.simulator import FeedSimulator
 from tests.daemon.conftest import real_bars
 from tests.daemon.test_app import make_cfg, signals
 

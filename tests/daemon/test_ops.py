@@ -10,10 +10,10 @@ import numpy as np
 
 from barsignal.daemon.app import Daemon, load_model
 from barsignal.daemon.config import Config, SinksConfig, WebhookSinkConfig
-from barsignal.daemon.feed.simulator import FeedSimulator
 from barsignal.daemon.metrics import LiveMonitor, psi
 from barsignal.daemon.notify import Notifier
 from barsignal.features.bar import BarFrame
+from barsignal.sim.simulator import FeedSimulator
 from tests.daemon.conftest import real_bars
 from tests.daemon.test_app import _until, make_cfg
 

@@ -193,7 +193,7 @@ class _KlinesHandler(BaseHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def spot_frame() -> Any:
     """The real spot 1m bars of Nov-Dec 2021 (no gaps)."""
-    from barsignal.daemon.data import load
+    from barsignal.data import load
 
     return load(SPOT_1M[2]).frame
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barsignal.daemon.data import parquet
-from barsignal.daemon.data.download import Fetcher, download, plan
+from barsignal.data import parquet
+from barsignal.data.download import Fetcher, download, plan
 from barsignal.errors import DataError
 from tests.conftest import DATA, run_cli
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barsignal.daemon.data import load, load_many
-from barsignal.daemon.data import parquet as pq_cache
+from barsignal.data import load, load_many
+from barsignal.data import parquet as pq_cache
 from barsignal.errors import DataError
 from tests.conftest import DATA, FUTURES_1M
 

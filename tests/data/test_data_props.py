@@ -10,9 +10,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barsignal.daemon.binance.public_data import kline_path
 from barsignal.daemon.binance.rest import decode_kline_rows, encode_klines, klines_response
-from barsignal.daemon.data.validate import validate
+from barsignal.data.public_data import kline_path
+from barsignal.data.validate import validate
 from barsignal.features.bar import BarFrame
 from tests.conftest import SPOT_1M
 

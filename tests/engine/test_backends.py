@@ -27,7 +27,7 @@ def test_ort_scores_real_windows_like_pytorch(ort_scorer: OnnxRuntimeScorer, rea
                                               fp32_variant: str) -> None:
     """The shipped ONNX vs the shipped weights in PyTorch on real windows: FP32 max |Δp| <= 1e-5.
     (The 10,000-window parity of a fresh export is in test_onnx_export.)"""
-    from barsignal.engine.backends import torch_ref
+    from barsignal.model import torch_backend as torch_ref
 
     name = fp32_variant
     if name != load_artifact().default_variant:
@@ -100,7 +100,7 @@ def test_engine_scores_without_torch() -> None:
     code = (
         "import sys, numpy as np\n"
         "from barsignal.engine.select import load_scorer\n"
-        "import barsignal.engine.backends.trt, barsignal.engine.backends.torch_ref, barsignal.engine.bench\n"
+        "import barsignal.engine.backends.trt, barsignal.model.torch_backend, barsignal.bench.scoring\n"
         "s = load_scorer(backend='onnxruntime')\n"
         "p = s.score(np.zeros((30, 33), np.float32))\n"
         "assert 0 < p < 1, p\n"

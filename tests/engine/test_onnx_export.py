@@ -11,16 +11,16 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from barsignal.compression.onnx_export import export_onnx, parity, rewrite, torch_probabilities
-from barsignal.compression.trt_ops import OPS_FILE, check_graph, op_table, prepare_for_tensorrt
 from barsignal.engine.artifact import load_artifact
 from barsignal.engine.backends.ort import OnnxRuntimeScorer
+from barsignal.engine.trt_ops import OPS_FILE, check_graph, op_table, prepare_for_tensorrt
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
 def model(fp32_variant: str):  # the bundled student's FP32 weights
-    from barsignal.engine.backends.torch_ref import build_model
+    from barsignal.model.torch_backend import build_model
 
     return build_model(load_artifact().variant(fp32_variant))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from barsignal.compression.tensorrt_build import engine_cache_key, engine_path, timing_cache_path
+from barsignal.engine.tensorrt_build import engine_cache_key, engine_path, timing_cache_path
 
 SHA = "ab" * 32
 BASE = dict(gpu_name="NVIDIA H100 80GB HBM3", compute_capability=(9, 0), trt_version="10.7.0",
@@ -46,8 +46,8 @@ def test_build_engine_writes_engine_and_timing_cache(tmp_path: Path) -> None:
     ok, why = trt.available()
     if not ok:
         pytest.skip(f"TensorRT cannot run here: {why}")
-    from barsignal.compression.tensorrt_build import build_engine
     from barsignal.engine.artifact import load_artifact
+    from barsignal.engine.tensorrt_build import build_engine
 
     onnx_file = load_artifact().variant().onnx
     p = build_engine(onnx_file, tmp_path)

@@ -19,7 +19,7 @@ SPOT_1M = sorted((SHARED / "data" / "klines" / "spot_1m").glob("*.json"))
 @cache
 def load_frame(path: Path) -> BarFrame:
     """A bar file (here the freqtrade JSON spot files) as a checked BarFrame."""
-    from barsignal.daemon.data import load
+    from barsignal.data import load
 
     return load(path).frame
 

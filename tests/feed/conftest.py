@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from barsignal.daemon.config import FeedConfig
-from barsignal.daemon.data import Loaded, load
+from barsignal.data import Loaded, load
 from barsignal.features.bar import Bar
 from tests.conftest import FUTURES_1M, SPOT_1M
 

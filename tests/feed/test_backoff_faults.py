@@ -7,8 +7,8 @@ import random
 import pytest
 
 from barsignal.daemon.feed.backoff import AttemptLimiter, Backoff
-from barsignal.daemon.feed.faults import Faults
 from barsignal.errors import ConfigError
+from barsignal.sim.faults import Faults
 
 
 def test_backoff_grows_caps_and_resets() -> None:

@@ -14,10 +14,10 @@ from structlog.testing import capture_logs
 
 from barsignal.daemon.config import FeedConfig
 from barsignal.daemon.feed.client import FeedClient
-from barsignal.daemon.feed.faults import Faults
-from barsignal.daemon.feed.simulator import FeedSimulator
 from barsignal.errors import ConfigError
 from barsignal.features.bar import Bar
+from barsignal.sim.faults import Faults
+from barsignal.sim.simulator import FeedSimulator
 from tests.conftest import free_port
 from tests.feed.conftest import collect, expected_times, feed_cfg
 

@@ -11,8 +11,8 @@ import websockets
 from websockets.asyncio.client import connect
 
 from barsignal.daemon.binance.ws import KlineEvent, decode, encode_kline
-from barsignal.daemon.feed.faults import Faults
-from barsignal.daemon.feed.simulator import FeedSimulator
+from barsignal.sim.faults import Faults
+from barsignal.sim.simulator import FeedSimulator
 from tests.conftest import WIRE
 
 REAL = orjson.loads((WIRE / "real_kline_ws_samples.jsonl").read_text().splitlines()[0])["raw"]

@@ -151,7 +151,7 @@ def test_eval_scores_the_bundled_artifact_without_torch(tmp_path) -> None:
 def test_bench_train_reports_both_models(capsys) -> None:
     import argparse
 
-    from barsignal.model import bench_train
+    from barsignal.bench import train as bench_train
 
     p = argparse.ArgumentParser()
     bench_train.add_arguments(p)

@@ -77,11 +77,11 @@ def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_a
     A's bars and signals once warm; run C restarts from B's last signal and catches up. One series
     through one pipeline would signal B's bars earlier than B could (the first kill -9 CI failure);
     parity replays each run from its ``run_start`` line and finds 0 differences."""
+    from barsignal.cli.replay import build_pipeline
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.barlog import BarLog
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import load_bars, replay
-    from barsignal.daemon.replay_cli import build_pipeline
 
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text("[signal]\nallow_short = true\n")

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 
 from barsignal.daemon import config as cfgmod
 from barsignal.daemon.binance import ws
-from barsignal.daemon.binance.public_data import read_kline_csv
-from barsignal.daemon.data.formats import read_freqtrade_json
-from barsignal.daemon.data.validate import validate
+from barsignal.data.formats import read_freqtrade_json
+from barsignal.data.public_data import read_kline_csv
+from barsignal.data.validate import validate
 from barsignal.errors import BadMessage, ConfigError, DataError
 from tests.conftest import FUTURES_1M, REPO, SPOT_1M, WIRE
 

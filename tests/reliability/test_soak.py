@@ -24,7 +24,7 @@ import numpy as np
 import orjson
 import pytest
 
-from barsignal.daemon.data import load_many
+from barsignal.data import load_many
 from tests import e2e as h
 from tests.conftest import FUTURES_1M, SPOT_1M, free_port
 

@@ -6,7 +6,7 @@ Parquet into a sorted ``BarFrame`` with a validation ``Report``; ``load_many(pat
 
 from __future__ import annotations
 
-from barsignal.daemon.data.load import Loaded, load, load_many
-from barsignal.daemon.data.validate import Report, iso, validate
+from barsignal.data.load import Loaded, load, load_many
+from barsignal.data.validate import Report, iso, validate
 
 __all__ = ["Loaded", "Report", "iso", "load", "load_many", "validate"]

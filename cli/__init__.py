@@ -15,17 +15,17 @@ from barsignal.errors import BarsignalError
 
 # name -> module with register(subparsers). Order is the order of --help.
 COMMANDS: dict[str, str] = {
-    "run": "barsignal.daemon.run_cli",
-    "data": "barsignal.daemon.data.cli",
-    "feed": "barsignal.daemon.feed.cli",
-    "train": "barsignal.model.cli",
-    "eval": "barsignal.model.eval_cli",
-    "compress": "barsignal.compression.cli",
-    "features": "barsignal.daemon.features_cli",
-    "bench": "barsignal.bench",
-    "paper": "barsignal.daemon.paper.cli",
-    "replay": "barsignal.daemon.replay_cli",
-    "parity": "barsignal.daemon.parity_cli",
+    "run": "barsignal.cli.run",
+    "data": "barsignal.cli.data",
+    "feed": "barsignal.cli.feed",
+    "train": "barsignal.cli.train",
+    "eval": "barsignal.cli.eval",
+    "compress": "barsignal.cli.compress",
+    "features": "barsignal.cli.features",
+    "bench": "barsignal.cli.bench",
+    "paper": "barsignal.cli.paper",
+    "replay": "barsignal.cli.replay",
+    "parity": "barsignal.cli.parity",
 }
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from barsignal.daemon.binance import INTERVAL_MS
-from barsignal.daemon.data.formats import read_columns
-from barsignal.daemon.data.validate import OHLCV, Report, validate
+from barsignal.data.formats import read_columns
+from barsignal.data.intervals import INTERVAL_MS
+from barsignal.data.validate import OHLCV, Report, validate
 from barsignal.errors import DataError
 from barsignal.features.bar import BarFrame
 

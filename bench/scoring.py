@@ -183,7 +183,7 @@ def variant_flops(art: Any, vname: str) -> int | None:
     entry = art.manifest["variants"][vname]
     if entry.get("flops_per_window"):
         return int(entry["flops_per_window"])
-    from barsignal.engine.backends import torch_ref
+    from barsignal.model import torch_backend as torch_ref
 
     var = art.variant(vname)
     if not torch_ref.available()[0] or var.weights is None:
@@ -199,7 +199,7 @@ def variant_flops(art: Any, vname: str) -> int | None:
 
 def _torch_eager(art: Any, variants: list[str], windows: np.ndarray, args: argparse.Namespace
                  ) -> float | None:
-    from barsignal.engine.backends import torch_ref
+    from barsignal.model import torch_backend as torch_ref
 
     ok, _ = torch_ref.available()
     var = art.variant(art.default_variant if art.default_variant in variants else variants[0])
@@ -223,7 +223,7 @@ def graph_ablation(art: Any, vname: str, windows: np.ndarray, args: argparse.Nam
 
     from barsignal.compression.onnx_export import PASSES, export_onnx
     from barsignal.engine.backends.ort import DEFAULT_OPT_LEVEL, OnnxRuntimeScorer
-    from barsignal.engine.backends.torch_ref import build_model
+    from barsignal.model.torch_backend import build_model
 
     model = build_model(art.variant(vname))
     configs: dict[str, tuple[Path, str]] = {}

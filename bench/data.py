@@ -14,9 +14,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from barsignal.bench import SHARED
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    default = SHARED / "data"
     p.add_argument("--data", default=str(default), help="the shared data directory (default: ../shared/data)")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per case (median reported)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
@@ -35,8 +37,8 @@ def _time(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
 def run(args: argparse.Namespace) -> int:
     import orjson
 
-    from barsignal.daemon.data import load, load_many, parquet
-    from barsignal.daemon.data.formats import _orjson_rows, read_freqtrade_json
+    from barsignal.data import load, load_many, parquet
+    from barsignal.data.formats import _orjson_rows, read_freqtrade_json
     from barsignal.errors import ConfigError
 
     k = Path(args.data) / "klines"

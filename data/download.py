@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-from barsignal.daemon.binance import public_data as pd
-from barsignal.daemon.data import parquet
-from barsignal.daemon.data.load import Loaded, load_many
+from barsignal.data import parquet
+from barsignal.data import public_data as pd
+from barsignal.data.load import Loaded, load_many
 from barsignal.errors import ConfigError, DataError, TransientError
 from barsignal.log import get_logger
 

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from barsignal.daemon.binance.public_data import read_kline_csv, read_kline_zip
-from barsignal.daemon.data import parquet
+from barsignal.data import parquet
+from barsignal.data.public_data import read_kline_csv, read_kline_zip
 from barsignal.errors import DataError
 
 OHLCV = ("open", "high", "low", "close", "volume")

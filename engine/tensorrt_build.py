@@ -125,7 +125,7 @@ def build_engine(onnx_path: str | os.PathLike[str], cache_dir: str | os.PathLike
         return out
     import onnx  # only to build; a cached engine needs neither onnx nor the checks
 
-    from barsignal.compression.trt_ops import check_graph, prepare_for_tensorrt
+    from barsignal.engine.trt_ops import check_graph, prepare_for_tensorrt
 
     prepared = prepare_for_tensorrt(onnx.load(str(onnx_path)))
     problems = check_graph(prepared, static=True)

@@ -24,12 +24,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from barsignal.cli.replay import build_pipeline
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.barlog import read_run_records
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import is_barlog, load_bars, replay
     from barsignal.daemon.paper.signals_io import read_signals
-    from barsignal.daemon.replay_cli import build_pipeline
     from barsignal.errors import ConfigError
 
     if args.batch < 1:

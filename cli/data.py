@@ -47,7 +47,7 @@ def _date(text: str) -> date:
 def _inspect(args: argparse.Namespace) -> int:
     import orjson
 
-    from barsignal.daemon.data import load, load_many
+    from barsignal.data import load, load_many
 
     loaded = ([load_many(args.files, allow_conflicts=True)] if args.merge
               else [load(f, allow_conflicts=True) for f in args.files])
@@ -66,9 +66,9 @@ def _inspect(args: argparse.Namespace) -> int:
 
 
 def _download(args: argparse.Namespace) -> int:
-    from barsignal.daemon.binance import interval_ms
-    from barsignal.daemon.binance.public_data import DEFAULT_BASE_URL
-    from barsignal.daemon.data.download import download
+    from barsignal.data.download import download
+    from barsignal.data.intervals import interval_ms
+    from barsignal.data.public_data import DEFAULT_BASE_URL
     from barsignal.errors import ConfigError
 
     try:

@@ -11,9 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
-DEFAULT_BARS = Path(__file__).resolve().parents[1].parent / "shared/data/klines/um_futures_1m_daily"
+from barsignal.bench import SHARED
+
+DEFAULT_BARS = SHARED / "data/klines/um_futures_1m_daily"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

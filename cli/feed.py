@@ -37,11 +37,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from barsignal.daemon.data import load_many
-    from barsignal.daemon.feed.faults import Faults
-    from barsignal.daemon.feed.simulator import FeedSimulator
+    from barsignal.data import load_many
     from barsignal.errors import ConfigError
     from barsignal.log import get_logger
+    from barsignal.sim.faults import Faults
+    from barsignal.sim.simulator import FeedSimulator
 
     log = get_logger(__name__)
     faults = Faults.parse(args.faults)

@@ -3,7 +3,7 @@
 Runs ``barsignal replay``'s path (the live ``Pipeline``, batched scoring, the SQLite paper ledger,
 the signals JSONL) over real bars, times each stage, projects the time for one year of 1-minute
 bars (525,600), and puts the scoring rate beside the engine's measured matmul ceiling (its single-core
-SGEMM rate from ``barsignal.engine.bench``, times the scoring threads). It also
+SGEMM rate from ``barsignal.bench.scoring``, times the scoring threads). It also
 replays the first ``--verify`` bars one by one and checks the signals are identical (p_up bits,
 actions) to the batched ones. Figures only; nothing here asserts a speed.
 """
@@ -20,8 +20,10 @@ from typing import Any
 
 import numpy as np
 
+from barsignal.bench import SHARED
+
 YEAR_BARS = 525_600
-_SHARED = Path(os.environ.get("BARSIGNAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+_SHARED = SHARED
 DEFAULT_BARS = _SHARED / "data" / "klines" / "um_futures_1m_daily"  # 177,120 contiguous real 1m bars
 
 
@@ -65,14 +67,14 @@ class _TimedScorer:
 
 
 def run(args: argparse.Namespace) -> int:
+    from barsignal.bench.scoring import sgemm_gflops, variant_flops
+    from barsignal.cli.replay import build_pipeline, with_threads
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.paper.broker import Rules
     from barsignal.daemon.paper.ledger import PaperLedger
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import load_bars, replay
-    from barsignal.daemon.replay_cli import build_pipeline, with_threads
     from barsignal.engine.artifact import load_artifact
-    from barsignal.engine.bench import sgemm_gflops, variant_flops
 
     live_cfg = cfgmod.load(args.config)
     cfg = with_threads(live_cfg, args.threads)

@@ -12,9 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from barsignal.bench import SHARED
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    default = Path(__file__).resolve().parents[2].parent / "shared" / "data"
+    default = SHARED / "data"
     p.add_argument("--data", default=str(default), help="the shared data directory (default: ../shared/data)")
     p.add_argument("--bars", type=int, default=3000, help="bars to stream in the loopback case")
     p.add_argument("--speed", type=float, default=500.0, help="loopback feed speed, bars per second")
@@ -36,9 +38,9 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from barsignal.daemon.binance import ws
-    from barsignal.daemon.data import load
-    from barsignal.daemon.feed.simulator import FeedSimulator
+    from barsignal.data import load
     from barsignal.errors import ConfigError
+    from barsignal.sim.simulator import FeedSimulator
 
     data = Path(args.data)
     spot = sorted((data / "klines" / "spot_1m").glob("*2021-11-11*.json"))

@@ -29,11 +29,11 @@ from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
 from websockets.datastructures import Headers
 from websockets.http11 import Request, Response
 
-from barsignal.daemon.binance import INTERVAL_MS
 from barsignal.daemon.binance.ws import KlineEvent, encode_kline, encode_shutdown, stream_name
-from barsignal.daemon.feed.faults import Faults
+from barsignal.data.intervals import INTERVAL_MS
 from barsignal.features.bar import BarFrame
 from barsignal.log import get_logger
+from barsignal.sim.faults import Faults
 
 log = get_logger(__name__)
 

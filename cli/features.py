@@ -33,7 +33,7 @@ def _fmt(x: float) -> str:
 
 
 def _check_file(path: str, gap_policy: str) -> dict[str, object]:
-    from barsignal.daemon.data import load
+    from barsignal.data import load
     from barsignal.features import reference as ref
     from barsignal.features.spec import RESTART_WARMUP_BARS
 

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import resource
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+from barsignal.bench import SHARED
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -34,7 +35,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _default_data() -> Path:
-    shared = Path(os.environ.get("BARSIGNAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+    shared = SHARED
     files = sorted((shared / "data" / "klines" / "spot_1m").glob("*2021-11-11*.json"))
     if not files:
         from barsignal.errors import ConfigError
@@ -92,9 +93,9 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     from barsignal.daemon import config as c
     from barsignal.daemon.app import Daemon, load_model
     from barsignal.daemon.binance.rest import fetch_bars
-    from barsignal.daemon.data import load_many
     from barsignal.daemon.feed.client import FeedClient
-    from barsignal.daemon.feed.simulator import FeedSimulator
+    from barsignal.data import load_many
+    from barsignal.sim.simulator import FeedSimulator
 
     frame = load_many([args.data or _default_data()]).frame
     state = Path(tempfile.mkdtemp(prefix="barsignal-bench-live-"))

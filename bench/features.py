@@ -15,7 +15,9 @@ import platform
 import time
 from pathlib import Path
 
-_SHARED = Path(os.environ.get("BARSIGNAL_SHARED", Path(__file__).resolve().parents[2] / "shared"))
+from barsignal.bench import SHARED
+
+_SHARED = SHARED
 _SPOT_1M = _SHARED / "data" / "klines" / "spot_1m"
 
 
@@ -40,7 +42,7 @@ def _pct(xs: list[int], q: float) -> float:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from barsignal.daemon.data import load
+    from barsignal.data import load
     from barsignal.errors import ConfigError
     from barsignal.features.batch import compute_with_ready
     from barsignal.features.engine import FeatureEngine

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from barsignal.daemon.binance import interval_name
+from barsignal.data.intervals import interval_name
 from barsignal.errors import DataError
 
 OHLCV = ("open", "high", "low", "close", "volume")
