@@ -63,7 +63,7 @@ def test_wheel_ships_every_subpackage(installed: tuple[Path, Path]) -> None:
     assert len(source_pkgs) >= 6
     missing = [str(d) for d in source_pkgs if f"barsignal/{d}/__init__.py".replace("/./", "/") not in names]
     assert not missing, f"packages missing from the wheel (add them to pyproject's packages): {missing}"
-    assert "barsignal/daemon/data/load.py" in names and "barsignal/daemon/binance/rest.py" in names
+    assert "barsignal/data/load.py" in names and "barsignal/daemon/binance/rest.py" in names
 
 
 def test_installed_wheel_imports_from_the_venv(installed: tuple[Path, Path], tmp_path: Path) -> None:
