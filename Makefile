@@ -7,7 +7,7 @@ REDIS_PORT ?= 6391
 REDIS_DIR := $(CURDIR)/.redis
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint redis-start redis-stop clean bench install
+.PHONY: run test lint redis-start redis-stop prometheus promtool-test clean bench install
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,9 +28,11 @@ run: $(VENV)/.core
 	$(BIN)/barsignal run --config config.toml
 
 test: $(VENV)/.test
+	@$(MAKE) --no-print-directory prometheus
 	@$(MAKE) --no-print-directory redis-start
 	@set -o pipefail; rc=0; \
 	  $(BIN)/ruff check . || rc=$$?; \
+	  if [ $$rc -eq 0 ]; then $(MAKE) --no-print-directory promtool-test || rc=$$?; fi; \
 	  if [ $$rc -eq 0 ]; then \
 	    BARSIGNAL_TEST_REDIS_URL=redis://127.0.0.1:$(REDIS_PORT)/0 $(BIN)/pytest $(PYTEST_ARGS) || rc=$$?; \
 	  fi; \
@@ -52,6 +54,21 @@ redis-start:
 
 redis-stop:
 	@-[ -f $(REDIS_DIR)/redis.pid ] && kill $$(cat $(REDIS_DIR)/redis.pid) 2>/dev/null; rm -f $(REDIS_DIR)/redis.pid
+
+# promtool and prometheus (Debian's `prometheus` package) for the deploy/ rule checks and the
+# real-Prometheus test; installed from Debian if absent. The tests run their own server on a free
+# loopback port; the package's own service (port 9090, where systemd starts it) is not used.
+prometheus:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null || { \
+	  echo "installing prometheus (promtool) from Debian's packages"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    prometheus) >/dev/null \
+	  || { echo "could not install prometheus; install it with: apt-get install prometheus" >&2; exit 1; }; }
+
+# The alerting rules: syntax (promtool check rules) and their unit tests (promtool test rules).
+promtool-test: prometheus
+	promtool check rules deploy/prometheus/barsignal.rules.yml
+	cd deploy/prometheus && promtool test rules barsignal.rules.test.yml
 
 bench: $(VENV)/.test
 	$(BIN)/barsignal bench scoring

@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "paper": "barsignal.cli.paper",
     "replay": "barsignal.cli.replay",
     "parity": "barsignal.cli.parity",
+    "outbox": "barsignal.cli.outbox",
 }
 
 

@@ -1,33 +1,82 @@
-"""``barsignal feed serve``: a local Binance-compatible kline feed (websocket + /api/v3/klines)."""
+"""``barsignal feed serve``: a local Binance-compatible kline feed (websocket + REST) for one or many symbols."""
 
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from barsignal.sim.series import Series
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("feed", help="local Binance-compatible kline feed for tests and offline demos")
     fsub = p.add_subparsers(dest="feed_command", metavar="SUBCOMMAND")
     s = fsub.add_parser(
-        "serve", help="serve historical bars as Binance's kline stream and /api/v3/klines",
-        description="Serve bar files (Binance CSV/zip, freqtrade JSON, Parquet) as Binance's combined "
-                    "kline stream (ws://HOST:PORT/stream?streams=btcusdt@kline_1m) and /api/v3/klines "
-                    "on the same port. Prints one JSON line with ws_url and rest_url when ready.",
+        "serve", help="serve historical bars as Binance's kline streams, /api/v3/klines and exchangeInfo",
+        description="Serve bar files (Binance CSV/zip, freqtrade JSON, Parquet) of one or many symbols, all "
+                    "on one clock, as Binance's kline streams (ws://HOST:PORT/stream?streams=btcusdt@kline_1m, "
+                    "/ws/btcusdt@kline_1m, or /ws with SUBSCRIBE) and /api/v3/klines, /api/v3/exchangeInfo on "
+                    "the same port. Prints one JSON line with ws_url, rest_url and symbols when ready.",
     )
-    s.add_argument("bars", nargs="+", metavar="BARS", help="bar files, loaded as one series")
+    s.add_argument("files", nargs="*", metavar="FILE", help="bar files of one symbol (--symbol), loaded as one series")
+    s.add_argument("--bars", action="append", default=[], metavar="[SYMBOL=]FILE[,FILE...]",
+                   help="a symbol's bar files (repeat for more symbols); without SYMBOL= the symbol comes "
+                        "from the file name (ETH_USDT-1m.json -> ETHUSDT)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0, help="0 = any free port (printed when ready)")
     s.add_argument("--speed", type=float, default=1.0, help="bars per second of wall time (default 1)")
-    s.add_argument("--symbol", default="BTCUSDT")
+    s.add_argument("--symbol", default="BTCUSDT", help="the symbol of the positional FILEs (default BTCUSDT)")
     s.add_argument("--start-index", type=int, default=0,
-                   help="bars before this index count as already closed (REST serves them)")
-    s.add_argument("--end-index", type=int, default=None, help="stop producing bars at this index")
+                   help="ticks of the shared clock before this index count as already closed (REST serves them)")
+    s.add_argument("--end-index", type=int, default=None, help="stop producing bars at this tick")
     s.add_argument("--intrabar", type=int, default=2, help="x:false updates per bar before the closed frame")
+    s.add_argument("--update-ms", type=int, default=None,
+                   help="instead of --intrabar: an x:false update every MS of exchange time (Binance: 2000)")
+    s.add_argument("--jitter-ms", type=int, default=0,
+                   help="move each update (and its E) by up to MS, and delay closed frames' E by up to MS")
     s.add_argument("--faults", default="", help="fault spec, e.g. drop=0.05,gap=120:5,disconnect=200")
     s.add_argument("--ping-interval", type=float, default=20.0, help="server ping period in seconds")
+    s.add_argument("--max-messages-per-s", type=int, default=5,
+                   help="incoming messages a connection may send a second before it is closed (Binance: 5)")
+    s.add_argument("--weight-limit", type=int, default=6000,
+                   help="REST request weight per minute before 429 (Binance: 6000; 0 = no limit)")
     s.add_argument("--exit-at-end", action="store_true", help="exit once every bar has closed")
     s.set_defaults(func=_serve)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
+
+
+def _series(args: argparse.Namespace) -> list[Series]:
+    from barsignal.data import load_many
+    from barsignal.errors import ConfigError
+    from barsignal.sim.series import Series, symbol_from_path
+
+    specs: list[tuple[str, list[str]]] = []
+    if args.files:
+        specs.append((args.symbol.upper(), list(args.files)))
+    for spec in args.bars:
+        sym, sep, files = spec.partition("=")
+        if not sep:
+            sym, files = "", spec
+        paths = [f for f in files.split(",") if f]
+        if not paths:
+            raise ConfigError(f"feed serve: --bars {spec!r} names no file; use SYMBOL=FILE")
+        if not sep:
+            sym = symbol_from_path(paths[0]) or ""
+            if not sym:
+                raise ConfigError(f"feed serve: --bars {spec!r}: cannot tell the symbol from the file name; "
+                                  "write it as SYMBOL=FILE")
+        specs.append((sym.upper(), paths))
+    if not specs:
+        raise ConfigError("feed serve: no bars given; pass FILE or --bars SYMBOL=FILE")
+    out = []
+    for sym, paths in specs:
+        loaded = load_many(paths)
+        try:
+            out.append(Series(sym, loaded.frame, loaded.extra))
+        except ValueError as exc:
+            raise ConfigError(f"feed serve: {exc}") from None
+    return out
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,7 +86,6 @@ def _serve(args: argparse.Namespace) -> int:
 
     import orjson
 
-    from barsignal.data import load_many
     from barsignal.errors import ConfigError
     from barsignal.log import get_logger
     from barsignal.sim.faults import Faults
@@ -45,12 +93,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     log = get_logger(__name__)
     faults = Faults.parse(args.faults)
-    loaded = load_many(args.bars)
+    series = _series(args)
     try:
         sim = FeedSimulator(
-            loaded.frame, symbol=args.symbol, host=args.host, port=args.port, speed=args.speed,
-            start_index=args.start_index, end_index=args.end_index, intrabar=args.intrabar, faults=faults,
-            ping_interval_s=args.ping_interval or None, extra=loaded.extra,
+            series, host=args.host, port=args.port, speed=args.speed, start_index=args.start_index,
+            end_index=args.end_index, intrabar=args.intrabar, update_ms=args.update_ms, jitter_ms=args.jitter_ms,
+            faults=faults, ping_interval_s=args.ping_interval or None, max_incoming_per_s=args.max_messages_per_s,
+            weight_limit=args.weight_limit,
         )
     except ValueError as exc:
         raise ConfigError(f"feed serve: {exc}") from None
@@ -65,7 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"feed serve: cannot listen on {args.host}:{args.port}: {exc}") from None
         sys.stdout.write(orjson.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url, "port": sim.port,
-                                       "bars": len(loaded.frame)}).decode() + "\n")
+                                       "bars": len(sim.times), "symbols": sim.symbols}).decode() + "\n")
         sys.stdout.flush()
         waits = [asyncio.create_task(stop.wait())]
         if args.exit_at_end:
@@ -75,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
             w.cancel()
         await sim.stop()
         log.info("feed_serve.stopped", closed_upto=sim.closed_upto, connections=sim.connections_total,
-                 rest_requests=sim.rest_requests)
+                 rest_requests=sim.rest_requests, frames_sent=sim.frames_sent, rate_limited=sim.rate_limited)
         return 0
 
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:

@@ -37,9 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _open(args: argparse.Namespace, must_exist: bool = True, durability: str = "normal"):  # -> PaperLedger
     from barsignal.daemon import config as cfgmod
-    from barsignal.daemon.paper.broker import Rules
     from barsignal.daemon.paper.ledger import PaperLedger
     from barsignal.daemon.paper.sink import ledger_path
+    from barsignal.engine.broker import Rules
     from barsignal.errors import ConfigError
 
     cfg = cfgmod.load(args.config)

@@ -1,14 +1,21 @@
 """``barsignal parity --live-signals X --bars Y``: replay the bars the live daemon used and compare
 signal by signal (same bars, p_up equal as float32 bits, same actions). Exit 1 on any difference.
 
-A live bar record is replayed run by run, each through a fresh pipeline started from the state the
-run started from (its ``run_start`` line: last signalled bar and rule state), exactly as the daemon
-restarted; a bar signalled by two runs (killed between scoring and the outbox) counts once."""
+A live bar record is replayed run by run, each through a fresh node (``build_node``, the daemon's
+own assembly) started from the state the run started from (its ``run_start`` line: last signalled
+bar, rule state and artifact), exactly as the daemon restarted. A SIGHUP model swap recorded in the
+run (a ``swap`` line) is replayed where it happened: the recorded artifact, its features warmed on
+the same bars as live, the rule state carried over. A bar the live daemon dropped as invalid is
+dropped (and counted) the same way. A bar signalled by two runs (killed between scoring and the
+outbox) counts once."""
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import sys
+from pathlib import Path
+from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,42 +24,105 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--bars", required=True, nargs="+", metavar="Y",
                    help="the live bar record (<state>/bars) or bar files")
     p.add_argument("--config", default=None, help="the live daemon's TOML config")
-    p.add_argument("--artifact", default=None, help="model artifact directory (default: [model] or bundled)")
+    p.add_argument("--artifact", default=None, action="append",
+                   help="model artifact directory (default: the one each run recorded, else [model] or "
+                   "bundled); repeat to offer the artifacts of recorded swaps that moved since")
     p.add_argument("--symbol", default=None, help="symbol (default: the first of [feed] symbols)")
-    p.add_argument("--batch", type=int, default=256, help="windows scored per batch in the replay")
     p.set_defaults(func=_run)
 
 
+def _manifest_hash(path: str | None) -> str | None:
+    from barsignal.engine.artifact import MANIFEST, default_artifact_dir
+
+    p = (Path(path) if path else default_artifact_dir()) / MANIFEST
+    try:
+        return hashlib.sha256(p.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def find_artifact(want: str, recorded_path: str | None, offered: list[str], cfg: Any) -> str | None:
+    """The directory holding the artifact whose hash is ``want``: one of ``--artifact``, ``[model]
+    artifact``, the recorded path, the bundled one (None), in that order. DataError if none does."""
+    from barsignal.errors import DataError
+
+    cands: list[str | None] = [*offered, cfg.model.artifact or None, recorded_path, None]
+    for c in dict.fromkeys(cands):
+        if _manifest_hash(c) == want:
+            return c
+    raise DataError(f"artifact {want[:12]} (recorded at {recorded_path}) is not at any of "
+                    f"{[c or 'bundled' for c in dict.fromkeys(cands)]}: pass --artifact DIR holding it")
+
+
+async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: list) -> int:
+    """One bar-record run through a fresh node, swaps included; its signals appended to ``out``.
+    Returns the bars dropped as invalid."""
+    from barsignal.daemon.pipeline import warm
+    from barsignal.node import Start, build_node, engine_cache_dir, load_model
+
+    cache = engine_cache_dir(cfg)
+    art = run.artifact or {}
+    if art.get("hash"):
+        first = find_artifact(art["hash"], art.get("path"), offered, cfg)
+    else:  # a record from before artifacts were recorded: what the command line or config says
+        first = offered[0] if offered else None
+    loaded = load_model(cfg, first, cache)
+    node = build_node(cfg, "replay", symbol=symbol, loaded=loaded, start=Start(run.last_signalled, run.rule_state),
+                      keep_bars=2 * loaded.keep_bars, on_signal=out.append)
+    await node.start()
+    try:
+        at = 0
+        for sw in run.swaps:
+            await node.replay(run.bars[at:sw.at])
+            at = sw.at
+            new = load_model(cfg, find_artifact(sw.artifact, sw.path, offered, cfg), cache)
+            fed = [b for b in node.pipeline.recent if sw.warm_from is not None and b.open_time >= sw.warm_from]
+            warm(new.model.features, fed)
+            if len(fed) != sw.warm_bars:
+                print(f"warning: run {run.id}: the swap at bar {sw.first_bar} warmed its features on "
+                      f"{sw.warm_bars} bars live, {len(fed)} here", file=sys.stderr)
+            node.swap(new, sw.warm_from, len(fed))
+        await node.replay(run.bars[at:])
+        await node.settle()
+        return node.pipeline.stats.invalid
+    finally:
+        await node.close()
+
+
 def _run(args: argparse.Namespace) -> int:
-    from barsignal.cli.replay import build_pipeline
+    import asyncio
+
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.barlog import read_run_records
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import is_barlog, load_bars, replay
     from barsignal.daemon.paper.signals_io import read_signals
-    from barsignal.errors import ConfigError
+    from barsignal.node import build_node
 
-    if args.batch < 1:
-        raise ConfigError("--batch must be >= 1")
     cfg = cfgmod.load(args.config)
     symbol = args.symbol or cfg.feed.symbols[0]
+    offered: list[str] = args.artifact or []
     live = [s for s in read_signals(args.live_signals) if s.symbol == symbol]
     replayed: list = []
+    invalid = swaps = 0
     logs = [p for p in args.bars if is_barlog(p)]
     if logs and len(logs) == len(args.bars):
         for path in logs:
             for run in read_run_records(path, symbol):
-                pipe = build_pipeline(cfg, args.artifact, symbol, run.last_signalled, run.rule_state)
-                replay(run.bars, pipe, on_signal=replayed.append, batch=args.batch)
+                invalid += asyncio.run(replay_run(cfg, run, symbol, offered, replayed))
+                swaps += len(run.swaps)
     else:
-        replay(load_bars(args.bars, symbol), build_pipeline(cfg, args.artifact, symbol),
-               on_signal=replayed.append, batch=args.batch)
+        node = build_node(cfg, "replay", symbol=symbol, artifact_dir=offered[0] if offered else None,
+                          on_signal=replayed.append)
+        invalid = replay(load_bars(args.bars, symbol), node).invalid
     res = compare(live, replayed)
+    extra = (f"; {swaps} model swap(s) replayed" if swaps else "") + \
+        (f"; {invalid} invalid bar(s) dropped as live dropped them" if invalid else "")
     if res.ok:
         print(f"parity OK: {res.compared} signals compared, 0 differences "
-              f"(p_up float32 bits and actions identical)")
+              f"(p_up float32 bits and actions identical){extra}")
         return 0
     print(f"parity FAILED: {len(res.differences)}{'+' if len(res.differences) >= 100 else ''} "
-          f"difference(s) over {len(live)} live and {len(replayed)} replayed signals", file=sys.stderr)
+          f"difference(s) over {len(live)} live and {len(replayed)} replayed signals{extra}", file=sys.stderr)
     print(f"first difference: {res.differences[0]}", file=sys.stderr)
     return 1

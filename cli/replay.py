@@ -1,7 +1,10 @@
-"""``barsignal replay BARS...``: history through the live pipeline -> signals JSONL + backtest report.
+"""``barsignal replay BARS...``: history through the live node -> signals JSONL + backtest report.
 
 BARS are market-data files in any loader format (CSV, zip, freqtrade JSON, Parquet, the output of
 ``barsignal data download``) or the live daemon's bar record (``<state>/bars``, keeps ws/rest).
+The node is the live one (``barsignal.node.build_node``): each signal goes into an outbox (in
+``--state-dir``, else a temporary directory) and from there through the live sink workers to the
+live jsonl sink (``--signals``) and paper sink (the ledger).
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--signals", default=None, metavar="PATH", help="write the signals JSONL (live format)")
     p.add_argument("--report", default=None, metavar="DIR", help="write the backtest report (Markdown + PNG)")
     p.add_argument("--ledger", default=None, help="paper ledger file (default: DIR/paper.sqlite with "
-                   "--report, else an in-memory ledger)")
+                   "--report, else paper.sqlite in the state directory)")
+    p.add_argument("--state-dir", default=None, metavar="DIR", help="the replay's outbox (and default ledger) "
+                   "directory; given, a second replay resumes where the first stopped (default: temporary)")
     p.add_argument("--symbol", default=None, help="symbol of the bars (default: the first of [feed] symbols)")
-    p.add_argument("--batch", type=int, default=256, help="windows scored per batch; 1 = one by one "
-                   "(the live path); the same signals either way")
     p.add_argument("--threads", type=int, default=None,
                    help="scoring threads for this replay (default: [engine] intra_op_threads, the live setting)")
     p.set_defaults(func=_run)
@@ -43,55 +46,81 @@ def with_threads(cfg: Any, threads: int | None) -> Any:
     return msgspec.structs.replace(cfg, engine=msgspec.structs.replace(cfg.engine, intra_op_threads=threads))
 
 
-def build_pipeline(cfg: Any, artifact: str | None, symbol: str, last_signalled: int | None = None,
-                   rule_state: Any = None) -> Any:
-    """The live daemon's pipeline for ``symbol``: the model built by the daemon's own
-    ``app.load_model`` (features, scorer, rule, optionally from ``rule_state``) and the same
-    warm-up (``min_bars``) as live."""
-    from barsignal.daemon.app import load_model, state_dir
-    from barsignal.daemon.pipeline import Pipeline
+def replay_sinks(cfg: Any, state: Path, *, signals: str | Path | None, ledger: str | Path | None) -> list[Any]:
+    """The live sinks a replay feeds: the jsonl sink writing ``signals`` (no fsync) and the paper sink
+    on ``ledger`` (durability off: a backtest is re-run, not recovered)."""
+    import msgspec
 
-    cache = cfg.engine.engine_cache_dir or None
-    loaded = load_model(cfg, artifact, Path(cache) if cache else state_dir(cfg) / "engines", rule_state)
-    return Pipeline(symbol, loaded.model, last_signalled=last_signalled, min_bars=loaded.warmup_bars)
+    from barsignal.daemon.config import JsonlSinkConfig
+    from barsignal.daemon.paper.sink import PaperSink
+    from barsignal.daemon.sinks.base import SinkContext
+    from barsignal.daemon.sinks.jsonl import JsonlSink
+
+    out: list[Any] = []
+    if signals is not None:
+        sec = JsonlSinkConfig(path=str(Path(signals).resolve()), fsync="never")
+        out.append(JsonlSink(SinkContext(name="jsonl", section=sec, state_dir=state)))
+    if ledger is not None:
+        sec2 = msgspec.structs.replace(cfg.paper, ledger=str(Path(ledger).resolve()))
+        out.append(PaperSink(SinkContext(name="paper", section=sec2, state_dir=state), durability="off"))
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    return asyncio.run(_replay(args))
+
+
+async def _replay(args: argparse.Namespace) -> int:
+    import tempfile
     import time
 
     from barsignal.daemon import config as cfgmod
-    from barsignal.daemon.paper.broker import Rules
-    from barsignal.daemon.paper.ledger import PaperLedger
-    from barsignal.daemon.paper.replay import load_bars, replay
+    from barsignal.daemon.paper.replay import load_bars, replay_async
     from barsignal.daemon.paper.report import write_report
-    from barsignal.errors import ConfigError
     from barsignal.log import get_logger
+    from barsignal.node import build_node
 
     log = get_logger("barsignal.daemon.replay")
-    if args.batch < 1:
-        raise ConfigError("--batch must be >= 1")
     cfg = with_threads(cfgmod.load(args.config), args.threads)
     symbol = args.symbol or cfg.feed.symbols[0]
     t0 = time.perf_counter()
     bars = list(load_bars(args.bars, symbol))
     t_load = time.perf_counter() - t0
-    pipeline = build_pipeline(cfg, args.artifact, symbol)
-    rules = Rules.from_config(cfg.paper)
-    if args.ledger:
-        ledger_path: str = args.ledger
-    elif args.report:
-        ledger_path = str(Path(args.report) / "paper.sqlite")
-        Path(ledger_path).unlink(missing_ok=True)  # a fresh backtest each run
-    else:
-        ledger_path = ":memory:"
-    with PaperLedger(ledger_path, rules, durability="off") as ledger:
-        res = replay(bars, pipeline, ledger=ledger, signals_path=args.signals, batch=args.batch)
-        md = write_report(ledger, args.report, symbol) if args.report and res.signals else None
+    tmp = None if args.state_dir else tempfile.TemporaryDirectory(prefix="barsignal-replay-")
+    state = Path(args.state_dir or tmp.name)  # type: ignore[union-attr]
+    try:
+        if args.ledger:
+            ledger: Path = Path(args.ledger)
+        elif args.report:
+            ledger = Path(args.report) / "paper.sqlite"
+            ledger.parent.mkdir(parents=True, exist_ok=True)
+            if not args.state_dir:
+                ledger.unlink(missing_ok=True)  # a fresh backtest each run
+        else:
+            ledger = state / "paper.sqlite"
+        if args.signals and not args.state_dir:
+            Path(args.signals).unlink(missing_ok=True)  # a fresh file; with --state-dir a resume appends
+        sinks = replay_sinks(cfg, state, signals=args.signals, ledger=ledger)
+        node = build_node(cfg, "replay", symbol=symbol, state=state, artifact_dir=args.artifact, sinks=sinks,
+                          outbox_sync="OFF")
+        try:
+            res = await replay_async(bars, node, close=False)
+            paper = next(s for s in node.sinks if s.name == "paper")
+            md = write_report(paper.ledger, args.report, symbol) if args.report and res.signals else None
+        finally:
+            await node.close()
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
     total = time.perf_counter() - t0
-    log.info("replay done", bars=res.bars, signals=res.signals, fills=res.fills, load_s=round(t_load, 3),
+    log.info("replay done", bars=res.bars, signals=res.signals, fills=res.fills, duplicates=res.duplicates,
+             invalid_bars=res.invalid, load_s=round(t_load, 3),
              **{f"{k}_s": round(v, 3) for k, v in res.seconds.items()}, total_s=round(total, 3),
              bars_per_s=round(res.bars / total) if total else None)
     print(f"replayed {res.bars} bars -> {res.signals} signals, {res.fills} fills in {total:.2f} s"
+          + (f" ({res.invalid} invalid bars dropped)" if res.invalid else "")
           + (f"; signals {args.signals}" if args.signals else "") + (f"; report {md}" if md else ""),
           file=sys.stderr)
     if args.report and not res.signals:

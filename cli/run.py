@@ -14,17 +14,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run the live daemon (websocket -> features -> score -> sinks)")
     p.add_argument("--config", default=None, help="TOML config (default: embedded defaults)")
     p.add_argument("--artifact", default=None, help="model artifact directory (default: [model] artifact, "
-                   "else the bundled one)")
+                   "else the bundled one); given, it wins over [model] artifact at every SIGHUP reload too")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from barsignal.daemon.app import hold_sighup
+
+    hold_sighup()  # first thing: a SIGHUP during start-up waits for the daemon's handler (a reload)
     from barsignal import log as logmod
     from barsignal.daemon import config as cfgmod
-    from barsignal.daemon.app import load_model, run_daemon, state_dir
-    from barsignal.daemon.sinks import build_sink
-    from barsignal.daemon.sinks.registry import section_for
+    from barsignal.daemon.app import run_daemon
     from barsignal.errors import ConfigError
+    from barsignal.node import check_sinks, engine_cache_dir, load_model
 
     cfg = cfgmod.load(args.config)
     if args.log_level is None and args.log_format is None:
@@ -32,11 +34,6 @@ def _run(args: argparse.Namespace) -> int:
     if len(cfg.feed.symbols) != 1:
         raise ConfigError("[feed] symbols: the live daemon runs one symbol per process; "
                           "start one instance per symbol")
-    # Validate the sinks' settings without opening anything (a throwaway directory is never made).
-    for name in dict.fromkeys(cfg.sinks.enabled):
-        build_sink(name, section_for(name, cfg.sinks, cfg), state_dir(cfg))
-    cache = cfg.engine.engine_cache_dir
-    from pathlib import Path
-
-    loaded = load_model(cfg, args.artifact, Path(cache) if cache else state_dir(cfg) / "engines")
+    check_sinks(cfg)  # the sinks' settings, without opening anything (no directory is made)
+    loaded = load_model(cfg, args.artifact, engine_cache_dir(cfg))
     return run_daemon(cfg, config_path=args.config, artifact_dir=args.artifact, loaded=loaded)

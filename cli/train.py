@@ -29,7 +29,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-val-windows", type=int, default=0, help="evenly spaced val windows (0 = all)")
     p.add_argument("--max-minutes", type=float, default=0.0,
                    help="stop at the epoch end before this wall-time budget is passed (0 = none)")
-    p.add_argument("--horizon", type=int, default=1, help="label: close this many bars ahead > close now")
+    p.add_argument("--horizon", type=int, default=15,
+                   help="label: direction of the close this many bars ahead (ties dropped); default 15, "
+                        "chosen on validation (docs/MODEL.md)")
+    p.add_argument("--flat-band", type=float, default=0.0,
+                   help="k: moves with |r_h| <= k * rvol30 * sqrt(h) count as ties (dropped); 0 = exact ties")
     p.add_argument("--dropout", type=float, default=None, help="override the config's dropout")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any InformerConfig field (JSON value), e.g. --set distil=false")
@@ -65,7 +69,7 @@ def _run(args: argparse.Namespace) -> int:
         cfg = (teacher_config if args.kind == "teacher" else student_config)(**overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"--set: {exc}") from None
-    splits = load_splits(args.data, DatasetSpec(horizon=args.horizon))
+    splits = load_splits(args.data, DatasetSpec(horizon=args.horizon, flat_band=args.flat_band))
     command = "barsignal " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     tc = TrainConfig(kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      weight_decay=args.weight_decay, patience=args.patience,

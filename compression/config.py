@@ -62,8 +62,10 @@ class QuantizeSection(_Section):
 
 class EvalSection(_Section):
     windows: Annotated[int, Meta(ge=100)] = 10_000  # test windows for parity and fidelity
-    fee_bps: Annotated[float, Meta(ge=0)] = 10.0
-    allow_short: bool = False
+    fee_bps: Annotated[float, Meta(ge=0)] = 10.0  # paper broker fee per fill, in the policy replays
+    slippage_bps: Annotated[float, Meta(ge=0)] = 1.0  # against the trader, on every next-open fill
+    allow_short: bool = True  # shorts in the policy grid (USD-M futures can short)
+    min_trades: Annotated[int, Meta(ge=1)] = 5  # round trips a setting needs on validation to be chosen
     latency_iters: Annotated[int, Meta(ge=10)] = 2000
     latency_threads: Annotated[int, Meta(ge=1)] = 1
     min_signal_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.99  # for the deployed variant

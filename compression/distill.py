@@ -35,7 +35,8 @@ log = get_logger(__name__)
 
 @dataclass
 class Split:
-    """Windows (N, T, F) float32, labels (N,) in {0, 1} and next-bar returns (N,) for backtests."""
+    """Windows (N, T, F) float32, labels (N,) in {0, 1} (ties dropped) and forward returns (N,) over
+    the label horizon."""
 
     x: np.ndarray
     y: np.ndarray
@@ -54,6 +55,8 @@ class Data:
     val: Split
     test: Split
     meta: dict[str, Any] = field(default_factory=dict)  # schema hash, normalization, horizon...
+    # model.dataset.WindowSet "train" (labelled), "val_all" / "test_all" (every window, consecutive)
+    sets: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -1,33 +1,17 @@
-"""Fidelity and trading metrics shared by every compression stage (numpy only, no torch).
+"""Fidelity metrics shared by every compression stage (numpy only, no torch).
 
-Everything here compares probabilities: ``p`` is an up-probability in [0, 1] per window.
+Everything here compares probabilities: ``p`` is an up-probability in [0, 1] per window. ROC-AUC is
+``barsignal.engine.metrics.roc_auc`` (the one implementation); trading figures come from replaying
+bars through the live ``SignalRule`` and paper broker (``barsignal.engine.policy``), never from here.
 """
 
 from __future__ import annotations
 
-import math
+from typing import Any
 
 import numpy as np
 
-MINUTES_PER_YEAR = 525_600
 _EPS = 1e-7
-
-
-def auc(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC AUC by the rank-sum (Mann-Whitney) formula, ties averaged; NaN if one class is absent."""
-    y = np.asarray(y).astype(bool).ravel()
-    p = np.asarray(p, dtype=np.float64).ravel()
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(p, kind="mergesort")
-    ranks = np.empty(len(p), dtype=np.float64)
-    sorted_p = p[order]
-    # average ranks over ties
-    _, first, counts = np.unique(sorted_p, return_index=True, return_counts=True)
-    avg = first + (counts - 1) / 2.0 + 1.0
-    ranks[order] = np.repeat(avg, counts)
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
 def binary_kl(p_ref: np.ndarray, p: np.ndarray) -> np.ndarray:
@@ -70,29 +54,9 @@ def signal_agreement(p_ref: np.ndarray, p: np.ndarray, long_threshold: float,
                          == positions(p, long_threshold, short_threshold)))
 
 
-def backtest(p: np.ndarray, returns: np.ndarray, long_threshold: float,
-             short_threshold: float | None = None, fee_bps: float = 10.0) -> dict[str, float]:
-    """Bar-by-bar backtest: the position decided at a window's last close earns the next bar's
-    simple return; every change of position pays ``fee_bps`` per unit turned over.
-
-    Returns the annualised Sharpe (per-minute returns x sqrt(525,600)), max drawdown of the
-    compounded equity (a negative fraction), total return, exposure and number of trades.
-    """
-    pos = positions(p, long_threshold, short_threshold)
-    r = np.asarray(returns, dtype=np.float64)
-    if pos.shape != r.shape:
-        raise ValueError(f"backtest: {pos.shape[0]} probabilities but {r.shape[0]} returns")
-    turnover = np.abs(np.diff(np.concatenate([[0.0], pos])))
-    pnl = pos * r - turnover * fee_bps * 1e-4
-    sd = pnl.std()
-    sharpe = float(pnl.mean() / sd * math.sqrt(MINUTES_PER_YEAR)) if sd > 0 else 0.0
-    equity = np.cumprod(1.0 + pnl)
-    peak = np.maximum.accumulate(np.concatenate([[1.0], equity]))[1:]
-    mdd = float((equity / peak - 1.0).min()) if len(equity) else 0.0
-    return {
-        "sharpe": sharpe,
-        "max_drawdown": mdd,
-        "total_return": float(equity[-1] - 1.0) if len(equity) else 0.0,
-        "exposure": float(np.mean(pos != 0)),
-        "trades": int(np.count_nonzero(turnover)),
-    }
+def rule_agreement(p_ref: np.ndarray, p: np.ndarray, policy: Any) -> float:
+    """Fraction of CONSECUTIVE bars where the live ``SignalRule`` of ``policy`` (an
+    ``engine.policy.Policy``) gives both probability sequences the same action (state included)."""
+    a, b = policy.rule(), policy.rule()
+    same = [a.update(float(x)) == b.update(float(y)) for x, y in zip(p_ref, p, strict=True)]
+    return float(np.mean(same)) if same else 1.0

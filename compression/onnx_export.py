@@ -33,6 +33,8 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from barsignal.fsutil import atomic_write_bytes
+
 INPUT, OUTPUT = "input", "up_probability"
 OPSET = 20
 PASSES = ("dropout", "scale", "qkv", "transpose", "topk")
@@ -124,18 +126,7 @@ def _finalize(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _save_atomic(proto: onnx.ModelProto, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, proto.SerializeToString())
 
 
 # --- graph rewrites --------------------------------------------------------------------------------
@@ -539,8 +530,8 @@ def _interim_main(argv: Sequence[str] | None = None) -> int:
 
     import torch
 
-    from barsignal.compression.metrics import auc, backtest
-    from barsignal.compression.thresholds import choose_thresholds
+    from barsignal.engine.metrics import roc_auc as auc
+    from barsignal.engine.policy import Bars, Policy, replay, search
     from barsignal.model import checkpoint
     from barsignal.model.dataset import DatasetSpec, build, load_segments
     from barsignal.model.informer import Informer, student_config
@@ -572,19 +563,18 @@ def _interim_main(argv: Sequence[str] | None = None) -> int:
     horizon = int(meta.get("horizon", 1))
     segments = load_segments(args.data)
     splits = build(segments, DatasetSpec(window=model.cfg.window, horizon=horizon))
-    close = np.concatenate([s.frame.close for s in segments]).astype(np.float64)
-    p_val = torch_probabilities(model, splits.val.x())
-    ret_val = close[splits.val.ends + horizon] / close[splits.val.ends] - 1.0
-    th = choose_thresholds(p_val, ret_val)
+    assert splits.val_all is not None and splits.test_all is not None
+    pol = search(Bars.of(splits.val_all, torch_probabilities(model, splits.val_all.x())), horizon)
+    p_test_all = torch_probabilities(model, splits.test_all.x())
+    trading = replay(Bars.of(splits.test_all, p_test_all), Policy(**pol["policy"]))
     p_test = torch_probabilities(model, splits.test.x())
-    ret_test = close[splits.test.ends + horizon] / close[splits.test.ends] - 1.0
-    bt = backtest(p_test, ret_test, th.long_threshold, th.short_threshold, 10.0)
     metrics = {"model": trained, "test_auc": float(auc(splits.test.labels, p_test)),
-               "test_backtest": {k: float(v) for k, v in bt.items() if np.isscalar(v)},
-               "val_sharpe": th.val_sharpe, "dataset": splits.info, "bars": list(map(str, args.data)),
-               "note": args.note}
+               "test_trading": {k: v for k, v in trading.items() if np.isscalar(v)},
+               "dataset": splits.info, "bars": list(map(str, args.data)), "note": args.note}
+    signal = {**pol["policy"], "informational": pol["policy"]["policy"] == "flat", "reason": pol["reason"],
+              "chosen_on": "validation"}
     art = build_artifact(args.out, {args.variant: model}, default_variant=args.variant,
-                         normalization=splits.normalizer.to_dict(), signal=th.to_manifest(), horizon=horizon,
+                         normalization=splits.normalizer.to_dict(), signal=signal, horizon=horizon,
                          metrics=metrics, command=command)
     print(json.dumps({"artifact": str(art.path), "hash": art.hash, "metrics": metrics}, default=str))
     return 0

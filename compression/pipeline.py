@@ -26,6 +26,7 @@ import numpy as np
 from barsignal.compression.config import CompressionConfig
 from barsignal.compression.distill import Data
 from barsignal.errors import ConfigError
+from barsignal.fsutil import atomic_write_text
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -107,7 +108,7 @@ class Context:
 
     def write_json(self, name: str, obj: Any) -> Path:
         path = self.workdir / name
-        path.write_text(json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n")
+        atomic_write_text(path, json.dumps(obj, indent=1, sort_keys=True, default=_jsonable) + "\n")
         return path
 
     def read_json(self, name: str) -> dict[str, Any]:
@@ -148,7 +149,7 @@ def stage_distill(ctx: Context) -> dict[str, Any]:
     import torch
 
     from barsignal.compression.distill import predict_proba, train
-    from barsignal.compression.metrics import auc
+    from barsignal.engine.metrics import roc_auc as auc
     from barsignal.model.informer import Informer, InformerConfig, student_config
 
     cfg, data = ctx.cfg.distill, ctx.data
@@ -185,8 +186,8 @@ def stage_prune(ctx: Context) -> dict[str, Any]:
     import copy
 
     from barsignal.compression.distill import predict_proba, train
-    from barsignal.compression.metrics import auc
     from barsignal.compression.prune import PruneTargets, importance, magnitude_prune, prune_structured
+    from barsignal.engine.metrics import roc_auc as auc
     from barsignal.model.informer import flops_per_window
 
     pc, data = ctx.cfg.prune, ctx.data
@@ -280,9 +281,9 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
 
     from barsignal.compression import quantize as q
     from barsignal.compression.distill import train
-    from barsignal.compression.metrics import backtest, signal_agreement
+    from barsignal.compression.metrics import rule_agreement, signal_agreement
     from barsignal.compression.onnx_export import export_variant
-    from barsignal.compression.thresholds import choose_thresholds
+    from barsignal.engine.policy import Bars, replay
 
     logging.getLogger().setLevel(logging.ERROR)  # onnxruntime.quantization warns on the root logger
     qc, data, d = ctx.cfg.quantize, ctx.data, ctx.onnx_dir
@@ -309,12 +310,18 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
     export_variant(model, d, "qat_fp32")
     _make_variant("int8_static", "qat_fp32", "qat", d, calib)
 
-    x, xv = data.test.x, data.val.x
+    x = data.test.x
     p_ref = q.onnx_proba(base, x)
-    th = choose_thresholds(q.onnx_proba(base, xv), data.val.ret, fee_bps=ctx.cfg.eval.fee_bps,
-                           allow_short=ctx.cfg.eval.allow_short)
-    bt_ref = backtest(p_ref, data.test.ret, th.long_threshold, th.short_threshold, ctx.cfg.eval.fee_bps)
-    out: dict[str, Any] = {"base": "pruned", "thresholds": th.to_manifest(), "fp32_backtest": bt_ref,
+    ctx.progress("policy search: validation bars through SignalRule + paper broker")
+    pol = choose_policy(ctx, proba_windows(base, data.sets["val_all"]))
+    ref_pol = reference_policy(pol)
+    test_all = data.sets["test_all"]
+    p_ref_all = proba_windows(base, test_all)
+    rules = broker_rules(ctx.cfg)
+    trade_ref = replay(Bars.of(test_all, p_ref_all), policy_of(pol["policy"]), rules)
+    long_t, short_t = ref_pol.long_threshold, ref_pol.short_threshold if ref_pol.allow_short else None
+    out: dict[str, Any] = {"base": "pruned", "policy": pol, "fp32_test_trading": trade_ref,
+                           "reference_policy": ref_pol.to_dict(),
                            "calibration_windows": len(calib),
                            "qat": {"fake_quantized_linears": n_fq,
                                    "scheme": "torchao IntxFakeQuantizeConfig: int8 per-channel symmetric "
@@ -337,21 +344,62 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
         else:
             clip = {"rate": 0.0, "held_out_rate": 0.0,
                     "note": "dynamic: each call's own min/max sets the range, nothing clips"}
-        bt = backtest(p, data.test.ret, th.long_threshold, th.short_threshold, ctx.cfg.eval.fee_bps)
+        p_all = proba_windows(path, test_all)
+        tr = replay(Bars.of(test_all, p_all), policy_of(pol["policy"]), rules)
         out["variants"][v] = {
             "ops": q.count_ops(path), "weight_error": q.weight_errors(ref_onnx, path),
             "activation_clipping": {k: clip[k] for k in clip if k != "per_tensor"},
-            "vs_fp32": {**_fidelity(p_ref, p), "signal_agreement":
-                        signal_agreement(p_ref, p, th.long_threshold, th.short_threshold)},
-            "backtest": bt, "sharpe_delta": bt["sharpe"] - bt_ref["sharpe"],
-            "max_drawdown_delta": bt["max_drawdown"] - bt_ref["max_drawdown"],
+            "vs_fp32": {**_fidelity(p_ref, p), "signal_agreement": signal_agreement(p_ref, p, long_t, short_t),
+                        "rule_agreement": rule_agreement(p_ref_all, p_all, ref_pol)},
+            "test_trading": tr, "net_pnl_delta": tr["net_pnl"] - trade_ref["net_pnl"],
         }
     if qc.sensitivity:
         ctx.progress("per-layer-group sensitivity")
-        out["sensitivity"] = q.sensitivity(base, calib, x, ctx.workdir / "sensitivity", th.long_threshold,
-                                           th.short_threshold)
+        out["sensitivity"] = q.sensitivity(base, calib, x, ctx.workdir / "sensitivity", long_t, short_t)
     ctx.write_json("quantize.json", out)
     return out
+
+
+# --- the trading policy: the live kernel on consecutive bars ---------------------------------------
+
+
+def proba_windows(onnx_path: Path, ws: Any, batch: int = 4096) -> np.ndarray:
+    """p_up of every window of a ``WindowSet`` through an ONNX file, in chunks (no (N, T, F) copy)."""
+    from barsignal.compression.quantize import onnx_proba
+
+    out = [onnx_proba(onnx_path, ws.x(np.arange(s, min(s + batch, len(ws))))) for s in range(0, len(ws), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def broker_rules(cfg: CompressionConfig) -> Any:
+    """The paper broker's rules for policy replays: next-open fills, the configured fee and slippage."""
+    from barsignal.engine.broker import Rules
+
+    return Rules(fill="next_open", fee_bps=cfg.eval.fee_bps, slippage_bps=cfg.eval.slippage_bps)
+
+
+def policy_of(d: dict[str, Any]) -> Any:
+    from barsignal.engine.policy import Policy
+
+    return Policy(**d)
+
+
+def choose_policy(ctx: Context, p_val: np.ndarray) -> dict[str, Any]:
+    """``engine.policy.search`` on every validation bar (consecutive), costs from ``[eval]``."""
+    from barsignal.engine.policy import Bars, search
+
+    horizon = int(ctx.data.meta.get("horizon", 1))
+    return search(Bars.of(ctx.data.sets["val_all"], p_val), horizon, broker_rules(ctx.cfg),
+                  min_trades=ctx.cfg.eval.min_trades, allow_short=ctx.cfg.eval.allow_short)
+
+
+def reference_policy(pol: dict[str, Any]) -> Any:
+    """The setting fidelity is measured at: the chosen one, or the best rejected candidate when the
+    policy stays flat (agreement of an all-flat rule is 1 by construction, which measures nothing)."""
+    chosen = policy_of(pol["policy"])
+    if chosen.policy == "trade" or not pol.get("best_candidate"):
+        return chosen
+    return policy_of(pol["best_candidate"]["policy"])
 
 
 # --- stage 5: report + artifact --------------------------------------------------------------------

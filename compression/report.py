@@ -3,12 +3,17 @@
 Rows: teacher and student in PyTorch and ONNX FP32, the student trained without distillation, the
 pruned student (ONNX FP32), FP16, INT8 dynamic, INT8 static (QDQ) and QAT (QDQ). Columns: parameters,
 file size, FLOPs per window, latency p50/p99 (batch 1, one intra-op thread, every row timed in the
-same interleaved loop so the ratios are comparable), test AUC, top-1 agreement with the teacher,
-|Δp| against the row's FP32 reference, backtest Sharpe and max drawdown.
+same interleaved loop so the ratios are comparable), test AUC (non-tied windows), top-1 agreement with
+the teacher, |Δp| against the row's FP32 reference, and the test split's trading figures: every
+consecutive test bar replayed through the live ``SignalRule`` and the paper broker (next-open fills,
+fee and slippage) with the row's own policy, chosen the same way on the validation bars.
 
 The artifact's default variant is the fastest of the pruned family (FP32, FP16, INT8 dynamic,
-INT8 static, QAT) whose signal agreement with the pruned FP32 model at the deployed thresholds is at
-least ``[eval] min_signal_agreement``; the thresholds are chosen on validation with that variant.
+INT8 static, QAT) whose rule agreement with the pruned FP32 model (same action bar by bar through
+``SignalRule`` at the reference setting) is at least ``[eval] min_signal_agreement``; its policy is
+chosen on validation with that variant, and is ``flat`` when nothing is net-positive after costs.
+The manifest also ships the train-fitted baselines (``model.baselines``), the label, and the
+training distribution's per-feature deciles for the daemon's drift PSI.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from barsignal.fsutil import atomic_write_text
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -88,15 +94,16 @@ def _fmt(v: Any, spec: str) -> str:
 
 def _table(rows: list[dict[str, Any]]) -> str:
     head = ("| model | runtime | params | file | MFLOPs | p50 µs | p99 µs | AUC | agree teacher | "
-            "mean abs Δp vs FP32 | max abs Δp vs FP32 | Sharpe | max DD |")
-    lines = [head, "|" + "---|" * 13]
+            "mean abs Δp vs FP32 | max abs Δp vs FP32 | policy | test net PnL | trades | t |")
+    lines = [head, "|" + "---|" * 15]
     for r in rows:
         lines.append(
             f"| {r['name']} | {r['runtime']} | {r['params']:,} | {r['file_bytes'] / 1024:.0f} KiB | "
             f"{r['flops'] / 1e6:.2f} | {_fmt(r.get('latency_p50_us'), '.0f')} | "
             f"{_fmt(r.get('latency_p99_us'), '.0f')} | {r['auc']:.4f} | {r['agree_teacher']:.4f} | "
             f"{_fmt(r['dp_vs_fp32_mean'], '.2e')} | {_fmt(r['dp_vs_fp32_max'], '.2e')} | "
-            f"{r['backtest']['sharpe']:.2f} | {r['backtest']['max_drawdown']:.3f} |")
+            f"{r['policy_name']} | {r['trading']['net_pnl']:.2f} | {r['trading']['trades']} | "
+            f"{r['trading']['t_stat']:.2f} |")
     return "\n".join(lines)
 
 
@@ -149,9 +156,11 @@ def _plots(out: Path, rows: list[dict[str, Any]], distill: dict[str, Any] | None
 
 def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, Any]:
     from barsignal.compression.distill import predict_proba
-    from barsignal.compression.metrics import agreement, auc, backtest, signal_agreement
+    from barsignal.compression.metrics import agreement, rule_agreement
+    from barsignal.compression.pipeline import broker_rules, choose_policy, policy_of, proba_windows, reference_policy
     from barsignal.compression.quantize import onnx_proba
-    from barsignal.compression.thresholds import choose_thresholds
+    from barsignal.engine.metrics import roc_auc as auc
+    from barsignal.engine.policy import Bars, replay
     from barsignal.model.informer import flops_per_window
 
     cfg, data, d = ctx.cfg, ctx.data, ctx.onnx_dir
@@ -163,6 +172,7 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
         pass
     models["qat"] = ctx.load("qat")
     x, xv = data.test.x, data.val.x
+    val_all, test_all = data.sets["val_all"], data.sets["test_all"]
     spec: list[dict[str, Any]] = [
         {"name": "teacher (PyTorch)", "runtime": "torch", "net": "teacher", "ref": "teacher (PyTorch)"},
         {"name": "teacher (ONNX FP32)", "runtime": "onnxruntime", "net": "teacher", "file": "teacher",
@@ -179,43 +189,49 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
                      ("qat", "pruned QAT INT8 QDQ")):
         spec.append({"name": label, "runtime": "onnxruntime", "net": "qat" if v == "qat" else "pruned",
                      "file": v, "ref": "pruned (ONNX FP32)", "variant": v})
-    ctx.progress("report: predictions")
+    ctx.progress("report: predictions (test windows; every validation and test bar)")
     probs: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    bars: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # p_up on every val / test bar (consecutive)
     for r in spec:
         if r["runtime"] == "torch":
             m = models[r["net"]]
             probs[r["name"]] = (predict_proba(m, x), predict_proba(m, xv))
+            bars[r["name"]] = (_proba_ws(predict_proba, m, val_all), _proba_ws(predict_proba, m, test_all))
             r["file_bytes"] = (ctx.workdir / r["net"] / "model.safetensors").stat().st_size \
                 if r["net"] != "teacher" else (Path(cfg.data.teacher) / "model.safetensors").stat().st_size
         else:
             r["path"] = d / f"{r['file']}.onnx"
             dyn = d / f"{r['file']}.dynamic.onnx"
             probs[r["name"]] = (onnx_proba(dyn, x), onnx_proba(dyn, xv))
+            bars[r["name"]] = (proba_windows(dyn, val_all), proba_windows(dyn, test_all))
             r["file_bytes"] = r["path"].stat().st_size
         r["model"] = models[r["net"]]
         r["params"] = models[r["net"]].param_count()
         r["flops"] = flops_per_window(models[r["net"]])
     p_teacher = probs["teacher (PyTorch)"][0]
-    # thresholds: each network's own, chosen on validation; the pruned family shares pruned FP32's
-    thresholds = {}
+    rules = broker_rules(cfg)
+    # policies: each network's own, chosen on the validation bars; the pruned family shares pruned FP32's
+    policies: dict[str, dict[str, Any]] = {}
+    ctx.progress("report: policy search per network on the validation bars")
     for r in spec:
         key = "pruned (ONNX FP32)" if r["ref"] == "pruned (ONNX FP32)" else r["name"]
-        if key not in thresholds:
-            thresholds[key] = choose_thresholds(probs[key][1], data.val.ret, fee_bps=ev.fee_bps,
-                                                allow_short=ev.allow_short)
-        th = thresholds[key]
+        if key not in policies:
+            policies[key] = choose_policy(ctx, bars[key][0])
+        pol = policies[key]
         p = probs[r["name"]][0]
         ref = probs[r["ref"]][0]
         dp = np.abs(p.astype(np.float64) - ref)
-        r["thresholds"] = {"long": th.long_threshold, "short": th.short_threshold}
+        r["policy"] = pol["policy"]
+        r["policy_name"] = pol["policy"]["policy"]
+        r["trading"] = replay(Bars.of(test_all, bars[r["name"]][1]), policy_of(pol["policy"]), rules)
         r["auc"] = auc(data.test.y, p)
         r["agree_teacher"] = agreement(p_teacher, p)["top1_agreement"]
         same = r["ref"] == r["name"]
         r["dp_vs_fp32_mean"] = None if same else float(dp.mean())
         r["dp_vs_fp32_max"] = None if same else float(dp.max())
         r["dp_vs_fp32_p99"] = None if same else float(np.quantile(dp, 0.99))
-        r["signal_agreement_vs_fp32"] = signal_agreement(ref, p, th.long_threshold, th.short_threshold)
-        r["backtest"] = backtest(p, data.test.ret, th.long_threshold, th.short_threshold, ev.fee_bps)
+        r["signal_agreement_vs_fp32"] = rule_agreement(bars[r["ref"]][1], bars[r["name"]][1],
+                                                       reference_policy(pol))
     ctx.progress(f"report: latency ({ev.latency_iters} iterations x {len(spec)} rows, interleaved)")
     _latency(spec, x[0], ev.latency_iters, ev.latency_threads)
 
@@ -238,8 +254,14 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
     export = _maybe(ctx, "export.json")
     plots = _plots(rep_dir, spec, distill, quant)
     cpu = _cpu_flags()
-    th_best = choose_thresholds(probs[best["name"]][1], data.val.ret, fee_bps=ev.fee_bps,
-                                allow_short=ev.allow_short)
+    ctx.progress(f"report: policy of the deployed variant ({best['name']}) on the validation bars")
+    pol_best = choose_policy(ctx, bars[best["name"]][0])
+    pol_best["test"] = replay(Bars.of(test_all, bars[best["name"]][1]), policy_of(pol_best["policy"]), rules)
+    ctx.progress("report: baselines (train split) and drift bins")
+    from barsignal.model import baselines as bl
+
+    base_params = bl.fit(data.sets["train"], float(data.meta.get("flat_band", 0.0)))
+    psi_ref = psi_reference(data.sets["train"])
     table_rows = [{k: v for k, v in r.items() if k not in ("model", "path")} for r in spec]
     speed = {r["name"]: fp32["latency_p50_us"] / r["latency_p50_us"] for r in fam}
     summary = {
@@ -250,23 +272,45 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
         "faster_than_pruned_fp32": [n for n, s in speed.items() if s > 1.0 and n != fp32["name"]],
         "fastest": fastest["name"], "selected": best["name"],
         "selected_variant": "fp32" if best["variant"] == "pruned" else best["variant"],  # artifact name
-        "selection_rule": (f"fastest p50 of the pruned family with signal agreement >= "
-                           f"{ev.min_signal_agreement:g} vs pruned FP32 at the deployed thresholds and "
+        "selection_rule": (f"fastest p50 of the pruned family with rule agreement >= "
+                           f"{ev.min_signal_agreement:g} vs pruned FP32 (SignalRule actions on every test bar "
+                           "at the reference setting) and "
                            f"batch drift <= {ev.max_batch_drift:g} (max |p| difference between the "
                            "dynamic-batch ONNX at batch 512, used by replay, and the batch-1 ONNX, used live)"),
         "batch_drift": {r["name"]: r["batch_drift"] for r in fam},
-        "thresholds": th_best.to_manifest(), "data": data.meta, "plots": plots,
+        "policy": pol_best, "data": data.meta, "plots": plots, "baselines": base_params,
         "teacher_schema_hash": ctx.teacher_meta.get("schema_hash"),
         "distill": _strip_history(distill), "prune": prune, "quantize": quant, "export_parity": export,
     }
-    (rep_dir / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
-    (rep_dir / "report.md").write_text(_markdown(summary))
+    atomic_write_text(rep_dir / "report.json", json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(rep_dir / "report.md", _markdown(summary))
     ctx.progress(f"report written to {rep_dir}; selected {best['name']}")
-    art = _write_artifact(ctx, artifact_dir, best, fam, th_best, summary, command)
+    art = _write_artifact(ctx, artifact_dir, best, fam, pol_best, summary, command,
+                          baselines=base_params, psi_ref=psi_ref)
     summary["artifact"] = {"path": str(art.path), "hash": art.hash,
                            "bytes": sum(f.stat().st_size for f in art.path.iterdir())}
-    (rep_dir / "report.json").write_text(json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
+    atomic_write_text(rep_dir / "report.json", json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
     return summary
+
+
+def _proba_ws(fn: Any, model: Any, ws: Any, batch: int = 4096) -> np.ndarray:
+    """p_up of every window of a ``WindowSet`` through a PyTorch model, in chunks."""
+    out = [fn(model, ws.x(np.arange(s, min(s + batch, len(ws))))) for s in range(0, len(ws), batch)]
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def psi_reference(train: Any, bins: int = 10) -> dict[str, Any]:
+    """The training distribution of each normalized feature (last row of every train window): decile
+    edges and the fraction of rows in each bin, counted the way the daemon's PSI counts live rows."""
+    x = train.last_rows().astype(np.float64)  # (N, F)
+    edges, fractions = [], []
+    for j in range(x.shape[1]):
+        e = np.quantile(x[:, j], np.arange(1, bins) / bins)
+        counts = np.bincount(np.searchsorted(e, x[:, j], side="right"), minlength=bins)
+        edges.append([float(v) for v in e])
+        fractions.append([float(v) for v in counts / len(x)])
+    return {"edges": edges, "fractions": fractions, "rows": len(x), "source": "train split, last row of "
+            "every window, normalized", "bins": bins}
 
 
 def _batch_drift(static: Path, dynamic: Path, x: np.ndarray) -> float:
@@ -293,8 +337,9 @@ def _strip_history(d: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[str, Any]], th: Any,
-                    summary: dict[str, Any], command: str) -> Any:
+def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[str, Any]],
+                    pol: dict[str, Any], summary: dict[str, Any], command: str, *,
+                    baselines: dict[str, Any], psi_ref: dict[str, Any]) -> Any:
     from barsignal.engine.artifact import write_artifact
     from barsignal.features.spec import schema_hash
 
@@ -319,21 +364,57 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
     sh = str(ctx.data.meta.get("schema_hash") or schema_hash())  # the features the student was trained on
     metrics = {k: best[k] for k in ("auc", "agree_teacher", "latency_p50_us", "latency_p99_us",
                                     "signal_agreement_vs_fp32", "dp_vs_fp32_mean", "dp_vs_fp32_max")}
-    metrics["backtest_test"] = best["backtest"]
+    metrics["test_trading"] = _brief(pol["test"])
     metrics["machine"] = summary["machine"]["model"]
+    chosen = pol["policy"]
+    flat = chosen["policy"] == "flat"
+    signal = {**chosen, "informational": flat, "chosen_on": "validation", "reason": pol["reason"],
+              "rule": ("the validation setting (thresholds at quantiles of p_up, long-only or long/short, "
+                       "hysteresis, minimum hold) with the highest net PnL after costs through SignalRule "
+                       "and the paper broker on consecutive bars; flat when none is net-positive"),
+              "val": _brief(pol["chosen_val"]), "test": _brief(pol["test"]),
+              "best_candidate": None if not pol.get("best_candidate") else
+              {"policy": pol["best_candidate"]["policy"], "val": _brief(pol["best_candidate"])}}
+    if not flat and not chosen.get("allow_short"):
+        signal["short_threshold"] = None  # chosen without shorts: that zone is flat
+    dmeta = ctx.data.meta
+    label = {"kind": "direction", "horizon": int(dmeta.get("horizon", 1)),
+             "flat_band": float(dmeta.get("flat_band", 0.0)),
+             "ties": "dropped from training and from every metric"}
     return write_artifact(
         dest, files=files, model_config=best["model"].cfg.to_dict(), schema_hash=sh,
-        normalization=ctx.data.meta["normalizer"],
-        signal={"long_threshold": th.long_threshold, "short_threshold": th.short_threshold,
-                "rule": th.rule, "chosen_on": "validation", "val_sharpe": th.val_sharpe,
-                "val_exposure": th.val_exposure},
+        normalization=ctx.data.meta["normalizer"], psi_reference=psi_ref,
+        signal=signal,
         variants=variants, default_variant=default, horizon=int(meta.get("horizon", 1)), metrics=metrics,
         command=command or "barsignal compress", overwrite=True,
-        extra={"compression": {"selected": best["name"], "rule": summary["selection_rule"],
+        extra={"label": label, "baselines": baselines,
+               "compression": {"selected": best["name"], "rule": summary["selection_rule"],
                                "teacher": str(ctx.cfg.data.teacher),
                                "teacher_schema_hash": meta.get("schema_hash"),
                                "teacher_schema_matches": meta.get("schema_hash") == sh}},
     )
+
+
+def _policy_line(pol: dict[str, Any]) -> str:
+    c, v, t = pol["policy"], pol["chosen_val"], pol["test"]
+    head = ("**Policy: stay flat** (signals are informational). " if c["policy"] == "flat" else
+            f"**Policy:** long >= {c['long_threshold']:.4f}"
+            + (f", short <= {c['short_threshold']:.4f}" if c["allow_short"] else "")
+            + f", hysteresis {c['hysteresis']:.4f}, minimum hold {c['min_hold_bars']} bars. ")
+    line = (head + f"Why: {pol['reason']}. Validation: net {v['net_pnl']:.2f}, {v['trades']} trades; "
+            f"test: net {t['net_pnl']:.2f}, {t['trades']} trades, t {t['t_stat']:.2f}.")
+    b = pol.get("best_candidate")
+    if b:
+        ci = b.get("net_pnl_ci95") or [float("nan")] * 2
+        line += (f" Best validation candidate: net {b['net_pnl']:.2f} (95 % CI {ci[0]:.2f} .. {ci[1]:.2f}, "
+                 f"day bootstrap), {b['trades']} trades, t {b['t_stat']:.2f}, fees {b['fees']:.2f}.")
+    return line
+
+
+def _brief(r: dict[str, Any]) -> dict[str, Any]:
+    """The headline trading figures of a replay (for the manifest)."""
+    return {k: r[k] for k in ("bars", "net_pnl", "net_return", "fees", "gross_pnl", "trades", "fills",
+                              "exposure", "t_stat", "net_pnl_ci95") if k in r}
 
 
 def _markdown(s: dict[str, Any]) -> str:
@@ -355,9 +436,12 @@ def _markdown(s: dict[str, Any]) -> str:
         "",
         _table(rows),
         "",
-        "AUC, agreement, |Δp| and the backtest are on the test windows. |Δp| is against the row's FP32 "
-        "reference (the PyTorch model for ONNX FP32 rows, pruned FP32 for the quantized rows). Backtest: "
-        "long when p >= the threshold chosen on validation, next-bar return, 10 bp per unit turned over.",
+        "AUC (non-tied windows), agreement and |Δp| are on the evenly spaced test windows; |Δp| is against "
+        "the row's FP32 reference (the PyTorch model for ONNX FP32 rows, pruned FP32 for the quantized rows). "
+        "Trading: every consecutive test bar through SignalRule and the paper broker (next-open fills, "
+        "fee and slippage per fill, 10,000 initial cash, all equity per position) with the row's policy "
+        "chosen on the validation bars; 'flat' means no setting was net-positive on validation; t is the "
+        "t-statistic of the round trips' net PnL.",
         "",
         f"**Faster than pruned FP32 on this CPU:** {', '.join(s['faster_than_pruned_fp32']) or 'none'}. "
         f"Speed-up of p50 vs pruned FP32: "
@@ -366,9 +450,7 @@ def _markdown(s: dict[str, Any]) -> str:
         f"({s['selection_rule']}).",
         "**Batch drift** (replay vs live, max |Δp|): "
         + ", ".join(f"{k} {v:.1e}" for k, v in s["batch_drift"].items()) + ".",
-        f"**Thresholds:** long >= {s['thresholds']['long_threshold']:.4f}"
-        + (f", short <= {s['thresholds']['short_threshold']:.4f}" if s['thresholds']['short_threshold']
-           is not None else "") + f". Rule: {s['thresholds']['rule']}.",
+        _policy_line(s["policy"]),
         "",
     ]
     d = s.get("distill")
@@ -411,16 +493,17 @@ def _markdown(s: dict[str, Any]) -> str:
                   "| variant | max weight err | mean weight err | clipping (calib) | clipping (test) | "
                   "mean abs Δp | "
                   "p99 abs Δp | "
-                  "signal agree | Sharpe (FP32 " f"{q['fp32_backtest']['sharpe']:.2f}) | max DD (FP32 "
-                  f"{q['fp32_backtest']['max_drawdown']:.3f}) |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  "signal agree | rule agree | test net PnL (FP32 "
+                  f"{q['fp32_test_trading']['net_pnl']:.2f}) | trades |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
         for v, r in q["variants"].items():
             we = list(r["weight_error"].values()) or [float("nan")]
             lines.append(f"| {v} | {max(we):.2e} | {np.mean(we):.2e} | "
                          f"{r['activation_clipping']['rate']:.2e} | "
                          f"{r['activation_clipping'].get('held_out_rate', float('nan')):.2e} | "
                          f"{r['vs_fp32']['mean_abs_dp']:.2e} | {r['vs_fp32']['p99_abs_dp']:.2e} | "
-                         f"{r['vs_fp32']['signal_agreement']:.4f} | {r['backtest']['sharpe']:.2f} | "
-                         f"{r['backtest']['max_drawdown']:.3f} |")
+                         f"{r['vs_fp32']['signal_agreement']:.4f} | {r['vs_fp32']['rule_agreement']:.4f} | "
+                         f"{r['test_trading']['net_pnl']:.2f} | {r['test_trading']['trades']} |")
         lines += ["", f"QAT: {q['qat']['scheme']}; {q['qat']['fake_quantized_linears']} Linear layers "
                       f"fake-quantized, {q['qat']['epochs_run']} epochs.", ""]
         sens = q.get("sensitivity")

@@ -1,82 +1,82 @@
-"""The live daemon: feed -> bar record -> pipeline -> outbox -> sinks, with metrics and systemd.
+"""The live daemon as a supervisor: OS signals, health, watchdog, metrics; the node does the work.
 
-``Daemon`` composes the parts; ``run_daemon`` starts it on uvloop through
-``asyncio.Runner(loop_factory=uvloop.new_event_loop)``. SIGTERM/SIGINT: stop reading the feed,
-drain the sinks for at most ``drain_timeout_s`` (what is left stays in the outbox for the next
-start) and exit 0. SIGHUP: re-read the config and the artifact off the event loop, warm the new
-model's features on the recent bars, then swap features, scorer, rule and hash in one assignment;
-a bad config or artifact keeps the old model and logs why.
+``Daemon`` builds one :class:`~barsignal.node.Node` (``build_node``: feed -> bar record -> pipeline
+-> outbox -> sinks, the same assembly replay and parity use) and supervises it. ``run_daemon``
+starts it on uvloop through ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``.
+
+- SIGTERM/SIGINT: stop reading the feed, drain the sinks for at most ``drain_timeout_s`` (what is
+  left stays in the outbox for the next start) and exit 0.
+- SIGHUP: re-read the config and the artifact off the event loop, warm the new model's features on
+  the recent bars, swap it in between two bars (``Node.reload``); the bar record logs the swap. A bad
+  config or artifact keeps the old model and logs why. ``--artifact`` given at start wins over
+  ``[model] artifact`` at every reload, and the reload log says which was used. The handlers are
+  installed first thing in :meth:`Daemon.run`; before that, from the start of ``barsignal run``,
+  :func:`hold_sighup` catches SIGHUP (a process-wide handler: no thread of the process keeps
+  SIGHUP's default action, which ends the process), and a SIGHUP caught then is one reload once the
+  daemon is up.
+- Reloads are counted in ``barsignal_reloads_total{result}``: ``result="ok"`` or ``"refused"``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import os
+import errno
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from barsignal.daemon import config as cfgmod
-from barsignal.daemon.barlog import BarLog
 from barsignal.daemon.config import Config
 from barsignal.daemon.keepwarm import KeepWarm
-from barsignal.daemon.metrics import DaemonMetrics, LiveMonitor, MetricsServer, nvml_reader
+from barsignal.daemon.metrics import DaemonMetrics, LiveMonitor, MetricsServer, nvml_reader, paper_equity_reader
 from barsignal.daemon.notify import Notifier
 from barsignal.daemon.outbox import Outbox, SinkWorker
-from barsignal.daemon.pipeline import Model, Pipeline, warm
-from barsignal.daemon.sinks import build_sink
-from barsignal.daemon.sinks.registry import section_for
-from barsignal.engine.signal import RuleState, SignalRule
-from barsignal.errors import ArtifactError, BarsignalError, ConfigError
+from barsignal.daemon.pipeline import Pipeline
+from barsignal.daemon.statelock import StateLock
+from barsignal.engine.signal import Signal
+from barsignal.errors import BarsignalError, ConfigError
+from barsignal.features.bar import Bar
 from barsignal.log import get_logger
+from barsignal.node import (
+    MAX_CATCHUP_BARS,
+    Loaded,
+    Node,
+    build_node,
+    consume,
+    engine_cache_dir,
+    live_warmup_bars,
+    load_model,
+    state_dir,
+)
+
+__all__ = ["MAX_CATCHUP_BARS", "Daemon", "Loaded", "hold_sighup", "load_model", "run_daemon", "state_dir"]
 
 log = get_logger(__name__)
 
-MAX_CATCHUP_BARS = 1440  # after a long stop, signal at most the last day of missed bars
+RESTART_SECTIONS = ("feed", "sinks", "metrics", "state", "logging", "paper")
 
 
-def state_dir(cfg: Config) -> Path:
-    """``$STATE_DIRECTORY`` (systemd's StateDirectory=) when set, else ``[state] dir``."""
-    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(env or cfg.state.dir)
+_early_hups = 0  # SIGHUPs caught by hold_sighup's handler before the daemon's own
 
 
-@dataclass(slots=True)
-class Loaded:
-    """A model ready to plug into the pipeline (built off the event loop), and what it came from."""
-
-    model: Model
-    artifact: Any
-    window_len: int
-    warmup_bars: int  # bars a start must feed before its first signal is exact
+def _early_hup(signum: int, frame: Any) -> None:
+    global _early_hups
+    _early_hups += 1
 
 
-def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None,
-               rule_state: RuleState | None = None) -> Loaded:
-    """Verify the artifact, open its scorer, build features and rule. Raises ArtifactError/ConfigError."""
-    from barsignal.engine.artifact import load_artifact
-    from barsignal.engine.select import load_scorer
-    from barsignal.features.normalize import Normalizer
-    from barsignal.features.online import OnlineFeatures
-
-    art = load_artifact(artifact_dir or cfg.model.artifact or None)
-    normalizer = Normalizer.from_dict(art.normalization)
-    window_len = art.window_shape[0]
-    scorer = load_scorer(art, cfg.engine.backend, cfg.model.variant, cfg.engine.intra_op_threads,
-                         cfg.engine.spinning, cache_dir)
+def hold_sighup() -> None:
+    """Catch SIGHUP until :meth:`Daemon.run` installs its handler: a reload requested during start-up
+    is remembered (and done once the daemon is up) instead of killing the process. A handler, not a
+    signal mask: the disposition is process-wide, so a native thread started earlier (a BLAS pool)
+    cannot take the signal with its default action."""
     try:
-        rule = SignalRule.from_config(cfg.signal, art.signal, rule_state)
-    except (KeyError, ValueError) as exc:
-        raise ConfigError(f"signal rule: {exc}") from None
-    features = OnlineFeatures(normalizer, window_len, cfg.features.gap_policy)
-    return Loaded(Model(features, scorer, rule, art.hash, art.horizon,
-                        {"backend": getattr(scorer, "name", "?"), "path": str(art.path)}),
-                  art, window_len, features.bars_to_fetch)
+        signal.signal(signal.SIGHUP, _early_hup)
+    except (AttributeError, OSError, ValueError):  # no SIGHUP here / not the main thread
+        pass
 
 
 class Daemon:
@@ -91,30 +91,42 @@ class Daemon:
         self.artifact_dir = artifact_dir
         self.symbol = cfg.feed.symbols[0].upper()
         self.state = state_dir(cfg)
-        cache = cfg.engine.engine_cache_dir
-        self.cache_dir = Path(cache) if cache else self.state / "engines"
+        self.cache_dir = engine_cache_dir(cfg, self.state)
         self._loaded = loaded
         self._source_factory = source_factory
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s
         self._clock = clock
-        self.metrics = DaemonMetrics()
+        self.metrics = DaemonMetrics(self.symbol, tuple(cfg.sinks.enabled))
         self.stop_event: asyncio.Event | None = None
         self.ready = False
         self.started_at = clock()
         self.ready_at: float | None = None
         self.ready_ns = 1 << 62  # perf_counter_ns() at READY
         self.last_bar_at: float | None = None
-        self.workers: list[SinkWorker] = []
         self.keep_warm: KeepWarm | None = None
         self.feed: Any = None
-        self.pipeline: Pipeline | None = None
-        self.outbox: Outbox | None = None
+        self.node: Node | None = None
         self.monitor: LiveMonitor | None = None
         self.server: MetricsServer | None = None
         self.tick_to_signal_s: list[float] = []  # bounded: only kept when record_latency is set
         self.record_latency = 0
         self._reloading = False
+        self._hup_pending = False  # a SIGHUP that arrived before the node was up
+        self._keep_warm_error_logged = False
+
+    # -- what the node holds (tests and benchmarks read these) ---------------------------------
+    @property
+    def pipeline(self) -> Pipeline | None:
+        return self.node.pipeline if self.node is not None else None
+
+    @property
+    def outbox(self) -> Outbox | None:
+        return self.node.outbox if self.node is not None else None
+
+    @property
+    def workers(self) -> list[SinkWorker]:
+        return self.node.workers if self.node is not None else []
 
     # -- health --------------------------------------------------------------------------------
     def stale_after_s(self) -> float:
@@ -126,89 +138,79 @@ class Daemon:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         age = None if self.last_bar_at is None else round(self._clock() - self.last_bar_at, 3)
-        ok = self.ready and self.data_fresh()
+        ok = self.ready and self.data_fresh() and getattr(self.feed, "ready", True)  # feed: warm-up done
         st = "ok" if ok else ("starting" if not self.ready else "stale")
         return ok, {"status": st, "ready": self.ready, "last_bar_age_s": age,
                     "last_signalled": self.pipeline.last_signalled if self.pipeline else None,
                     "outbox_depth": self.outbox.depth() if self.outbox else None}
 
     # -- run -----------------------------------------------------------------------------------
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        self.stop_event = asyncio.Event()
-        cfg = self.cfg
-        self.state.mkdir(parents=True, exist_ok=True)
-        enabled = tuple(dict.fromkeys(cfg.sinks.enabled))
-        sinks = [build_sink(n, section_for(n, cfg.sinks, cfg), self.state) for n in enabled]
-        self.outbox = ob = Outbox(self.state / "outbox.sqlite", enabled)
-        for stale in set(ob.sinks_pending()) - set(enabled):
-            log.warning("outbox_sink_dropped", sink=stale, pending=ob.depth(stale),
-                        hint="no longer in [sinks] enabled; its undelivered signals are forgotten")
-            ob.drop_sink(stale)
-        last = ob.last(self.symbol)
-        loaded = self._loaded or await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir,
-                                                         last[1] if last else None)
-        if last is not None:
-            loaded.model.rule.state = last[1]
-        keep = loaded.warmup_bars + 8
-        self.pipeline = pipe = Pipeline(self.symbol, loaded.model, last_signalled=last[0] if last else None,
-                                        min_bars=loaded.warmup_bars, keep_bars=keep)
-        self.monitor = LiveMonitor(loaded.model.horizon, cfg.metrics.monitor_window,
-                                   psi_warn=cfg.metrics.drift_psi_warn,
-                                   reference=_psi_reference(loaded.artifact))
-        self.metrics.set_model(loaded.model.artifact_hash, loaded.model.info.get("backend", "?"))
-        barlog = BarLog(self.state / "bars", self.symbol, last_signalled=last[0] if last else None,
-                        rule_state=last[1] if last else None)
-        warmup = loaded.warmup_bars
-        if last is not None:  # also re-signal bars missed while stopped (at most a day of them)
-            missed = int(time.time() * 1000 - last[0]) // 60_000
-            warmup += max(0, min(missed, MAX_CATCHUP_BARS))
-        self.feed = feed = self._make_source(warmup)
-        self.metrics.bind(feed_stats=lambda: getattr(feed, "stats", None), outbox_depth=ob.depth,
-                          last_bar_age=self._last_bar_age,
-                          gpu=nvml_reader() if loaded.model.info.get("backend") == "tensorrt" else None)
-        if cfg.metrics.enabled:
-            self.server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self.health)
-            try:
-                await self.server.start()
-            except OSError as exc:
-                where = f"{cfg.metrics.host}:{cfg.metrics.port}"
-                raise ConfigError(f"[metrics] cannot listen on {where} ({exc}); "
-                                  "change the port or set enabled = false") from None
-        for s in sinks:
-            try:
-                await s.start()
-            except Exception as exc:  # a sink that is down at start retries on send
-                log.warning("sink_start_failed", sink=s.name, error=f"{type(exc).__name__}: {exc}")
-            w = SinkWorker(s, ob, queue_size=cfg.sinks.queue_size,
-                           on_delivered=lambda n, _s: self.metrics.delivered.labels(sink=n).inc(),
-                           on_failed=lambda n, _e: self.metrics.sink_failures.labels(sink=n).inc())
-            w.start()
-            self.workers.append(w)
+    def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
         for sig_, handler in ((signal.SIGTERM, lambda: self.request_stop("TERM")),
                               (signal.SIGINT, lambda: self.request_stop("INT")), (signal.SIGHUP, self._on_hup)):
             try:
                 loop.add_signal_handler(sig_, handler)
             except (NotImplementedError, RuntimeError, ValueError):
                 pass
+        if _early_hups:  # caught during start-up: one reload once the node is up
+            self._hup_pending = True
+
+    async def run(self) -> int:
+        loop = asyncio.get_running_loop()
+        self.stop_event = asyncio.Event()
+        self._install_signal_handlers(loop)
+        cfg = self.cfg
+        # First, before anything touches the state: one daemon per state directory (exit 2 naming the
+        # holder's PID), and a read-only / unusable directory refused with one line.
+        self._state_lock = StateLock(self.state).acquire()
+        loaded = self._loaded or await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
+        self.monitor = LiveMonitor(loaded.model.horizon, cfg.metrics.monitor_window,
+                                   psi_warn=cfg.metrics.drift_psi_warn,
+                                   reference=_psi_reference(loaded.artifact))
+        if cfg.metrics.enabled:  # before the state directory is touched: a busy port changes nothing
+            self.server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self.health)
+            await _listen(self.server, f"{cfg.metrics.host}:{cfg.metrics.port}")
+        self.node = node = build_node(cfg, "live", loaded=loaded, artifact_dir=self.artifact_dir,
+                                      state=self.state, monitor=self.monitor)
+        self._set_model(loaded)
+        warmup = live_warmup_bars(node)
+        self.feed = feed = self._make_source(warmup)
+        self.metrics.bind(feed_stats=lambda: getattr(feed, "stats", None), outbox_depth=node.outbox.depth,
+                          dead_letters=node.outbox.dead_letter_stats,
+                          last_bar_age=self._last_bar_age, paper_equity=paper_equity_reader(node.sinks),
+                          gpu=nvml_reader() if loaded.model.info.get("backend") == "tensorrt" else None)
+        m = self.metrics
+        await node.start(on_delivered=lambda n, _s: m.delivered.labels(sink=n).inc(),
+                         on_failed=lambda n, _e: m.sink_failures.labels(sink=n).inc())
+        last = node.pipeline.last_signalled
         log.info("daemon_started", symbol=self.symbol, artifact=loaded.model.artifact_hash[:12],
-                 backend=loaded.model.info.get("backend"), sinks=list(enabled), state_dir=str(self.state),
-                 warmup_bars=warmup, last_signalled=last[0] if last else None)
+                 backend=loaded.model.info.get("backend"), artifact_from=loaded.source,
+                 sinks=[s.name for s in node.sinks], state_dir=str(self.state), warmup_bars=warmup,
+                 last_signalled=last)
+        if getattr(loaded.artifact, "informational", False):  # the artifact's policy stays flat
+            log.warning("signals_informational", artifact=loaded.model.artifact_hash[:12],
+                        reason=(loaded.artifact.signal.get("reason") or "no setting was net-positive after costs"),
+                        hint="every action is flat; p_up is for information, not a trading signal")
         self.notifier.status(f"warming up: fetching {warmup} bars")
-        consume = loop.create_task(self._consume(barlog), name="consume")
+        consume_task = loop.create_task(consume(node, feed, self._after_bar, ready_ns=lambda: self.ready_ns),
+                                        name="consume")
         watchdog = loop.create_task(self._watchdog(), name="watchdog")
         stop = loop.create_task(self.stop_event.wait(), name="stop")
+        background = [watchdog]
         if cfg.engine.keep_warm_ms > 0:
-            self.keep_warm = KeepWarm(self._warm_hot_path, cfg.engine.keep_warm_ms / 1e3)
+            self.keep_warm = KeepWarm(self._warm_hot_path, cfg.engine.keep_warm_ms / 1e3,
+                                      on_error=self._keep_warm_failed)
             self.metrics.bind(keep_warm=lambda: self.keep_warm)
-            background = (watchdog, loop.create_task(self.keep_warm.run(), name="keep_warm"))
-        else:
-            background = (watchdog,)
+            background.append(loop.create_task(self.keep_warm.run(), name="keep_warm"))
+        if self._hup_pending:
+            self._hup_pending = False
+            log.info("reload_requested_during_start", hint="SIGHUP arrived before the daemon was up")
+            self._on_hup()
         code = 0
         try:
-            done, _ = await asyncio.wait({consume, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if consume in done and consume.exception() is not None:
-                exc = consume.exception()
+            done, _ = await asyncio.wait({consume_task, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if consume_task in done and consume_task.exception() is not None:
+                exc = consume_task.exception()
                 if isinstance(exc, BarsignalError):
                     log.error("daemon_failed", error=str(exc))
                     code = exc.exit_code
@@ -221,25 +223,18 @@ class Daemon:
             stop_feed = getattr(feed, "stop", None)
             if stop_feed:
                 stop_feed()
-            for t in (consume, stop, *background):
+            for t in (consume_task, stop, *background):
                 t.cancel()
-            await asyncio.gather(consume, stop, *background, return_exceptions=True)
-            deadline = self._clock() + self.drain_timeout_s
-            drained = True
-            for w in self.workers:
-                drained &= await w.drain(max(0.0, deadline - self._clock()))
-            for w in self.workers:
-                try:
-                    await asyncio.wait_for(w.stop(), 5.0)
-                except Exception as exc:
-                    log.warning("sink_close_failed", sink=w.name, error=str(exc))
-            left = ob.depth()
-            log.info("daemon_stopped", drained=drained, outbox_depth=left, signals=pipe.stats.signals)
-            barlog.close()
-            ob.close()
+            await asyncio.gather(consume_task, stop, *background, return_exceptions=True)
+            drained = await node.drain(self.drain_timeout_s)
+            left = node.outbox.depth()
+            signals = node.pipeline.stats.signals
+            await node.close()
+            log.info("daemon_stopped", drained=drained, outbox_depth=left, signals=signals)
             if self.server is not None:
                 await self.server.stop()
             self.notifier.close()
+            self._state_lock.release()
         return code
 
     def _make_source(self, warmup: int) -> Any:
@@ -249,13 +244,22 @@ class Daemon:
 
         return FeedClient(self.cfg.feed, warmup_bars=warmup)
 
+    def _set_model(self, loaded: Loaded) -> None:
+        self.metrics.set_model(loaded.model.artifact_hash, loaded.model.info.get("backend", "?"),
+                               getattr(loaded.artifact, "metrics", None))
+
     def _warm_hot_path(self) -> None:
         """Keep-warm: rehearse the pipeline (features on a copy, the scorer) and read the outbox's
         newest row, discarding all of it. Nothing a signal depends on changes."""
-        if self.pipeline is not None:
-            self.pipeline.rehearse()
-        if self.outbox is not None:
-            self.outbox.touch()
+        if self.node is not None:
+            self.node.pipeline.rehearse()
+            self.node.outbox.touch()
+
+    def _keep_warm_failed(self, error: str) -> None:
+        if not self._keep_warm_error_logged:  # once: keep-warm stops at its first error
+            self._keep_warm_error_logged = True
+            log.warning("keep_warm_stopped", error=error,
+                        hint="signals are unaffected; latency after idle gaps is higher until a restart")
 
     def _last_bar_age(self) -> float:
         return (self._clock() - self.last_bar_at) if self.last_bar_at is not None else -1.0
@@ -266,42 +270,31 @@ class Daemon:
         if self.stop_event is not None:
             self.stop_event.set()
 
-    # -- the hot path --------------------------------------------------------------------------
-    async def _consume(self, barlog: BarLog) -> None:
-        pipe, ob, m, mon = self.pipeline, self.outbox, self.metrics, self.monitor
-        assert pipe is not None and ob is not None and mon is not None
-        stats = getattr(self.feed, "stats", None)
-        perf = time.perf_counter_ns
-        async for bar in self.feed:
-            recv_ns = stats.last_recv_ns if (stats is not None and bar.source == "ws") else None
-            if recv_ns is not None and recv_ns < self.ready_ns:
-                recv_ns = None  # received during warm-up: queued behind the REST fetch, not a live tick
-            self.last_bar_at = self._clock()
-            barlog.record(bar)
-            mon.observe_bar(bar.open_time, bar.close)
-            sig = pipe.process(bar, recv_ns)
-            if sig is not None:
-                seq = ob.add(sig, pipe.rule_state)
-                if seq is not None:
-                    for w in self.workers:
-                        w.offer(seq, sig)
-                t_end = perf()
-                if recv_ns is not None:
-                    dt = (t_end - recv_ns) / 1e9
-                    m.tick_to_signal.observe(dt)
-                    if self.record_latency and len(self.tick_to_signal_s) < self.record_latency:
-                        self.tick_to_signal_s.append(dt)
-                m.scoring.observe(sig.latency_us["score"] / 1e6)
-                m.signals.labels(action=sig.action).inc()
+    # -- after each bar (the signal is already in the outbox and the sinks' queues) --------------
+    def _after_bar(self, bar: Bar, sig: Signal | None, recv_ns: int | None) -> None:
+        self.last_bar_at = self._clock()
+        node = self.node
+        assert node is not None
+        pipe = node.pipeline
+        if sig is not None:
+            m, mon = self.metrics, self.monitor
+            if recv_ns is not None:
+                dt = (time.perf_counter_ns() - recv_ns) / 1e9
+                m.tick_to_signal.observe(dt)
+                if self.record_latency and len(self.tick_to_signal_s) < self.record_latency:
+                    self.tick_to_signal_s.append(dt)
+            m.scoring.observe(sig.latency_us["score"] / 1e6)
+            m.signals.labels(action=sig.action).inc()
+            if mon is not None:
                 mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
                 if pipe.stats.signals % 10 == 0:
                     m.export_monitor(mon)
-            if recv_ns is not None and self.keep_warm is not None:
-                self.keep_warm.arrived(recv_ns / 1e9)
-            if not self.ready and (pipe.warm or sig is not None):
-                self._became_ready(bar.open_time)
-            elif self.ready and bar.source == "ws" and pipe.stats.bars % 10 == 0:
-                self.notifier.status(f"ok: last bar {bar.open_time}, {pipe.stats.signals} signals")
+        if recv_ns is not None and self.keep_warm is not None:
+            self.keep_warm.arrived(recv_ns / 1e9)
+        if not self.ready and (pipe.warm or sig is not None):
+            self._became_ready(bar.open_time)
+        elif self.ready and bar.source == "ws" and pipe.stats.bars % 10 == 0:
+            self.notifier.status(f"ok: last bar {bar.open_time}, {pipe.stats.signals} signals")
 
     def _became_ready(self, open_time: int) -> None:
         self.ready = True
@@ -323,49 +316,72 @@ class Daemon:
 
     # -- SIGHUP --------------------------------------------------------------------------------
     def _on_hup(self) -> None:
+        if self.node is None:
+            self._hup_pending = True  # reloaded once the node is up
+            return
         if self._reloading:
             log.info("reload_skipped", reason="a reload is in progress")
             return
+        self._reloading = True  # set now: a second SIGHUP before the task runs is skipped too
         asyncio.get_running_loop().create_task(self.reload(), name="reload")
 
     async def reload(self) -> bool:
-        """Re-read config and artifact; swap atomically; keep the old model on any error."""
-        pipe = self.pipeline
-        assert pipe is not None
+        """Re-read config and artifact; swap between two bars; keep the old model on any error."""
+        node = self.node
+        assert node is not None
         self._reloading = True
         self.notifier.reloading()
         try:
             new_cfg = cfgmod.load(self.config_path) if self.config_path else self.cfg
-            for sec in ("feed", "sinks", "metrics", "state", "logging", "paper"):
+            for sec in RESTART_SECTIONS:
                 if getattr(new_cfg, sec) != getattr(self.cfg, sec):
                     log.warning("reload_needs_restart", section=sec, hint="applied at the next start")
-            snapshot = list(pipe.recent)
-            loaded = await asyncio.to_thread(load_model, new_cfg, self.artifact_dir, self.cache_dir)
-            await asyncio.to_thread(warm, loaded.model.features, snapshot)
-            # bars that arrived while loading (none are lost: we are back on the loop)
-            last = snapshot[-1].open_time if snapshot else None
-            ready = warm(loaded.model.features,
-                         [b for b in pipe.recent if last is None or b.open_time > last])
-            if not ready and pipe.warm:
-                raise ArtifactError("the new model's features did not warm up on the recent bars "
-                                    f"({len(pipe.recent)} kept; it needs {loaded.warmup_bars})")
-            loaded.model.rule.state = pipe.rule_state  # the rule resumes where it was
-            old = pipe.model.artifact_hash
-            pipe.swap(loaded.model)  # one assignment: the next bar uses the new model
+            if self.artifact_dir and new_cfg.model.artifact and \
+                    Path(new_cfg.model.artifact).resolve() != Path(self.artifact_dir).resolve():
+                log.warning("reload_artifact_from_flag", artifact=self.artifact_dir,
+                            config_artifact=new_cfg.model.artifact,
+                            hint="--artifact given at start wins over [model] artifact; restart without "
+                            "--artifact to follow the config")
+            loaded, swapped = await node.reload(new_cfg)
             self.cfg = msgspec.structs.replace(self.cfg, signal=new_cfg.signal, model=new_cfg.model,
                                                engine=new_cfg.engine, features=new_cfg.features)
-            self.metrics.set_model(loaded.model.artifact_hash, loaded.model.info.get("backend", "?"))
+            self._set_model(loaded)
             self.metrics.reloads.labels(result="ok").inc()
-            log.info("reloaded", old_artifact=old[:12], new_artifact=loaded.model.artifact_hash[:12],
-                     backend=loaded.model.info.get("backend"))
+            log.info("reloaded", old_artifact=swapped.old_artifact[:12], new_artifact=swapped.new_artifact[:12],
+                     changed=swapped.old_artifact != swapped.new_artifact, artifact_from=loaded.source,
+                     path=loaded.model.info.get("path"), backend=loaded.model.info.get("backend"),
+                     warm_bars=swapped.warm_bars)
             return True
         except (BarsignalError, OSError, ValueError) as exc:
             self.metrics.reloads.labels(result="refused").inc()
-            log.error("reload_refused", error=str(exc), kept_artifact=pipe.model.artifact_hash[:12])
+            log.error("reload_refused", error=str(exc), kept_artifact=node.pipeline.model.artifact_hash[:12])
             return False
         finally:
             self._reloading = False
             self.notifier.notify("READY=1", "STATUS=reload finished")
+
+
+METRICS_BUSY_RETRY_S = 5.0  # a port still held by the previous process (a quick restart) frees up
+
+
+async def _listen(server: MetricsServer, where: str) -> None:
+    """Start the metrics server. A busy port is retried for ``METRICS_BUSY_RETRY_S``, then exit 1
+    (a runtime failure: systemd's Restart= tries again later); any other error (a bad host, a
+    privileged port) is a config error, exit 2."""
+    deadline = time.monotonic() + METRICS_BUSY_RETRY_S
+    while True:
+        try:
+            await server.start()
+            return
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise ConfigError(f"[metrics] cannot listen on {where} ({exc}); "
+                                  "change the port or set enabled = false") from None
+            if time.monotonic() >= deadline:
+                raise BarsignalError(f"[metrics] port {where} is in use (EADDRINUSE) after "
+                                     f"{METRICS_BUSY_RETRY_S:g} s of retries; another process holds it: stop "
+                                     "it or change the port (exit 1: systemd restarts this unit)") from None
+            await asyncio.sleep(0.25)
 
 
 def _psi_reference(artifact: Any) -> dict[str, Any] | None:

@@ -1,8 +1,10 @@
 """The record of every closed bar the live daemon used, with its source (ws or rest).
 
 One JSON line per bar, ``{"open_time", "open", "high", "low", "close", "volume", "source"}``,
-after a first line ``{"run_start": {"run", "last_signalled", "rule_state"}}``: the state the run
-started from (restored from the outbox). Each daemon run writes its own files,
+after a first line ``{"run_start": {"run", "last_signalled", "rule_state", "artifact"}}``: the state
+the run started from (restored from the outbox) and the artifact (hash, path) it started with. A
+SIGHUP model swap writes ``{"swap": {"artifact", "path", "rule_state", "first_bar", "warm_from",
+"warm_bars"}}`` just before the first bar the new model scored (``record_event``). Each daemon run writes its own files,
 ``<state>/bars/<SYMBOL>-<RUN>-<YYYY-MM-DD>.jsonl`` (RUN is the run's UTC start to the millisecond,
 ``YYYYmmddTHHMMSSmmmZ``; a new file each day: bounded files, old ones can be removed). A run's bars
 start with its warm-up (REST), so a restart re-records some bars: replay each run
@@ -18,12 +20,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import orjson
 
+from barsignal.daemon.writer import WriterThread
 from barsignal.engine.signal import RuleState
 from barsignal.errors import DataError
 from barsignal.features.bar import Bar
+from barsignal.log import get_logger
+
+log = get_logger(__name__)
 
 _KEYS = ("open_time", "open", "high", "low", "close", "volume", "source")
 
@@ -47,38 +54,131 @@ class Run:
     last_signalled: int | None = None  # the outbox's last signalled bar at start (None: first run)
     rule_state: RuleState | None = None  # the rule state restored with it
     has_start: bool = False  # a run_start line was read (records from before it have none)
+    # other records (e.g. {"swap": {...}}), each with the number of this run's bars before it
+    records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    artifact: dict | None = None  # {"hash", "path"} the run started with (None in older records)
+    swaps: list[Swap] = field(default_factory=list)  # model swaps, in order
+
+
+@dataclass
+class Swap:
+    """A SIGHUP model swap: from bar index ``at`` of its run on, the new artifact scores."""
+
+    at: int  # index in Run.bars of the first bar the new model applied to
+    artifact: str  # the new artifact's hash
+    path: str | None
+    rule_state: RuleState | None  # the rule state carried over
+    first_bar: int | None
+    warm_from: int | None  # open time of the first bar the new features were warmed on
+    warm_bars: int
 
 
 class BarLog:
-    """Appends bars to this run's file for the bar's day. One ``write`` per bar, no fsync: a crash
-    loses at most the OS buffer, and the restart re-fetches those bars over REST anyway."""
+    """Appends bars (and other records: ``append``) to this run's file for the bar's day.
+
+    The caller never waits on the disk: ``record`` and ``append`` queue one line on a writer thread
+    (the outbox's, when given: a bar is then written before any signal committed after it). One
+    ``write`` per line, no fsync: a crash loses at most the OS buffer and what was queued, and the
+    restart re-fetches those bars over REST anyway. A failed write (disk full) is truncated back
+    to the last whole line and retried by the writer thread."""
 
     def __init__(self, directory: str | Path, symbol: str, run_id: str | None = None, *,
-                 last_signalled: int | None = None, rule_state: RuleState | None = None) -> None:
+                 last_signalled: int | None = None, rule_state: RuleState | None = None,
+                 artifact: dict[str, Any] | None = None, writer: WriterThread | None = None) -> None:
         self.dir = Path(directory)
         self.symbol = symbol
         self.run_id = run_id or new_run_id()
-        self._header = orjson.dumps({"run_start": {
-            "run": self.run_id, "last_signalled": last_signalled,
-            "rule_state": rule_state.to_dict() if rule_state is not None else None}}) + b"\n"
+        start: dict[str, Any] = {"run": self.run_id, "last_signalled": last_signalled,
+                                 "rule_state": rule_state.to_dict() if rule_state is not None else None}
+        if artifact is not None:
+            start["artifact"] = artifact
+        self._header = orjson.dumps({"run_start": start}) + b"\n"
+        self._own_writer = writer is None
+        self.writer = writer or WriterThread("barlog")
         self._day = ""
         self._fd: int | None = None
-        self.written = 0
+        self._size = 0
+        self.written = 0  # lines queued (bars)
+        self.records = 0  # other records queued
 
     def record(self, bar: Bar) -> None:
-        day = _day(bar.open_time)
-        if day != self._day:
-            self.close()
-            self.dir.mkdir(parents=True, exist_ok=True)
-            path = self.dir / f"{self.symbol}-{self.run_id}-{day}.jsonl"
-            self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-            self._day = day
-            os.write(self._fd, self._header)
-        assert self._fd is not None
-        os.write(self._fd, orjson.dumps({k: getattr(bar, k) for k in _KEYS}) + b"\n")
+        """Queue ``bar``'s line (returns at once)."""
+        self.writer.submit(self._write_bar, bar, sql=False)
         self.written += 1
 
-    def close(self) -> None:
+    def append(self, record: dict[str, Any], open_time: int | None = None) -> None:
+        """Queue any other record (one JSON object with one top-level key naming its kind, e.g.
+        ``{"swap": {...}}``), in order with the bars, into the file of ``open_time``'s day (default:
+        the current file, else today)."""
+        if len(record) != 1 or any(k in record for k in ("run_start", *_KEYS)):
+            raise ValueError("a bar-record record is one object with one key naming its kind")
+        self.writer.submit(self._write_record, orjson.dumps(record) + b"\n", open_time, sql=False)
+        self.records += 1
+
+    def record_event(self, kind: str, payload: dict[str, Any], open_time: int | None = None) -> None:
+        """``append({kind: payload}, open_time)``: e.g. a SIGHUP ``swap`` before its first bar."""
+        self.append({kind: payload}, open_time)
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued line is written."""
+        return self.writer.flush(timeout)
+
+    def close(self, timeout: float = 10.0) -> bool:
+        """Write what is queued (up to ``timeout``), close the file (and the writer thread when it is
+        this log's own). False when lines could not be written (a full disk): they are lost, and the
+        next start's warm-up re-fetches those bars."""
+        try:
+            self.writer.call(self._close_fd, sql=False, timeout=timeout)
+        except TimeoutError:
+            log.error("barlog_unsaved", queued=self.writer.backlog(), cause=self.writer.failing,
+                      hint="the last bars are not in the bar record; parity of this run stops before them")
+            if self._own_writer:
+                self.writer.close(0.5)
+            return False
+        if self._own_writer:
+            self.writer.close()
+        return True
+
+    # -- the writer thread ---------------------------------------------------------------------
+    def _write_bar(self, bar: Bar) -> None:
+        self._open_day(_day(bar.open_time))
+        self._write(orjson.dumps({k: getattr(bar, k) for k in _KEYS}) + b"\n")
+
+    def _write_record(self, line: bytes, open_time: int | None) -> None:
+        if open_time is not None:
+            self._open_day(_day(open_time))
+        elif self._fd is None:
+            self._open_day(_day(time.time_ns() // 1_000_000))
+        self._write(line)
+
+    def _open_day(self, day: str) -> None:
+        if day == self._day:
+            return
+        self._close_fd()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        path = self.dir / f"{self.symbol}-{self.run_id}-{day}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        self._fd, self._size = fd, os.fstat(fd).st_size
+        if self._size == 0:
+            self._write(self._header)
+        self._day = day
+
+    def _write(self, data: bytes) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        try:
+            while view:
+                n = os.write(self._fd, view)
+                view = view[n:]
+        except OSError:
+            try:  # no torn line: back to the last whole one, the writer thread retries this one
+                os.ftruncate(self._fd, self._size)
+            except OSError:
+                pass
+            raise
+        self._size += len(data)
+
+    def _close_fd(self) -> None:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -115,6 +215,17 @@ def _read_file(f: Path, run: Run) -> None:
                     run.last_signalled = int(ls) if ls is not None else None
                     rs = h.get("rule_state")
                     run.rule_state = RuleState.from_dict(rs) if rs is not None else None
+                    run.artifact = h.get("artifact")
+                continue
+            if "swap" in d:
+                w = d["swap"]
+                rs = w.get("rule_state")
+                run.swaps.append(Swap(len(run.bars), str(w["artifact"]), w.get("path"),
+                                      RuleState.from_dict(rs) if rs is not None else None, w.get("first_bar"),
+                                      w.get("warm_from"), int(w.get("warm_bars") or 0)))
+                continue
+            if "open_time" not in d and len(d) == 1:
+                run.records.append((len(run.bars), d))
                 continue
             run.bars.append(Bar(int(d["open_time"]), float(d["open"]), float(d["high"]), float(d["low"]),
                                 float(d["close"]), float(d["volume"]), str(d["source"])))

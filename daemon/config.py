@@ -9,6 +9,7 @@ Each component receives its own section, never the whole config.
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Literal
 
 import msgspec
@@ -26,6 +27,13 @@ class _Section(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     pass
 
 
+# Binance symbol ids: BTCUSDT, ETHBTC, 1000SATSUSDT (upper case; lower case is accepted and upper-cased).
+SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+# A rollover opens a new connection; at most one per 5 s uses a fifth of Binance's 300 connection
+# attempts per 5 minutes per IP even if every rollover happened back to back.
+MIN_ROLLOVER_S = 5.0
+
+
 class FeedConfig(_Section):
     symbols: tuple[str, ...] = ("BTCUSDT",)
     interval: Literal["1m"] = "1m"
@@ -37,9 +45,18 @@ class FeedConfig(_Section):
     reconnect_min_s: Pos = 1.0
     reconnect_max_s: Pos = 60.0
     healthy_reset_s: Pos = 60.0  # a connection up this long resets the backoff
-    rollover_s: Pos = 23 * 3600.0  # reconnect before Binance's 24 h limit
+    rollover_s: Annotated[float, Meta(ge=MIN_ROLLOVER_S)] = 23 * 3600.0  # reconnect before Binance's 24 h limit
     rest_timeout_s: Pos = 10.0
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 65536
+
+    def __post_init__(self) -> None:
+        for s in self.symbols:
+            if not SYMBOL_RE.match(s.upper()):
+                raise ValueError(f"[feed] symbols: {s!r} is not a Binance symbol id (2 to 20 letters and digits, "
+                                 "no separator, e.g. \"BTCUSDT\"); fix [feed] symbols")
+        if self.reconnect_max_s < self.reconnect_min_s:
+            raise ValueError(f"[feed] reconnect_max_s = {self.reconnect_max_s:g} is below reconnect_min_s = "
+                             f"{self.reconnect_min_s:g}; make reconnect_max_s >= reconnect_min_s")
 
 
 class FeaturesConfig(_Section):

@@ -10,7 +10,10 @@ arrives or ``lead`` after it, this task busy-polls the event loop and calls ``wa
 copy, the scorer on the current window) and reads the outbox, discarding all of it.
 
 The cost is CPU: about ``2 * lead`` of one core per bar at most (live 1-minute bars with the
-default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A rehearsal in
+default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A rehearsal that
+raises stops keep-warm (the real path reports its own trouble): ``errors`` counts it
+(``barsignal_keep_warm_errors_total``) and ``on_error`` is called once with the error (the daemon
+logs it). A rehearsal in
 progress when the frame arrives delays it by at most one rehearsal. Nothing here touches the
 features, the rule or any state a signal depends on: signals are identical with it on or off.
 """
@@ -29,7 +32,8 @@ class KeepWarm:
     """``arrived()`` after each live closed bar; ``run()`` as a task. ``warm()`` is one rehearsal."""
 
     def __init__(self, warm: Callable[[], None], lead_s: float, period_s: float = 250e-6,
-                 clock: Callable[[], float] = time.perf_counter, history: int = 8) -> None:
+                 clock: Callable[[], float] = time.perf_counter, history: int = 8,
+                 on_error: Callable[[str], None] | None = None) -> None:
         self.warm = warm
         self.lead_s = lead_s
         self.period_s = period_s
@@ -38,6 +42,8 @@ class KeepWarm:
         self.busy_s = 0.0  # time spent busy-polling (the CPU it costs)
         self.calls = 0  # warm() calls (rehearsals) run
         self.error: str | None = None  # set when a warm() call failed: keep-warm stops
+        self.errors = 0  # warm() calls that raised
+        self.on_error = on_error
         self._seen = 0
         self._wake = asyncio.Event()
 
@@ -86,6 +92,9 @@ class KeepWarm:
                     self.calls += 1
                 except Exception as exc:  # the real path reports its own trouble; stop warming
                     self.error = f"{type(exc).__name__}: {exc}"
+                    self.errors += 1
+                    if self.on_error is not None:
+                        self.on_error(self.error)
                     return
                 next_warm = self.clock() + self.period_s
             await asyncio.sleep(0)  # lets the loop poll the socket with a zero timeout

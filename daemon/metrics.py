@@ -17,15 +17,17 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from barsignal.engine.metrics import roc_auc
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -35,6 +37,13 @@ LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 
 # Standard-normal deciles: equal-probability bins for a mean-0 / std-1 training feature.
 _NORMAL_DECILES = np.array([-1.2815516, -0.8416212, -0.5244005, -0.2533471, 0.0,
                             0.2533471, 0.5244005, 0.8416212, 1.2815516])
+LIVE_SCORES = ("accuracy", "brier", "ece", "auc", "n")
+SIGNAL_ACTIONS = ("long", "short", "flat")  # engine.signal.ACTIONS: every series exists from the start
+RELOAD_RESULTS = ("ok", "refused")
+# Manifest ``metrics`` keys read as the artifact's own figure for a live score, first found wins
+# (validation first; ``barsignal_artifact_score{key}`` says which one was used).
+REFERENCE_KEYS = {"auc": ("val_auc", "validation_auc", "val_roc_auc", "auc", "roc_auc", "test_auc"),
+                  "brier": ("val_brier", "validation_brier", "brier", "test_brier")}
 
 
 def psi(actual: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> float:
@@ -64,9 +73,14 @@ class LiveMonitor:
         if "edges" in ref and "fractions" in ref:
             self.edges = [np.asarray(e, np.float64) for e in ref["edges"]]
             self.fractions = [np.asarray(f, np.float64) for f in ref["fractions"]]
+            self.psi_source = "artifact training bins"
         else:
             self.edges = [_NORMAL_DECILES] * n_features
             self.fractions = [np.full(10, 0.1)] * n_features
+            self.psi_source = "standard-normal deciles"
+            log.info("psi_reference_fallback", reference=self.psi_source,
+                     hint="the artifact ships no training bins (features.psi_reference): drift PSI is "
+                          "measured against N(0, 1) deciles; rebuild the artifact for training bins")
         self.psi_values = np.zeros(n_features)
         self._since_psi = 0
         self.drift_warned = False
@@ -117,14 +131,41 @@ class LiveMonitor:
             if m.any():
                 ece += m.mean() * abs(p[m].mean() - y[m].mean())
         return {"accuracy": float(((p >= 0.5) == (y == 1)).mean()), "brier": float(((p - y) ** 2).mean()),
-                "ece": float(ece), "n": float(len(p))}
+                "ece": float(ece), "auc": roc_auc(y, p), "n": float(len(p))}
+
+
+def reference_scores(metrics: Mapping[str, Any] | None) -> dict[str, tuple[str, float]]:
+    """The artifact's own figures for the live scores: ``{score: (manifest key, value)}``.
+
+    Looks at the manifest's ``metrics`` (and a nested ``validation``/``val`` dict, whose keys win)
+    for the first key of :data:`REFERENCE_KEYS` holding a finite number."""
+    m = dict(metrics or {})
+    nested = next((m[k] for k in ("validation", "val") if isinstance(m.get(k), Mapping)), {})
+    out: dict[str, tuple[str, float]] = {}
+    for score, keys in REFERENCE_KEYS.items():
+        for where, d in (("validation.", nested), ("", m)):
+            hit = next(((k, d[k]) for k in (*keys, score) if isinstance(d.get(k), int | float)
+                        and not isinstance(d.get(k), bool) and math.isfinite(d[k])), None)
+            if hit is not None:
+                out[score] = (where + hit[0], float(hit[1]))
+                break
+    return out
 
 
 class DaemonMetrics:
-    """Every metric the daemon exports, on a private registry."""
+    """Every metric the daemon exports, on a private registry.
 
-    def __init__(self) -> None:
+    Labelled series an alert watches are created at start (zero or NaN), so that "no signal",
+    "reload refused" or "sink failing" rules see a series from the first scrape on. ``symbol`` labels
+    the per-symbol gauges; ``sinks`` are the enabled sinks. The deploy/ rules and dashboard query
+    these names (tests/deploy checks each one has samples on a real Prometheus).
+    """
+
+    def __init__(self, symbol: str = "", sinks: Sequence[str] = ()) -> None:
         self.registry = r = CollectorRegistry()
+        self.symbol = symbol
+        self.sinks = tuple(dict.fromkeys(sinks))
+        ProcessCollector(registry=r)  # process_start_time_seconds (restarts), CPU, RSS, fds
         self.signals = Counter("barsignal_signals", "signals emitted, by action", ["action"], registry=r)
         self.delivered = Counter("barsignal_sink_delivered", "signals delivered, by sink", ["sink"],
                                  registry=r)
@@ -133,15 +174,31 @@ class DaemonMetrics:
         self.tick_to_signal = Histogram("barsignal_tick_to_signal_seconds",
                                         "closing frame received -> signal in the outbox and queues",
                                         buckets=LATENCY_BUCKETS, registry=r)
-        self.scoring = Histogram("barsignal_scoring_seconds", "model scoring time per window",
-                                 buckets=LATENCY_BUCKETS, registry=r)
+        self.scoring_by_backend = Histogram("barsignal_scoring_seconds", "model scoring time per window, by backend",
+                                            ["backend"], buckets=LATENCY_BUCKETS, registry=r)
+        self.scoring: Any = None  # the child of the backend in use (set_model); .observe(seconds)
         self.reloads = Counter("barsignal_reloads", "SIGHUP reloads, by result", ["result"], registry=r)
         self.live = Gauge("barsignal_live_model", "rolling live model scores once h bars passed",
                           ["score"], registry=r)
         self.psi = Gauge("barsignal_feature_psi", "feature drift: PSI vs training distribution", ["feature"],
                          registry=r)
         self.psi_max = Gauge("barsignal_feature_psi_max", "largest feature PSI", registry=r)
+        self.psi_bound = Gauge("barsignal_feature_psi_bound", "the PSI drift bound ([metrics] drift_psi_warn)",
+                               registry=r)
         self.info = Gauge("barsignal_artifact_info", "the model in use", ["artifact", "backend"], registry=r)
+        self.reference = Gauge("barsignal_artifact_score", "the artifact's own figure for a live score "
+                               "(manifest metrics; key names which)", ["score", "key"], registry=r)
+        for a in SIGNAL_ACTIONS:
+            self.signals.labels(action=a)
+        for res in RELOAD_RESULTS:
+            self.reloads.labels(result=res)
+        for s in dict.fromkeys(sinks):
+            self.delivered.labels(sink=s)
+            self.sink_failures.labels(sink=s)
+        for k in LIVE_SCORES:
+            self.live.labels(score=k).set(0.0 if k == "n" else math.nan)
+        self.psi_max.set(math.nan)
+        self.psi_bound.set(math.nan)
         self._sources: dict[str, Callable[[], Any]] = {}
         r.register(_Collector(self))
 
@@ -149,16 +206,24 @@ class DaemonMetrics:
              outbox_depth: Callable[[], int] | None = None,
              last_bar_age: Callable[[], float] | None = None,
              gpu: Callable[[], dict[str, float]] | None = None,
-             keep_warm: Callable[[], Any] | None = None) -> None:
-        """Read these at scrape time."""
+             keep_warm: Callable[[], Any] | None = None,
+             paper_equity: Callable[[], dict[str, float]] | None = None,
+             dead_letters: Callable[[], tuple[dict[str, int], dict[str, int]]] | None = None) -> None:
+        """Read these at scrape time. ``dead_letters``: (dead letters made by this process, dead letters
+        kept in the outbox), by sink."""
         for k, v in (("feed", feed_stats), ("outbox", outbox_depth), ("age", last_bar_age), ("gpu", gpu),
-                     ("keep_warm", keep_warm)):
+                     ("keep_warm", keep_warm), ("paper", paper_equity), ("dead", dead_letters)):
             if v is not None:
                 self._sources[k] = v
 
-    def set_model(self, artifact: str, backend: str) -> None:
+    def set_model(self, artifact: str, backend: str, metrics: Mapping[str, Any] | None = None) -> None:
+        """The model in use: its hash and backend, and its own figures (manifest ``metrics``)."""
         self.info.clear()
         self.info.labels(artifact=artifact[:16], backend=backend).set(1)
+        self.scoring = self.scoring_by_backend.labels(backend=backend)
+        self.reference.clear()
+        for score, (key, value) in reference_scores(metrics).items():
+            self.reference.labels(score=score, key=key).set(value)
 
     def export_monitor(self, mon: LiveMonitor) -> None:
         for k, v in mon.scores().items():
@@ -166,6 +231,7 @@ class DaemonMetrics:
         for j, v in enumerate(mon.psi_values.tolist()):
             self.psi.labels(feature=str(j)).set(v)
         self.psi_max.set(float(mon.psi_values.max()) if len(mon.psi_values) else 0.0)
+        self.psi_bound.set(mon.psi_warn)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -194,22 +260,54 @@ class _Collector:
                 ("barsignal_dropped_frames", "duplicate, late or out-of-order closed klines dropped",
                  st.duplicates + st.late),
                 ("barsignal_rest_failures", "failed REST requests", st.rest_failures),
+                ("barsignal_future_bars", "closed bars dated after the exchange's current minute, dropped",
+                 getattr(st, "future_bars", 0)),
+                ("barsignal_invalid_bars", "bars not finite, consistent and in range (ws or REST), dropped",
+                 getattr(st, "invalid_bars", 0)),
+                ("barsignal_rest_rate_limited", "REST answers 429 (rate limited) or 418 (IP banned)",
+                 getattr(st, "rest_rate_limited", 0)),
             ):
                 yield CounterMetricFamily(name, doc, value=val)
+            banned = getattr(st, "rest_banned_until", 0.0)
+            yield GaugeMetricFamily("barsignal_rest_ban_remaining_seconds",
+                                    "seconds until a REST 418 ban ends (0: not banned)",
+                                    value=max(0.0, banned - time.time()) if banned else 0.0)
             yield GaugeMetricFamily("barsignal_feed_connected", "websocket connected",
                                     value=int(st.connected))
         if "outbox" in src:
             yield GaugeMetricFamily("barsignal_outbox_depth", "signals not yet delivered to every sink",
                                     value=src["outbox"]())
+        if "dead" in src:
+            made, kept = src["dead"]()
+            total = CounterMetricFamily("barsignal_sink_dead_letters", "signals a sink's receiver refused "
+                                        "for good (kept in the outbox as dead letters), by sink", labels=["sink"])
+            gauge = GaugeMetricFamily("barsignal_outbox_dead_letters", "dead letters kept in the outbox "
+                                      "(`barsignal outbox redrive` sends them again), by sink", labels=["sink"])
+            for sink in dict.fromkeys((*self.m.sinks, *made, *kept)):
+                total.add_metric([sink], made.get(sink, 0))
+                gauge.add_metric([sink], kept.get(sink, 0))
+            yield total
+            yield gauge
         if "age" in src:
-            yield GaugeMetricFamily("barsignal_last_bar_age_seconds", "seconds since the last closed bar",
-                                    value=src["age"]())
+            age = GaugeMetricFamily("barsignal_last_bar_age_seconds",
+                                    "seconds since the last closed bar (-1: none yet)", labels=["symbol"])
+            age.add_metric([self.m.symbol], src["age"]())
+            yield age
+        if "paper" in src:
+            eq = GaugeMetricFamily("barsignal_paper_equity", "paper account equity (quote currency) at the "
+                                   "last bar's close", labels=["symbol"])
+            for sym, v in src["paper"]().items():
+                eq.add_metric([sym], v)
+            yield eq
         if "keep_warm" in src:
             kw = src["keep_warm"]()
             yield CounterMetricFamily("barsignal_keep_warm_busy_seconds",
                                       "CPU seconds spent busy-polling around expected bars", value=kw.busy_s)
             yield CounterMetricFamily("barsignal_keep_warm_rehearsals", "hot-path rehearsals run to keep it warm",
                                       value=kw.calls)
+            yield CounterMetricFamily("barsignal_keep_warm_errors", "keep-warm rehearsals that failed "
+                                      "(keep-warm stops at the first; signals are unaffected)",
+                                      value=getattr(kw, "errors", 0))
         if "gpu" in src:
             try:
                 g = src["gpu"]()
@@ -218,6 +316,26 @@ class _Collector:
                 g = {}
             for k, v in g.items():
                 yield GaugeMetricFamily(f"barsignal_gpu_{k}", f"GPU {k} (NVML)", value=v)
+
+
+def paper_equity_reader(sinks: Iterable[Any]) -> Callable[[], dict[str, float]] | None:
+    """A reader of the paper sink's equity per symbol (its ledger's in-memory accounts), or None."""
+    paper = next((s for s in sinks if getattr(s, "name", "") == "paper"), None)
+    if paper is None:
+        return None
+
+    def read() -> dict[str, float]:
+        ledger = getattr(paper, "ledger", None)
+        if ledger is None:
+            return {}
+        out = {}
+        for sym in ledger.symbols():
+            a = ledger.account(sym)
+            if a is not None and a.bars:
+                out[sym] = float(a.equity(a.last_close))
+        return out
+
+    return read
 
 
 def nvml_reader(index: int = 0) -> Callable[[], dict[str, float]] | None:

@@ -1,13 +1,14 @@
 """The one pipeline: bar -> online features -> window -> scorer -> signal rule -> ``Signal``.
 
-Live (``barsignal run``) and replay (``barsignal replay``) plug different bar sources into the
-same :class:`Pipeline`. ``process(bar)`` handles one bar; ``process_many(bars)`` handles a batch of
-bars by scoring their windows in batches with ``Scorer.score_batch`` and then applying the rule in
-bar order, which gives the same signals as calling ``process`` bar by bar. ``score_batch`` is used
-only when the scorer declares ``batch_exact = True``; otherwise each window goes through the same
-``score`` call as live: ONNX Runtime's dynamic-batch graph differs from the batch-1 graph by up to
-1 ulp (measured: 13 of 64 windows at N=8), which would break float32-exact parity.
-``tests/daemon/test_pipeline.py`` checks bit equality.
+Live (``barsignal run``), replay and parity plug different bar sources into the same
+:class:`Pipeline` (assembled by ``barsignal.node.build_node``). ``process(bar)`` handles one bar,
+always through the scorer's batch-1 ``score``: there is no batched path (ONNX Runtime's
+dynamic-batch graph differs from the batch-1 graph by up to 1 ulp, which would break float32-exact
+parity, and a loop over ``score`` is what replay runs anyway).
+
+A bar the features refuse (not finite, inconsistent, out of range, off the interval grid:
+``BadMessage``) is dropped and counted (``stats.invalid``) without touching any state, live and in
+replay alike, so parity skips it exactly as live did.
 
 No I/O and no sockets here: the clock is injected (only for the latency breakdown, never for a
 decision). Bars at or before ``last_signalled`` (a restart's warm-up) only feed the features: they
@@ -27,6 +28,7 @@ import numpy as np
 
 from barsignal.engine.scorer import Scorer
 from barsignal.engine.signal import RuleState, Signal, SignalRule, signal_id
+from barsignal.errors import BadMessage
 from barsignal.features.bar import Bar
 
 
@@ -57,6 +59,7 @@ class PipelineStats:
     warmup: int = 0  # bars with no window yet
     already_signalled: int = 0  # restart warm-up bars not signalled again
     out_of_order: int = 0  # bars not after the last one, ignored
+    invalid: int = 0  # bars the features refused (BadMessage), dropped
     signals: int = 0
 
 
@@ -101,41 +104,6 @@ class Pipeline:
         )
         return sig
 
-    # -- replay: many bars, batched scoring -----------------------------------------------------
-    def process_many(self, bars: Iterable[Bar], batch: int = 4096) -> list[Signal]:
-        """Process bars in order, scoring windows ``batch`` at a time (``score_batch`` only for a
-        ``batch_exact`` scorer). Same signals as ``process`` bar by bar (latency fields are empty)."""
-        out: list[Signal] = []
-        pend_bars: list[Bar] = []
-        pend_windows: list[np.ndarray] = []
-
-        def flush() -> None:
-            if not pend_bars:
-                return
-            scorer = self.model.scorer
-            if getattr(scorer, "batch_exact", False):
-                scores = np.asarray(scorer.score_batch(np.stack(pend_windows)), dtype=np.float32)
-            else:
-                scores = np.array([scorer.score(w) for w in pend_windows], dtype=np.float32)
-            if scores.shape != (len(pend_bars),):
-                raise ValueError(f"scorer {self.model.scorer.name}: score_batch returned shape "
-                                 f"{scores.shape}, expected ({len(pend_bars)},)")
-            for b, p in zip(pend_bars, scores.tolist(), strict=True):
-                out.append(self._signal(b, float(np.float32(p))))
-            pend_bars.clear()
-            pend_windows.clear()
-
-        for bar in bars:
-            window = self._features(bar)
-            if window is None:
-                continue
-            pend_bars.append(bar)
-            pend_windows.append(np.array(window, dtype=np.float32, copy=True))  # views get overwritten
-            if len(pend_bars) >= batch:
-                flush()
-        flush()
-        return out
-
     # -- keep-warm ------------------------------------------------------------------------------
     def rehearse(self) -> None:
         """Run the hot path on throwaway state and discard the results: the features on a copy (made
@@ -159,8 +127,10 @@ class Pipeline:
 
     # -- hot swap ------------------------------------------------------------------------------
     def swap(self, model: Model) -> None:
-        """Replace features, scorer, rule and artifact hash in one step. The caller warms the new
-        model's features on ``self.recent`` first (see :func:`warm`) and carries the rule state."""
+        """Replace features, scorer, rule and artifact hash in one step; the rule resumes from the
+        current rule state. The caller warms the new model's features on ``self.recent`` first
+        (see :func:`warm`)."""
+        model.rule.state = self.model.rule.state
         self.model = model
 
     # -- internals -----------------------------------------------------------------------------
@@ -168,11 +138,15 @@ class Pipeline:
         if self.last_open_time is not None and bar.open_time <= self.last_open_time:
             self.stats.out_of_order += 1
             return None
+        try:
+            window = self.model.features.update(bar)  # refuses a bad bar before changing any state
+        except BadMessage:
+            self.stats.invalid += 1
+            return None
         self.last_open_time = bar.open_time
         self.stats.bars += 1
         if self.recent.maxlen:
             self.recent.append(bar)
-        window = self.model.features.update(bar)
         self.last_window = window
         if window is not None:
             self.warm = True

@@ -80,6 +80,25 @@ class Artifact:
         return int(self.manifest.get("horizon", 1))
 
     @property
+    def informational(self) -> bool:
+        """True when the artifact's policy stays flat (nothing was net-positive after costs on
+        validation): its p_up is shipped for information, not as a trading signal."""
+        sig = self.manifest.get("signal") or {}
+        return bool(sig.get("informational")) or sig.get("policy") == "flat"
+
+    @property
+    def baselines(self) -> dict[str, Any] | None:
+        """Train-fitted baseline parameters (``barsignal.model.baselines``), if the artifact ships them."""
+        b = self.manifest.get("baselines")
+        return dict(b) if b else None
+
+    @property
+    def psi_reference(self) -> dict[str, Any] | None:
+        """Per-feature training bins (``edges``, ``fractions``) for the drift PSI, if shipped."""
+        ref = (self.manifest.get("features") or {}).get("psi_reference")
+        return dict(ref) if ref else None
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics") or {})
 
@@ -219,12 +238,15 @@ def write_artifact(
     command: str,
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
+    psi_reference: Mapping[str, Any] | None = None,
 ) -> Artifact:
     """Write an artifact atomically (temp dir beside ``path``, then rename) and return it verified.
 
     ``files`` maps a relative name to a source path or bytes. ``variants`` maps a variant name to
     ``{"onnx": name, "onnx_dynamic": name, "weights": name?, "model": config?}`` naming entries of
-    ``files``. ``signal`` holds ``long_threshold``, ``short_threshold`` and ``rule``.
+    ``files``. ``signal`` holds ``long_threshold``, ``short_threshold`` and ``rule`` (and, from
+    ``engine.policy``, ``policy``, ``hysteresis``, ``cooldown_bars``, ``min_hold_bars``, ``informational``).
+    ``psi_reference`` (per-feature training decile ``edges`` and ``fractions``) goes into ``features``.
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
@@ -247,7 +269,8 @@ def write_artifact(
         manifest: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "model": dict(model_config),
-            "features": {"schema_hash": schema_hash, "normalization": dict(normalization)},
+            "features": {"schema_hash": schema_hash, "normalization": dict(normalization),
+                         **({"psi_reference": dict(psi_reference)} if psi_reference else {})},
             "window_shape": list(WINDOW_SHAPE),
             "signal": dict(signal),
             "horizon": int(horizon),

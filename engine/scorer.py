@@ -18,7 +18,7 @@ class Scorer(Protocol):
         ...
 
     def score_batch(self, windows: np.ndarray) -> np.ndarray:
-        """Up-probabilities (N,) float32 of (N, T, F) windows. Close to N calls of ``score`` but not
-        always bit-identical (ONNX Runtime's batched graph can differ by an ulp); a scorer whose
-        batch is bit-identical sets ``batch_exact = True``, and only then does replay use it."""
+        """Up-probabilities (N,) float32 of (N, T, F) windows, for offline evaluation only. Close to N
+        calls of ``score`` but not always bit-identical (ONNX Runtime's batched graph can differ by an
+        ulp), so the daemon, replay and parity never call it: every signal comes from ``score``."""
         ...

@@ -1,7 +1,11 @@
 """Backend selection: ``load_scorer(artifact, backend="auto", ...)``.
 
 ``auto`` picks TensorRT when it is importable and a CUDA device is present, else ONNX Runtime.
-One log line says what was chosen and why.
+One log line says what was chosen and why. When ``auto`` chose a backend other than ONNX Runtime and
+that backend fails to load (no engine can be built, a driver error, anything), the scorer falls back
+to ONNX Runtime with one warning line (``scorer_fallback``) instead of stopping the daemon. A backend
+named explicitly (``[engine] backend = "tensorrt"``) that fails still stops the start: the operator
+asked for it.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from barsignal.errors import ConfigError
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
+
+FALLBACK = "onnxruntime"  # the CPU default, always installed
 
 
 def backend_module(name: str) -> Any:
@@ -36,7 +42,7 @@ def choose_backend(requested: str = "auto") -> tuple[str, str]:
     ok, why = backend_module("tensorrt").available()
     if ok:
         return "tensorrt", f"auto: {why}"
-    return "onnxruntime", f"auto: {why}; using the CPU default"
+    return FALLBACK, f"auto: {why}; using the CPU default"
 
 
 def load_scorer(artifact: Artifact | str | os.PathLike[str] | None = None, backend: str = "auto",
@@ -46,8 +52,19 @@ def load_scorer(artifact: Artifact | str | os.PathLike[str] | None = None, backe
     art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
     var = art.variant(variant)
     name, reason = choose_backend(backend)
-    scorer = backend_module(name).load(var, intra_op_threads=intra_op_threads, spinning=spinning,
-                                       cache_dir=Path(cache_dir) if cache_dir else None)
+    cache = Path(cache_dir) if cache_dir else None
+    try:
+        scorer = backend_module(name).load(var, intra_op_threads=intra_op_threads, spinning=spinning,
+                                           cache_dir=cache)
+    except Exception as exc:
+        if backend != "auto" or name == FALLBACK:
+            raise
+        log.warning("scorer_fallback", failed=name, error=f"{type(exc).__name__}: {exc}"[:500],
+                    using=FALLBACK, hint=f"auto chose {name} but it failed to load; set [engine] backend "
+                    f"to {FALLBACK!r} to skip it, or to {name!r} to make this failure stop the start")
+        name, reason = FALLBACK, f"auto: fell back after {name} failed to load"
+        scorer = backend_module(name).load(var, intra_op_threads=intra_op_threads, spinning=spinning,
+                                           cache_dir=cache)
     log.info("scorer loaded", backend=name, reason=reason, variant=var.name, artifact=art.hash[:12],
              path=str(art.path), intra_op_threads=intra_op_threads, spinning=spinning)
     return scorer

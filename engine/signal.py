@@ -56,31 +56,49 @@ class SignalRule:
     - Enter short when ``p_up <= short_threshold`` (only with ``allow_short``; otherwise that zone is
       flat); stay short while ``p_up <= short_threshold + hysteresis``.
     - Anything else is flat. After the action changes it is held for ``cooldown_bars`` more bars.
+    - A long or short is held for at least ``min_hold_bars`` bars (the label horizon: a position
+      entered on a prediction for h bars ahead is not closed before those h bars are over).
+    - ``stay_flat``: every action is flat (the artifact's policy when no setting was net-positive
+      after costs on validation; its p_up is then informational).
 
     Pure and deterministic: the same p_up sequence from the same state gives the same actions.
     """
 
-    __slots__ = ("allow_short", "cooldown_bars", "hysteresis", "long_threshold", "short_threshold", "state")
+    __slots__ = ("allow_short", "cooldown_bars", "hysteresis", "long_threshold", "min_hold_bars",
+                 "short_threshold", "state", "stay_flat")
 
     def __init__(self, long_threshold: float, short_threshold: float, hysteresis: float = 0.0,
-                 cooldown_bars: int = 0, allow_short: bool = False, state: RuleState | None = None) -> None:
+                 cooldown_bars: int = 0, allow_short: bool = False, state: RuleState | None = None,
+                 min_hold_bars: int = 0, stay_flat: bool = False) -> None:
         if not 0.0 <= short_threshold <= long_threshold <= 1.0:
             raise ValueError(f"signal thresholds: need 0 <= short ({short_threshold}) <= long "
                              f"({long_threshold}) <= 1; fix [signal] or the artifact's thresholds")
-        if hysteresis < 0 or cooldown_bars < 0:
-            raise ValueError("signal rule: hysteresis and cooldown_bars must be >= 0")
+        if hysteresis < 0 or cooldown_bars < 0 or min_hold_bars < 0:
+            raise ValueError("signal rule: hysteresis, cooldown_bars and min_hold_bars must be >= 0")
         self.long_threshold = float(long_threshold)
         self.short_threshold = float(short_threshold)
         self.hysteresis = float(hysteresis)
         self.cooldown_bars = int(cooldown_bars)
         self.allow_short = bool(allow_short)
+        self.min_hold_bars = int(min_hold_bars)
+        self.stay_flat = bool(stay_flat)
         self.state = state or RuleState()
 
     @classmethod
     def from_config(cls, cfg: Any, artifact_thresholds: dict[str, float],
                     state: RuleState | None = None) -> SignalRule:
         """Thresholds from the artifact's ``signal`` section (``long_threshold``/``short_threshold``)
-        unless ``cfg`` (a SignalConfig) overrides them."""
+        unless ``cfg`` (a SignalConfig) overrides them. Hysteresis and cooldown: the config's when
+        non-zero, else the artifact's; the minimum hold is the artifact's ``min_hold_bars`` (0 if absent).
+        An artifact whose ``policy`` is ``"flat"`` gives a rule that stays flat, unless the config
+        sets a threshold (the operator's explicit choice)."""
+        art = artifact_thresholds
+        stay_flat = (art.get("policy") == "flat" and cfg.long_threshold is None
+                     and cfg.short_threshold is None)
+        hysteresis = cfg.hysteresis or float(art.get("hysteresis") or 0.0)
+        cooldown = cfg.cooldown_bars or int(art.get("cooldown_bars") or 0)
+        min_hold = getattr(cfg, "min_hold_bars", None)
+        min_hold = int(art.get("min_hold_bars") or 0) if min_hold is None else int(min_hold)
         long_t = (cfg.long_threshold if cfg.long_threshold is not None
                   else artifact_thresholds["long_threshold"])
         short_t = (cfg.short_threshold if cfg.short_threshold is not None
@@ -92,7 +110,7 @@ class SignalRule:
                 raise ValueError("[signal] allow_short = true, but the artifact has no short_threshold; "
                                  "set [signal] short_threshold")
             short_t = 0.0  # unused: without shorts that zone is flat
-        return cls(long_t, short_t, cfg.hysteresis, cfg.cooldown_bars, cfg.allow_short, state)
+        return cls(long_t, short_t, hysteresis, cooldown, cfg.allow_short, state, min_hold, stay_flat)
 
     def target(self, p_up: float, held: str) -> str:
         """The action ``p_up`` asks for, given the action held (hysteresis, no cooldown)."""
@@ -109,8 +127,9 @@ class SignalRule:
         """Advance one bar and return its action."""
         st = self.state
         held_bars = st.held_bars + 1
-        want = self.target(p_up, st.action)
-        if want != st.action and held_bars > self.cooldown_bars:
+        want = "flat" if self.stay_flat else self.target(p_up, st.action)
+        if (want != st.action and held_bars > self.cooldown_bars
+                and (st.action == "flat" or held_bars >= self.min_hold_bars)):
             self.state = RuleState(want, 0)
         else:
             self.state = RuleState(st.action, min(held_bars, 1 << 30))

@@ -22,12 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from barsignal.errors import ArtifactError, ConfigError
+from barsignal.fsutil import atomic_write_bytes
 
 WINDOW = (1, 30, 33)
 INPUT = "input"
@@ -96,17 +96,7 @@ def gpu_info(device: int = 0) -> GpuInfo:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data)
 
 
 def build_engine(onnx_path: str | os.PathLike[str], cache_dir: str | os.PathLike[str], *,

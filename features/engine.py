@@ -1,7 +1,7 @@
 """``FeatureEngine``: the 33 features of docs/FEATURES.md, updated one closed bar at a time.
 
 O(1) in the history length per bar, bounded state (fixed-length deques), no NaN or inf ever.
-Windowed features are recomputed from their window each bar (left-to-right ``sum``), so they
+Windowed features are recomputed from their window each bar (a left-to-right sum, ``_fsum``), so they
 depend only on the window's bars and agree bit for bit after a restart; recursive ones
 (EMA, MACD, RSI, ATR, ADX) follow TA-Lib's seeding and recursions term for term.
 ``barsignal.features.batch`` drives this same code in a loop: one path for live, replay and training.
@@ -10,7 +10,9 @@ depend only on the window's bars and agree bit for bit after a restart; recursiv
 from __future__ import annotations
 
 import math
+import sys
 from collections import deque
+from collections.abc import Iterable
 from itertools import repeat
 from operator import mul, sub
 
@@ -26,10 +28,37 @@ _FLAT = 1e-12  # a dispersion <= _FLAT * level counts as zero (flat window): neu
 _TA_EPS = 1e-14  # TA-Lib's TA_EPSILON (TA_IS_ZERO and the scaled tie test of MFI)
 # Accepted magnitudes: every intermediate stays finite inside them (ratios <= 1e24, tp * v <= 1e30).
 _MIN_PRICE, _MAX_PRICE, _MAX_VOLUME = 1e-12, 1e12, 1e18
-_fsum = sum  # builtin: deterministic for one interpreter; 3.12+ compensates (ulp-level changes)
+
+
+def _sum_left_to_right(xs: Iterable[float]) -> float:
+    """``((x0 + x1) + x2) + ...`` in float64: the one summation every feature uses."""
+    s = 0.0
+    for x in xs:
+        s += x
+    return s
+
+
+# One summation, fixed by the code: plain left-to-right. Python 3.12 changed the builtin ``sum`` over
+# floats to compensated (Neumaier) summation, so live and replay on different interpreters would
+# differ in the last bits. Up to 3.11 the builtin (C, 2x faster) *is* left to right, so it is used
+# there; tests/features/test_summation.py pins the result on whichever interpreter runs it.
+_fsum = sum if sys.version_info < (3, 12) else _sum_left_to_right
 _log = math.log
 _log1p = math.log1p
 _sqrt = math.sqrt
+
+
+def bar_problem(o: float, h: float, l: float, c: float, v: float) -> str | None:
+    """Why a bar's OHLCV cannot be used (``"not_finite"``, ``"inconsistent"``, ``"out_of_range"``), or
+    None when it is finite, consistent (l <= o, c <= h) and in range (prices 1e-12..1e12, volume
+    0..1e18): the check :meth:`FeatureEngine.step` applies, for sources that drop such bars first."""
+    if _MIN_PRICE <= l <= o <= h <= _MAX_PRICE and l <= c <= h and 0.0 <= v <= _MAX_VOLUME:
+        return None
+    if not all(map(math.isfinite, (o, h, l, c, v))):
+        return "not_finite"
+    if not (l <= o <= h and l <= c <= h) or v < 0.0:
+        return "inconsistent"
+    return "out_of_range"
 
 
 def _std(d: deque[float], n: int) -> tuple[float, float]:

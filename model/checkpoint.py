@@ -14,9 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+from safetensors.torch import save as save_bytes
 
 from barsignal.errors import ArtifactError
+from barsignal.fsutil import atomic_write_bytes, atomic_write_text
 from barsignal.model.informer import Informer, InformerConfig
 
 FORMAT = "barsignal-informer"
@@ -30,13 +32,9 @@ def save(model: Informer, directory: str | os.PathLike[str], meta: dict[str, Any
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in _unwrap(model).state_dict().items()}
-    tmp = out / (WEIGHTS + ".tmp")
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    os.replace(tmp, out / WEIGHTS)
+    atomic_write_bytes(out / WEIGHTS, save_bytes(state, metadata={"format": FORMAT}))
     doc = {"format": FORMAT, "version": VERSION, "config": _unwrap(model).cfg.to_dict(), "meta": meta or {}}
-    tmp = out / (CONFIG + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, out / CONFIG)
+    atomic_write_text(out / CONFIG, json.dumps(doc, indent=2, sort_keys=True) + "\n")
     return out
 
 

@@ -5,8 +5,14 @@
   ever spans a gap or mixes sources (spot vs futures).
 - Features are computed per segment by ``barsignal.features.batch`` (causal: row t sees bars <= t);
   a window ends at bar t and holds rows t-window+1 .. t, all past the feature warm-up.
-- The label of the window ending at t is 1.0 ("up") when ``close[t + horizon] > close[t]``
-  (ties count as not up); windows whose label bar lies beyond the segment are dropped.
+- The label of the window ending at t is the direction of ``r = close[t + horizon] / close[t] - 1``:
+  1.0 ("up") when r > band, 0.0 when r < -band, and *tied* (dropped from training and from every
+  metric) when |r| <= band. ``band`` is 0 by default (exact ties only); with ``flat_band = k`` it is
+  k x rvol30 x sqrt(horizon) (a volatility-scaled flat band, causal: rvol30 is known at t).
+  Windows whose label bar lies beyond the segment are dropped.
+- ``Splits.train/val/test`` hold the labelled (non-tied) windows; ``Splits.val_all``/``test_all``
+  hold every window of the period, ties included, consecutive bar by bar: the policy search and the
+  trading reports replay those through ``SignalRule`` and the paper broker.
 - Splits are chronological by the window's last bar: the first 80 % of windows (over all segments,
   ordered by time) are train, then 10 % validation, 10 % test, with a purge of
   ``window + horizon`` bars before each cut, so no split shares an input bar or a label bar
@@ -36,7 +42,8 @@ log = get_logger(__name__)
 @dataclass(frozen=True)
 class DatasetSpec:
     window: int = 30  # bars per window
-    horizon: int = 1  # label: close `horizon` bars ahead > close now
+    horizon: int = 1  # label: direction of close `horizon` bars ahead vs close now (ties dropped)
+    flat_band: float = 0.0  # k: |r_h| <= k * rvol30 * sqrt(h) counts as tied (0 = exact ties only)
     split: tuple[float, float] = (0.8, 0.9)  # cumulative cut points: train | val | test
     purge: int | None = None  # bars dropped before each cut; None = window + horizon
 
@@ -66,6 +73,22 @@ class WindowSet:
     times: np.ndarray  # (N,) int64 open time (ms) of each window's last bar
     last_up: np.ndarray  # (N,) float32, 1.0 when the last bar closed above the one before
     window: int
+    ret: np.ndarray | None = None  # (N,) float64 forward return close[t+h] / close[t] - 1
+    tied: np.ndarray | None = None  # (N,) bool, |ret| <= band: no direction label
+    bar_open: np.ndarray | None = None  # (R,) float64 open of every row's bar (shared, like rows)
+    bar_close: np.ndarray | None = None  # (R,) float64 close of every row's bar
+
+    @property
+    def days(self) -> np.ndarray:
+        """(N,) int64 UTC day of each window's last bar: the block of the day bootstrap."""
+        return self.times // 86_400_000
+
+    @property
+    def last_ret(self) -> np.ndarray:
+        """(N,) float64 the last bar's close-to-close return (0 when the bar prices are not held)."""
+        if self.bar_close is None:
+            return np.where(self.last_up == 1, 1.0, -1.0)
+        return self.bar_close[self.ends] / self.bar_close[self.ends - 1] - 1.0
 
     def __len__(self) -> int:
         return len(self.ends)
@@ -81,7 +104,13 @@ class WindowSet:
 
     def subset(self, idx: np.ndarray) -> WindowSet:
         return WindowSet(self.rows, self.ends[idx], self.labels[idx], self.times[idx],
-                         self.last_up[idx], self.window)
+                         self.last_up[idx], self.window,
+                         None if self.ret is None else self.ret[idx],
+                         None if self.tied is None else self.tied[idx], self.bar_open, self.bar_close)
+
+    def labelled(self) -> WindowSet:
+        """The windows with a direction label (ties dropped)."""
+        return self if self.tied is None else self.subset(np.flatnonzero(~self.tied))
 
     def every(self, n: int) -> WindowSet:
         """At most ``n`` windows, evenly spaced (deterministic); all of them when n <= 0."""
@@ -98,6 +127,8 @@ class Splits:
     normalizer: Any  # barsignal.features.normalize.Normalizer
     spec: DatasetSpec
     info: dict[str, Any] = field(default_factory=dict)
+    val_all: WindowSet | None = None  # every validation window, ties included (consecutive bars)
+    test_all: WindowSet | None = None  # every test window, ties included
 
 
 # --- bars -> segments ------------------------------------------------------------------------------
@@ -168,10 +199,16 @@ class _Raw:
     labels: np.ndarray
     times: np.ndarray
     last_up: np.ndarray
+    ret: np.ndarray
+    tied: np.ndarray
+    bar_open: np.ndarray
+    bar_close: np.ndarray
 
 
-def _raw_windows(segments: Sequence[Segment], window: int, horizon: int) -> _Raw:
-    rows, ends, labels, times, last_up = [], [], [], [], []
+def _raw_windows(segments: Sequence[Segment], window: int, horizon: int, flat_band: float = 0.0) -> _Raw:
+    from barsignal.features.spec import INDEX
+
+    rows, ends, labels, times, last_up, rets, tied, opens, closes = [], [], [], [], [], [], [], [], []
     offset = 0
     for seg in segments:
         f = seg.frame
@@ -180,17 +217,24 @@ def _raw_windows(segments: Sequence[Segment], window: int, horizon: int) -> _Raw
         t = np.arange(window - 1, n - horizon)  # candidate last bars with a label inside the segment
         if len(t):
             t = t[ready[t - window + 1]]  # every row of the window is past warm-up (ready is monotone)
-        close = f.close
+        close = np.asarray(f.close, dtype=np.float64)
+        r = close[t + horizon] / close[t] - 1.0
+        band = flat_band * x[t, INDEX["rvol30"]] * np.sqrt(horizon) if flat_band > 0 else 0.0
         rows.append(x)
         ends.append(t + offset)
-        labels.append((close[t + horizon] > close[t]).astype(np.float32))
+        labels.append((r > band).astype(np.float32))
+        rets.append(r)
+        tied.append(np.abs(r) <= band)
         times.append(f.open_time[t])
         last_up.append((close[t] > close[t - 1]).astype(np.float32))  # t >= window - 1 >= 1
+        opens.append(np.asarray(f.open, dtype=np.float64))
+        closes.append(close)
         offset += n
     if not rows or offset == 0:
         raise DataError("no bars to build windows from")
     return _Raw(np.concatenate(rows), np.concatenate(ends).astype(np.int64), np.concatenate(labels),
-                np.concatenate(times).astype(np.int64), np.concatenate(last_up))
+                np.concatenate(times).astype(np.int64), np.concatenate(last_up), np.concatenate(rets),
+                np.concatenate(tied), np.concatenate(opens), np.concatenate(closes))
 
 
 def _covered_rows(n_rows: int, ends: np.ndarray, window: int) -> np.ndarray:
@@ -208,7 +252,7 @@ def build(segments: Sequence[Segment], spec: DatasetSpec = DatasetSpec(), normal
     """
     from barsignal.features.normalize import Normalizer
 
-    raw = _raw_windows(segments, spec.window, spec.horizon)
+    raw = _raw_windows(segments, spec.window, spec.horizon, spec.flat_band)
     n = len(raw.ends)
     if n < 10:
         raise DataError(f"only {n} windows in the data: need more bars (window {spec.window}, "
@@ -230,12 +274,19 @@ def build(segments: Sequence[Segment], spec: DatasetSpec = DatasetSpec(), normal
     rows = np.ascontiguousarray(normalizer.transform(raw.rows), dtype=np.float32)
 
     def part(idx: np.ndarray) -> WindowSet:
-        return WindowSet(rows, raw.ends[idx], raw.labels[idx], raw.times[idx], raw.last_up[idx], spec.window)
+        return WindowSet(rows, raw.ends[idx], raw.labels[idx], raw.times[idx], raw.last_up[idx], spec.window,
+                         raw.ret[idx], raw.tied[idx], raw.bar_open, raw.bar_close)
 
-    splits = Splits(part(train_idx), part(val_idx), part(test_idx), normalizer, spec)
+    val_all, test_all = part(val_idx), part(test_idx)
+    splits = Splits(part(train_idx).labelled(), val_all.labelled(), test_all.labelled(), normalizer, spec,
+                    val_all=val_all, test_all=test_all)
     splits.info = {
         "segments": len(segments), "bars": len(raw.rows), "windows": n,
-        "train": len(train_idx), "val": len(val_idx), "test": len(test_idx),
+        "train": len(splits.train), "val": len(splits.val), "test": len(splits.test),
+        "tied": {"train": int(raw.tied[train_idx].sum()), "val": int(raw.tied[val_idx].sum()),
+                 "test": int(raw.tied[test_idx].sum())},
+        "label": {"kind": "direction", "horizon": spec.horizon, "flat_band": spec.flat_band,
+                  "ties": "dropped from training and metrics"},
         "val_start_ms": int(t1), "test_start_ms": int(t2), "purge_bars": spec.purge_bars,
         "up_rate": {k: float(s.labels.mean()) for k, s in
                     (("train", splits.train), ("val", splits.val), ("test", splits.test))},
@@ -246,11 +297,13 @@ def build(segments: Sequence[Segment], spec: DatasetSpec = DatasetSpec(), normal
 
 
 def all_windows(segments: Sequence[Segment], normalizer: Any, window: int = 30,
-                horizon: int = 1) -> WindowSet:
-    """Every full, labelled window of ``segments`` (no split), normalized with a given normalizer."""
-    raw = _raw_windows(segments, window, horizon)
+                horizon: int = 1, flat_band: float = 0.0) -> WindowSet:
+    """Every full window with a label bar inside ``segments`` (no split, ties included: see
+    ``WindowSet.labelled``), normalized with a given normalizer."""
+    raw = _raw_windows(segments, window, horizon, flat_band)
     rows = np.ascontiguousarray(normalizer.transform(raw.rows), dtype=np.float32)
-    return WindowSet(rows, raw.ends, raw.labels, raw.times, raw.last_up, window)
+    return WindowSet(rows, raw.ends, raw.labels, raw.times, raw.last_up, window, raw.ret, raw.tied,
+                     raw.bar_open, raw.bar_close)
 
 
 def load_splits(paths: Iterable[str | os.PathLike[str]], spec: DatasetSpec = DatasetSpec()) -> Splits:

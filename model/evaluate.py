@@ -1,47 +1,30 @@
-"""Metrics of up-probabilities next to three baselines, as JSON, Markdown and a calibration plot.
+"""A model against train-fitted baselines with day-bootstrap CIs, and its policy's trading figures.
 
-Metrics: accuracy and balanced accuracy (at p > 0.5), ROC-AUC, log-loss, Brier score and a
-10-bin calibration curve. Baselines, all fitted on the *fit* windows (the train split; or, when
-evaluating arbitrary bars with no split, the evaluated windows themselves, which favours them):
-- ``majority``: always the fit set's majority class, with its base rate as the probability;
-- ``same_direction``: predicts that the next move repeats the last bar's close-to-close direction;
-  its probability is the rule's hit rate on the fit set (q if the last bar rose, 1 - q if not);
-- ``logistic``: L2 logistic regression on the last row's 33 (normalized) features (numpy, Newton).
+Direction metrics (ROC-AUC, log-loss, Brier) are on non-tied windows only. Every figure has a 95 %
+CI from resampling whole UTC days (``engine.metrics``); the model's difference to each baseline is
+bootstrapped on the same resamples, and the verdict says "beats" only when that CI excludes 0.
+The baselines are those an artifact ships (``model.baselines``, fitted on its training split),
+or fitted on a train split given here; fitted on the evaluated windows only as a labelled last
+resort (in-sample, which favours them). Trading: every window (ties included, consecutive bars)
+through the policy's ``SignalRule`` and the paper broker (``engine.policy.replay``).
+Walk-forward: the evaluated period cut into K consecutive folds, each reported the same way.
 No torch here: probabilities come in as arrays.
 """
 
 from __future__ import annotations
 
 import json
-import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from barsignal.engine import metrics as em
+from barsignal.model import baselines as bl
 from barsignal.model.dataset import WindowSet
 
-EPS = 1e-7
-METRICS = ("accuracy", "balanced_accuracy", "roc_auc", "log_loss", "brier")
-HIGHER_IS_BETTER = {"accuracy": True, "balanced_accuracy": True, "roc_auc": True,
-                    "log_loss": False, "brier": False}
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Area under the ROC curve by the rank-sum formula (ties get average ranks); NaN if one class."""
-    y = np.asarray(y, dtype=bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    order = np.argsort(score, kind="mergesort")
-    s = np.asarray(score)[order]
-    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])  # first index of each run of equal scores
-    lengths = np.diff(np.r_[starts, len(s)])
-    ranks = np.repeat(starts + (lengths + 1) / 2.0, lengths)  # average 1-based rank of each run
-    r = np.empty_like(ranks)
-    r[order] = ranks
-    return float((r[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+METRICS = em.METRICS
+Logistic = bl.Logistic
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:
@@ -56,111 +39,130 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, 
     return out
 
 
-def metrics(y: np.ndarray, p: np.ndarray, pred: np.ndarray | None = None,
-            score: np.ndarray | None = None) -> dict[str, Any]:
-    """All metrics of probabilities ``p`` for labels ``y``; ``pred``/``score`` override the hard call
-    (default p > 0.5) and the ranking score (default p)."""
-    y = np.asarray(y, dtype=np.float64)
-    p = np.clip(np.asarray(p, dtype=np.float64), EPS, 1 - EPS)
-    hard = (p > 0.5) if pred is None else np.asarray(pred, dtype=bool)
-    pos, neg = y == 1, y == 0
-    tpr = float(hard[pos].mean()) if pos.any() else float("nan")
-    tnr = float((~hard[neg]).mean()) if neg.any() else float("nan")
-    return {
-        "accuracy": float((hard == pos).mean()),
-        "balanced_accuracy": 0.5 * (tpr + tnr),
-        "roc_auc": roc_auc(pos, p if score is None else score),
-        "log_loss": float(-(y * np.log(p) + (1 - y) * np.log(1 - p)).mean()),
-        "brier": float(((p - y) ** 2).mean()),
-        "predicted_up_rate": float(hard.mean()),
-        "calibration": calibration(y, p),
-    }
+def compare(ws: WindowSet, p: np.ndarray, base_params: dict[str, Any], *, n_boot: int = 500,
+            seed: int = 0) -> dict[str, Any]:
+    """Model vs every baseline on the non-tied windows of ``ws`` (``p``: the model's p_up per window)."""
+    keep = np.ones(len(ws), bool) if ws.tied is None else ~ws.tied
+    lab = ws.subset(np.flatnonzero(keep))
+    pm = np.asarray(p, np.float64)[keep]
+    y = lab.labels.astype(np.float64)
+    scorers = {"model": em.Scorer(y, pm)}
+    for name, (pb, score) in bl.predict(base_params, lab).items():
+        scorers[name] = em.Scorer(y, pb, score)
+    boot = em.DayBootstrap(lab.days, n_boot, seed)
+    res = em.bootstrap(scorers, boot)
+    verdicts = []
+    for name in scorers:
+        if name == "model":
+            continue
+        for m in METRICS:
+            d = res[name][f"{m}_diff"]
+            verdicts.append({"baseline": name, "metric": m, "verdict": d["verdict"], "diff": d["value"],
+                             "ci95": d["ci95"]})
+    return {"windows": len(lab), "tied_dropped": int((~keep).sum()), "days": boot.n_days,
+            "up_rate": float(y.mean()) if len(y) else float("nan"), "bootstrap": {"resamples": n_boot,
+            "block": "UTC day", "seed": seed}, "scores": res, "verdicts": verdicts,
+            "calibration": calibration(y, np.clip(pm, 0, 1))}
 
 
-@dataclass
-class Logistic:
-    """L2-regularized logistic regression fitted by Newton's method (IRLS)."""
+def trading(ws: WindowSet, p: np.ndarray, policy: Any, rules: Any = None) -> dict[str, Any]:
+    """``engine.policy.replay`` of every window of ``ws`` (consecutive bars) with ``policy``."""
+    from barsignal.engine.broker import Rules
+    from barsignal.engine.policy import Bars, replay
 
-    w: np.ndarray
-    b: float
-
-    @classmethod
-    def fit(cls, x: np.ndarray, y: np.ndarray, l2: float = 1e-3, iters: int = 25) -> Logistic:
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        n, d = x.shape
-        a = np.hstack([x, np.ones((n, 1))])  # (n, d+1)
-        w = np.zeros(d + 1)
-        reg = np.full(d + 1, l2 * n)
-        reg[-1] = 0.0  # no penalty on the bias
-        for _ in range(iters):
-            p = 1.0 / (1.0 + np.exp(-(a @ w)))
-            grad = a.T @ (p - y) + reg * w
-            hess = (a * (p * (1 - p))[:, None]).T @ a + np.diag(reg) + 1e-9 * np.eye(d + 1)
-            step = np.linalg.solve(hess, grad)
-            w -= step
-            if np.abs(step).max() < 1e-8:
-                break
-        return cls(w[:-1], float(w[-1]))
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(np.asarray(x, dtype=np.float64) @ self.w + self.b)))
+    return {"policy": policy.to_dict(), **replay(Bars.of(ws, p), policy, rules or Rules())}
 
 
-def baselines(fit: WindowSet, ev: WindowSet) -> dict[str, dict[str, Any]]:
-    """The three baselines fitted on ``fit`` and scored on ``ev``."""
-    y = ev.labels
-    rate = float(fit.labels.mean())
-    majority_up = rate > 0.5
-    q = float((fit.labels == fit.last_up).mean())  # hit rate of "same direction as the last bar"
-    p_same = np.where(ev.last_up == 1, q, 1 - q)
-    lr = Logistic.fit(fit.last_rows(), fit.labels)
-    return {
-        "majority": metrics(y, np.full(len(y), rate), pred=np.full(len(y), majority_up)),
-        "same_direction": metrics(y, p_same, pred=ev.last_up == 1, score=ev.last_up),
-        "logistic": metrics(y, lr.predict(ev.last_rows())),
-    }
+def report(ws: WindowSet, p: np.ndarray, base_params: dict[str, Any], *, policy: Any = None,
+           rules: Any = None, walk_forward: int = 0, n_boot: int = 500, **context: Any) -> dict[str, Any]:
+    """The evaluation object: comparison, trading, optional walk-forward folds, and context."""
+    p = np.asarray(p, np.float64)
+    out: dict[str, Any] = {**context, **compare(ws, p, base_params, n_boot=n_boot)}
+    if policy is not None:
+        out["trading"] = trading(ws, p, policy, rules)
+    if walk_forward > 1:
+        order = np.argsort(ws.times, kind="stable")
+        folds = []
+        for k, idx in enumerate(np.array_split(order, walk_forward)):
+            sub = ws.subset(idx)
+            f = {"fold": k + 1, "start_ms": int(sub.times.min()), "end_ms": int(sub.times.max()),
+                 **compare(sub, p[idx], base_params, n_boot=n_boot)}
+            if policy is not None:
+                f["trading"] = trading(sub, p[idx], policy, rules)
+            folds.append(f)
+        out["walk_forward"] = folds
+    return out
 
 
-def verdicts(model: dict[str, Any], base: dict[str, dict[str, Any]]) -> list[str]:
-    """Plain sentences: which baseline the model does not beat, metric by metric."""
-    lines = []
-    for m in ("log_loss", "roc_auc", "accuracy", "balanced_accuracy", "brier"):
-        mv = model[m]
-        worse = [name for name, b in base.items() if not math.isnan(b[m]) and not math.isnan(mv) and
-                 ((mv <= b[m]) if HIGHER_IS_BETTER[m] else (mv >= b[m]))]
-        if worse:
-            lines.append(f"The model does NOT beat {', '.join(worse)} on {m} ({mv:.4f}).")
-        else:
-            lines.append(f"The model beats every baseline on {m} ({mv:.4f}).")
+def _cell(s: dict[str, Any]) -> str:
+    if s["ci95"] is None:
+        return f"{s['value']:.4f} [no CI]"
+    lo, hi = s["ci95"]
+    return f"{s['value']:.4f} [{lo:.4f}, {hi:.4f}]"
+
+
+def _compare_md(rep: dict[str, Any]) -> list[str]:
+    sc = rep["scores"]
+    names = list(sc)
+    lines = [f"{rep['windows']:,} non-tied windows ({rep['tied_dropped']:,} tied dropped) over {rep['days']} "
+             f"days; up rate {rep['up_rate']:.4f}. 95 % CIs: {rep['bootstrap']['resamples']} day-block "
+             "resamples.", "",
+             "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for m in METRICS:
+        lines.append(f"| {m} | " + " | ".join(_cell(sc[n][m]) for n in names) + " |")
+    lines += ["", "| model vs | " + " | ".join(METRICS) + " |", "|---" * (len(METRICS) + 1) + "|"]
+    for n in names[1:]:
+        cells = []
+        for m in METRICS:
+            d = sc[n][f"{m}_diff"]
+            ci = d["ci95"] or [float("nan")] * 2
+            cells.append(f"{d['verdict']} ({d['value']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}])")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    beats = {n for n in names[1:] if all(sc[n][f"{m}_diff"]["verdict"] == "beats" for m in METRICS)}
+    lines += ["", "The model beats " + (", ".join(sorted(beats)) if beats else "no baseline")
+              + " on every metric; it does NOT beat "
+              + (", ".join(n for n in names[1:] if n not in beats) or "-")
+              + " on every metric (a difference whose CI contains 0 is not a win)."]
     return lines
 
 
-def report(y: np.ndarray, p: np.ndarray, fit: WindowSet, ev: WindowSet, **context: Any) -> dict[str, Any]:
-    """The evaluation object: windows, model metrics, baselines, verdicts and context."""
-    model = metrics(y, p)
-    base = baselines(fit, ev)
-    return {"windows": len(y), "up_rate": float(np.mean(y)), "model": model, "baselines": base,
-            "verdicts": verdicts(model, base), **context}
+def trading_md(t: dict[str, Any]) -> list[str]:
+    pol = t["policy"]
+    what = ("stay flat (the artifact's policy: nothing was net-positive after costs on validation)"
+            if pol["policy"] == "flat" else
+            f"long >= {pol['long_threshold']:.4f}" + (f", short <= {pol['short_threshold']:.4f}"
+                                                      if pol["allow_short"] else "")
+            + f", hysteresis {pol['hysteresis']:.4f}, minimum hold {pol['min_hold_bars']} bars")
+    ci = t.get("net_pnl_ci95") or [float("nan")] * 2
+    c = t["costs"]
+    return [f"Trading ({what}; {c['fee_bps']:g} bp fee + {c['slippage_bps']:g} bp slippage per fill, "
+            f"{c['fill']} fills, {c['initial_cash']:g} initial cash): net PnL {t['net_pnl']:.2f} "
+            f"(95 % CI {ci[0]:.2f} .. {ci[1]:.2f}), gross {t['gross_pnl']:.2f}, fees {t['fees']:.2f}, "
+            f"{t['trades']} round trips, t-stat {t['t_stat']:.2f}, exposure {t['exposure']:.3f}."]
 
 
 def to_markdown(rep: dict[str, Any]) -> str:
-    names = ["model", *rep["baselines"]]
-    cols = {"model": rep["model"], **rep["baselines"]}
-    lines = [f"Windows: {rep['windows']:,}; up rate {rep['up_rate']:.4f}.", "",
-             "| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    for m in METRICS:
-        lines.append(f"| {m} | " + " | ".join(f"{cols[n][m]:.4f}" for n in names) + " |")
-    lines += ["", *[f"- {v}" for v in rep["verdicts"]], "", "Calibration (model):", "",
-              "| bin | mean p | up rate | count |", "|---|---|---|---|"]
-    for c in rep["model"]["calibration"]:
-        lines.append(f"| {c['lo']:.1f}-{c['hi']:.1f} | {c['mean_p']:.4f} | {c['up_rate']:.4f} "
-                     f"| {c['count']} |")
+    lines = [f"Baselines: {rep.get('baselines_fitted_on', '?')}.", "", *_compare_md(rep), ""]
+    if "trading" in rep:
+        lines += [*trading_md(rep["trading"]), ""]
+    for f in rep.get("walk_forward", []):
+        lines += [f"## Fold {f['fold']} ({_day(f['start_ms'])} .. {_day(f['end_ms'])})", "", *_compare_md(f), ""]
+        if "trading" in f:
+            lines += [*trading_md(f["trading"]), ""]
+    lines += ["Calibration (model):", "", "| bin | mean p | up rate | count |", "|---|---|---|---|"]
+    for c in rep["calibration"]:
+        lines.append(f"| {c['lo']:.1f}-{c['hi']:.1f} | {c['mean_p']:.4f} | {c['up_rate']:.4f} | {c['count']} |")
     return "\n".join(lines) + "\n"
 
 
+def _day(ms: int) -> str:
+    import datetime as dt
+
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+
 def plot_calibration(rep: dict[str, Any], p: np.ndarray, path: str | Path) -> Path:
-    """Reliability diagram (model and logistic baseline) over a histogram of predictions."""
+    """Reliability diagram of the model over a histogram of its predictions."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -168,9 +170,8 @@ def plot_calibration(rep: dict[str, Any], p: np.ndarray, path: str | Path) -> Pa
 
     fig, (ax, hx) = plt.subplots(2, 1, figsize=(6, 7), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     ax.plot([0, 1], [0, 1], "k:", lw=1, label="perfect")
-    for name, m in (("model", rep["model"]), ("logistic", rep["baselines"]["logistic"])):
-        cal = m["calibration"]
-        ax.plot([c["mean_p"] for c in cal], [c["up_rate"] for c in cal], "o-", label=name)
+    cal = rep["calibration"]
+    ax.plot([c["mean_p"] for c in cal], [c["up_rate"] for c in cal], "o-", label="model")
     ax.set_ylabel("observed up rate")
     ax.set_title(f"Reliability ({rep['windows']:,} windows)")
     ax.legend()
@@ -190,7 +191,7 @@ def write(rep: dict[str, Any], p: np.ndarray, out_dir: str | Path) -> dict[str, 
     """eval.json, eval.md and calibration.png in ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(rep, indent=1) + "\n")
+    (out / "eval.json").write_text(json.dumps(rep, indent=1, default=str) + "\n")
     (out / "eval.md").write_text(to_markdown(rep))
     return {"json": out / "eval.json", "md": out / "eval.md",
             "png": plot_calibration(rep, p, out / "calibration.png")}

@@ -25,6 +25,8 @@ class ScoredModel:
     horizon: int
     normalizer: Any  # barsignal.features.normalize.Normalizer
     predict: Callable[[np.ndarray], np.ndarray]  # (N, T, F) float32 -> (N,) p_up
+    flat_band: float = 0.0  # the label's volatility-scaled flat band (0: exact ties only)
+    manifest: dict[str, Any] | None = None  # the artifact's manifest (baselines, signal policy); None: checkpoint
 
 
 def open_model(path: str | os.PathLike[str] | None = None) -> ScoredModel:
@@ -54,8 +56,10 @@ def open_model(path: str | os.PathLike[str] | None = None) -> ScoredModel:
     def predict(x: np.ndarray) -> np.ndarray:
         return np.asarray(scorer.score_batch(np.ascontiguousarray(x, dtype=np.float32)), dtype=np.float64)
 
+    label = art.manifest.get("label") or {}
     return ScoredModel(str(root), f"artifact:{art.default_variant}", t, art.horizon,
-                       Normalizer.from_dict(art.normalization), predict)
+                       Normalizer.from_dict(art.normalization), predict,
+                       float(label.get("flat_band", 0.0)), art.manifest)
 
 
 def _open_checkpoint(path: Path, normalizer_cls: Any) -> ScoredModel:
@@ -76,4 +80,4 @@ def _open_checkpoint(path: Path, normalizer_cls: Any) -> ScoredModel:
 
     return ScoredModel(str(path), str(meta.get("kind", "checkpoint")),
                        int(meta.get("window", model.cfg.window)), int(meta.get("horizon", 1)),
-                       normalizer_cls.from_dict(meta["normalizer"]), predict)
+                       normalizer_cls.from_dict(meta["normalizer"]), predict, float(meta.get("flat_band", 0.0)))

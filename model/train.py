@@ -187,7 +187,8 @@ def train(splits: Splits, model_cfg: InformerConfig, tc: TrainConfig, out: str |
     amp = device.type == "cuda"
     per_rank = tc.batch_size // d.world
     meta = {"kind": tc.kind, "window": splits.spec.window, "horizon": splits.spec.horizon,
-            "normalizer": splits.normalizer.to_dict(), "dataset": splits.info, **tc.meta}
+            "flat_band": splits.spec.flat_band, "normalizer": splits.normalizer.to_dict(),
+            "dataset": splits.info, **tc.meta}
     try:
         from barsignal.features.spec import schema_hash
 

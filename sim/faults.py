@@ -6,8 +6,10 @@ A spec is a comma-separated list of ``key=value``; keys may repeat for scheduled
     gap=120:5,disconnect=200,shutdown=300,stall=400,rest429=0.1,rest418=0.01,rest5xx=0.1,
     rest_timeout=0.05,rest_timeout_s=15,refuse=2,retry_after_s=1,seed=7
 
-Probabilities apply to each closed-kline frame (or REST request); scheduled events name a bar
-index into the served series. ``gap=I:N`` removes bars I..I+N-1 from both the stream and REST
+Probabilities apply to each closed-kline frame of each symbol (or REST request); scheduled events
+name a tick of the served clock (the bar index when one symbol is served; with many, the index
+into the union of their open times). ``gap=I:N`` removes ticks I..I+N-1 of every symbol from both
+the stream and REST
 (an exchange halt: nothing can fill it); ``drop`` loses a closed frame on the stream only
 (REST still has it). ``stall`` silences the connections open at that bar (pings go on, data
 stops) until they close. ``disconnect`` drops every connection; ``shutdown`` sends

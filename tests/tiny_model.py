@@ -47,7 +47,7 @@ def write_tiny_onnx(dest: Path, seed: int = 0, bias: float = 0.0) -> tuple[Path,
 
 
 def write_tiny_artifact(dest: Path, fit_bars: Sequence[Bar], *, seed: int = 0, bias: float = 0.0,
-                        signal: dict | None = None) -> Path:
+                        signal: dict | None = None, metrics: dict | None = None) -> Path:
     """A real artifact (``write_artifact``, so it verifies) with the tiny model, variant ``tiny``, and a
     Normalizer fitted on ``fit_bars``."""
     from barsignal.engine.artifact import write_artifact
@@ -62,5 +62,6 @@ def write_tiny_artifact(dest: Path, fit_bars: Sequence[Bar], *, seed: int = 0, b
                    schema_hash=schema_hash(), normalization=Normalizer.fit(rows[ready]).to_dict(),
                    signal=signal or {"long_threshold": 0.52, "short_threshold": 0.48, "rule": "threshold"},
                    variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
-                   default_variant="tiny", horizon=1, metrics={}, command="tests/tiny_model.py")
+                   default_variant="tiny", horizon=1, metrics=metrics or {},
+                   command="tests/tiny_model.py")
     return dest

@@ -1,9 +1,12 @@
 """Binance REST klines: backfill through ccxt, and the pure helpers a kline server needs.
 
-``fetch_bars`` pages through ``GET /api/v3/klines`` with ccxt's raw ``publicGetKlines`` (no
-``load_markets``: a loopback server only has to answer the klines endpoint). It returns closed
-bars only, ``source="rest"``. Network trouble raises TransientError; HTTP 429 waits the
-``Retry-After`` the server asks for and retries; HTTP 418 (IP ban) raises ``RateLimited``.
+``fetch_page`` pages through ``GET /api/v3/klines`` with ccxt's raw ``publicGetKlines`` (no
+``load_markets``: a loopback server only has to answer the klines endpoint) and returns a
+:class:`KlinePage`: closed, valid bars only (``source="rest"``), the server time from the HTTP
+``Date`` header, and the rows it dropped by reason. ``fetch_bars`` returns just the bars. Network
+trouble raises TransientError; HTTP 429 waits the ``Retry-After`` the server asks for and retries
+(``max_retries=0``: raise ``RateLimited`` at once); HTTP 418 (IP ban) raises ``RateLimited`` with
+the full Retry-After; HTTP 400 code -1121 ("Invalid symbol") raises ``InvalidSymbol``, a ConfigError.
 
 ``encode_klines`` / ``klines_response`` turn a BarFrame into Binance's 12-column rows (prices and
 volumes as strings with 8 decimals, as spot does) and answer a klines query; ``feed serve`` uses them.
@@ -12,15 +15,19 @@ volumes as strings with 8 decimals, as spot does) and answer a klines query; ``f
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from barsignal.daemon.binance import INTERVAL_MS
-from barsignal.errors import BadMessage, DataError, TransientError
+from barsignal.errors import BadMessage, ConfigError, DataError, TransientError
 from barsignal.features.bar import Bar, BarFrame
+from barsignal.features.engine import bar_problem
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -39,26 +46,77 @@ class RateLimited(TransientError):
         self.status = status
 
 
+class InvalidSymbol(ConfigError):
+    """HTTP 400 with Binance code -1121: the configured symbol does not exist. Retrying cannot help."""
+
+
+@dataclass
+class KlinePage:
+    """What one REST fetch returned: closed valid bars (oldest first), the server's clock, drops."""
+
+    bars: list[Bar]
+    server_time_ms: int | None = None  # the HTTP Date header of the last response (1 s resolution)
+    dropped: dict[str, int] = field(default_factory=dict)  # rows left out, by reason (not the open bar)
+
+
+def retry_after_s(headers: Mapping[str, str] | None, default: float = 1.0) -> float:
+    """Seconds a 429/418 reply's ``Retry-After`` header asks for (``default`` when absent or unreadable).
+
+    The one Retry-After parser: the REST client and the websocket handshake both use it."""
+    for k, v in (headers or {}).items():
+        if k.lower() == "retry-after":
+            try:
+                return max(0.0, float(v))
+            except (TypeError, ValueError):
+                return default
+    return default
+
+
+def date_header_ms(headers: Mapping[str, str] | None) -> int | None:
+    """The HTTP ``Date`` header as ms since the epoch (None when absent or unreadable)."""
+    for k, v in (headers or {}).items():
+        if k.lower() == "date":
+            try:
+                return int(email.utils.parsedate_to_datetime(v).timestamp() * 1000)
+            except (TypeError, ValueError, IndexError, OverflowError):
+                return None
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # Pure helpers: rows <-> bars, and a klines query answered from a BarFrame.
 
 
-def decode_kline_rows(rows: Any, *, now_ms: int | None = None, source: str = "rest") -> list[Bar]:
-    """Bars from REST kline rows ``[open_time, "o", "h", "l", "c", "v", close_time, ...]``.
+def decode_kline_rows(rows: Any, *, now_ms: int | None = None, source: str = "rest", interval_ms: int | None = None,
+                      dropped: dict[str, int] | None = None) -> list[Bar]:
+    """Valid bars from REST kline rows ``[open_time, "o", "h", "l", "c", "v", close_time, ...]``.
 
     With ``now_ms``, a row whose close time is not yet past (the bar still open) is left out.
-    A malformed row raises BadMessage.
+    A row that does not parse (``"malformed"``), whose times are off the ``interval_ms`` grid
+    (``"misaligned"``), or whose OHLCV is NaN, negative, inconsistent or absurd (the features' own
+    check, :func:`~barsignal.features.engine.bar_problem`) is dropped and counted in ``dropped``
+    by reason, never raised. A response that is not a list raises BadMessage.
     """
     if not isinstance(rows, list):
         raise BadMessage(f"klines response is not a list: {str(rows)[:200]}")
+    counts = dropped if dropped is not None else {}
     bars = []
     for row in rows:
         try:
             t, o, h, lo, c, v, close_t = (int(row[0]), float(row[1]), float(row[2]), float(row[3]),
                                           float(row[4]), float(row[5]), int(row[6]))
-        except (TypeError, ValueError, IndexError, KeyError):
-            raise BadMessage(f"malformed kline row: {str(row)[:200]}") from None
+        except (TypeError, ValueError, IndexError, KeyError, OverflowError):
+            counts["malformed"] = counts.get("malformed", 0) + 1
+            continue
+        if interval_ms is not None and (t <= 0 or (interval_ms <= 86_400_000 and t % interval_ms)
+                                        or close_t != t + interval_ms - 1):
+            counts["misaligned"] = counts.get("misaligned", 0) + 1
+            continue
         if now_ms is not None and close_t >= now_ms:
+            continue
+        why = bar_problem(o, h, lo, c, v)
+        if why is not None:
+            counts[why] = counts.get(why, 0) + 1
             continue
         bars.append(Bar(t, o, h, lo, c, v, source))
     return bars
@@ -147,21 +205,28 @@ def klines_response(frame: BarFrame, params: Mapping[str, str], *, symbol: str, 
 # ccxt client
 
 
-async def fetch_bars(rest_url: str, symbol: str, since_ms: int, until_ms: int, *, interval: str = "1m",
+async def fetch_bars(rest_url: str, symbol: str, since_ms: int, until_ms: int, **kwargs: Any) -> list[Bar]:
+    """Closed bars with ``since_ms <= open_time < until_ms`` (:func:`fetch_page` without the page)."""
+    return (await fetch_page(rest_url, symbol, since_ms, until_ms, **kwargs)).bars
+
+
+async def fetch_page(rest_url: str, symbol: str, since_ms: int, until_ms: int, *, interval: str = "1m",
                      limit: int = MAX_LIMIT, timeout_s: float = 10.0, now_ms: int | None = None,
                      max_retries: int = 3, max_wait_s: float = 60.0,
-                     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> list[Bar]:
-    """Closed bars with ``since_ms <= open_time < until_ms`` from ``rest_url`` (e.g.
+                     sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> KlinePage:
+    """Closed valid bars with ``since_ms <= open_time < until_ms`` from ``rest_url`` (e.g.
     ``https://api.binance.com``), oldest first, paginated ``limit`` at a time.
 
-    ``now_ms`` (default: the wall clock) decides which bars have closed. A 429 waits the server's
-    Retry-After (at most ``max_wait_s``) up to ``max_retries`` times; 418 raises RateLimited at
-    once. Timeouts, refused connections and 5xx raise TransientError.
+    ``now_ms`` (default: the wall clock) decides which bars have closed; the server's ``Date``
+    header, when it is earlier, does too. A 429 waits the server's Retry-After (at most
+    ``max_wait_s``) up to ``max_retries`` times; 418 raises RateLimited at once. Timeouts, refused
+    connections and 5xx raise TransientError; "Invalid symbol" raises InvalidSymbol.
     """
     import ccxt.async_support as ccxt
 
     if interval not in INTERVAL_MS:
         raise ValueError(f"unknown kline interval {interval!r}")
+    step = INTERVAL_MS[interval]
     limit = max(1, min(int(limit), MAX_LIMIT))
     ex = ccxt.binance({"enableRateLimit": True, "timeout": int(timeout_s * 1000)})
     base = rest_url.rstrip("/")
@@ -172,30 +237,49 @@ async def fetch_bars(rest_url: str, symbol: str, since_ms: int, until_ms: int, *
     on_rest_response = ex.on_rest_response
 
     def _record(code: Any, reason: Any, url: Any, method: Any, headers: Any, body: Any, *rest: Any) -> Any:
-        status["code"], status["headers"] = int(code), dict(headers or {})
+        status["code"], status["headers"], status["body"] = int(code), dict(headers or {}), body
         return on_rest_response(code, reason, url, method, headers, body, *rest)
 
     ex.on_rest_response = _record
-    bars: list[Bar] = []
+    page = KlinePage([])
     cursor = since_ms
     try:
         while cursor < until_ms:
             params = {"symbol": symbol.upper(), "interval": interval, "startTime": cursor,
                       "endTime": until_ms - 1, "limit": limit}
             rows = await _get_klines(ex, ccxt, params, status, base, max_retries, max_wait_s, sleep)
+            server = date_header_ms(status.get("headers"))
+            if server is not None:
+                page.server_time_ms = max(page.server_time_ms or 0, server)
             now = int(time.time() * 1000) if now_ms is None else now_ms
-            page = decode_kline_rows(rows, now_ms=now)
-            bars.extend(b for b in page if since_ms <= b.open_time < until_ms and b.open_time >= cursor)
-            if len(rows) < limit or len(page) < len(rows):
-                break  # the last page, or it reached the bar still open
-            last = int(rows[-1][0])
-            if last < cursor:
+            if server is not None:
+                # Date has 1 s resolution (truncated): a bar whose close time is within that second
+                # may not have closed by the server's own clock; the next fetch gets it.
+                now = min(now, server)
+            got = decode_kline_rows(rows, now_ms=now, interval_ms=step, dropped=page.dropped)
+            page.bars.extend(b for b in got if since_ms <= b.open_time < until_ms and b.open_time >= cursor)
+            if not isinstance(rows, list) or len(rows) < limit:
+                break  # the last page
+            try:
+                last = int(rows[-1][0])
+            except (TypeError, ValueError, IndexError, KeyError):
                 break
+            if last < cursor or (rows and _row_open(rows[-1], now, step)):
+                break  # it reached the bar still open, or the server went backwards
             cursor = last + 1
     finally:
         await ex.close()
-    log.debug("rest_backfill", symbol=symbol, since_ms=since_ms, until_ms=until_ms, bars=len(bars))
-    return bars
+    if page.dropped:
+        log.warning("rest_rows_dropped", symbol=symbol, since_ms=since_ms, until_ms=until_ms, **page.dropped)
+    log.debug("rest_backfill", symbol=symbol, since_ms=since_ms, until_ms=until_ms, bars=len(page.bars))
+    return page
+
+
+def _row_open(row: Any, now_ms: int, step: int) -> bool:
+    try:
+        return int(row[0]) + step - 1 >= now_ms
+    except (TypeError, ValueError, IndexError, KeyError):
+        return False
 
 
 async def _get_klines(ex: Any, ccxt: Any, params: dict[str, Any], status: dict[str, Any], base: str,
@@ -206,7 +290,7 @@ async def _get_klines(ex: Any, ccxt: Any, params: dict[str, Any], status: dict[s
             return await ex.publicGetKlines(params)
         except (ccxt.DDoSProtection, ccxt.RateLimitExceeded) as exc:
             code = status.get("code", 429)
-            wait = _retry_after(status.get("headers", {}))
+            wait = retry_after_s(status.get("headers"))
             if code == 418:
                 raise RateLimited(f"{base}: HTTP 418, IP banned by Binance for {wait:.0f} s; "
                                   "back off until then", wait, 418) from None
@@ -222,18 +306,20 @@ async def _get_klines(ex: Any, ccxt: Any, params: dict[str, Any], status: dict[s
             code = status.get("code")
             if code is not None and code >= 500:
                 raise TransientError(f"{base}: HTTP {code} from klines endpoint: {exc}") from None
+            if _binance_code(status.get("body")) == -1121 or isinstance(exc, ccxt.BadSymbol):
+                raise InvalidSymbol(f"[feed] symbols: {base} does not know symbol {params['symbol']!r} "
+                                    "(HTTP 400, code -1121 Invalid symbol); fix [feed] symbols") from None
             raise DataError(f"{base}: klines request refused ({exc}); check symbol and interval") from None
     raise AssertionError("unreachable")
 
 
-def _retry_after(headers: Mapping[str, str]) -> float:
-    for k, v in headers.items():
-        if k.lower() == "retry-after":
-            try:
-                return max(0.0, float(v))
-            except ValueError:
-                return 1.0
-    return 1.0
+def _binance_code(body: Any) -> int | None:
+    try:
+        msg = orjson.loads(body) if isinstance(body, (str, bytes)) else None
+    except orjson.JSONDecodeError:
+        return None
+    code = msg.get("code") if isinstance(msg, dict) else None
+    return code if type(code) is int else None
 
 
 def fetch_bars_sync(rest_url: str, symbol: str, since_ms: int, until_ms: int, **kwargs: Any) -> list[Bar]:

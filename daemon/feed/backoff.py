@@ -54,3 +54,39 @@ class AttemptLimiter:
 
     def record(self) -> None:
         self._times.append(self._clock())
+
+
+class RestGate:
+    """When the next REST call may go: capped backoff after a failure, the full ``Retry-After`` after
+    a 429, and no call at all until a 418 ban ends (Binance bans an IP that keeps calling: the ban
+    grows). ``ok()`` after a success resets it. ``clock`` is injectable (seconds, monotonic)."""
+
+    def __init__(self, base_s: float, cap_s: float, *, clock: Callable[[], float],
+                 rng: random.Random | None = None) -> None:
+        self.backoff = Backoff(base_s, max(base_s, cap_s), rng=rng)
+        self._clock = clock
+        self.next_at = 0.0
+        self.banned_until: float | None = None  # clock() when a 418 ban ends
+
+    def wait_s(self) -> float:
+        """Seconds until a REST call is allowed (0: now)."""
+        return max(0.0, self.next_at - self._clock())
+
+    def failed(self) -> float:
+        """A failed call (network, 5xx, bad page): back off; returns the delay."""
+        d = self.backoff.next_delay()
+        self.next_at = max(self.next_at, self._clock() + d)
+        return d
+
+    def rate_limited(self, status: int, retry_after_s: float) -> float:
+        """429 or 418: wait the whole Retry-After (however long), or back off when it names none."""
+        d = retry_after_s if retry_after_s > 0 else self.backoff.next_delay()
+        now = self._clock()
+        self.next_at = max(self.next_at, now + d)
+        if status == 418:
+            self.banned_until = max(self.banned_until or 0.0, now + d)
+        return d
+
+    def ok(self) -> None:
+        self.backoff.reset()
+        self.banned_until = None

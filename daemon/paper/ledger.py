@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from barsignal.daemon.paper.broker import Account, EquityRow, Fill, Rules, new_account, step
+from barsignal.engine.broker import Account, EquityRow, Fill, Rules, new_account, step
 from barsignal.engine.signal import Signal
 from barsignal.errors import ConfigError, DataError
 from barsignal.log import get_logger

@@ -1,25 +1,22 @@
-"""Replay: historical bars through THE live ``Pipeline``, signals to JSONL and the paper ledger.
+"""Replay: historical bars through THE live node (``barsignal.node``): pipeline, outbox, sinks.
 
-The pipeline is the same object ``barsignal run`` uses; only the bar source differs. With
-``batch > 1`` windows are scored in batches (``Pipeline.process_many``), which ``tests/paper``
-proves gives the same signals as one by one (``batch=1``, ``Pipeline.process``). Bars go through
-in chunks, so memory stays bounded and fills interleave with scoring.
+``replay(bars, node)`` plugs a bar iterable into a :class:`~barsignal.node.Node` built by
+``build_node(cfg, "replay", ...)`` (or assembled from a pipeline in tests): every bar goes through
+``Node.handle`` as live, every signal into the node's outbox (a given or temporary state directory)
+and from there through the live ``SinkWorker`` to the live sinks (the jsonl sink for ``--signals``,
+the paper sink for the ledger). There is no second path to a sink. Scoring is batch-1, as live.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import islice
 from pathlib import Path
+from typing import Any
 
-import orjson
-
-from barsignal.daemon.paper.ledger import PaperLedger
-from barsignal.daemon.pipeline import Pipeline
-from barsignal.engine.signal import Signal
 from barsignal.errors import DataError
 from barsignal.features.bar import Bar
 
@@ -29,58 +26,40 @@ class ReplayResult:
     bars: int = 0
     signals: int = 0
     fills: int = 0
-    duplicates: int = 0  # signals the ledger already had (a replay resumed into the same ledger)
-    seconds: dict[str, float] = field(default_factory=dict)  # pipeline, paper, write
+    duplicates: int = 0  # signals the outbox already had (a replay resumed into the same state)
+    invalid: int = 0  # bars dropped as invalid (as live drops them)
+    seconds: dict[str, float] = field(default_factory=dict)  # replay (bars -> outbox), drain
 
 
-def _chunks(bars: Iterable[Bar], n: int) -> Iterator[list[Bar]]:
-    it = iter(bars)
-    while chunk := list(islice(it, n)):
-        yield chunk
-
-
-def replay(bars: Iterable[Bar], pipeline: Pipeline, *, ledger: PaperLedger | None = None,
-           signals_path: str | os.PathLike[str] | None = None, batch: int = 256, chunk: int = 65_536,
-           on_signal: Callable[[Signal], None] | None = None,
+def replay(bars: Iterable[Bar], node: Any, *, close: bool = True,
            clock: Callable[[], float] = time.perf_counter) -> ReplayResult:
-    """Run ``bars`` through ``pipeline``; apply each signal to ``ledger`` and append it to
-    ``signals_path`` (the live JSONL format). ``batch <= 1`` scores one window at a time."""
+    """Run ``bars`` through ``node`` and wait until every sink has every signal. ``close``: close
+    the node afterwards (its sinks, outbox, and a temporary state directory)."""
+    return asyncio.run(replay_async(bars, node, close=close, clock=clock))
+
+
+async def replay_async(bars: Iterable[Bar], node: Any, *, close: bool = True,
+                       clock: Callable[[], float] = time.perf_counter) -> ReplayResult:
     res = ReplayResult()
-    t_pipe = t_paper = t_write = 0.0
-    fh = None
-    if signals_path is not None:
-        Path(signals_path).parent.mkdir(parents=True, exist_ok=True)
-        fh = open(signals_path, "wb")
+    before = node.stats.signals, node.stats.duplicates, node.pipeline.stats.invalid
+    await node.start()
     try:
-        for part in _chunks(bars, chunk if batch > 1 else 1024):
-            t0 = clock()
-            if batch > 1:
-                sigs = pipeline.process_many(part, batch=batch)
-            else:
-                sigs = [s for b in part if (s := pipeline.process(b)) is not None]
-            t1 = clock()
-            res.bars += len(part)
-            res.signals += len(sigs)
-            if ledger is not None:
-                for a in ledger.apply_batch(sigs):
-                    res.fills += a.fill is not None
-                    res.duplicates += a.duplicate
-            t2 = clock()
-            if fh is not None:
-                # orjson serializes the dataclass directly: the same bytes as the jsonl sink's
-                # orjson.dumps(signal.to_dict()) (a test checks it), without asdict's deep copy.
-                fh.write(b"".join(orjson.dumps(s) + b"\n" for s in sigs))
-            if on_signal is not None:
-                for s in sigs:
-                    on_signal(s)
-            t3 = clock()
-            t_pipe += t1 - t0
-            t_paper += t2 - t1
-            t_write += t3 - t2
+        t0 = clock()
+        res.bars = await node.replay(bars)
+        t1 = clock()
+        await node.settle()
+        t2 = clock()
     finally:
-        if fh is not None:
-            fh.close()
-    res.seconds = {"pipeline": t_pipe, "paper": t_paper, "write": t_write}
+        paper = next((s for s in node.sinks if s.name == "paper"), None)
+        ledger = getattr(paper, "ledger", None)
+        if ledger is not None:
+            res.fills = len(ledger.fills(node.symbol))
+        if close:
+            await node.close()
+    res.signals = node.stats.signals - before[0]
+    res.duplicates = node.stats.duplicates - before[1]
+    res.invalid = node.pipeline.stats.invalid - before[2]
+    res.seconds = {"replay": t1 - t0, "drain": t2 - t1}
     return res
 
 

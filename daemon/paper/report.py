@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from barsignal.daemon.paper.broker import Fill, Rules
 from barsignal.daemon.paper.ledger import PaperLedger
+from barsignal.engine.broker import Fill, Rules
 
 BARS_PER_YEAR = 525_600  # 1-minute bars in 365 days
 ANNUALIZATION = math.sqrt(BARS_PER_YEAR)
@@ -56,6 +56,7 @@ class Metrics:
     fees: float
     exposure: float  # fraction of bars with a position at the close
     final_equity: float
+    trade_t_stat: float = math.nan  # mean / sd * sqrt(n) of the round trips' net PnL (they never overlap)
 
 
 def drawdown(equity: np.ndarray) -> np.ndarray:
@@ -95,7 +96,17 @@ def metrics(s: Series, rules: Rules) -> Metrics:
         fees=sum(f.fee for f in s.fills),
         exposure=float(np.mean(s.qty != 0)) if len(s.qty) else 0.0,
         final_equity=float(eq[-1]) if len(eq) else initial,
+        trade_t_stat=_t_stat(trips),
     )
+
+
+def _t_stat(trips: list[float]) -> float:
+    """t-statistic of the round trips' net PnL: one position at a time, so trips never overlap."""
+    if len(trips) < 2:
+        return math.nan
+    a = np.asarray(trips, np.float64)
+    sd = float(a.std(ddof=1))
+    return float(a.mean() / sd * math.sqrt(len(a))) if sd > 0 else math.nan
 
 
 def buy_and_hold(s: Series, rules: Rules) -> tuple[Metrics, np.ndarray]:
@@ -165,6 +176,7 @@ def render_markdown(s: Series, rules: Rules, strat: Metrics, bh: Metrics, png: s
         ("Max drawdown", _pct(strat.max_drawdown), _pct(bh.max_drawdown)),
         ("Hit rate (round trips won, net of fees)", _pct(strat.hit_rate).lstrip("+"), "n/a"),
         ("Round trips", str(strat.round_trips), "0"),
+        ("t-statistic of the round trips' net PnL", _num(strat.trade_t_stat), "n/a"),
         ("Fills", str(strat.fills), str(bh.fills)),
         ("Turnover (traded notional / initial cash)", f"{strat.turnover:.1f}x", f"{bh.turnover:.1f}x"),
         ("Fees paid", f"{strat.fees:,.2f}", f"{bh.fees:,.2f}"),

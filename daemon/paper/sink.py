@@ -1,19 +1,21 @@
 """``paper``: the paper broker as a signal sink (registered by name in ``daemon.sinks.registry``).
 
-Each signal is applied to the SQLite ledger in one transaction, in a worker thread so that a
-commit's fsync never blocks the event loop. Re-delivered signals (outbox retries after a restart)
-are no-ops: the ledger is idempotent by signal id.
+Each signal is applied to the SQLite ledger in one transaction on the sink's own thread, so that a
+commit's fsync never blocks the event loop; the ledger is opened and closed on that thread too.
+Apply and close run in order on it: ``close`` waits for an ``apply`` still running (a cancelled
+``send`` leaves its apply to finish) and never closes the ledger under it. Re-delivered signals
+(outbox retries after a restart) are no-ops: the ledger is idempotent by signal id.
 """
 
 from __future__ import annotations
 
-import asyncio
 from pathlib import Path
 from typing import Literal
 
-from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import Applied, PaperLedger, check_rules
 from barsignal.daemon.sinks.base import SinkContext
+from barsignal.daemon.writer import WriterThread
+from barsignal.engine.broker import Rules
 from barsignal.engine.signal import Signal
 from barsignal.log import get_logger
 
@@ -40,9 +42,18 @@ class PaperSink:
         self.path = ledger_path(section, ctx.state_dir)
         self.durability = durability
         self.ledger: PaperLedger | None = None
+        self._writer: WriterThread | None = None
         check_rules(self.path, self.rules)  # a changed [paper] section is refused before the start
 
+    def _thread(self) -> WriterThread:
+        if self._writer is None:
+            self._writer = WriterThread("paper", retry=False)
+        return self._writer
+
     async def start(self) -> None:
+        await self._thread().call_async(self._open, sql=False)
+
+    def _open(self) -> None:
         if self.ledger is None:
             self.ledger = PaperLedger(self.path, self.rules, self.durability)
             for sym in self.ledger.symbols():
@@ -52,16 +63,40 @@ class PaperSink:
                              position=a.qty, cash=round(a.cash, 2), last_open_time=a.last_open_time)
 
     async def send(self, signal: Signal) -> None:
-        if self.ledger is None:
-            await self.start()
-        assert self.ledger is not None
-        res: Applied = await asyncio.to_thread(self.ledger.apply, signal)
+        res: Applied = await self._thread().call_async(self._apply, signal, sql=False)
         if res.fill is not None:
             f = res.fill
             log.info("paper_fill", symbol=f.symbol, side=f.side, qty=f.qty, price=f.price,
                      fee=round(f.fee, 4), position=f.position, open_time=f.open_time)
 
+    def _apply(self, signal: Signal) -> Applied:
+        self._open()
+        assert self.ledger is not None
+        return self.ledger.apply(signal)
+
+    async def send_many(self, signals: list[Signal]) -> None:
+        """Several signals in one ledger transaction (the sink worker batches when it lags behind);
+        one ``paper_fills`` line with the count instead of a line per fill."""
+        res = await self._thread().call_async(self._apply_batch, signals, sql=False)
+        fills = sum(a.fill is not None for a in res)
+        if fills:
+            log.debug("paper_fills", fills=fills, signals=len(signals))
+
+    def _apply_batch(self, signals: list[Signal]) -> list[Applied]:
+        self._open()
+        assert self.ledger is not None
+        return self.ledger.apply_batch(signals)
+
     async def close(self) -> None:
+        if self._writer is not None:
+            w = self._writer
+            try:
+                await w.call_async(self._close, sql=False)  # after any apply still running
+            finally:
+                w.close()
+                self._writer = None
+
+    def _close(self) -> None:
         if self.ledger is not None:
             self.ledger.close()
             self.ledger = None

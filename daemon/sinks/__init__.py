@@ -5,7 +5,8 @@ Built-ins: ``stdout``, ``jsonl``, ``webhook``, ``redis``. Others register with
 ``barsignal.sinks`` package entry point, whose object is a factory ``(SinkContext) -> SignalSink``.
 """
 
-from barsignal.daemon.sinks.base import SignalSink, SinkContext, SinkFactory
+from barsignal.daemon.sinks.base import PermanentSinkError, SignalSink, SinkContext, SinkFactory
 from barsignal.daemon.sinks.registry import build_sink, register_sink, sink_names
 
-__all__ = ["SignalSink", "SinkContext", "SinkFactory", "build_sink", "register_sink", "sink_names"]
+__all__ = ["PermanentSinkError", "SignalSink", "SinkContext", "SinkFactory", "build_sink", "register_sink",
+           "sink_names"]

@@ -10,9 +10,20 @@ from typing import Any, Protocol, runtime_checkable
 from barsignal.engine.signal import Signal
 
 
+class PermanentSinkError(Exception):
+    """A sink's receiver refused a signal for good (e.g. HTTP 404, 401): the outbox keeps it as a
+    dead letter (counted, re-sent by ``barsignal outbox redrive``) instead of retrying it.
+    ``status`` is the receiver's status code when it has one."""
+
+    def __init__(self, reason: str, status: int | None = None) -> None:
+        super().__init__(reason)
+        self.reason, self.status = reason, status
+
+
 @runtime_checkable
 class SignalSink(Protocol):
-    """Where signals go. ``send`` raises on failure: the outbox keeps the signal and retries."""
+    """Where signals go. ``send`` raises on failure: the outbox keeps the signal and retries;
+    ``PermanentSinkError`` when the receiver refuses it for good (a dead letter, not retried)."""
 
     name: str
 

@@ -2,9 +2,15 @@
 
 Headers: ``Idempotency-Key: <signal id>`` (the receiver de-duplicates by it) and, when the secret
 named by ``token_env`` exists, ``Authorization: Bearer <token>``. A plain ``http://`` URL is refused
-unless its host is loopback or ``allow_insecure_http`` is set. 2xx is success; 4xx other than
-408/429 is a permanent refusal (logged, not retried); anything else is retried with backoff, and
-once ``retries`` are spent ``send`` raises so the outbox keeps the signal and tries again later.
+unless its host is loopback or ``allow_insecure_http`` is set.
+
+- 2xx: delivered.
+- 408, 429, 5xx, timeouts and connection errors: retried with backoff; once ``retries`` are spent
+  ``send`` raises, the outbox keeps the signal pending and the worker tries again later.
+- Any other status (400, 401, 403, 404, 410, 3xx...): the receiver refuses this signal; ``send``
+  raises ``PermanentSinkError`` and the outbox keeps it as a dead letter (status and reason), counted
+  in ``barsignal_sink_dead_letters_total{sink="webhook"}``, never counted delivered. After fixing the
+  receiver (a rotated token, a moved URL), ``barsignal outbox redrive --sink webhook`` sends them again.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from urllib.parse import urlsplit
 import orjson
 
 from barsignal.daemon.secrets import read_secret
-from barsignal.daemon.sinks.base import SinkContext
+from barsignal.daemon.sinks.base import PermanentSinkError, SinkContext
 from barsignal.engine.signal import Signal
 from barsignal.errors import ConfigError, TransientError
 from barsignal.log import get_logger
@@ -33,6 +39,11 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def retryable(status: int) -> bool:
+    """A non-2xx status worth retrying: 408 (timeout), 429 (rate limited) and 5xx."""
+    return status in (408, 429) or status >= 500
 
 
 def check_url(url: str, allow_insecure_http: bool) -> None:
@@ -87,11 +98,10 @@ class WebhookSink:
                     if 200 <= resp.status < 300:
                         return
                     last = f"HTTP {resp.status}"
-                    if 400 <= resp.status < 500 and resp.status not in (408, 429):
+                    if not retryable(resp.status):
                         self.rejected += 1
-                        log.error("webhook_rejected", status=resp.status, signal=signal.id,
-                                  hint="the receiver refuses this signal; it is not retried")
-                        return
+                        raise PermanentSinkError(f"{self.url} answered HTTP {resp.status} {resp.reason or ''}"
+                                                 .strip(), resp.status)
             except (aiohttp.ClientError, TimeoutError, OSError) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
         raise TransientError(f"webhook {self.url}: {last} after {self.retries + 1} attempts")

@@ -6,7 +6,9 @@ docs/BENCHMARKS.md), ``extended``/``all`` were ~20 % slower at batch 1, because 
 SkipLayerNormalization fusion and layout transforms cost more than they save at this size.
 Batch-1 scoring goes through an IOBinding bound once to preallocated input and output arrays:
 the hot path copies the window into the bound input, runs,
-and reads one float; it allocates no arrays.
+and reads one float; it allocates no arrays. The dynamic-batch graph (``score_batch``, offline
+evaluation only: the daemon, replay and parity score one window at a time) is opened on the first
+``score_batch`` call, never at load: a daemon start neither loads nor warms it.
 """
 
 from __future__ import annotations
@@ -103,14 +105,13 @@ class OnnxRuntimeScorer:
             self._run_inner, self._run_arg = inner.run_with_iobinding, inner_io
         else:
             self._run_inner, self._run_arg = self.session.run_with_iobinding, io
-        self.dynamic = _open(Path(onnx_dynamic), session_options(intra_op_threads, spinning, opt_level)) \
-            if onnx_dynamic else None
+        self.dynamic_path = Path(onnx_dynamic) if onnx_dynamic else None
+        self._dynamic_opts = (intra_op_threads, spinning, opt_level)
+        self.dynamic: Any = None  # opened by the first score_batch
         rng = np.random.default_rng(0)
         sample = rng.standard_normal(WINDOW_SHAPE).astype(np.float32)
         for _ in range(max(1, warmup)):
             self.score(sample)
-        if self.dynamic is not None:
-            self.score_batch(np.repeat(sample[None], 64, axis=0))
 
     def score(self, window: np.ndarray) -> float:
         if window.shape != self._window_shape:
@@ -121,11 +122,14 @@ class OnnxRuntimeScorer:
 
     def score_batch(self, windows: np.ndarray, chunk: int = 64) -> np.ndarray:
         """Batches of ``chunk`` windows through the dynamic-batch graph (small chunks keep the
-        activations in L2: measured faster per window than 4096-window batches)."""
+        activations in L2: measured faster per window than 4096-window batches). Offline evaluation
+        only: it can differ from ``score`` by an ulp, so no signal path uses it."""
         if windows.ndim != 3 or windows.shape[1:] != self._window_shape:
             raise ValueError(f"windows shape {windows.shape}, expected (N, 30, 33)")
         n = windows.shape[0]
         out = np.empty((n,), np.float32)
+        if self.dynamic is None and self.dynamic_path is not None:
+            self.dynamic = _open(self.dynamic_path, session_options(*self._dynamic_opts))
         if self.dynamic is None:
             for i in range(n):
                 out[i] = self.score(windows[i])
@@ -138,7 +142,7 @@ class OnnxRuntimeScorer:
 
 def load(variant: Variant, *, intra_op_threads: int = 1, spinning: bool = False,
          cache_dir: Path | None = None, opt_level: str = DEFAULT_OPT_LEVEL) -> OnnxRuntimeScorer:
-    """Open the variant's static ONNX (and the dynamic one for ``score_batch``)."""
+    """Open the variant's static ONNX (the dynamic one waits for a ``score_batch`` call)."""
     del cache_dir  # ORT compiles at load; nothing to cache
     return OnnxRuntimeScorer(variant.onnx, variant.onnx_dynamic, intra_op_threads=intra_op_threads,
                              spinning=spinning, opt_level=opt_level)

@@ -87,7 +87,8 @@ def test_variants_are_what_they_claim(done):
         errs = list(r["weight_error"].values())
         assert errs and all(0 < e < 0.1 for e in errs), name
         assert 0 <= r["activation_clipping"]["rate"] < 1
-        assert 0 <= r["vs_fp32"]["signal_agreement"] <= 1 and "sharpe" in r["backtest"]
+        assert 0 <= r["vs_fp32"]["signal_agreement"] <= 1 and 0 <= r["vs_fp32"]["rule_agreement"] <= 1
+        assert r["test_trading"]["bars"] == out["quantize"]["fp32_test_trading"]["bars"] > 0
     assert max(qv["fp16"]["weight_error"].values()) < max(qv["int8_static"]["weight_error"].values())
     assert out["quantize"]["qat"]["fake_quantized_linears"] == 7  # q, k, v, out, ff1, ff2, head
     sens = out["quantize"]["sensitivity"]
@@ -118,6 +119,10 @@ def test_report_has_one_table_with_every_row(done):
         assert f"| {name} |" in md
     assert rep["selected_variant"] in ("fp32", "fp16", "int8_dynamic", "int8_static", "qat")
     assert rep["batch_drift"]["pruned (ONNX FP32)"] <= 1e-5  # FP32: replay scores as live does
+    for r in rep["rows"]:
+        assert r["policy_name"] in ("trade", "flat") and r["trading"]["bars"] > 0
+        if r["policy_name"] == "flat":
+            assert r["trading"]["trades"] == 0 and r["trading"]["net_pnl"] == 0.0
 
 
 def test_artifact_verifies_and_is_refused_when_tampered(done, tmp_path):
@@ -127,8 +132,16 @@ def test_artifact_verifies_and_is_refused_when_tampered(done, tmp_path):
     art = load_artifact(work / "artifact")
     assert art.default_variant in art.variant_names and "fp32" in art.variant_names
     sig = art.signal
-    assert 0 < sig["long_threshold"] < 1 and "validation" in sig["rule"]
+    assert sig["chosen_on"] == "validation" and sig["policy"] in ("trade", "flat")
+    assert sig["min_hold_bars"] >= art.horizon  # the label horizon flows into the rule
+    if sig["policy"] == "flat":  # nothing net-positive after costs: stay flat, say so
+        assert art.informational and "stay flat" in sig["reason"]
+    else:
+        assert 0 < sig["long_threshold"] < 1 and sig["val"]["net_pnl"] > 0 and not art.informational
     assert art.normalization and art.window_shape == (30, 33)
+    b = art.baselines
+    assert b is not None and b["fitted_on"] == "train" and len(b["logistic"]["w"]) == 33
+    assert art.manifest["label"]["horizon"] == art.horizon and art.manifest["label"]["kind"] == "direction"
     v = art.variant()
     x = np.zeros((1, 30, 33), np.float32)
     assert q.session(v.onnx).run(["up_probability"], {"input": x})[0].shape == (1,)
@@ -138,6 +151,53 @@ def test_artifact_verifies_and_is_refused_when_tampered(done, tmp_path):
         fh.write(b"\0")
     with pytest.raises(ArtifactError, match="sha256"):
         load_artifact(bad)
+
+
+def test_artifact_psi_bins_are_the_training_distribution(done, slice_data):
+    from barsignal.daemon.metrics import LiveMonitor
+    from barsignal.engine.artifact import load_artifact
+
+    _, _, work = done
+    ref = load_artifact(work / "artifact").psi_reference
+    assert ref is not None and len(ref["edges"]) == 33 and all(len(e) == 9 for e in ref["edges"])
+    assert all(abs(sum(f) - 1.0) < 1e-9 for f in ref["fractions"])
+    train = slice_data.sets["train"]
+    rows = train.last_rows()
+    mon = LiveMonitor(1, window=len(rows), reference=ref)
+    assert mon.psi_source == "artifact training bins"
+    for r in rows:
+        mon.observe_signal(0, 1.0, 0.5, r[None])
+    assert mon.update_psi().max() < 1e-9  # the training rows themselves: PSI 0
+    mon2 = LiveMonitor(1, window=len(rows), reference=ref)
+    for r in rows:
+        mon2.observe_signal(0, 1.0, 0.5, (r + 1.0)[None])  # every feature shifted by one std
+    assert mon2.update_psi().max() > 0.25
+    assert LiveMonitor(1).psi_source == "standard-normal deciles"  # older manifests: fall back
+
+
+def test_eval_of_the_artifact_uses_its_shipped_baselines_and_policy(done, capsys):
+    from barsignal.cli import main
+    from barsignal.engine.artifact import load_artifact
+    from tests.conftest import FUTURES_1M
+
+    _, _, work = done
+    art = load_artifact(work / "artifact")
+    days = [str(f) for f in FUTURES_1M[:6]]
+    rc = main(["eval", "--model", str(work / "artifact"), "--bars", *days, "--json", "--walk-forward", "2",
+               "--bootstrap", "50"])
+    rep = json.loads(capsys.readouterr().out)
+    assert rc == 0 and rep["baselines_fitted_on"].startswith("shipped in the artifact")
+    assert rep["days"] == 6 and rep["scores"]["logistic"]["roc_auc"]["ci95"] is not None
+    verdicts = {v["verdict"] for v in rep["verdicts"]}
+    assert verdicts <= {"beats", "loses to", "no difference"}
+    assert rep["trading"]["policy"]["policy"] == art.signal["policy"]
+    assert rep["trading"]["bars"] == rep["windows"] + rep["tied_dropped"]  # every bar, ties included
+    assert [f["fold"] for f in rep["walk_forward"]] == [1, 2]
+    assert sum(f["windows"] for f in rep["walk_forward"]) == rep["windows"]
+    assert all("trading" in f for f in rep["walk_forward"])
+    rc = main(["eval", "--model", str(work / "artifact"), "--bars", *days, "--split", "test", "--bootstrap", "20"])
+    text = capsys.readouterr().out
+    assert rc == 0 and "(test, label: direction" in text and "Trading (" in text
 
 
 def test_engine_stage_says_tensorrt_is_absent(done):

@@ -68,3 +68,52 @@ def test_each_run_carries_the_state_it_started_from(tmp_path: Path) -> None:
     assert second.bars == list(bars) and len(list(tmp_path.glob("*0001Z-*.jsonl"))) >= 3
     ids = [new_run_id() for _ in range(3)]
     assert ids == sorted(ids) and all(len(i) == 19 and i.endswith("Z") and "-" not in i for i in ids)
+
+
+def test_a_full_disk_never_tears_a_line_and_the_bars_are_written_once_space_is_back(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    """The writer thread gets ENOSPC mid-line (a short write, then two failed writes): the torn tail
+    is truncated away, the line retried; every bar ends up in the record exactly once, in order."""
+    import errno
+    import os
+
+    real_write = os.write
+    calls = {"n": 0}
+
+    def flaky_write(fd: int, data) -> int:
+        calls["n"] += 1
+        if calls["n"] == 4:  # half a line reaches the file, then the disk is full
+            real_write(fd, bytes(data)[: len(data) // 2])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if calls["n"] in (5, 6):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    bars = real_bars(6)
+    log = BarLog(tmp_path, "BTCUSDT", run_id="r1")
+    monkeypatch.setattr(os, "write", flaky_write)
+    for b in bars:
+        log.record(b)  # returns at once: the writes happen on the writer thread
+    assert log.flush(30)
+    assert log.writer.errors == 3 and log.writer.failing is None
+    log.close()
+    monkeypatch.undo()
+    (run,) = read_runs(tmp_path, "BTCUSDT").values()
+    assert [b.open_time for b in run] == [b.open_time for b in bars]
+
+
+def test_other_records_keep_their_place_among_the_bars(tmp_path: Path) -> None:
+    from barsignal.daemon.barlog import read_run_records
+
+    bars = real_bars(4)
+    log = BarLog(tmp_path, "BTCUSDT", run_id="r1")
+    log.record(bars[0])
+    log.record(bars[1])
+    log.append({"note": {"what": "operator mark"}})
+    log.record(bars[2])
+    log.record(bars[3])
+    with pytest.raises(ValueError):
+        log.append({"open_time": 1, "x": 2})
+    log.close()
+    (run,) = read_run_records(tmp_path, "BTCUSDT")
+    assert len(run.bars) == 4 and run.records == [(2, {"note": {"what": "operator mark"}})]

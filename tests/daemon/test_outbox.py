@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 from pathlib import Path
 
-from barsignal.daemon.outbox import Outbox, SinkWorker
+from barsignal.daemon.outbox import Outbox, PermanentSinkError, SinkWorker
 from barsignal.engine.signal import RuleState, Signal
 
 
@@ -51,8 +52,14 @@ def test_add_is_idempotent_and_remembers_rule_state(tmp_path: Path) -> None:
     assert [s.id for _, s in ob.pending("a")] == ["BTCUSDT-2-abc"]
     assert [s.id for _, s in ob.pending("b")] == ["BTCUSDT-1-abc", "BTCUSDT-2-abc"]
     ob.close()
+    db = sqlite3.connect(tmp_path / "o.sqlite")
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 3
+    db.close()
     again = Outbox(tmp_path / "o.sqlite", ["a", "b"])
-    assert again.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert again.last("BTCUSDT") == (120_000, RuleState("long", 0)) and again.depth() == 2
+    assert again.add(sig(2), RuleState("long", 0)) is None, "an id stored before the restart is a duplicate"
+    again.close()
 
 
 def test_undelivered_signals_are_delivered_after_restart(tmp_path: Path) -> None:
@@ -126,3 +133,82 @@ def test_a_stuck_sink_delays_neither_others_nor_the_producer(tmp_path: Path) -> 
     want = [f"BTCUSDT-{i}-abc" for i in range(50)]
     assert fast == want and stuck == want
     assert overflows >= 1
+
+
+class RefusingSink(ListSink):
+    """Refuses (for good) the signals whose number is in ``refuse``; checks each signal it is sent
+    is already committed (visible to another connection)."""
+
+    def __init__(self, name: str, db_path: Path, refuse: set[int]) -> None:
+        super().__init__(name)
+        self.db_path, self.refuse = db_path, refuse
+        self.uncommitted: list[str] = []
+
+    async def send(self, s: Signal) -> None:
+        con = sqlite3.connect(self.db_path)
+        if con.execute("SELECT COUNT(*) FROM signals WHERE id = ?", (s.id,)).fetchone()[0] != 1:
+            self.uncommitted.append(s.id)
+        con.close()
+        if s.open_time // 60_000 in self.refuse:
+            raise PermanentSinkError("HTTP 404 Not Found", 404)
+        self.got.append(s.id)
+
+
+def test_refused_signals_become_dead_letters_and_redrive_sends_them(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path, ["hook", "file"])
+
+    async def run(outbox: Outbox, refuse: set[int], n: range) -> tuple[RefusingSink, ListSink, SinkWorker]:
+        hook, file = RefusingSink("hook", path, refuse), ListSink("file")
+        ws = [SinkWorker(hook, outbox, sleep=_nosleep), SinkWorker(file, outbox, sleep=_nosleep)]
+        for w in ws:
+            w.start()
+        for i in n:
+            seq = outbox.add(sig(i), RuleState())
+            for w in ws:
+                w.offer(seq, sig(i))
+            await asyncio.sleep(0)
+        for w in ws:
+            assert await w.drain(5)
+            await w.stop()
+        return hook, file, ws[0]
+
+    hook, file, w = asyncio.run(run(ob, {2, 3, 5}, range(8)))
+    assert hook.got == [f"BTCUSDT-{i}-abc" for i in (0, 1, 4, 6, 7)] and len(file.got) == 8
+    assert hook.uncommitted == [], "a sink was sent a signal before the outbox committed it"
+    assert w.delivered == 5 and w.dead_letters == 3
+    assert ob.depth("hook") == 0 and ob.dead_counts() == {"hook": 3}
+    assert ob.dead_letter_stats() == ({"hook": 3}, {"hook": 3})
+    dead = ob.dead_letters()
+    assert [(d["id"], d["status"], d["reason"]) for d in dead] == [
+        (f"BTCUSDT-{i}-abc", 404, "HTTP 404 Not Found") for i in (2, 3, 5)]
+    ob.prune()  # dead letters are kept by prune (keep=100_000 here: nothing to prune anyway)
+    ob.close()
+
+    again = Outbox(path, ["hook", "file"])  # the restart: dead letters are not pending
+    assert again.dead_counts() == {"hook": 3} and again.depth("hook") == 0
+    assert again.redrive("hook") == 3
+    assert again.dead_counts() == {"hook": 0} and again.depth("hook") == 3
+    hook2, _, w2 = asyncio.run(run(again, set(), range(8, 9)))
+    assert hook2.got == [f"BTCUSDT-{i}-abc" for i in (2, 3, 5, 8)] and w2.dead_letters == 0
+    again.close()
+    con = sqlite3.connect(path)
+    assert con.execute("SELECT COUNT(*) FROM dead").fetchone()[0] == 0
+    assert con.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+    con.close()
+
+
+def test_prune_keeps_pending_and_dead_rows_and_runs_on_the_writer_thread(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", ["a"], keep=3, prune_every=10**9)
+    for i in range(10):
+        ob.add(sig(i), RuleState())
+    for seq in range(1, 9):
+        if seq == 2:
+            ob.dead_letter("a", seq, "refused", 410)
+        elif seq != 4:
+            ob.ack("a", seq)
+    assert ob.prune() == 5  # 1..7 are older than the newest 3; 2 (dead) and 4 (pending) are kept
+    ob.close()
+    con = sqlite3.connect(tmp_path / "o.sqlite")
+    assert [r[0] for r in con.execute("SELECT seq FROM signals ORDER BY seq")] == [2, 4, 8, 9, 10]
+    con.close()

@@ -1,4 +1,4 @@
-"""The one pipeline: warm-up, one signal per bar, restart dedup, batch == one by one (real ORT)."""
+"""The one pipeline: warm-up, one signal per bar, restart dedup, invalid bars dropped, hot swap (real ORT)."""
 
 from __future__ import annotations
 
@@ -27,43 +27,10 @@ def test_one_signal_per_bar_after_warmup(tiny_scorer) -> None:
     assert all(np.float32(s.p_up) == s.p_up for s in sigs)
 
 
-def test_batch_scoring_equals_one_by_one(tiny_scorer) -> None:
-    bars = real_bars(1500)
-    p1 = make(tiny_scorer)
-    one = [s for b in bars if (s := p1.process(b)) is not None]
-    for batch in (1, 7, 512, 4096):
-        many = make(tiny_scorer).process_many(bars, batch=batch)
-        assert [(s.id, s.open_time, s.action) for s in many] == [(s.id, s.open_time, s.action) for s in one]
-        a = np.array([s.p_up for s in many], np.float32).view(np.uint32)
-        b = np.array([s.p_up for s in one], np.float32).view(np.uint32)
-        assert np.array_equal(a, b), f"batch={batch}: p_up differs bitwise"
-
-
-def test_score_batch_is_used_only_when_the_scorer_declares_it_exact(tiny_scorer) -> None:
-    bars = real_bars(300)
-    calls = {"batch": 0}
-
-    class Exact:
-        name = "exact"
-        batch_exact = True
-
-        def score(self, w):
-            return tiny_scorer.score(w)
-
-        def score_batch(self, ws):
-            calls["batch"] += 1
-            return np.array([tiny_scorer.score(w) for w in ws], np.float32)
-
-    p1 = make(tiny_scorer)
-    one = [s for b in bars if (s := p1.process(b)) is not None]
-    many = make(Exact()).process_many(bars, batch=64)
-    assert calls["batch"] == -(-len(one) // 64)
-    assert [(s.id, s.p_up, s.action) for s in many] == [(s.id, s.p_up, s.action) for s in one]
-
-
 def test_restart_emits_no_duplicate_and_resumes_the_rule(tiny_scorer) -> None:
     bars = real_bars(600)
-    whole = make(tiny_scorer).process_many(bars)
+    p0 = make(tiny_scorer)
+    whole = [s for b in bars if (s := p0.process(b)) is not None]
     first = make(tiny_scorer)
     head = [s for b in bars[:300] if (s := first.process(b)) is not None]
     last, state = head[-1].open_time, first.rule_state
@@ -85,3 +52,50 @@ def test_out_of_order_and_duplicate_bars_are_ignored(tiny_scorer) -> None:
                 sigs.append(s)
     assert [s.open_time for s in sigs] == [b.open_time for b in bars[30:]]
     assert p.stats.out_of_order == 10 + 49
+
+
+def test_an_invalid_bar_is_dropped_and_counted_without_touching_state(tiny_artifact) -> None:
+    """The real features (their BadMessage check), as live: absurd, negative, NaN and off-grid bars
+    are dropped before any state changes, so the signals equal a run that never saw them."""
+    import dataclasses
+
+    from barsignal.daemon.config import Config
+    from barsignal.node import load_model
+
+    def fresh() -> Pipeline:
+        loaded = load_model(Config(), str(tiny_artifact), None)
+        return Pipeline("BTCUSDT", loaded.model, min_bars=loaded.warmup_bars)
+
+    bars = real_bars(1000)
+    clean = fresh()
+    ref = [s for b in bars if (s := clean.process(b)) is not None]
+    assert len(ref) > 100
+    p = fresh()
+    got = []
+    bad_at = {300: {"high": 1e13}, 500: {"volume": -1.0}, 800: {"close": float("nan")},
+              900: {"open_time": bars[900].open_time - 30_000}}
+    for i, b in enumerate(bars):
+        if i in bad_at:  # each before the real bar
+            assert p.process(dataclasses.replace(b, **bad_at[i])) is None
+        if (s := p.process(b)) is not None:
+            got.append(s)
+    assert p.stats.invalid == 4 and p.stats.bars == 1000
+    assert [(s.id, s.p_up, s.action) for s in got] == [(s.id, s.p_up, s.action) for s in ref]
+
+
+def test_swap_carries_the_rule_state_and_applies_from_the_next_bar(tiny_scorer) -> None:
+    from barsignal.daemon.pipeline import warm
+
+    bars = real_bars(300)
+    p = make(tiny_scorer)
+    for b in bars[:150]:
+        p.process(b)
+    state = p.rule_state
+    feats = TinyFeatures()
+    assert warm(feats, list(bars[119:150]))  # TinyFeatures needs 31 bars for a window
+    assert not warm(TinyFeatures(), list(bars[120:150]))
+    new = Model(feats, tiny_scorer, SignalRule(0.9, 0.1, 0.0, 0, True), "cd" * 32)
+    p.swap(new)
+    assert p.rule_state is state  # the rule resumes where it was
+    s = p.process(bars[150])
+    assert s is not None and s.artifact == "cd" * 32 and s.id.endswith("-" + "cd" * 6)

@@ -80,3 +80,37 @@ def test_actions_only_change_outside_cooldown(ps: list[float], hyst: float, cool
             if a == "short":
                 assert p <= 0.4
         prev = a
+
+
+def test_minimum_hold_keeps_a_position_for_h_bars_but_not_flat() -> None:
+    rule = SignalRule(0.6, 0.4, allow_short=True, min_hold_bars=3)
+    assert run(rule, [0.9, 0.1, 0.1, 0.1, 0.5, 0.5]) == ["long", "long", "long", "short", "short", "short"]
+    # flat is not held: from flat the rule enters at once
+    rule = SignalRule(0.6, 0.4, min_hold_bars=3)
+    assert run(rule, [0.5, 0.9, 0.5, 0.5, 0.5]) == ["flat", "long", "long", "long", "flat"]
+
+
+@given(st.lists(st.floats(0, 1), max_size=200), st.integers(0, 6))
+def test_positions_last_at_least_min_hold_bars(ps: list[float], hold: int) -> None:
+    acts = run(SignalRule(0.6, 0.4, allow_short=True, min_hold_bars=hold), ps)
+    runs, prev, n = [], None, 0
+    for a in acts:
+        if a != prev and prev is not None:
+            runs.append((prev, n))
+            n = 0
+        prev, n = a, n + 1
+    assert all(n >= hold for a, n in runs if a != "flat")  # closed positions were held >= hold bars
+
+
+def test_stay_flat_artifact_policy_and_artifact_rule_settings() -> None:
+    art = {"policy": "flat", "long_threshold": 1.0, "short_threshold": 0.0, "min_hold_bars": 15,
+           "hysteresis": 0.02, "cooldown_bars": 2}
+    r = SignalRule.from_config(SignalConfig(allow_short=True), art)
+    assert r.stay_flat and r.min_hold_bars == 15 and (r.hysteresis, r.cooldown_bars) == (0.02, 2)
+    assert set(run(r, [1.0, 0.0, 0.99, 0.01] * 10)) == {"flat"}  # even at p = 1.0 or 0.0
+    # the operator's explicit thresholds win over a flat policy
+    r = SignalRule.from_config(SignalConfig(long_threshold=0.7), art)
+    assert not r.stay_flat and run(r, [0.8]) == ["long"]
+    # the config's non-zero hysteresis / cooldown override the artifact's
+    r = SignalRule.from_config(SignalConfig(hysteresis=0.05, cooldown_bars=4), {**art, "policy": "trade"})
+    assert (r.hysteresis, r.cooldown_bars, r.stay_flat) == (0.05, 4, False)

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from barsignal.daemon.config import JsonlSinkConfig, RedisSinkConfig, SinksConfig, WebhookSinkConfig
-from barsignal.daemon.sinks import SinkContext, build_sink, register_sink, sink_names
+from barsignal.daemon.sinks import PermanentSinkError, SinkContext, build_sink, register_sink, sink_names, webhook
 from barsignal.daemon.sinks.jsonl import JsonlSink
 from barsignal.daemon.sinks.webhook import WebhookSink
 from barsignal.engine.signal import Signal
@@ -138,19 +138,29 @@ def test_webhook_posts_with_idempotency_key_and_bearer_token(tmp_path: Path, mon
     assert Signal(**rx.seen[-1][2]) == sig(7)
 
 
-def test_webhook_raises_when_retries_are_spent_and_skips_permanent_refusals(tmp_path: Path) -> None:
-    async def main() -> tuple[Receiver, WebhookSink]:
-        rx = Receiver([500, 500, 500, 422])
+def test_webhook_retries_429_408_5xx_and_refuses_other_statuses_for_good(tmp_path: Path) -> None:
+    async def main() -> tuple[Receiver, WebhookSink, list[int | None]]:
+        rx = Receiver([500, 500, 500, 429, 408, 503, 200, 422, 401, 404])
+        refused: list[int | None] = []
         async with rx as url:
             sink = _webhook(url, tmp_path, retries=2)
             with pytest.raises(TransientError, match="HTTP 500 after 3 attempts"):
                 await sink.send(sig(1))
-            await sink.send(sig(2))  # 422: the receiver refuses it for good; not retried
+            with pytest.raises(TransientError, match="HTTP 503 after 3 attempts"):
+                await sink.send(sig(2))  # 429, 408, 503: all retried
+            await sink.send(sig(3))
+            for i in (4, 5, 6):  # 422, 401, 404: refused for good, not retried, not delivered
+                with pytest.raises(PermanentSinkError) as exc:
+                    await sink.send(sig(i))
+                refused.append(exc.value.status)
             await sink.close()
-        return rx, sink
+        return rx, sink, refused
 
-    rx, sink = asyncio.run(main())
-    assert len(rx.seen) == 4 and sink.rejected == 1
+    rx, sink, refused = asyncio.run(main())
+    assert refused == [422, 401, 404]
+    assert len(rx.seen) == 10 and sink.rejected == 3
+    assert [webhook.retryable(s) for s in (408, 429, 500, 502, 503, 400, 401, 403, 404, 410, 422, 301)] == [
+        True] * 5 + [False] * 7
 
 
 def test_webhook_connection_refused_is_transient(tmp_path: Path) -> None:
@@ -202,3 +212,65 @@ def test_redis_xadd_capped_stream(redis_url: str, tmp_path: Path) -> None:
     finally:
         r.delete(stream)
         r.close()
+
+
+# -- paper ----------------------------------------------------------------------------------------
+def test_paper_close_waits_for_an_apply_still_running_in_its_thread(tmp_path: Path, monkeypatch) -> None:
+    """A send cancelled mid-apply (the worker stopped at shutdown) leaves the apply running in the
+    sink's thread; close must not close the ledger under it: the apply completes, then the ledger
+    closes, and the signal is in the ledger."""
+    import sqlite3
+    import threading
+
+    from barsignal.daemon.config import PaperConfig
+    from barsignal.daemon.paper.ledger import PaperLedger
+    from barsignal.daemon.paper.sink import PaperSink
+
+    entered, release = threading.Event(), threading.Event()
+    real_apply = PaperLedger.apply
+    errors: list[BaseException] = []
+
+    def slow_apply(self, s):
+        entered.set()
+        release.wait(5)
+        try:
+            return real_apply(self, s)
+        except BaseException as exc:  # what closing the ledger under it would raise
+            errors.append(exc)
+            raise
+
+    monkeypatch.setattr(PaperLedger, "apply", slow_apply)
+    sink = PaperSink(SinkContext("paper", PaperConfig(ledger="paper.sqlite"), tmp_path))
+
+    async def main() -> None:
+        await sink.start()
+        send = asyncio.create_task(sink.send(sig(3)))
+        while not entered.is_set():
+            await asyncio.sleep(0.001)
+        send.cancel()  # what SinkWorker.stop does
+        with pytest.raises(asyncio.CancelledError):
+            await send
+        close = asyncio.create_task(sink.close())
+        await asyncio.sleep(0.2)
+        assert not close.done(), "close returned while the apply was still running"
+        release.set()
+        await asyncio.wait_for(close, 5)
+
+    asyncio.run(main())
+    assert errors == []
+    db = sqlite3.connect(tmp_path / "paper.sqlite")
+    assert db.execute("SELECT signal_id FROM equity").fetchall() == [("BTCUSDT-3-abc",)]
+    db.close()
+
+
+def test_jsonl_path_that_cannot_be_written_is_refused_when_built(tmp_path: Path) -> None:
+    """Checked when the sink is built (``barsignal run`` builds every sink before touching state),
+    without creating anything."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for bad, why in ((blocker / "sub" / "s.jsonl", "is a file, not a directory"), (tmp_path, "is a directory")):
+        with pytest.raises(ConfigError, match=why):
+            JsonlSink(SinkContext("jsonl", JsonlSinkConfig(path=str(bad)), tmp_path / "state"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
+    ok = JsonlSink(SinkContext("jsonl", JsonlSinkConfig(path=str(tmp_path / "new" / "s.jsonl")), tmp_path))
+    assert not ok.path.parent.exists()

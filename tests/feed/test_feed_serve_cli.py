@@ -1,5 +1,6 @@
 """``barsignal feed serve`` as a real subprocess: killed mid-run and restarted later, the client still
-gets every closed bar exactly once (the ones that closed while it was down come over REST)."""
+gets every closed bar exactly once (the ones that closed while it was down come over REST); many
+symbols from many files (``--bars SYMBOL=FILE``) on one clock."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import sys
 import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while the feed runs
 import numpy as np
 import orjson
+from websockets.asyncio.client import connect
 
 from barsignal.daemon.feed.client import FeedClient
-from tests.conftest import REPO, free_port, run_cli
+from barsignal.data import load
+from tests.conftest import DATA, REPO, free_port, run_cli
 from tests.feed.conftest import SPOT_NOV, expected_times, feed_cfg
 
 
@@ -91,8 +94,77 @@ def test_feed_serve_usage_errors() -> None:
 
 
 def test_bench_feed_runs_and_checks_every_bar() -> None:
-    r = run_cli("bench", "feed", "--bars", "200", "--speed", "400", "--json", timeout=120)
+    r = run_cli("bench", "feed", "--bars", "200", "--speed", "400", "--symbols", "20", "--serve-speed", "10",
+                "--serve-bars", "10", "--json", timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     out = orjson.loads(r.stdout.strip().splitlines()[-1])
+    serve = out["serve"]  # 20 symbols (10 real, 10 shifted copies) on one clock, every tick complete
+    assert serve["symbols"] == 20 and serve["complete_ticks"] == serve["ticks"] >= 5
+    assert serve["frames_per_s"] > 0 and serve["tick_spread_ms"]["p50"] >= 0
     assert out["loopback"]["every_bar_once_in_order"] and out["loopback"]["stats"]["bars_ws"] == 200
     assert out["decode real frame"]["n"] == 20000 and out["decode real frame"]["p50_us"] > 0
+
+
+BTC_2023 = DATA / "klines" / "spot_1m" / "BTC_USDT-1m_2023-03-16_2023-05-01.json"
+ETH = DATA / "multi" / "spot_1m" / "ETH_USDT-1m.json"
+XRP = DATA / "multi" / "spot_1m" / "XRP_USDT-1m.json"
+
+
+def test_many_symbols_from_many_files_on_one_clock() -> None:
+    files = {"BTCUSDT": BTC_2023, "ETHUSDT": ETH, "XRPUSDT": XRP}
+    frames = {s: load(p).frame for s, p in files.items()}
+    clock = np.unique(np.concatenate([f.open_time for f in frames.values()]))
+    k = int(np.searchsorted(clock, frames["XRPUSDT"].open_time[0])) + 100  # all three trade from here
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "barsignal", "--log-format", "json", "feed", "serve",
+         "--bars", f"BTCUSDT={BTC_2023}", "--bars", str(ETH), "--bars", f"xrpusdt={XRP}",  # ETH: from its name
+         "--port", str(port), "--speed", "20", "--start-index", str(k), "--end-index", str(k + 20),
+         "--update-ms", "20000", "--jitter-ms", "3000", "--exit-at-end"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    ready = orjson.loads(proc.stdout.readline() or "{}")
+    assert ready.get("symbols") == ["BTCUSDT", "ETHUSDT", "XRPUSDT"], proc.stderr.read()[-2000:]
+
+    async def main():
+        url = ready["ws_url"] + "/stream?streams=" + "/".join(f"{s.lower()}@kline_1m" for s in files)
+        closed: list[tuple[str, int, list[float]]] = []
+        info = await asyncio.to_thread(_get_json, f"{ready['rest_url']}/api/v3/exchangeInfo")  # before it exits
+        async with connect(url, proxy=None) as ws:
+            while len([c for c in closed if c[1] == clock[k + 19]]) < 3:
+                k_ = orjson.loads(await asyncio.wait_for(ws.recv(), 10))["data"]["k"]
+                if k_["x"]:
+                    closed.append((k_["s"], k_["t"], [float(k_[c]) for c in "ohlcv"]))
+        return closed, info
+
+    closed, info = asyncio.run(main())
+    rc = proc.wait(30)
+    stderr = proc.stderr.read()
+    ticks = sorted({t for _, t, _ in closed})
+    assert ticks[-1] == clock[k + 19] and len(ticks) >= 12  # 20 ticks in 1 s; we join within the first few
+    for t in ticks[1:]:  # every tick after the first (which may have begun before we joined): all three
+        assert sorted(s for s, tt, _ in closed if tt == t) == sorted(files)
+    for s, t, ohlcv in closed:
+        f = frames[s]
+        i = int(np.searchsorted(f.open_time, t))
+        assert ohlcv == [f.open[i], f.high[i], f.low[i], f.close[i], f.volume[i]]
+    assert [x["symbol"] for x in info["symbols"]] == list(files)
+    assert rc == 0 and "feed_serve.stopped" in stderr and "Traceback" not in stderr
+
+
+def _get_json(url: str):
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=5) as r:
+        return orjson.loads(r.read())
+
+
+def test_bars_usage_errors() -> None:
+    r = run_cli("feed", "serve", "--bars", "BTC/USDT=" + str(BTC_2023), timeout=60)
+    assert r.returncode == 2 and "'BTC/USDT' is not a Binance id" in r.stderr
+    r = run_cli("feed", "serve", "--bars", str(SPOT_NOV.with_name("bars.json")), timeout=60)
+    assert r.returncode == 2 and "cannot tell the symbol" in r.stderr
+    r = run_cli("feed", "serve", timeout=60)
+    assert r.returncode == 2 and "no bars given" in r.stderr
+    r = run_cli("feed", "serve", "--bars", f"ETHUSDT={ETH}", "--bars", f"ETHUSDT={ETH}", timeout=60)
+    assert r.returncode == 2 and "ETHUSDT is given twice" in r.stderr

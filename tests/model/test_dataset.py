@@ -53,6 +53,40 @@ def test_labels_are_the_close_horizon_bars_ahead(spot_first) -> None:
             expect = (frame.close[ws.ends + h] > frame.close[ws.ends]).astype(np.float32)
             assert np.array_equal(ws.labels, expect)
             assert np.array_equal(ws.last_up, (frame.close[ws.ends] > frame.close[ws.ends - 1]))
+            assert (frame.close[ws.ends + h] != frame.close[ws.ends]).all()  # ties dropped
+
+
+def test_ties_are_dropped_from_the_splits_but_kept_in_the_consecutive_sets(spot_first) -> None:
+    frame = _slice(spot_first, 3000)
+    cols = {n: getattr(frame, n).copy() for n in ("open_time", "open", "high", "low", "close", "volume")}
+    for k in (2500, 2550, 2800, 2900):  # ties in val and test: close[k + 1] == close[k]
+        cols["close"][k + 1] = cols["close"][k]
+        cols["high"][k + 1] = max(cols["high"][k + 1], cols["close"][k + 1])
+        cols["low"][k + 1] = min(cols["low"][k + 1], cols["close"][k + 1])
+    frame = BarFrame(**cols)
+    splits = build([Segment("s", frame)], DatasetSpec(horizon=1))
+    for lab, full in ((splits.val, splits.val_all), (splits.test, splits.test_all)):
+        assert full is not None and full.tied is not None
+        tie = frame.close[full.ends + 1] == frame.close[full.ends]
+        assert tie.any() and np.array_equal(full.tied, tie)  # real spot bars tie
+        assert np.array_equal(lab.ends, full.ends[~tie])
+        assert (np.diff(full.ends) == 1).all()  # every bar of the period, consecutive
+        assert np.allclose(full.ret, frame.close[full.ends + 1] / frame.close[full.ends] - 1.0)
+    assert splits.info["tied"]["test"] == int(splits.test_all.tied.sum())
+
+
+def test_flat_band_drops_moves_inside_a_volatility_scaled_band(spot_first) -> None:
+    from barsignal.features.spec import INDEX
+
+    frame = _slice(spot_first, 3000)
+    h, k = 5, 0.5
+    splits = build([Segment("s", frame)], DatasetSpec(horizon=h, flat_band=k))
+    full = splits.test_all
+    raw = features_of(frame)[0]
+    band = k * raw[full.ends, INDEX["rvol30"]] * np.sqrt(h)
+    r = frame.close[full.ends + h] / frame.close[full.ends] - 1.0
+    assert np.array_equal(full.tied, np.abs(r) <= band) and full.tied.mean() > 0.05
+    assert np.array_equal(splits.test.labels, (r[~full.tied] > 0).astype(np.float32))
 
 
 def test_splits_are_chronological_80_10_10_with_a_purge(spot_splits) -> None:

@@ -93,17 +93,22 @@ def test_train_and_eval_cli(tmp_path, capsys, restore_logging) -> None:
     out = tmp_path / "cli"
     rc = main(["train", "student", "--data", *SLICE, "--out", str(out), "--epochs", "1",
                "--max-train-windows", "128", "--batch-size", "64", "--max-val-windows", "128",
-               "--no-progress", "--json"])
+               "--horizon", "1", "--no-progress", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and summary["epochs_run"] == 1 and checkpoint.is_checkpoint(out)
-    rc = main(["eval", "--model", str(out), "--bars", str(FUTURES_1M[5]), "--json", "--out", str(tmp_path / "ev")])
+    rc = main(["eval", "--model", str(out), "--bars", str(FUTURES_1M[5]), "--json", "--out", str(tmp_path / "ev"),
+               "--bootstrap", "50"])
     rep = json.loads(capsys.readouterr().out)
-    assert rc == 0 and rep["kind"] == "student"
-    assert rep["windows"] == 1440 - 99 + 1 - 30 + 1 - 1  # warm-up 99 bars, window 30, horizon 1
-    for name in ("majority", "same_direction", "logistic"):
-        assert set(rep["baselines"][name]) >= {"accuracy", "balanced_accuracy", "roc_auc", "log_loss",
-                                               "brier"}
-    assert 0.3 < rep["model"]["accuracy"] < 0.7
+    assert rc == 0 and rep["kind"] == "student" and rep["horizon"] == 1
+    assert rep["windows"] + rep["tied_dropped"] == 1440 - 99 + 1 - 30 + 1 - 1  # warm-up 99, window 30, h 1
+    assert rep["tied_dropped"] > 0  # one-minute futures closes do tie
+    assert "IN-SAMPLE" in rep["baselines_fitted_on"]  # a checkpoint ships no baselines; --split all
+    names = {"model", "majority", "last_sign", "opposite_sign", "neg_rsi6", "logistic"}
+    assert set(rep["scores"]) == names
+    for name in names - {"model"}:
+        assert {"roc_auc", "log_loss", "brier", "roc_auc_diff"} <= set(rep["scores"][name])
+        assert rep["scores"][name]["roc_auc_diff"]["verdict"] == "undetermined"  # one day: no CI
+    assert 0.3 < rep["scores"]["model"]["roc_auc"]["value"] < 0.7
     assert (tmp_path / "ev" / "calibration.png").stat().st_size > 1000
     assert "| log_loss |" in (tmp_path / "ev" / "eval.md").read_text()
     rc = main(["eval", "--model", str(tmp_path), "--bars", str(FUTURES_1M[5])])
@@ -144,8 +149,14 @@ def test_eval_scores_the_bundled_artifact_without_torch(tmp_path) -> None:
                           timeout=120, cwd=REPO)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert rep["kind"].startswith("artifact:") and rep["windows"] == 1440 - 99 + 1 - 30 + 1 - 1
-    assert set(rep["baselines"]) == {"majority", "same_direction", "logistic"}
+    h = rep["horizon"]
+    assert rep["kind"].startswith("artifact:") and rep["windows"] + rep["tied_dropped"] == 1440 - 99 + 1 - 30 + 1 - h
+    assert {"model", "majority", "last_sign", "opposite_sign", "neg_rsi6", "logistic"} <= set(rep["scores"])
+    from barsignal.engine.artifact import load_artifact
+
+    shipped = load_artifact().baselines is not None
+    assert rep["baselines_fitted_on"].startswith("shipped" if shipped else "fitted IN-SAMPLE")
+    assert rep["trading"]["bars"] == rep["windows"] + rep["tied_dropped"]
 
 
 def test_bench_train_reports_both_models(capsys) -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barsignal.daemon.paper.broker import Rules, new_account, step, target_direction
+from barsignal.engine.broker import Rules, new_account, step, target_direction
 from barsignal.engine.signal import Signal
 
 

@@ -47,7 +47,7 @@ def test_replay_writes_live_format_signals_and_report(replayed) -> None:
 
 def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     args = ["--bars", *map(str, FUT), "--artifact", str(tiny_artifact), "--config", str(replayed / "c.toml")]
-    ok = cli("parity", "--live-signals", str(replayed / "signals.jsonl"), *args, "--batch", "1")
+    ok = cli("parity", "--live-signals", str(replayed / "signals.jsonl"), *args)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "0 differences" in ok.stdout
     lines = (replayed / "signals.jsonl").read_bytes().splitlines()
@@ -61,15 +61,15 @@ def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     assert f"open_time {rec['open_time']}): action differs" in r.stderr
 
 
-def test_bench_replay_runs_and_checks_batched_equals_one_by_one(tmp_path, tiny_artifact) -> None:
+def test_bench_replay_runs_through_the_node(tmp_path, tiny_artifact) -> None:
     out = tmp_path / "bench.json"
     r = cli("bench", "replay", *map(str, FUT), "--artifact", str(tiny_artifact), "--limit", "2000",
-            "--verify", "1500", "--batch", "64", "--json", str(out))
+            "--json", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "identical = True" in r.stdout and "bars/s" in r.stdout
+    assert "bars/s" in r.stdout
     fig = orjson.loads(out.read_bytes())
     assert fig["bars"] == 2000 and fig["signals"] > 0 and fig["matmul_ceiling_gflops"] > 0
-    assert fig["batched_equals_one_by_one"]["identical"] is True
+    assert fig["seconds"]["scoring"] > 0 and fig["fills"] >= 0
 
 
 def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_artifact, spot_bars) -> None:
@@ -77,11 +77,11 @@ def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_a
     A's bars and signals once warm; run C restarts from B's last signal and catches up. One series
     through one pipeline would signal B's bars earlier than B could (the first kill -9 CI failure);
     parity replays each run from its ``run_start`` line and finds 0 differences."""
-    from barsignal.cli.replay import build_pipeline
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.barlog import BarLog
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import load_bars, replay
+    from barsignal.node import Start, build_node, load_model
 
     cfg_path = tmp_path / "c.toml"
     cfg_path.write_text("[signal]\nallow_short = true\n")
@@ -91,7 +91,7 @@ def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_a
     live: list = []
 
     def run(rid: str, part: list, last=None, rule_state=None) -> object:
-        pipe = build_pipeline(cfg, str(tiny_artifact), "BTCUSDT", last, rule_state)
+        pipe = build_node(cfg, "replay", artifact_dir=str(tiny_artifact), start=Start(last, rule_state)).pipeline
         log = BarLog(state, "BTCUSDT", run_id=rid, last_signalled=last, rule_state=rule_state)
         for b in part:
             log.record(b)
@@ -100,7 +100,7 @@ def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_a
         log.close()
         return pipe
 
-    warm = build_pipeline(cfg, str(tiny_artifact), "BTCUSDT").min_bars
+    warm = load_model(cfg, str(tiny_artifact), None).warmup_bars
     run("20260101T000000000Z", bars[:warm - 10])
     assert live == []
     end_b = warm - 40 + warm + 200
@@ -113,10 +113,49 @@ def test_parity_replays_each_run_from_the_state_it_started_from(tmp_path, tiny_a
     sig_path.write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in live))
 
     merged: list = []
-    replay(load_bars([str(state)], "BTCUSDT"), build_pipeline(cfg, str(tiny_artifact), "BTCUSDT"),
-           on_signal=merged.append, batch=1)
+    replay(load_bars([str(state)], "BTCUSDT"),
+           build_node(cfg, "replay", artifact_dir=str(tiny_artifact), on_signal=merged.append))
     assert not compare(live, merged).ok, "one series through one pipeline should differ here"
     r = cli("parity", "--live-signals", str(sig_path), "--bars", str(state), "--artifact", str(tiny_artifact),
             "--config", str(cfg_path))
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"parity OK: {len(live)} signals compared, 0 differences" in r.stdout
+
+
+def test_parity_drops_an_invalid_recorded_bar_as_live_did(tmp_path, tiny_artifact, spot_bars) -> None:
+    """Issue 13 #2: a bar record holding an absurd bar (price 1e13, here between two real bars) made
+    ``barsignal parity`` crash. The live node drops it (the features refuse it before any state
+    changes); parity drops it the same way, counts it, and finds 0 differences."""
+    import dataclasses
+
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.barlog import BarLog
+    from barsignal.node import build_node
+
+    cfg_path = tmp_path / "c.toml"
+    cfg_path.write_text("[signal]\nallow_short = true\n")
+    cfg = cfgmod.load(cfg_path)
+    bars = list(spot_bars(1100))
+    node = build_node(cfg, "replay", artifact_dir=str(tiny_artifact))
+    live: list = []
+    log = BarLog(tmp_path / "bars", "BTCUSDT", run_id="20260101T000000000Z",
+                 artifact={"hash": node.pipeline.model.artifact_hash, "path": str(tiny_artifact)})
+    for i, b in enumerate(bars):
+        if i == 1000:
+            bad = dataclasses.replace(b, high=1e13, source="ws")
+            log.record(bad)
+            assert node.pipeline.process(bad) is None
+        log.record(b)
+        if (s := node.pipeline.process(b)) is not None:
+            live.append(s)
+    log.close()
+    import asyncio
+
+    asyncio.run(node.close())
+    assert node.pipeline.stats.invalid == 1 and len(live) > 50
+    sig_path = tmp_path / "signals.jsonl"
+    sig_path.write_bytes(b"".join(orjson.dumps(s) + b"\n" for s in live))
+    r = cli("parity", "--live-signals", str(sig_path), "--bars", str(tmp_path / "bars"), "--config", str(cfg_path))
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert f"parity OK: {len(live)} signals compared, 0 differences" in r.stdout
+    assert "1 invalid bar(s) dropped as live dropped them" in r.stdout

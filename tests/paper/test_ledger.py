@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from barsignal.daemon.config import PaperConfig
-from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.daemon.paper.signals_io import read_signals, write_signals
 from barsignal.daemon.sinks import build_sink
+from barsignal.engine.broker import Rules
 from barsignal.errors import ConfigError, DataError
 
 REPO = Path(__file__).resolve().parents[2]

@@ -1,5 +1,6 @@
-"""Replay through the live Pipeline: batched scoring gives the same signals as one by one, the
-signals JSONL is the live format, parity catches any difference, a resumed run signals nothing twice."""
+"""Replay through the live node: the signals reach the live jsonl and paper sinks through the outbox
+and the sink workers (as live), equal the pipeline one bar at a time, parity catches any difference,
+and a replay resumed into the same state directory signals nothing twice."""
 
 from __future__ import annotations
 
@@ -7,55 +8,83 @@ import asyncio
 import dataclasses
 import itertools
 import sqlite3
+from pathlib import Path
 
 import numpy as np
 import orjson
 import pytest
 
-from barsignal.daemon.config import JsonlSinkConfig
-from barsignal.daemon.paper.broker import Rules
+from barsignal.daemon.config import JsonlSinkConfig, PaperConfig
+from barsignal.daemon.outbox import Outbox
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.daemon.paper.parity import compare, f32_bits
 from barsignal.daemon.paper.replay import replay
 from barsignal.daemon.paper.signals_io import read_signals
+from barsignal.daemon.paper.sink import PaperSink
 from barsignal.daemon.sinks import build_sink
+from barsignal.daemon.sinks.base import SinkContext
+from barsignal.engine.broker import Rules
+from barsignal.node import Node, Start
 
-RULES = Rules(allow_short=True)
+PAPER = PaperConfig(allow_short=True, ledger="paper.sqlite")
+RULES = Rules.from_config(PAPER)
 
 
-def strip(path) -> list[dict]:
-    """JSONL records without the latency breakdown (wall-clock figures, not results)."""
-    return [{k: v for k, v in orjson.loads(line).items() if k != "latency_us"}
-            for line in path.read_bytes().splitlines()]
+def node_for(pipeline, state: Path, *, jsonl: bool = True, paper: bool = True, on_signal=None) -> Node:
+    """A node around a test pipeline: the live outbox in ``state``, the live jsonl and paper sinks,
+    resumed from the outbox's last signal like ``build_node``."""
+    sinks = []
+    if jsonl:
+        sinks.append(build_sink("jsonl", JsonlSinkConfig(path="signals.jsonl", fsync="never"), state))
+    if paper:
+        sinks.append(PaperSink(SinkContext(name="paper", section=PAPER, state_dir=state), durability="off"))
+    ob = Outbox(state / "outbox.sqlite", tuple(s.name for s in sinks))
+    node = Node(pipeline, ob, sinks, state=state, on_signal=on_signal)
+    last = ob.last(pipeline.symbol)
+    node.restore(Start(*last) if last else Start())
+    return node
+
+
+def _dump(db: Path) -> dict[str, list]:
+    c = sqlite3.connect(db)
+    try:
+        return {t: c.execute(f"SELECT * FROM {t} ORDER BY 1").fetchall() for t in ("fills", "equity", "positions")}
+    finally:
+        c.close()
 
 
 @pytest.mark.parametrize("where", [(2, 0), (0, 4500)], ids=["gapless", "across-a-real-gap"])
-def test_batched_replay_equals_one_by_one(tmp_path, spot_bars, make_pipeline, where) -> None:
+def test_replay_reaches_the_live_sinks_through_the_outbox(tmp_path, spot_bars, make_pipeline, where) -> None:
     bars = spot_bars(2500, *where)
     gaps = sum(b.open_time - a.open_time > 60_000 for a, b in itertools.pairwise(bars))
     assert gaps == (where[0] == 0)
-    one = replay(bars, make_pipeline(), ledger=PaperLedger(tmp_path / "one.sqlite", RULES),
-                 signals_path=tmp_path / "one.jsonl", batch=1)
-    many = replay(bars, make_pipeline(), ledger=PaperLedger(tmp_path / "many.sqlite", RULES),
-                  signals_path=tmp_path / "many.jsonl", batch=256, chunk=700)  # crosses chunk ends
-    assert one.bars == many.bars == 2500
-    assert one.signals == many.signals > 2000 and one.fills == many.fills > 0
-    lines = (tmp_path / "many.jsonl").read_bytes().splitlines()
-    sigs = list(read_signals(tmp_path / "many.jsonl"))
-    assert lines == [orjson.dumps(s.to_dict()) for s in sigs]  # byte for byte what the jsonl sink writes
-    a, b = strip(tmp_path / "one.jsonl"), strip(tmp_path / "many.jsonl")
-    assert a == b
-    assert len({r["action"] for r in a}) == 3  # the rule really trades: long, short and flat
-    for t in ("fills", "equity", "positions"):
-        rows = [sqlite3.connect(tmp_path / f"{n}.sqlite").execute(f"SELECT * FROM {t}").fetchall()
-                for n in ("one", "many")]
-        assert rows[0] == rows[1], t
+    one = make_pipeline()
+    ref = [s for b in bars if (s := one.process(b)) is not None]  # the pipeline bar by bar
+    state = tmp_path / "state"
+    seen: list = []
+    res = replay(bars, node_for(make_pipeline(), state, on_signal=seen.append))
+    assert res.bars == 2500 and res.signals == len(ref) > 2000 and res.fills > 0 and res.duplicates == 0
+    assert [(s.id, f32_bits(s.p_up), s.action) for s in seen] == [(s.id, f32_bits(s.p_up), s.action) for s in ref]
+    # The outbox holds every signal, nothing pending: each sink acknowledged each one.
+    db = sqlite3.connect(state / "outbox.sqlite")
+    payloads = [r[0] for r in db.execute("SELECT payload FROM signals ORDER BY seq")]
+    assert db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+    db.close()
+    assert [orjson.loads(p)["id"] for p in payloads] == [s.id for s in ref]
+    # The jsonl sink wrote the live format, byte for byte what the outbox stored.
+    lines = (state / "signals.jsonl").read_bytes().splitlines()
+    assert lines == [orjson.dumps(orjson.loads(p)) for p in payloads]
+    assert len({orjson.loads(x)["action"] for x in lines}) == 3  # the rule really trades
+    # The paper sink's ledger equals a ledger fed the same signals one by one.
+    with PaperLedger(tmp_path / "ref.sqlite", RULES) as led:
+        led.apply_many(read_signals(state / "signals.jsonl"))
+    assert _dump(state / "paper.sqlite") == _dump(tmp_path / "ref.sqlite")
 
 
 def test_parity_zero_differences_and_catches_one_ulp(tmp_path, spot_bars, make_pipeline) -> None:
     bars = spot_bars(1500)
-    reference = []
-    replay(bars, make_pipeline(), on_signal=reference.append, batch=512)
+    reference: list = []
+    replay(bars, node_for(make_pipeline(), tmp_path / "r", jsonl=False, paper=False, on_signal=reference.append))
 
     # "live": the same pipeline one bar at a time, written by the live jsonl sink
     async def live() -> None:
@@ -91,14 +120,18 @@ def test_parity_zero_differences_and_catches_one_ulp(tmp_path, spot_bars, make_p
 def test_resumed_replay_signals_only_new_bars(tmp_path, spot_bars, make_pipeline) -> None:
     bars = spot_bars(1800)
     full: list = []
-    replay(bars, make_pipeline(), on_signal=full.append)
-    led = PaperLedger(tmp_path / "l.sqlite", RULES)
-    replay(bars[:1000], make_pipeline(), ledger=led)
-    cut = led.last_open_time("BTCUSDT")
+    replay(bars, node_for(make_pipeline(), tmp_path / "full", jsonl=False, paper=False, on_signal=full.append))
+    state = tmp_path / "state"
+    replay(bars[:1000], node_for(make_pipeline(), state))
+    with PaperLedger(state / "paper.sqlite", RULES) as led:
+        cut = led.last_open_time("BTCUSDT")
     assert cut == bars[999].open_time
-    # a restart: warm-up from history, but bars at or before the ledger's last bar are not signalled
+    # a restart into the same state: warm-up from history, the outbox says what was signalled
     again: list = []
-    res = replay(bars, make_pipeline(last_signalled=cut), ledger=led, on_signal=again.append)
+    res = replay(bars, node_for(make_pipeline(), state, on_signal=again.append))
     assert res.duplicates == 0 and [s.open_time for s in again] == [b.open_time for b in bars[1000:]]
     assert [f32_bits(s.p_up) for s in again] == [f32_bits(s.p_up) for s in full if s.open_time > cut]
-    assert len(list(led.equity_rows("BTCUSDT"))) == len(full)
+    with PaperLedger(state / "paper.sqlite", RULES) as led:
+        assert len(list(led.equity_rows("BTCUSDT"))) == len(full)
+    ids = [orjson.loads(x)["id"] for x in (state / "signals.jsonl").read_bytes().splitlines()]
+    assert ids == [s.id for s in full], "the jsonl sink got each signal once, in order, across the resume"

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.daemon.paper.report import ANNUALIZATION, Series, buy_and_hold, drawdown, metrics, write_report
+from barsignal.engine.broker import Rules
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = Rules()  # the defaults: next open, 10 bps fee, 1 bp slippage, all equity, long-only
@@ -38,6 +38,8 @@ def test_figures(ledger_path, spot_bars) -> None:
     assert m.fees == pytest.approx(acct.fees) and m.fills == len(s.fills) > 10
     assert m.turnover == pytest.approx(acct.traded_notional / RULES.initial_cash)
     assert 0 < m.exposure < 1 and m.max_drawdown < 0
+    trips = np.array([f.trip_pnl for f in s.fills if f.trip_pnl is not None])
+    assert m.trade_t_stat == pytest.approx(trips.mean() / trips.std(ddof=1) * math.sqrt(len(trips)))
     # buy-and-hold by hand: all cash at bar 1's open (next-open rule), marked at the last close
     qty = RULES.initial_cash / 1.001 / (bars[1].open * 1.0001)
     assert bh.final_equity == pytest.approx(qty * bars[-1].close)

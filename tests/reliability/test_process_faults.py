@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 from barsignal.daemon import config as cfgmod
-from barsignal.daemon.paper.broker import Rules
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.daemon.paper.signals_io import read_signals
+from barsignal.engine.broker import Rules
 from tests import e2e as h
 from tests.conftest import REPO, free_port
 

@@ -9,7 +9,11 @@ signals emitted (polling the jsonl file), never by sleeping.
 
 from __future__ import annotations
 
+import sqlite3
+import subprocess
+import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -18,7 +22,7 @@ import orjson
 import redis
 
 from tests import e2e as h
-from tests.conftest import free_port
+from tests.conftest import REPO, free_port
 
 START, SPEED = 6000, 40.0
 
@@ -156,3 +160,158 @@ stream = "reliability:signals"
           f"deduplicated by Idempotency-Key), redis entries {len(stream)}; p99 score / tick-to-signal (us): "
           + "; ".join(f"{k} {a:.0f} / {b:.0f} (n={n})" for k, (a, b, n) in p.items()))
     assert len(faulty) >= 100 and len(clean) >= 100
+
+
+def _healthz(port: int, timeout: float = 2.0) -> int:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=timeout) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_stdout_reader_that_stops_reading_never_stalls_the_daemon(tmp_path: Path, artifact: Path) -> None:
+    """stdout is a pipe nobody reads (64 KiB fill up after ~200 signals): signals go on to the other
+    sink, the bar record grows, /healthz answers, SIGTERM exits 0 within the drain bound. The lines
+    stuck behind the pipe stay pending in the outbox, none is torn."""
+    port, mport = free_port(), free_port()
+    cfg = h.write_config(tmp_path, port, sinks=("stdout", "jsonl"), metrics_port=mport)
+    state = tmp_path / "state"
+    sig_path = state / "signals.jsonl"
+    feed, _ = h.start_feed(tmp_path, h.SPOT_NOV, START, START + 20_000, speed=100.0, port=port)
+    log = tmp_path / "daemon.log"
+    run = h._popen(["run", "--config", str(cfg), "--artifact", str(artifact)], log, env=h.daemon_env(tmp_path),
+                   stdout=subprocess.PIPE)  # never read until the daemon has exited
+    try:
+        h.wait_for(lambda: len(h.read_jsonl(sig_path)) >= 600, 120, "signals past a full stdout pipe",
+                   [run, feed], [log])
+        bars = len(h.bar_record(state))
+        h.wait_for(lambda: len(h.bar_record(state)) >= bars + 50, 30, "the bar record keeps growing",
+                   [run, feed], [log])
+        t0 = time.monotonic()
+        assert _healthz(mport) == 200
+        took_health = time.monotonic() - t0
+        m = h.scrape(mport)
+        delivered = m.get('barsignal_sink_delivered_total{sink="stdout"}', 0)
+        assert delivered < len(h.read_jsonl(sig_path)) - 100, "stdout was not stuck: the test proves nothing"
+        t0 = time.monotonic()
+        code = h.stop(run, timeout=30)
+        took_stop = time.monotonic() - t0
+        assert run.stdout is None or run.stdout.closed
+    finally:
+        h.kill_all(run)
+        h.stop(feed)
+    assert code == 0, log.read_text()[-3000:]
+    h.assert_clean_log(log)
+    db = sqlite3.connect(state / "outbox.sqlite")
+    stuck = db.execute("SELECT COUNT(*) FROM pending WHERE sink = 'stdout'").fetchone()[0]
+    db.close()
+    assert stuck > 0, "the undelivered stdout lines must stay pending for the next start"
+    print(f"\n[sink faults] stdout pipe never read: {len(h.read_jsonl(sig_path))} signals to jsonl, stdout stuck "
+          f"after {delivered:.0f}; /healthz 200 in {took_health * 1e3:.0f} ms; SIGTERM exit 0 in {took_stop:.1f} s; "
+          f"{stuck} stdout lines left pending in the outbox")
+
+
+class _Hook404(Hook):
+    """The receiver answers 404 while ``mode == "404"`` (counted), else 200."""
+
+    def __init__(self, port: int) -> None:
+        super().__init__(port)
+        self.refused: list[str] = []
+
+    def start(self) -> None:
+        hook = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                key = self.headers.get("Idempotency-Key", "")
+                if hook.mode == "404":
+                    hook.refused.append(key)
+                    self.send_response(404)
+                else:
+                    hook.delivered.append(key)
+                    self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+        ThreadingHTTPServer.allow_reuse_address = True
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def test_webhook_404s_become_dead_letters_counted_and_redriven(tmp_path: Path, artifact: Path) -> None:
+    """A receiver answering 404 for a while: the refused signals are dead letters in the outbox (status,
+    reason), counted in barsignal_sink_dead_letters_total and the barsignal_outbox_dead_letters gauge,
+    never in barsignal_sink_delivered_total; `barsignal outbox redrive` (refused while the daemon runs)
+    makes them pending, and the next start delivers them: every signal reaches the receiver."""
+    port, hport, mport = free_port(), free_port(), free_port()
+    hook = _Hook404(hport)
+    hook.start()
+    cfg = h.write_config(tmp_path, port, sinks=("jsonl", "webhook"), metrics_port=mport, extra=f"""
+[sinks.webhook]
+url = "http://127.0.0.1:{hport}/hook"
+timeout_s = 1.0
+retries = 1
+""")
+    state = tmp_path / "state"
+    sig_path = state / "signals.jsonl"
+    feed, _ = h.start_feed(tmp_path, h.SPOT_NOV, START, START + 20_000, speed=SPEED, port=port)
+    run = h.start_daemon(tmp_path, cfg, artifact)
+    log = tmp_path / "daemon.log"
+    try:
+        h.wait_for(lambda: len(hook.delivered) >= 30, 90, "deliveries before the 404s", [run, feed], [log])
+        hook.mode = "404"
+        h.wait_for(lambda: len(hook.refused) >= 40, 60, "404 answers", [run, feed], [log])
+        hook.mode = "ok"
+        n = len(hook.delivered)
+        h.wait_for(lambda: len(hook.delivered) >= n + 30, 60, "deliveries after the 404s", [run, feed], [log])
+        refused = list(dict.fromkeys(hook.refused))
+        h.wait_for(lambda: h.scrape(mport).get('barsignal_outbox_dead_letters{sink="webhook"}') == len(refused),
+                   10, "the dead-letter gauge", [run], [log])
+        m = h.scrape(mport)
+        busy = subprocess.run([sys.executable, "-m", "barsignal", "outbox", "redrive", "--state-dir", str(state)],
+                              cwd=REPO, capture_output=True, text=True, timeout=60)
+        code = h.stop(run)
+    finally:
+        h.kill_all(run)
+    assert code == 0, log.read_text()[-3000:]
+    assert m['barsignal_sink_dead_letters_total{sink="webhook"}'] == len(refused)
+    assert m['barsignal_outbox_dead_letters{sink="webhook"}'] == len(refused)
+    assert m['barsignal_sink_delivered_total{sink="webhook"}'] <= len(set(hook.delivered))
+    assert not set(refused) & set(hook.delivered), "a refused signal was counted delivered"
+    assert busy.returncode == 2 and f"pid {run.pid}" in busy.stderr, busy.stderr[-2000:]
+
+    dead = subprocess.run([sys.executable, "-m", "barsignal", "outbox", "dead", "--state-dir", str(state)],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    rows = [orjson.loads(x) for x in dead.stdout.splitlines()]
+    assert [r["id"] for r in rows] == refused and {r["status"] for r in rows} == {404}
+    assert all("404" in r["reason"] and r["sink"] == "webhook" for r in rows)
+    red = subprocess.run([sys.executable, "-m", "barsignal", "outbox", "redrive", "--state-dir", str(state),
+                          "--sink", "webhook"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert red.returncode == 0 and f"redrive: {len(refused)} dead letters pending again" in red.stdout, red.stderr
+
+    run = h.start_daemon(tmp_path, cfg, artifact, name="after")
+    try:  # the restart delivers the redriven signals
+        h.wait_for(lambda: set(refused) <= set(hook.delivered), 90, "the redriven signals delivered", [run, feed],
+                   [tmp_path / "after.log"])
+        assert h.stop(run) == 0
+    finally:
+        h.kill_all(run)
+        h.stop(feed)
+        hook.stop()
+    ids = {s["id"] for s in h.read_jsonl(sig_path)}
+    assert ids <= set(hook.delivered), "a signal never reached the receiver"
+    db = sqlite3.connect(state / "outbox.sqlite")
+    assert db.execute("SELECT COUNT(*) FROM dead").fetchone()[0] == 0
+    db.close()
+    dl, dv = m['barsignal_sink_dead_letters_total{sink="webhook"}'], m['barsignal_sink_delivered_total{sink="webhook"}']
+    print(f"\n[sink faults] webhook 404 for {len(refused)} signals: {len(refused)} dead letters (metrics: dead "
+          f"letters {dl:.0f}, delivered {dv:.0f}), redriven and delivered after restart; 0 lost of {len(ids)}")

@@ -1,4 +1,5 @@
-"""The paper broker's accounting: a pure state machine from signals to fills and equity.
+"""The paper broker's accounting: a pure state machine from signals to fills and equity (engine layer:
+the daemon's paper sink and the offline policy search run the same code).
 
 No I/O and no clock: ``step(account, signal, rules)`` returns the next account, the fill it made
 (if any) and the bar's equity row. The SQLite ledger (``ledger.py``) wraps it in one transaction

@@ -1,0 +1,420 @@
+"""The composition root: ``build_node`` assembles one symbol's pipeline, for run, replay and parity.
+
+A :class:`Node` is bar source -> bar record -> :class:`~barsignal.daemon.pipeline.Pipeline` ->
+outbox -> sink workers -> sinks. Live (``barsignal run``), replay (``barsignal replay``) and parity
+(``barsignal parity``) all build it here and differ only in the source plugged in (the feed, or bars
+from files or a bar record), in the state directory (the daemon's, or a given or temporary one) and
+in which sinks are attached. Everything else is the same code: the engine cache directory is worked
+out once (:func:`engine_cache_dir`), the model once (:func:`load_model`), the rule state restored in
+one place (:meth:`Node.restore`, from the outbox or from a bar record's ``run_start``), and every
+signal reaches its sinks through :meth:`Node.handle` -> ``Outbox.add`` -> ``SinkWorker``.
+
+A model swap (SIGHUP) is :meth:`Node.reload` (load off the event loop, warm the new features on
+the recent bars) then :meth:`Node.swap`; the swap is written to the bar record just before the
+first bar it applies to, so ``barsignal parity`` replays across it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+import time
+from collections.abc import AsyncIterable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from barsignal.daemon.barlog import BarLog
+from barsignal.daemon.config import Config
+from barsignal.daemon.outbox import Outbox, SinkWorker
+from barsignal.daemon.pipeline import Model, Pipeline, warm
+from barsignal.engine.signal import RuleState, Signal, SignalRule
+from barsignal.errors import ArtifactError, ConfigError, DataError
+from barsignal.features.bar import Bar
+from barsignal.log import get_logger
+
+log = get_logger(__name__)
+
+MAX_CATCHUP_BARS = 1440  # after a long stop, signal at most the last day of missed bars
+KEEP_EXTRA_BARS = 8  # recent bars kept beyond the warm-up, for a hot swap
+
+
+def state_dir(cfg: Config) -> Path:
+    """``$STATE_DIRECTORY`` (systemd's StateDirectory=) when set, else ``[state] dir``."""
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    return Path(env or cfg.state.dir)
+
+
+def engine_cache_dir(cfg: Config, state: Path | None = None) -> Path:
+    """``[engine] engine_cache_dir``, else ``<state dir>/engines`` (TensorRT engines)."""
+    cache = cfg.engine.engine_cache_dir
+    return Path(cache) if cache else (state if state is not None else state_dir(cfg)) / "engines"
+
+
+@dataclass(slots=True)
+class Loaded:
+    """A model ready to plug into the pipeline (built off the event loop), and what it came from."""
+
+    model: Model
+    artifact: Any
+    window_len: int
+    warmup_bars: int  # bars a start must feed before its first signal is exact
+    source: str = ""  # where the artifact path came from: "--artifact", "[model] artifact" or "bundled"
+
+    @property
+    def keep_bars(self) -> int:
+        return self.warmup_bars + KEEP_EXTRA_BARS
+
+
+def artifact_choice(cfg: Config, artifact_dir: str | None) -> tuple[str | None, str]:
+    """The artifact directory to load and why: an explicit ``--artifact`` wins over ``[model] artifact``
+    (also at a SIGHUP reload, which says so), which wins over the bundled default."""
+    if artifact_dir:
+        return artifact_dir, "--artifact"
+    if cfg.model.artifact:
+        return cfg.model.artifact, "[model] artifact"
+    return None, "bundled"
+
+
+def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None) -> Loaded:
+    """Verify the artifact, open its scorer, build features and a rule in its initial state (a start
+    restores the rule in :meth:`Node.restore`). Raises ArtifactError/ConfigError; touches no state."""
+    from barsignal.engine.artifact import load_artifact
+    from barsignal.engine.select import load_scorer
+    from barsignal.features.normalize import Normalizer
+    from barsignal.features.online import OnlineFeatures
+
+    path, source = artifact_choice(cfg, artifact_dir)
+    art = load_artifact(path)
+    normalizer = Normalizer.from_dict(art.normalization)
+    window_len = art.window_shape[0]
+    try:
+        rule = SignalRule.from_config(cfg.signal, art.signal)
+    except (KeyError, ValueError) as exc:
+        raise ConfigError(f"signal rule: {exc}") from None
+    scorer = load_scorer(art, cfg.engine.backend, cfg.model.variant, cfg.engine.intra_op_threads,
+                         cfg.engine.spinning, cache_dir)
+    features = OnlineFeatures(normalizer, window_len, cfg.features.gap_policy)
+    return Loaded(Model(features, scorer, rule, art.hash, art.horizon,
+                        {"backend": getattr(scorer, "name", "?"), "path": str(art.path)}),
+                  art, window_len, features.bars_to_fetch, source)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """The state a run starts from: the last signalled bar and the rule state after it."""
+
+    last_signalled: int | None = None
+    rule_state: RuleState | None = None
+
+
+@dataclass(slots=True)
+class Swapped:
+    """What a swap replaced (for the log), and the bars its features were warmed on."""
+
+    old_artifact: str
+    new_artifact: str
+    warm_from: int | None
+    warm_bars: int
+
+
+@dataclass
+class NodeStats:
+    signals: int = 0
+    duplicates: int = 0  # signals the outbox already had (a resumed replay, a restart): not re-sent
+    invalid_logged: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+class Node:
+    """One symbol: bar -> record -> pipeline -> outbox -> sinks. ``handle`` is the hot path."""
+
+    def __init__(self, pipeline: Pipeline, outbox: Outbox, sinks: Sequence[Any] = (), *,
+                 cfg: Config | None = None, loaded: Loaded | None = None, state: Path | None = None,
+                 barlog: BarLog | None = None, artifact_dir: str | None = None, cache_dir: Path | None = None,
+                 queue_size: int = 1024, on_signal: Callable[[Signal], None] | None = None,
+                 metrics: Any = None, monitor: Any = None, owns_state: tempfile.TemporaryDirectory | None = None
+                 ) -> None:
+        self.pipeline = pipeline
+        self.outbox = outbox
+        self.sinks = list(sinks)
+        self.cfg = cfg
+        self.loaded = loaded
+        self.state = state
+        self.barlog = barlog
+        self.artifact_dir = artifact_dir
+        self.cache_dir = cache_dir
+        self.queue_size = queue_size
+        self.on_signal = on_signal
+        self.metrics = metrics  # DaemonMetrics (live) or None
+        self.monitor = monitor  # LiveMonitor (live) or None
+        self.workers: list[SinkWorker] = []
+        self.stats = NodeStats()
+        self.symbol = pipeline.symbol
+        self._pending_swap: dict[str, Any] | None = None  # written before the next bar's record
+        self._tmp = owns_state
+        self._batch: list[tuple[Signal, RuleState]] | None = None  # replay's chunk, not yet in the outbox
+
+    # -- the rule state: restored here and only here ----------------------------------------------
+    def restore(self, start: Start) -> None:
+        """Resume from ``start``: bars at or before its last signalled bar only feed the features,
+        and the rule continues from its state (a daemon restart, or one run of a bar record)."""
+        self.pipeline.last_signalled = start.last_signalled
+        if start.rule_state is not None:
+            self.pipeline.model.rule.state = start.rule_state
+
+    # -- start and stop ----------------------------------------------------------------------------
+    async def start(self, *, on_delivered: Callable[[str, Signal], None] | None = None,
+                    on_failed: Callable[[str, BaseException], None] | None = None) -> None:
+        """Start every sink (one that is down at start retries on send) and its worker."""
+        for s in self.sinks:
+            try:
+                await s.start()
+            except Exception as exc:
+                log.warning("sink_start_failed", sink=s.name, error=f"{type(exc).__name__}: {exc}")
+            w = SinkWorker(s, self.outbox, queue_size=self.queue_size, on_delivered=on_delivered,
+                           on_failed=on_failed)
+            w.start()
+            self.workers.append(w)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait (at most ``timeout_s``) until every sink has what was offered; True if it has."""
+        deadline = time.monotonic() + timeout_s
+        ok = True
+        for w in self.workers:
+            ok &= await w.drain(max(0.0, deadline - time.monotonic()))
+        return ok
+
+    async def close(self) -> None:
+        """Stop the workers, close the sinks, the bar record and the outbox (in that order)."""
+        for w in self.workers:
+            try:
+                await asyncio.wait_for(w.stop(), 5.0)
+            except Exception as exc:
+                log.warning("sink_close_failed", sink=w.name, error=str(exc))
+        self.workers.clear()
+        if self.barlog is not None:
+            self.barlog.close()
+        self.outbox.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # -- the hot path --------------------------------------------------------------------------------
+    def handle(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
+        """One closed bar: record it, run the pipeline, store the signal in the outbox and offer it to
+        every sink worker. Returns the signal (None in warm-up, for a bar already signalled, or for a
+        bar dropped as invalid)."""
+        if self.barlog is not None:
+            if self._pending_swap is not None:
+                self._write_swap(bar)
+            self.barlog.record(bar)
+        if self.monitor is not None:
+            self.monitor.observe_bar(bar.open_time, bar.close)
+        pipe = self.pipeline
+        invalid = pipe.stats.invalid
+        sig = pipe.process(bar, recv_ns)
+        if sig is None:
+            if pipe.stats.invalid != invalid:
+                log.warning("bar_dropped", open_time=bar.open_time, source=bar.source,
+                            reason="not finite, consistent, in range and on the interval grid",
+                            dropped=pipe.stats.invalid)
+            return None
+        self.stats.signals += 1
+        if self._batch is not None:  # replay: added (and offered) a chunk at a time
+            self._batch.append((sig, pipe.rule_state))
+        else:
+            seq = self.outbox.add(sig, pipe.rule_state)
+            if seq is None:
+                self.stats.duplicates += 1
+            else:
+                for w in self.workers:
+                    w.offer(seq, sig)
+        if self.on_signal is not None:
+            self.on_signal(sig)
+        return sig
+
+    async def replay(self, bars: Iterable[Bar], *, chunk: int = 512) -> int:
+        """Every bar of ``bars`` through :meth:`handle`; the signals of each ``chunk`` of bars go into
+        the outbox in one ``add_many`` (one writer job) and are then offered to the sink workers, as
+        live does one at a time. Waits while a worker's queue is more than half full (it never
+        overflows into the slower catch-up from the outbox). Returns the number of bars."""
+        n = 0
+        high = max(1, self.queue_size // 2)
+        pending = 0
+        self._batch = []
+        try:
+            for bar in bars:
+                self.handle(bar)
+                n += 1
+                pending += 1
+                if pending >= chunk:
+                    pending = 0
+                    self._flush_batch()
+                    await asyncio.sleep(0)
+                    while any(w.queue.qsize() > high for w in self.workers):
+                        self._check_sinks()
+                        await asyncio.sleep(0.0005)
+        finally:
+            self._flush_batch()
+            self._batch = None
+        return n
+
+    def _flush_batch(self) -> None:
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        for (sig, _), seq in zip(batch, self.outbox.add_many(batch), strict=True):
+            if seq is None:
+                self.stats.duplicates += 1
+            else:
+                for w in self.workers:
+                    w.offer(seq, sig)
+
+    async def settle(self) -> None:
+        """Wait until every sink worker has delivered what it was offered (replay's end). A sink that
+        fails (it would retry for ever) raises ``DataError`` naming it."""
+        while not all(w.idle() for w in self.workers):
+            self._check_sinks()
+            await asyncio.sleep(0.001)
+
+    def _check_sinks(self) -> None:
+        bad = [w.name for w in self.workers if w.failures]
+        if bad:
+            raise DataError(f"sink {', '.join(bad)} failed during the replay (its error is logged above as "
+                            "sink_delivery_failed): fix its settings and replay again")
+
+    # -- SIGHUP: a new model --------------------------------------------------------------------------
+    async def reload(self, cfg: Config) -> tuple[Loaded, Swapped]:
+        """Load the model ``cfg`` names (``--artifact`` still wins) off the event loop, warm its features
+        on the recent bars (those that arrived while loading too), then swap it in between two bars.
+        Raises ArtifactError/ConfigError/OSError/ValueError and keeps the old model."""
+        pipe = self.pipeline
+        snapshot = list(pipe.recent)
+        loaded = await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
+        ready = await asyncio.to_thread(warm, loaded.model.features, snapshot)
+        # back on the loop: the bars that arrived while loading (none are lost)
+        last = snapshot[-1].open_time if snapshot else None
+        later = [b for b in pipe.recent if last is None or b.open_time > last]
+        if later:
+            ready = warm(loaded.model.features, later)
+        if not ready and pipe.warm:
+            raise ArtifactError("the new model's features did not warm up on the recent bars "
+                                f"({len(snapshot) + len(later)} kept; it needs {loaded.warmup_bars})")
+        fed = snapshot + later
+        return loaded, self.swap(loaded, fed[0].open_time if fed else None, len(fed))
+
+    def swap(self, loaded: Loaded, warm_from: int | None, warm_bars: int) -> Swapped:
+        """Swap ``loaded`` in (its features already warmed on ``warm_bars`` bars from ``warm_from``);
+        the rule carries its state over. The bar record gets a ``swap`` line before the next bar."""
+        pipe = self.pipeline
+        old = pipe.model.artifact_hash
+        pipe.swap(loaded.model)  # one assignment: the next bar uses the new model
+        self.loaded = loaded
+        self._pending_swap = {"artifact": loaded.model.artifact_hash, "path": loaded.model.info.get("path"),
+                              "rule_state": pipe.rule_state.to_dict(), "warm_from": warm_from,
+                              "warm_bars": warm_bars}
+        return Swapped(old, loaded.model.artifact_hash, warm_from, warm_bars)
+
+    def _write_swap(self, bar: Bar) -> None:
+        rec = self._pending_swap
+        assert rec is not None and self.barlog is not None
+        self._pending_swap = None
+        self.barlog.record_event("swap", {**rec, "first_bar": bar.open_time}, bar.open_time)
+
+
+def _sinks_from_config(cfg: Config, state: Path) -> list[Any]:
+    from barsignal.daemon.sinks import build_sink
+    from barsignal.daemon.sinks.registry import section_for
+
+    return [build_sink(n, section_for(n, cfg.sinks, cfg), state) for n in dict.fromkeys(cfg.sinks.enabled)]
+
+
+def check_sinks(cfg: Config) -> None:
+    """Build every enabled sink from its section without opening anything: bad settings raise
+    ConfigError before the state directory is touched."""
+    _sinks_from_config(cfg, state_dir(cfg))
+
+
+def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, state: Path | None = None,
+               artifact_dir: str | None = None, loaded: Loaded | None = None, start: Start | None = None,
+               sinks: Sequence[Any] | None = None, record_bars: bool | None = None, keep_bars: int | None = None,
+               queue_size: int | None = None, on_signal: Callable[[Signal], None] | None = None,
+               metrics: Any = None, monitor: Any = None, outbox_sync: str = "NORMAL") -> Node:
+    """Assemble a :class:`Node` for ``symbol`` (default: the first of ``[feed] symbols``).
+
+    ``source``: ``"live"`` (the daemon: the state directory from the config, the outbox's last signal
+    restored, the sinks from ``[sinks] enabled``, the bar record on) or ``"replay"`` (a given ``state``
+    directory or a temporary one; sinks as given, default none; no bar record). ``loaded``: a model
+    already built (``barsignal run`` loads it before touching state); else it is loaded here. ``start``:
+    the state to resume from; default the outbox's last signal for this symbol (nothing for a fresh
+    state directory)."""
+    live = source == "live"
+    if source not in ("live", "replay"):
+        raise ValueError(f"source {source!r}: expected 'live' or 'replay'")
+    sym = (symbol or cfg.feed.symbols[0]).upper()
+    tmp = None
+    if state is None and live:
+        state = state_dir(cfg)
+    if state is None:
+        tmp = tempfile.TemporaryDirectory(prefix="barsignal-node-")
+        state = Path(tmp.name)
+    cache = engine_cache_dir(cfg, state_dir(cfg) if not live else state)
+    if loaded is None:
+        loaded = load_model(cfg, artifact_dir, cache)
+    state.mkdir(parents=True, exist_ok=True)
+    sink_list = list(sinks) if sinks is not None else (_sinks_from_config(cfg, state) if live else [])
+    names = tuple(s.name for s in sink_list)
+    ob = Outbox(state / "outbox.sqlite", names, synchronous=outbox_sync)
+    if live:
+        for stale in set(ob.sinks_pending()) - set(names):
+            log.warning("outbox_sink_dropped", sink=stale, pending=ob.depth(stale),
+                        hint="no longer in [sinks] enabled; its undelivered signals are forgotten")
+            ob.drop_sink(stale)
+    if start is None:
+        last = ob.last(sym)
+        start = Start(last[0], last[1]) if last else Start()
+    keep = keep_bars if keep_bars is not None else loaded.keep_bars
+    pipe = Pipeline(sym, loaded.model, min_bars=loaded.warmup_bars, keep_bars=keep)
+    barlog = None
+    if live if record_bars is None else record_bars:
+        barlog = BarLog(state / "bars", sym, last_signalled=start.last_signalled, rule_state=start.rule_state,
+                        writer=ob.writer,  # the outbox's writer thread: a bar is written before its signal
+                        artifact={"hash": loaded.model.artifact_hash, "path": loaded.model.info.get("path")})
+    node = Node(pipe, ob, sink_list, cfg=cfg, loaded=loaded, state=state, barlog=barlog,
+                artifact_dir=artifact_dir, cache_dir=cache,
+                queue_size=queue_size or (cfg.sinks.queue_size if live else 8192), on_signal=on_signal,
+                metrics=metrics, monitor=monitor, owns_state=tmp)
+    node.restore(start)
+    return node
+
+
+def live_warmup_bars(node: Node, now_ms: int | None = None) -> int:
+    """Bars the feed must fetch at start: the model's warm-up, plus the bars missed while stopped
+    (at most a day of them) so they are signalled too."""
+    assert node.loaded is not None
+    warmup = node.loaded.warmup_bars
+    last = node.pipeline.last_signalled
+    if last is not None:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        warmup += max(0, min((now - last) // 60_000, MAX_CATCHUP_BARS))
+    return warmup
+
+
+async def consume(node: Node, source: AsyncIterable[Bar], after: Callable[[Bar, Signal | None, int | None], None]
+                  | None = None, *, ready_ns: Callable[[], int] = lambda: 0) -> None:
+    """The live loop: every bar of ``source`` through :meth:`Node.handle`. ``recv_ns`` is the closing
+    frame's arrival (the feed's ``stats.last_recv_ns``) for websocket bars after READY (``ready_ns``);
+    ``after(bar, signal, recv_ns)`` runs once the signal is handed to the sinks."""
+    stats = getattr(source, "stats", None)
+    handle = node.handle
+    for_ws = stats is not None
+    async for bar in source:
+        recv_ns = stats.last_recv_ns if (for_ws and bar.source == "ws") else None
+        if recv_ns is not None and recv_ns < ready_ns():
+            recv_ns = None  # received during warm-up: queued behind the REST fetch, not a live tick
+        sig = handle(bar, recv_ns)
+        if after is not None:
+            after(bar, sig, recv_ns)

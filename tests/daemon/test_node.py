@@ -1,0 +1,177 @@
+"""The composition root (``barsignal.node``) and the start-up fixes around it: the rule state restored
+in one place, the bar record naming the artifact, the ``auto`` backend falling back to ONNX Runtime
+when the backend it chose fails to load (a failing backend injected through the registry), no
+dynamic-batch session at start, keep-warm errors logged once and exported, and no systemd setting
+that the code does not read."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sys
+import types
+from pathlib import Path
+
+import orjson
+import pytest
+import structlog
+
+from barsignal.daemon.config import Config, JsonlSinkConfig, SinksConfig, StateConfig
+from barsignal.engine.signal import RuleState
+from barsignal.errors import ArtifactError
+from barsignal.node import Start, build_node, load_model
+from tests.daemon.conftest import real_bars
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cfg(state: Path, **engine) -> Config:
+    from barsignal.daemon.config import EngineConfig
+
+    return Config(sinks=SinksConfig(enabled=("jsonl",), jsonl=JsonlSinkConfig(path="signals.jsonl", fsync="never")),
+                  state=StateConfig(dir=str(state)), engine=EngineConfig(**engine))
+
+
+def test_live_node_resumes_from_the_outbox_and_records_what_it_started_from(tmp_path, tiny_artifact) -> None:
+    state = tmp_path / "state"
+    cfg = _cfg(state)
+    bars = real_bars(900)
+
+    async def first() -> tuple[int, RuleState]:
+        node = build_node(cfg, "live", artifact_dir=str(tiny_artifact))
+        await node.start()
+        for b in bars[:800]:
+            node.handle(b)
+        await node.drain(10)
+        last, rs = node.pipeline.last_signalled, node.pipeline.rule_state
+        await node.close()
+        return last, rs
+
+    last, rs = asyncio.run(first())
+    assert last == bars[799].open_time
+
+    async def second() -> tuple[int | None, RuleState, dict]:
+        node = build_node(cfg, "live", artifact_dir=str(tiny_artifact))
+        got = node.pipeline.last_signalled, node.pipeline.rule_state
+        node.handle(bars[800])
+        await node.close()
+        heads = [orjson.loads(f.read_bytes().splitlines()[0])["run_start"]
+                 for f in sorted((state / "bars").glob("*.jsonl"))]
+        return got[0], got[1], heads[-1]
+
+    last2, rs2, head = asyncio.run(second())
+    assert last2 == last and rs2 == rs  # restored from the outbox, in Node.restore only
+    assert head["last_signalled"] == last and RuleState.from_dict(head["rule_state"]) == rs
+    assert head["artifact"]["path"] == str(tiny_artifact.resolve()) and len(head["artifact"]["hash"]) == 64
+
+
+def test_an_explicit_start_wins_over_the_outbox(tmp_path, tiny_artifact) -> None:
+    """Parity starts each recorded run from its run_start line, whatever the (temporary) outbox says."""
+    rs = RuleState("long", 7)
+    node = build_node(_cfg(tmp_path / "s"), "replay", artifact_dir=str(tiny_artifact), start=Start(123, rs))
+    try:
+        assert node.pipeline.last_signalled == 123 and node.pipeline.rule_state == rs
+        assert node.barlog is None and node.sinks == []
+    finally:
+        asyncio.run(node.close())
+
+
+@pytest.fixture
+def failing_backend(monkeypatch):
+    """A backend that says it can run here and then fails at load, registered as ``tensorrt`` (what
+    ``auto`` picks on a GPU host) through the backend registry."""
+    from barsignal.engine.backends import BACKENDS
+
+    mod = types.ModuleType("barsignal_test_failing_backend")
+    mod.available = lambda: (True, "injected by the test")
+
+    def load(variant, **kw):
+        raise ArtifactError(f"{variant.onnx}: no engine could be built (injected failure)")
+
+    mod.load = load
+    monkeypatch.setitem(sys.modules, mod.__name__, mod)
+    monkeypatch.setitem(BACKENDS, "tensorrt", mod.__name__)
+    return mod
+
+
+def test_auto_falls_back_to_onnxruntime_with_one_line_when_its_backend_fails_to_load(
+        failing_backend, tmp_path, tiny_artifact) -> None:
+    with structlog.testing.capture_logs() as logs:
+        loaded = load_model(_cfg(tmp_path), str(tiny_artifact), None)
+    assert loaded.model.info["backend"] == "onnxruntime"
+    fb = [e for e in logs if e["event"] == "scorer_fallback"]
+    assert len(fb) == 1 and fb[0]["failed"] == "tensorrt" and "injected failure" in fb[0]["error"]
+    assert [e["backend"] for e in logs if e["event"] == "scorer loaded"] == ["onnxruntime"]
+    import numpy as np
+
+    assert 0.0 <= loaded.model.scorer.score(np.zeros((30, 33), np.float32)) <= 1.0  # it really scores
+
+
+def test_an_explicitly_requested_backend_that_fails_stops_the_start(failing_backend, tmp_path,
+                                                                    tiny_artifact) -> None:
+    with pytest.raises(ArtifactError, match="injected failure"):
+        load_model(_cfg(tmp_path, backend="tensorrt"), str(tiny_artifact), None)
+
+
+def test_the_daemon_loads_no_dynamic_batch_session(tmp_path, tiny_artifact) -> None:
+    import numpy as np
+
+    scorer = load_model(_cfg(tmp_path), str(tiny_artifact), None).model.scorer
+    assert scorer.dynamic is None and scorer.dynamic_path is not None  # present in the artifact, not opened
+    w = np.random.default_rng(0).standard_normal((4, 30, 33)).astype(np.float32)
+    out = scorer.score_batch(w)  # offline evaluation opens it on first use
+    assert scorer.dynamic is not None and out.shape == (4,)
+
+
+def test_keep_warm_errors_are_logged_once_and_exported(tmp_path, tiny_artifact) -> None:
+    from barsignal.daemon.app import Daemon
+    from barsignal.daemon.keepwarm import KeepWarm
+    from barsignal.daemon.metrics import DaemonMetrics
+
+    d = Daemon(_cfg(tmp_path))
+    calls = []
+
+    def warm() -> None:
+        calls.append(1)
+        raise RuntimeError("rehearsal broke")
+
+    t = [0.0]
+    kw = KeepWarm(warm, 0.01, clock=lambda: t[0], on_error=d._keep_warm_failed)
+
+    async def main() -> None:
+        task = asyncio.create_task(kw.run())
+        for i in range(6):  # arrivals 1 s apart: the busy window opens around the 5th
+            t[0] = float(i)
+            kw.arrived(t[0])
+            await asyncio.sleep(0)
+        t[0] = 5.995
+        for _ in range(50):
+            await asyncio.sleep(0)
+            if task.done():
+                break
+        assert task.done(), "keep-warm must stop at its first error"
+
+    with structlog.testing.capture_logs() as logs:
+        asyncio.run(main())
+        d._keep_warm_failed("again")  # a second report is not logged again
+    assert len(calls) == 1 and kw.errors == 1 and kw.error == "RuntimeError: rehearsal broke"
+    stopped = [e for e in logs if e["event"] == "keep_warm_stopped"]
+    assert len(stopped) == 1 and stopped[0]["error"] == "RuntimeError: rehearsal broke"
+    m = DaemonMetrics()
+    m.bind(keep_warm=lambda: kw)
+    text = m.render().decode()
+    assert "barsignal_keep_warm_errors_total 1.0" in text
+
+
+def test_systemd_units_set_no_barsignal_variable_the_code_does_not_read() -> None:
+    """The GPU drop-in set BARSIGNAL_ENGINE_BACKEND, which no code read: a setting that silently did
+    nothing. Every BARSIGNAL_* variable a unit sets must appear in the package's code."""
+    code = "\n".join(p.read_text(errors="replace") for p in REPO.rglob("*.py")
+                     if not {".venv", "tests"} & set(p.relative_to(REPO).parts))
+    units = list((REPO / "systemd").glob("*.service")) + list((REPO / "systemd").glob("*.conf"))
+    assert units
+    for unit in units:
+        for line in unit.read_text().splitlines():
+            if line.startswith("Environment="):
+                for name in re.findall(r"(BARSIGNAL_[A-Z0-9_]+)=", line):
+                    assert name in code, f"{unit.name} sets {name}, which no code reads"

@@ -1,0 +1,102 @@
+"""The metric definitions the rules and the dashboard rely on (daemon/metrics.py): series that exist
+from the first scrape, scoring by backend, the artifact's own figures, live AUC, paper equity."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from barsignal.daemon.config import JsonlSinkConfig, PaperConfig
+from barsignal.daemon.metrics import DaemonMetrics, LiveMonitor, paper_equity_reader, reference_scores
+from barsignal.daemon.sinks import build_sink
+from barsignal.engine.metrics import roc_auc
+from tests.paper.conftest import _make_signals, _spot_bars
+
+
+def _samples(m: DaemonMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for fam in text_string_to_metric_families(m.render().decode()):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def test_the_series_alerts_watch_exist_from_the_first_scrape() -> None:
+    m = DaemonMetrics("BTCUSDT", ("jsonl", "paper", "jsonl"))
+    m.bind(last_bar_age=lambda: -1.0)
+    s = _samples(m)
+    for a in ("long", "short", "flat"):
+        assert s[("barsignal_signals_total", (("action", a),))] == 0
+    for r in ("ok", "refused"):
+        assert s[("barsignal_reloads_total", (("result", r),))] == 0
+    for sink in ("jsonl", "paper"):
+        assert s[("barsignal_sink_delivered_total", (("sink", sink),))] == 0
+        assert s[("barsignal_sink_failures_total", (("sink", sink),))] == 0
+    assert s[("barsignal_live_model", (("score", "n"),))] == 0
+    assert all(math.isnan(s[("barsignal_live_model", (("score", k),))]) for k in ("brier", "auc", "ece", "accuracy"))
+    assert s[("barsignal_last_bar_age_seconds", (("symbol", "BTCUSDT"),))] == -1.0
+    start = s[("process_start_time_seconds", ())]
+    assert 1.7e9 < start and math.isnan(s[("barsignal_feature_psi_bound", ())])
+
+
+def test_scoring_is_labelled_by_backend_and_the_artifact_figures_follow_the_model() -> None:
+    m = DaemonMetrics("BTCUSDT")
+    m.set_model("a" * 64, "onnxruntime", {"val_auc": 0.55, "test_auc": 0.51, "brier": 0.2485, "note": "x"})
+    m.scoring.observe(0.0002)
+    s = _samples(m)
+    assert s[("barsignal_scoring_seconds_count", (("backend", "onnxruntime"),))] == 1
+    assert s[("barsignal_artifact_score", (("key", "val_auc"), ("score", "auc")))] == 0.55
+    assert s[("barsignal_artifact_score", (("key", "brier"), ("score", "brier")))] == 0.2485
+    m.set_model("b" * 64, "tensorrt", {})  # a reload to an artifact that states no figure
+    m.scoring.observe(0.0001)
+    s = _samples(m)
+    assert s[("barsignal_scoring_seconds_count", (("backend", "tensorrt"),))] == 1
+    assert not [k for k in s if k[0] == "barsignal_artifact_score"]
+    assert s[("barsignal_artifact_info", (("artifact", "b" * 16), ("backend", "tensorrt")))] == 1
+
+
+def test_reference_scores_prefer_validation_and_skip_what_is_not_a_number() -> None:
+    got = reference_scores({"auc": 0.52, "validation": {"roc_auc": 0.56, "brier": True}, "test_brier": math.nan,
+                            "val_brier": 0.249})
+    assert got == {"auc": ("validation.roc_auc", 0.56), "brier": ("val_brier", 0.249)}
+    assert reference_scores(None) == {} and reference_scores({"test_auc": "0.5"}) == {}
+
+
+def test_live_auc_is_the_project_s_roc_auc_over_the_resolved_predictions() -> None:
+    mon = LiveMonitor(horizon=1, window=500)
+    rng = np.random.default_rng(0)
+    closes = 100 + np.cumsum(rng.standard_normal(300))
+    p = np.round(rng.random(300), 2)  # ties too
+    for i in range(300):
+        mon.observe_bar(i * 60_000, float(closes[i]))
+        mon.observe_signal(i * 60_000, float(closes[i]), float(p[i]), None)
+    y = (np.diff(closes) > 0).astype(float)
+    sc = mon.scores()
+    assert sc["n"] == 299 and sc["auc"] == roc_auc(y, p[:-1])
+    assert math.isclose(sc["brier"], float(((p[:-1] - y) ** 2).mean()))
+
+
+def test_paper_equity_reads_the_paper_sink_s_ledger(tmp_path: Path) -> None:
+    sigs = _make_signals(_spot_bars(120), seed=1)
+    sink = build_sink("paper", PaperConfig(ledger="paper.sqlite"), tmp_path)
+    read = paper_equity_reader([build_sink("jsonl", JsonlSinkConfig(path="s.jsonl"), tmp_path), sink])
+    assert read is not None and read() == {}
+
+    async def deliver() -> dict[str, float]:
+        await sink.start()
+        for s in sigs:
+            await sink.send(s)
+        got = read()
+        await sink.close()
+        return got
+
+    got = asyncio.run(deliver())
+    with sqlite3.connect(tmp_path / "paper.sqlite") as db:
+        want = db.execute("SELECT symbol, equity FROM equity ORDER BY seq DESC LIMIT 1").fetchone()
+    assert got == {want[0]: want[1]} and want[1] != 10_000.0
+    assert paper_equity_reader([sink]) is not None and paper_equity_reader([]) is None
