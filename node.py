@@ -21,7 +21,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -123,23 +123,19 @@ class Swapped:
 class NodeStats:
     signals: int = 0
     duplicates: int = 0  # signals the outbox already had (a resumed replay, a restart): not re-sent
-    invalid_logged: int = 0
-    seconds: dict[str, float] = field(default_factory=dict)
 
 
 class Node:
     """One symbol: bar -> record -> pipeline -> outbox -> sinks. ``handle`` is the hot path."""
 
     def __init__(self, pipeline: Pipeline, outbox: Outbox, sinks: Sequence[Any] = (), *,
-                 cfg: Config | None = None, loaded: Loaded | None = None, state: Path | None = None,
-                 barlog: BarLog | None = None, artifact_dir: str | None = None, cache_dir: Path | None = None,
-                 queue_size: int = 1024, on_signal: Callable[[Signal], None] | None = None,
-                 metrics: Any = None, monitor: Any = None, owns_state: tempfile.TemporaryDirectory | None = None
-                 ) -> None:
+                 loaded: Loaded | None = None, state: Path | None = None, barlog: BarLog | None = None,
+                 artifact_dir: str | None = None, cache_dir: Path | None = None, queue_size: int = 1024,
+                 on_signal: Callable[[Signal], None] | None = None, monitor: Any = None,
+                 owns_state: tempfile.TemporaryDirectory | None = None) -> None:
         self.pipeline = pipeline
         self.outbox = outbox
         self.sinks = list(sinks)
-        self.cfg = cfg
         self.loaded = loaded
         self.state = state
         self.barlog = barlog
@@ -147,8 +143,7 @@ class Node:
         self.cache_dir = cache_dir
         self.queue_size = queue_size
         self.on_signal = on_signal
-        self.metrics = metrics  # DaemonMetrics (live) or None
-        self.monitor = monitor  # LiveMonitor (live) or None
+        self.monitor = monitor  # LiveMonitor (live: drift and live scores) or None
         self.workers: list[SinkWorker] = []
         self.stats = NodeStats()
         self.symbol = pipeline.symbol
@@ -235,11 +230,14 @@ class Node:
             self.on_signal(sig)
         return sig
 
-    async def replay(self, bars: Iterable[Bar], *, chunk: int = 512) -> int:
+    async def replay(self, bars: Iterable[Bar], *, chunk: int = 2048) -> int:
         """Every bar of ``bars`` through :meth:`handle`; the signals of each ``chunk`` of bars go into
         the outbox in one ``add_many`` (one writer job) and are then offered to the sink workers, as
         live does one at a time. Waits while a worker's queue is more than half full (it never
         overflows into the slower catch-up from the outbox). Returns the number of bars."""
+        # First let every worker deliver what an earlier run left in the outbox and switch to its
+        # queue: offers made while it catches up would each be read back from the outbox instead.
+        await self.settle()
         n = 0
         high = max(1, self.queue_size // 2)
         pending = 0
@@ -342,7 +340,7 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
                artifact_dir: str | None = None, loaded: Loaded | None = None, start: Start | None = None,
                sinks: Sequence[Any] | None = None, record_bars: bool | None = None, keep_bars: int | None = None,
                queue_size: int | None = None, on_signal: Callable[[Signal], None] | None = None,
-               metrics: Any = None, monitor: Any = None, outbox_sync: str = "NORMAL") -> Node:
+               monitor: Any = None, outbox_sync: str = "NORMAL") -> Node:
     """Assemble a :class:`Node` for ``symbol`` (default: the first of ``[feed] symbols``).
 
     ``source``: ``"live"`` (the daemon: the state directory from the config, the outbox's last signal
@@ -383,12 +381,24 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
         barlog = BarLog(state / "bars", sym, last_signalled=start.last_signalled, rule_state=start.rule_state,
                         writer=ob.writer,  # the outbox's writer thread: a bar is written before its signal
                         artifact={"hash": loaded.model.artifact_hash, "path": loaded.model.info.get("path")})
-    node = Node(pipe, ob, sink_list, cfg=cfg, loaded=loaded, state=state, barlog=barlog,
-                artifact_dir=artifact_dir, cache_dir=cache,
-                queue_size=queue_size or (cfg.sinks.queue_size if live else 8192), on_signal=on_signal,
-                metrics=metrics, monitor=monitor, owns_state=tmp)
+    node = Node(pipe, ob, sink_list, loaded=loaded, state=state, barlog=barlog, artifact_dir=artifact_dir,
+                cache_dir=cache, queue_size=queue_size or (cfg.sinks.queue_size if live else 8192),
+                on_signal=on_signal, monitor=monitor, owns_state=tmp)
     node.restore(start)
     return node
+
+
+def run(coro: Any) -> Any:
+    """Run ``coro`` on uvloop (asyncio's default loop where uvloop is absent), as the daemon does:
+    replay and parity drive the node on the same kind of loop as live."""
+    try:
+        import uvloop
+
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = uvloop.new_event_loop
+    except ImportError:
+        factory = None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 def live_warmup_bars(node: Node, now_ms: int | None = None) -> int:

@@ -131,14 +131,18 @@ def _serve_child(conn, data: str, n: int, speed: float, bars: int, intrabar: int
     import time
 
     from barsignal.data import load
-    from barsignal.sim.series import Series, shifted_copies
+    from barsignal.sim.series import Series, common_window, shifted_copies
     from barsignal.sim.simulator import FeedSimulator
 
     real = []
     for rel in REAL_2023:
         ld = load(Path(data) / rel)
         real.append(Series(Path(rel).name.split("-")[0].replace("_", ""), ld.frame))
-    series = shifted_copies(real, n, rows=bars + _WARM_TICKS + 1)
+    rows = bars + _WARM_TICKS + 1
+    copies = -(-n // len(real))
+    first, last = common_window(real)  # 43,198 gap-free bars for the ten 2023 files
+    shift = min(1000, ((last - first) // 60_000 + 1 - rows) // max(1, copies - 1))
+    series = shifted_copies(real, n, rows=rows, shift=shift)
 
     async def main() -> None:
         sim = FeedSimulator(series, speed=speed, intrabar=intrabar, ping_interval_s=None, close_delay_ms=0,

@@ -23,6 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--bars", action="append", default=[], metavar="[SYMBOL=]FILE[,FILE...]",
                    help="a symbol's bar files (repeat for more symbols); without SYMBOL= the symbol comes "
                         "from the file name (ETH_USDT-1m.json -> ETHUSDT)")
+    s.add_argument("--copies", type=int, default=0, metavar="N",
+                   help="serve N symbols for load tests: the given ones, then copies of them shifted in time "
+                        "(ETH1USDT carries ETHUSDT's bars --copy-shift bars later), cut to their common window")
+    s.add_argument("--copy-shift", type=int, default=1000, help="bars between successive copies (default 1000)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0, help="0 = any free port (printed when ready)")
     s.add_argument("--speed", type=float, default=1.0, help="bars per second of wall time (default 1)")
@@ -30,12 +34,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--start-index", type=int, default=0,
                    help="ticks of the shared clock before this index count as already closed (REST serves them)")
     s.add_argument("--end-index", type=int, default=None, help="stop producing bars at this tick")
-    s.add_argument("--intrabar", type=int, default=2, help="x:false updates per bar before the closed frame")
+    s.add_argument("--intrabar", type=int, default=None,
+                   help="N evenly spaced x:false updates per bar before the closed frame, instead of Binance's "
+                        "cadence (fewer frames at high --speed)")
     s.add_argument("--update-ms", type=int, default=None,
-                   help="instead of --intrabar: an x:false update every MS of exchange time (Binance: 2000)")
-    s.add_argument("--jitter-ms", type=int, default=0,
-                   help="move each update (and its E) by up to MS, and delay closed frames' E by up to MS")
-    s.add_argument("--faults", default="", help="fault spec, e.g. drop=0.05,gap=120:5,disconnect=200")
+                   help="an x:false update every MS of exchange time (default, as Binance: 2000; at --speed S "
+                        "that is 29*S updates a second per symbol)")
+    s.add_argument("--jitter-ms", type=int, default=None,
+                   help="move each update (and its E) by up to MS, and delay closed frames' E by up to MS "
+                        "(default 500 with the update cadence, 0 with --intrabar)")
+    s.add_argument("--faults", default="", help="fault spec, e.g. drop=0.05,gap=120:5,disconnect=200 "
+                                                "(symbols=ETHUSDT+SOLUSDT narrows frame and REST faults)")
     s.add_argument("--ping-interval", type=float, default=20.0, help="server ping period in seconds")
     s.add_argument("--max-messages-per-s", type=int, default=5,
                    help="incoming messages a connection may send a second before it is closed (Binance: 5)")
@@ -49,7 +58,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _series(args: argparse.Namespace) -> list[Series]:
     from barsignal.data import load_many
     from barsignal.errors import ConfigError
-    from barsignal.sim.series import Series, symbol_from_path
+    from barsignal.sim.series import Series, common_window, shifted_copies, symbol_from_path
 
     specs: list[tuple[str, list[str]]] = []
     if args.files:
@@ -76,6 +85,17 @@ def _series(args: argparse.Namespace) -> list[Series]:
             out.append(Series(sym, loaded.frame, loaded.extra))
         except ValueError as exc:
             raise ConfigError(f"feed serve: {exc}") from None
+    if args.copies > len(out):
+        first, last = common_window(out)
+        window = (last - first) // 60_000 + 1  # at most: the copies check it is gap-free
+        rows = window - (-(-args.copies // len(out)) - 1) * args.copy_shift
+        if rows < 2:
+            raise ConfigError(f"feed serve: --copies {args.copies}: the files share {window} bars, too few for "
+                              f"copies {args.copy_shift} bars apart; lower --copy-shift")
+        try:
+            out = shifted_copies(out, args.copies, rows=rows, shift=args.copy_shift)
+        except ValueError as exc:
+            raise ConfigError(f"feed serve: --copies: {exc}") from None
     return out
 
 
@@ -94,10 +114,12 @@ def _serve(args: argparse.Namespace) -> int:
     log = get_logger(__name__)
     faults = Faults.parse(args.faults)
     series = _series(args)
+    update_ms = args.update_ms if args.update_ms is not None or args.intrabar is not None else 2000
+    jitter_ms = args.jitter_ms if args.jitter_ms is not None else (500 if update_ms is not None else 0)
     try:
         sim = FeedSimulator(
             series, host=args.host, port=args.port, speed=args.speed, start_index=args.start_index,
-            end_index=args.end_index, intrabar=args.intrabar, update_ms=args.update_ms, jitter_ms=args.jitter_ms,
+            end_index=args.end_index, intrabar=args.intrabar or 0, update_ms=update_ms, jitter_ms=jitter_ms,
             faults=faults, ping_interval_s=args.ping_interval or None, max_incoming_per_s=args.max_messages_per_s,
             weight_limit=args.weight_limit,
         )
@@ -114,7 +136,9 @@ def _serve(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise ConfigError(f"feed serve: cannot listen on {args.host}:{args.port}: {exc}") from None
         sys.stdout.write(orjson.dumps({"ws_url": sim.ws_url, "rest_url": sim.rest_url, "port": sim.port,
-                                       "bars": len(sim.times), "symbols": sim.symbols}).decode() + "\n")
+                                       "bars": len(sim.times), "symbols": sim.symbols, "update_ms": update_ms,
+                                       "intrabar": None if update_ms else args.intrabar,
+                                       "jitter_ms": jitter_ms}).decode() + "\n")
         sys.stdout.flush()
         waits = [asyncio.create_task(stop.wait())]
         if args.exit_at_end:

@@ -90,14 +90,13 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
-
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.barlog import read_run_records
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import is_barlog, load_bars, replay
     from barsignal.daemon.paper.signals_io import read_signals
     from barsignal.node import build_node
+    from barsignal.node import run as run_async
 
     cfg = cfgmod.load(args.config)
     symbol = args.symbol or cfg.feed.symbols[0]
@@ -109,7 +108,7 @@ def _run(args: argparse.Namespace) -> int:
     if logs and len(logs) == len(args.bars):
         for path in logs:
             for run in read_run_records(path, symbol):
-                invalid += asyncio.run(replay_run(cfg, run, symbol, offered, replayed))
+                invalid += run_async(replay_run(cfg, run, symbol, offered, replayed))
                 swaps += len(run.swaps)
     else:
         node = build_node(cfg, "replay", symbol=symbol, artifact_dir=offered[0] if offered else None,

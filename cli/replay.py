@@ -67,9 +67,9 @@ def replay_sinks(cfg: Any, state: Path, *, signals: str | Path | None, ledger: s
 
 
 def _run(args: argparse.Namespace) -> int:
-    import asyncio
+    from barsignal.node import run
 
-    return asyncio.run(_replay(args))
+    return run(_replay(args))
 
 
 async def _replay(args: argparse.Namespace) -> int:

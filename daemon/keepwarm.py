@@ -78,7 +78,9 @@ class KeepWarm:
                     await asyncio.wait_for(self._wake.wait(), w[0] - now)
                     continue
                 except TimeoutError:
-                    pass
+                    task = asyncio.current_task()
+                    if task is not None and task.cancelling():  # 3.11's wait_for can turn a cancel
+                        raise asyncio.CancelledError from None  # into a timeout: stop, never hang a shutdown
             await self._busy(w[1])
 
     async def _busy(self, end: float) -> None:

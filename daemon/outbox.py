@@ -9,6 +9,13 @@ leaves a delivered signal the outbox forgot, and the bar record (written by the 
 before the signal's commit) always holds the signal's bar. Whatever a crash loses was never
 committed: the next start re-emits it with the same id (``symbol-open_time-artifact``).
 
+Disk full (or any storage failure) at runtime: the writer thread logs one ``store_write_failed
+cause=ENOSPC`` line, keeps every queued write in memory and retries with backoff (at most 5 s
+apart); meanwhile sinks stop waiting for commits and deliver what they are given (a crash then
+re-emits those signals with the same id: at least once, as always). Once space is back it logs
+``store_write_recovered`` and the outbox and bar record catch up: nothing is lost unless the
+process dies while the disk is full.
+
 A signal a sink has not acknowledged stays pending for that sink and is delivered after a
 restart: at least once; downstream de-duplicates by ``signal.id``. A signal a sink refuses for
 good (e.g. webhook 404) becomes a dead letter (sink, status, reason): kept, counted, and sent
@@ -201,11 +208,35 @@ class Outbox:
         self._batch_top = max(self._batch_top, seq)
 
     def _insert_many(self, rows: list[tuple[int, Signal, RuleState]], sinks: tuple[str, ...]) -> None:
-        for seq, sig, rule_state in rows:
-            self._insert(seq, sig, rule_state, sinks)
+        db = self._db()
+        now = int(time.time() * 1000)
+        before = db.total_changes
+        db.executemany(
+            "INSERT OR IGNORE INTO signals (seq, id, symbol, open_time, payload, rule_state, created_ms)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(seq, sig.id, sig.symbol, sig.open_time, signal_to_json(sig), orjson.dumps(rs.to_dict()).decode(), now)
+             for seq, sig, rs in rows])
+        first, last = rows[0][0], rows[-1][0]
+        if db.total_changes - before == len(rows) and last - first + 1 == len(rows):
+            for s in sinks:  # all new and contiguous (add_many's seqs are): one statement per sink
+                db.execute("INSERT OR IGNORE INTO pending (seq, sink) SELECT seq, ? FROM signals"
+                           " WHERE seq BETWEEN ? AND ?", (s, first, last))
+        elif db.total_changes - before == len(rows):
+            db.executemany("INSERT OR IGNORE INTO pending (seq, sink) VALUES (?, ?)",
+                           [(seq, s) for seq, _, _ in rows for s in sinks])
+        else:  # some ids were stored before: pending only for the rows really inserted
+            have = {r[0] for r in db.execute(
+                f"SELECT seq FROM signals WHERE seq IN ({','.join('?' * len(rows))})", [r[0] for r in rows])}
+            db.executemany("INSERT OR IGNORE INTO pending (seq, sink) VALUES (?, ?)",
+                           [(seq, s) for seq, _, _ in rows if seq in have for s in sinks])
+        self._batch_top = max(self._batch_top, rows[-1][0])
 
     def _delete_pending_many(self, sink: str, seqs: list[int]) -> None:
-        self._db().executemany("DELETE FROM pending WHERE sink = ? AND seq = ?", [(sink, q) for q in seqs])
+        if seqs == list(range(seqs[0], seqs[-1] + 1)):
+            self._db().execute("DELETE FROM pending WHERE sink = ? AND seq BETWEEN ? AND ?",
+                               (sink, seqs[0], seqs[-1]))  # a contiguous run (replay's batches are)
+        else:
+            self._db().executemany("DELETE FROM pending WHERE sink = ? AND seq = ?", [(sink, q) for q in seqs])
 
     def _delete_pending(self, sink: str, seq: int) -> None:
         self._db().execute("DELETE FROM pending WHERE sink = ? AND seq = ?", (sink, seq))
@@ -262,7 +293,10 @@ class Outbox:
             log.error("outbox_unsaved", queued=self.writer.backlog(), cause=self.writer.failing,
                       hint="these signals are not in the outbox; the next start signals their bars again")
         else:
-            self.writer.call(self._close_db, sql=False)
+            try:
+                self.writer.call(self._close_db, sql=False, timeout=timeout)
+            except TimeoutError:
+                ok = False
         return self.writer.close(0.5 if not ok else timeout) and ok
 
     def add(self, sig: Signal, rule_state: RuleState) -> int | None:

@@ -13,7 +13,8 @@ the stream and REST
 (an exchange halt: nothing can fill it); ``drop`` loses a closed frame on the stream only
 (REST still has it). ``stall`` silences the connections open at that bar (pings go on, data
 stops) until they close. ``disconnect`` drops every connection; ``shutdown`` sends
-``serverShutdown`` first.
+``serverShutdown`` first. ``symbols=ETHUSDT+SOLUSDT`` narrows the per-frame and REST faults to those
+symbols (the others stay clean: one symbol's trouble must not touch another's bars).
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ class Faults:
     disconnect: tuple[int, ...] = ()
     shutdown: tuple[int, ...] = ()
     stall: tuple[int, ...] = ()
+    symbols: tuple[str, ...] = ()  # frame and REST faults hit only these symbols (empty: every symbol)
     seed: int = 0
+
+    def hits(self, symbol: str) -> bool:
+        """Whether the per-frame and per-request faults apply to ``symbol``."""
+        return not self.symbols or symbol.upper() in self.symbols
 
     @classmethod
     def parse(cls, spec: str | None) -> Faults:
@@ -55,7 +61,8 @@ class Faults:
             return cls()
         kw: dict[str, object] = {}
         lists: dict[str, list] = {"gaps": [], "disconnect": [], "shutdown": [], "stall": []}
-        allowed = [*_PROBS, *_EVENTS, "gap", "delay_s", "rest_timeout_s", "retry_after_s", "refuse", "seed"]
+        allowed = [*_PROBS, *_EVENTS, "gap", "delay_s", "rest_timeout_s", "retry_after_s", "refuse", "symbols",
+                   "seed"]
         for item in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, value = item.partition("=")
             key = key.strip().replace("-", "_")
@@ -76,6 +83,11 @@ class Faults:
                     lists["gaps"].append((int(start), int(n or 1)))
                 elif key in _EVENTS:
                     lists[key].append(int(value))
+                elif key == "symbols":
+                    syms = tuple(x.strip().upper() for x in value.split("+") if x.strip())
+                    if not syms:
+                        raise ValueError("expected SYMBOL[+SYMBOL...]")
+                    kw["symbols"] = syms
                 else:
                     raise ValueError(f"unknown key; allowed: {', '.join(allowed)}")
             except ValueError as exc:

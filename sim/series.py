@@ -96,30 +96,36 @@ class Tape:
         pos = np.clip(np.searchsorted(ft, times), 0, n - 1)
         self.row = np.where(ft[pos] == times, pos, -1).astype(np.int64)
         self.present = (self.row >= 0) & ~halted
-        self._o, self._h, self._l = f.open.tolist(), f.high.tolist(), f.low.tolist()
-        self._c, self._v, self._t = f.close.tolist(), f.volume.tolist(), ft.tolist()
+        # columns stay numpy (read one row per frame): hundreds of symbols must not cost a Python
+        # float per value
+        self._f, self._t = f, ft
         ex = series.extra or {}
-        trades = _extra_column(ex, _EXTRA_KEYS["trades"], n).astype(np.int64)
-        self._trades = trades.tolist()
-        self._qv = _extra_column(ex, _EXTRA_KEYS["quote_volume"], n).tolist()
-        self._tb = _extra_column(ex, _EXTRA_KEYS["taker_buy_base"], n).tolist()
-        self._tq = _extra_column(ex, _EXTRA_KEYS["taker_buy_quote"], n).tolist()
-        self._first_trade = np.concatenate([[1], 1 + np.cumsum(trades)[:-1]]).astype(np.int64).tolist()
+        cols = {k: _extra_column(ex, names, n) if any(nm in ex for nm in names) else None
+                for k, names in _EXTRA_KEYS.items()}
+        trades = cols.pop("trades")
+        self._trades = None if trades is None else trades.astype(np.int64)
+        self._first_trade = (None if self._trades is None else
+                             np.concatenate([[1], 1 + np.cumsum(self._trades)[:-1]]).astype(np.int64))
+        self._qv, self._tb, self._tq = cols["quote_volume"], cols["taker_buy_base"], cols["taker_buy_quote"]
         # every row is on the clock (the clock is the union of every file's times); rows inside an
         # injected halt leave REST too: nothing can fill an exchange halt
         halted_rows = np.zeros(n, dtype=bool)
         halted_rows[self.row[(self.row >= 0) & halted]] = True
-        keep = np.flatnonzero(~halted_rows)
-        self.rest_frame = BarFrame(*(getattr(f, k)[keep] for k in
-                                     ("open_time", "open", "high", "low", "close", "volume")))
-        self.rest_extra = {k: np.asarray(v)[keep] for k, v in ex.items() if len(v) == n}
+        if halted_rows.any():
+            keep = np.flatnonzero(~halted_rows)
+            self.rest_frame = BarFrame(*(getattr(f, k)[keep] for k in
+                                         ("open_time", "open", "high", "low", "close", "volume")))
+            self.rest_extra = {k: np.asarray(v)[keep] for k, v in ex.items() if len(v) == n}
+        else:
+            self.rest_frame, self.rest_extra = f, {k: v for k, v in ex.items() if len(v) == n}
         self.tick_decimals = decimals_of(f.close)
         self.lot_decimals = decimals_of(f.volume)
 
     def event(self, i: int, fraction: float = 1.0, *, close_delay_ms: int | None = None) -> KlineEvent:
         """Row ``i`` as seen ``fraction`` of the way through its bar (1.0 = the closed kline)."""
-        o, h, lo, c, v = self._o[i], self._h[i], self._l[i], self._c[i], self._v[i]
-        t = self._t[i]
+        f = self._f
+        o, h, lo, c, v = float(f.open[i]), float(f.high[i]), float(f.low[i]), float(f.close[i]), float(f.volume[i])
+        t = int(self._t[i])
         closed = fraction >= 1.0
         if closed:
             price, hi, low, frac = c, h, lo, 1.0
@@ -132,17 +138,18 @@ class Tape:
             price = round(price, self.tick_decimals)  # on the tick grid, as a trade price is
             seen = [*pts[:seg + 1], price]
             hi, low, frac = max(seen), min(seen), fraction
-        n_all = self._trades[i]
+        n_all = 0 if self._trades is None else int(self._trades[i])
         n = n_all if closed else int(n_all * frac)
-        first = self._first_trade[i]
+        first = 0 if self._first_trade is None else int(self._first_trade[i])
         delay = self.close_delay_ms if close_delay_ms is None else close_delay_ms
         return KlineEvent(
             symbol=self.symbol, interval=self.interval, open_time=t, close_time=t + self.step_ms - 1,
             open=o, high=hi, low=low, close=price, volume=v * frac, closed=closed,
             event_time=t + self.step_ms - 1 + delay if closed else t + int(self.step_ms * frac),
             first_trade_id=first if n_all else -1, last_trade_id=first + n - 1 if n_all else -1, trades=n,
-            quote_volume=self._qv[i] * frac, taker_buy_base=self._tb[i] * frac,
-            taker_buy_quote=self._tq[i] * frac,
+            quote_volume=0.0 if self._qv is None else float(self._qv[i]) * frac,
+            taker_buy_base=0.0 if self._tb is None else float(self._tb[i]) * frac,
+            taker_buy_quote=0.0 if self._tq is None else float(self._tq[i]) * frac,
         )
 
 

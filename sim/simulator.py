@@ -34,6 +34,7 @@ import http
 import math
 import random
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
@@ -96,7 +97,7 @@ def _as_series(frame: BarFrame | Sequence[Series], symbol: str, extra: Mapping[s
     series = list(frame)
     if not series:
         raise ValueError("no symbols to serve")
-    dup = sorted({s.symbol for s in series if [t.symbol for t in series].count(s.symbol) > 1})
+    dup = sorted(sym for sym, k in Counter(s.symbol for s in series).items() if k > 1)
     if dup:
         raise ValueError(f"symbol {dup[0]} is given twice")
     return series
@@ -364,6 +365,10 @@ class FeedSimulator:
             for tp, row in live:
                 delay_ms = tp.close_delay_ms + (int(self._jit_rng.uniform(0, self.jitter_ms)) if self.jitter_ms else 0)
                 closed = encode_kline(tp.event(row, close_delay_ms=delay_ms), combined=False)
+                if not fl.hits(tp.symbol):
+                    self._send(tp.stream, closed)
+                    self.sent_closed.append((tp.symbol, int(self.times[i])))
+                    continue
                 if fl.malformed and r.random() < fl.malformed:
                     raw_bad_combined, raw_bad = self._malformed(tp, row)
                     self._send(tp.stream, raw_bad, raw_bad_combined)
@@ -474,7 +479,7 @@ class FeedSimulator:
         if path in ("/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"):
             return _json(200, no_markets(server_time=self.now_ms()), h)
         self.rest_requests += 1
-        fault = await self._rest_fault()
+        fault = await self._rest_fault() if self.faults.hits(q.get("symbol", "")) else None
         if fault is not None:
             return fault
         return _json(*self.klines(q), h)

@@ -1,12 +1,14 @@
-"""The Binance kline feed: websocket client with REST backfill, and the ``feed serve`` simulator.
+"""The Binance kline feed: a sans-I/O sequencer and the asyncio driver around it.
 
+- ``sequencer.Sequencer``: kline events and REST pages in; bars (each once, in order, never past the
+  exchange's current minute), gaps and "fetch this range" requests out. No sockets, clock or asyncio.
 - ``client.FeedClient(cfg: FeedConfig, *, warmup_bars=N)``: the live ``BarSource``. ``async for bar
   in client`` yields closed :class:`~barsignal.features.bar.Bar` (source ``"ws"`` or ``"rest"``),
-  gap-free across reconnects; ``client.stats`` (:class:`client.FeedStats`) holds the counters.
-- ``simulator.FeedSimulator(frame, ...)``: historical bars served as Binance's kline stream and
-  ``/api/v3/klines`` on one loopback port (``barsignal feed serve`` on the command line).
-- ``faults.Faults.parse(spec)``: what the simulator breaks on purpose.
-- ``backoff``: capped exponential backoff with jitter, and the connection-attempt limit.
+  gap-free across reconnects; ``client.stats`` (:class:`sequencer.FeedStats`) holds the counters;
+  ``client.ready`` says the warm-up is done (the daemon can signal).
+- ``backoff``: capped exponential backoff with jitter, the connection-attempt limit, and the REST gate
+  (Retry-After, 418 bans).
 
-Binance's wire format itself lives in ``barsignal.daemon.binance.ws``.
+Binance's wire format itself lives in ``barsignal.daemon.binance``; the ``feed serve`` simulator in
+``barsignal.sim``.
 """

@@ -39,7 +39,7 @@ from barsignal.daemon.binance.rest import KlinePage, RateLimited, retry_after_s
 from barsignal.daemon.binance.ws import INTERVAL_MS, ServerShutdown, combined_url, decode
 from barsignal.daemon.config import FeedConfig
 from barsignal.daemon.feed.backoff import AttemptLimiter, Backoff, RestGate
-from barsignal.daemon.feed.sequencer import Emit, Fetch, FeedStats, Output, Sequencer
+from barsignal.daemon.feed.sequencer import Emit, FeedStats, Fetch, Output, Sequencer
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import Bar
 from barsignal.log import get_logger

@@ -181,7 +181,7 @@ class Sequencer:
             self._want(s, ev.open_time)
         if ev.closed:
             self._receive(ev.symbol, s, ev.to_bar("ws"))
-        elif (s.last is not None and s.last < ev.open_time - self.step_ms
+        elif (s.last is not None and max(s.pending, default=s.last) < ev.open_time - self.step_ms
               and ev.event_time - ev.open_time >= self.close_grace_ms):
             # Bar t is well under way: the closed frame of t-1 never came; fetch it now.
             self._want(s, ev.open_time)
@@ -290,32 +290,37 @@ class Sequencer:
                 if s.want_until is None:
                     break  # no trusted frame yet: nothing to anchor the warm-up to
                 if self.warmup_bars > 0:
-                    out.append(self._start(s, Fetch(symbol, s.want_until - self.warmup_bars * step,
-                                                    s.want_until, warmup=True)))
+                    # The warm-up ends where the stream starts: the first bar held, or this frame's.
+                    until = min(s.want_until, min(s.pending, default=s.want_until))
+                    out.append(self._start(s, Fetch(symbol, until - self.warmup_bars * step, until,
+                                                    warmup=True)))
                     break
-                s.warm = True
-                s.covered = max(s.covered, s.want_until)
-            start = s.last + step if s.last is not None else None
-            if start is not None and s.want_until is not None and start < s.want_until and s.want_until > s.covered:
-                out.append(self._start(s, Fetch(symbol, max(start, s.covered), s.want_until)))
+                s.warm = True  # no warm-up: the first bar held goes first
+            if s.pending:
+                t = min(s.pending)
+                now_min = self.current_minute()
+                if now_min is None or (t > now_min and self._vouched(t)):
+                    break  # wait for the clock to be confirmed
+                if s.last is not None and t <= s.last:
+                    del s.pending[t]  # REST delivered it first
+                    continue
+                if t > now_min:
+                    del s.pending[t]
+                    self._count_future(symbol, t, "ws")
+                    continue
+                if s.last is None or t == s.last + step or t <= s.covered:
+                    self._emit(symbol, s, s.pending.pop(t), out)
+                    continue
+            if s.last is None:
                 break
-            if not s.pending:
+            # A hole after the last bar: up to the first held bar, or to where a frame says we are.
+            start = max(s.last + step, s.covered)
+            ends = [min(s.pending)] if s.pending else []
+            if s.want_until is not None and s.want_until > start:
+                ends.append(s.want_until)
+            if not ends or min(ends) <= start:
                 break
-            t = min(s.pending)
-            now_min = self.current_minute()
-            if now_min is None or (t > now_min and self._vouched(t)):
-                break  # wait for the clock to be confirmed
-            bar = s.pending.pop(t)
-            if s.last is not None and t <= s.last:
-                continue  # REST delivered it first
-            if t > now_min:
-                self._count_future(symbol, t, bar.source)
-                continue
-            if s.last is None or t == s.last + step or t <= s.covered:
-                self._emit(symbol, s, bar, out)
-                continue
-            s.pending[t] = bar  # a hole before it that REST was not asked about yet
-            self._want(s, t)
+            out.append(self._start(s, Fetch(symbol, start, min(ends))))
         return out
 
     def _start(self, s: _Symbol, f: Fetch) -> Fetch:

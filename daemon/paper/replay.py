@@ -9,7 +9,6 @@ the paper sink for the ledger). There is no second path to a sink. Scoring is ba
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -35,7 +34,9 @@ def replay(bars: Iterable[Bar], node: Any, *, close: bool = True,
            clock: Callable[[], float] = time.perf_counter) -> ReplayResult:
     """Run ``bars`` through ``node`` and wait until every sink has every signal. ``close``: close
     the node afterwards (its sinks, outbox, and a temporary state directory)."""
-    return asyncio.run(replay_async(bars, node, close=close, clock=clock))
+    from barsignal.node import run
+
+    return run(replay_async(bars, node, close=close, clock=clock))
 
 
 async def replay_async(bars: Iterable[Bar], node: Any, *, close: bool = True,
@@ -43,17 +44,21 @@ async def replay_async(bars: Iterable[Bar], node: Any, *, close: bool = True,
     res = ReplayResult()
     before = node.stats.signals, node.stats.duplicates, node.pipeline.stats.invalid
     await node.start()
+    paper = next((s for s in node.sinks if s.name == "paper"), None)
+
+    def fills() -> int:  # read while the paper sink is idle (before the run, after the drain)
+        ledger = getattr(paper, "ledger", None)
+        return len(ledger.fills(node.symbol)) if ledger is not None else 0
+
+    fills0 = fills()
     try:
         t0 = clock()
         res.bars = await node.replay(bars)
         t1 = clock()
         await node.settle()
         t2 = clock()
+        res.fills = fills() - fills0
     finally:
-        paper = next((s for s in node.sinks if s.name == "paper"), None)
-        ledger = getattr(paper, "ledger", None)
-        if ledger is not None:
-            res.fills = len(ledger.fills(node.symbol))
         if close:
             await node.close()
     res.signals = node.stats.signals - before[0]

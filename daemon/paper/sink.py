@@ -93,7 +93,7 @@ class PaperSink:
             try:
                 await w.call_async(self._close, sql=False)  # after any apply still running
             finally:
-                w.close()
+                w.close(timeout=5.0)
                 self._writer = None
 
     def _close(self) -> None:

@@ -35,6 +35,12 @@ def panel(title: str, targets: list[dict[str, Any]], *, unit: str = "short", kin
                                                   "stacking": {"mode": "normal" if stack else "none"}}
         p["options"] = {"legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
                         "tooltip": {"mode": "multi"}}
+    elif kind == "heatmap":  # Prometheus buckets as they are (no re-bucketing by Grafana)
+        p["options"] = {"calculate": False, "yAxis": {"unit": unit}, "cellGap": 1, "tooltip": {"show": True}}
+        p["dataFormat"] = "tsbuckets"
+    elif kind == "stat":
+        p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                        "textMode": "value_and_name", "colorMode": "none", "graphMode": "none"}
     return p
 
 

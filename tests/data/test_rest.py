@@ -17,7 +17,7 @@ from barsignal.daemon.binance.rest import (
     fetch_bars_sync,
     klines_response,
 )
-from barsignal.errors import BadMessage, DataError, TransientError
+from barsignal.errors import BadMessage, ConfigError, TransientError
 from barsignal.features.bar import BarFrame
 from tests.conftest import WIRE, free_port
 
@@ -76,10 +76,10 @@ def test_418_and_long_429_raise_rate_limited(klines_server) -> None:
     assert err.value.status == 429
 
 
-def test_network_trouble_is_transient_and_bad_symbol_is_data_error(klines_server) -> None:
+def test_network_trouble_is_transient_and_bad_symbol_is_a_config_error(klines_server) -> None:
     with pytest.raises(TransientError):
         asyncio.run(fetch_bars(f"http://127.0.0.1:{free_port()}", "BTCUSDT", 0, 60_000, timeout_s=2))
-    with pytest.raises(DataError, match="refused"):
+    with pytest.raises(ConfigError, match=r"'NOPEUSDT'.*-1121"):  # fatal: retrying cannot help (issue 13 #11)
         asyncio.run(fetch_bars(klines_server.base_url, "NOPEUSDT", 0, 60_000))
 
 
@@ -101,8 +101,8 @@ def test_encode_matches_real_binance_rows() -> None:
     plain = encode_klines(frame, 3_600_000)
     assert [r[:7] for r in plain] == [r[:7] for r in SAMPLE]
     assert plain[0][7:] == ["0.00000000", 0, "0.00000000", "0.00000000", "0"]
-    with pytest.raises(BadMessage):
-        decode_kline_rows([[1, "x"]])
+    dropped: dict[str, int] = {}
+    assert decode_kline_rows([[1, "x"]], dropped=dropped) == [] and dropped == {"malformed": 1}  # dropped, counted
     with pytest.raises(BadMessage):
         decode_kline_rows({"code": -1})
 

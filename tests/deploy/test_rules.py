@@ -115,3 +115,15 @@ def test_the_unit_tests_catch_an_alert_that_never_fires_or_always_fires(tmp_path
         r = _mutated(tmp_path, alert, expr)
         out = r.stdout + r.stderr
         assert r.returncode != 0 and f"alertname: {alert}," in out, f"{alert} as {expr!r}: {out[-2000:]}"
+
+
+def test_the_example_prometheus_config_is_valid_with_the_rules_in_place(tmp_path: Path) -> None:
+    """deploy/prometheus/prometheus.yml as an operator installs it: the rules beside it."""
+    (tmp_path / "barsignal.rules.yml").write_text(prom.RULES.read_text())
+    cfg = prom.PROM_EXAMPLE.read_text()
+    assert "/etc/prometheus/barsignal.rules.yml" in cfg and "job_name: barsignal" in cfg
+    (tmp_path / "prometheus.yml").write_text(cfg.replace("/etc/prometheus/barsignal.rules.yml",
+                                                         str(tmp_path / "barsignal.rules.yml")))
+    r = _promtool("check", "config", str(tmp_path / "prometheus.yml"))
+    n = len(prom.load_rules())
+    assert r.returncode == 0 and f"SUCCESS: {n} rules found" in r.stdout + r.stderr, r.stdout + r.stderr

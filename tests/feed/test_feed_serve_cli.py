@@ -168,3 +168,56 @@ def test_bars_usage_errors() -> None:
     assert r.returncode == 2 and "no bars given" in r.stderr
     r = run_cli("feed", "serve", "--bars", f"ETHUSDT={ETH}", "--bars", f"ETHUSDT={ETH}", timeout=60)
     assert r.returncode == 2 and "ETHUSDT is given twice" in r.stderr
+
+
+def test_copies_serve_many_symbols_made_from_real_files_shifted_in_time() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "barsignal", "feed", "serve", "--bars", str(BTC_2023), "--bars", str(XRP),
+         "--copies", "5", "--copy-shift", "1000", "--port", str(port), "--speed", "20", "--start-index", "10",
+         "--end-index", "30", "--intrabar", "0", "--exit-at-end"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    ready = orjson.loads(proc.stdout.readline() or "{}")
+    assert ready.get("symbols") == ["BTCUSDT", "XRPUSDT", "BTC1USDT", "XRP1USDT", "BTC2USDT"], proc.stderr.read()
+
+    async def main():
+        got = []
+        async with connect(ready["ws_url"] + "/stream?streams=btc2usdt@kline_1m", proxy=None) as ws:
+            while len(got) < 5:
+                got.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10))["data"]["k"])
+        return got
+
+    got = asyncio.run(main())
+    proc.wait(30)
+    btc, xrp = load(BTC_2023).frame, load(XRP).frame
+    t0 = int(xrp.open_time[0])  # the files' common window starts with XRP's file
+    i0 = int(np.searchsorted(btc.open_time, t0))
+    for k in got:
+        j = (k["t"] - t0) // 60_000  # the copy's row on the shared clock
+        assert k["s"] == "BTC2USDT" and float(k["c"]) == btc.close[i0 + 2000 + j]  # BTC's bars 2000 later
+
+
+def test_default_cadence_is_binances_irregular_2s_updates() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "barsignal", "feed", "serve", str(SPOT_NOV), "--port", str(port), "--speed", "2",
+         "--start-index", "300", "--end-index", "304", "--exit-at-end"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+    )
+    ready = orjson.loads(proc.stdout.readline() or "{}")
+    assert (ready.get("update_ms"), ready.get("jitter_ms")) == (2000, 500), proc.stderr.read()[-2000:]
+
+    async def main():
+        frames = []
+        async with connect(ready["ws_url"] + "/ws/btcusdt@kline_1m", proxy=None) as ws:
+            while len([f for f in frames if f["k"]["x"]]) < 3:
+                frames.append(orjson.loads(await asyncio.wait_for(ws.recv(), 10)))
+        return frames
+
+    frames = asyncio.run(main())
+    proc.wait(30)
+    closed = [f["k"]["t"] for f in frames if f["k"]["x"]]
+    for t in closed[1:]:  # bars seen whole
+        e = [f["E"] - t for f in frames if f["k"]["t"] == t and not f["k"]["x"]]
+        assert len(e) == 29 and len(set(np.diff(e))) > 1 and 1500 < np.mean(np.diff(e)) < 2500

@@ -18,6 +18,7 @@ from websockets.asyncio.client import connect
 from barsignal.daemon.binance.rest import decode_kline_rows
 from barsignal.daemon.binance.ws import KlineEvent, decode, encode_kline
 from barsignal.data import Loaded, load
+from barsignal.errors import BadMessage
 from barsignal.sim.faults import Faults
 from barsignal.sim.protocol import PathError, RateWindow, Session, open_path
 from barsignal.sim.series import Series, shifted_copies
@@ -514,3 +515,39 @@ def test_shifted_copies_are_real_bars_on_one_clock(real) -> None:
     assert np.array_equal(copies[4].frame.close, src.close[i0:i0 + 50])
     with pytest.raises(ValueError):
         shifted_copies(series, 3, rows=50, shift=10**6)
+
+
+def test_faults_narrowed_to_one_symbol_leave_the_others_clean(real) -> None:
+    faults = Faults.parse("malformed=1,drop=0.5,rest429=1,symbols=ETHUSDT,seed=3")
+    assert faults.symbols == ("ETHUSDT",) and "symbols=('ETHUSDT',)" in faults.describe()
+
+    async def main():
+        async with FeedSimulator(_series(real, "BTCUSDT", "ETHUSDT"), speed=20, start_index=20_000,
+                                 end_index=20_016, intrabar=0, faults=faults) as sim:
+            raw = []
+            async with connect(f"{sim.ws_url}/stream?streams=btcusdt@kline_1m/ethusdt@kline_1m", proxy=None,
+                               max_size=1 << 20) as ws:
+                while not sim.done.is_set():
+                    try:
+                        raw.append(await asyncio.wait_for(ws.recv(), 0.5))
+                    except TimeoutError:
+                        pass
+            btc = await asyncio.to_thread(_fails, f"{sim.rest_url}/api/v3/klines?symbol=BTCUSDT&interval=1m")
+            eth = await asyncio.to_thread(_fails, f"{sim.rest_url}/api/v3/klines?symbol=ETHUSDT&interval=1m")
+            return raw, btc, eth, [int(t) for t in sim.times[20_000:20_016]]
+
+    raw, btc_status, eth_status, ticks = asyncio.run(main())
+    good: dict[str, list[int]] = {"BTCUSDT": [], "ETHUSDT": []}
+    bad = 0
+    for m in raw:
+        try:
+            ev = decode(m, symbols={"BTCUSDT", "ETHUSDT"})
+        except BadMessage:  # the malformed frames
+            bad += 1
+            continue
+        if isinstance(ev, KlineEvent) and ev.closed:
+            good[ev.symbol].append(ev.open_time)
+    first = good["BTCUSDT"][0]
+    assert good["BTCUSDT"] == [t for t in ticks if t >= first]  # BTC: every closed frame, none bad
+    assert bad > 0 and len(good["ETHUSDT"]) < len(good["BTCUSDT"])  # ETH: bad frames and drops
+    assert (btc_status, eth_status) == (200, 429)

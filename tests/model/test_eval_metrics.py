@@ -93,3 +93,16 @@ def test_baselines_fitted_on_train_only_and_json_round_trip(fut_splits) -> None:
     assert np.allclose(lg.w, again["logistic"]["w"])
     for p, _ in out.values():
         assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_label_probe_reports_every_candidate_label() -> None:
+    from barsignal.model.label_probe import probe
+
+    segs = load_segments(FUTURES_1M[:6])
+    res = probe(segs, horizons=(1, 15), flat_band=0.5)
+    assert set(res) == {"h1", "h1_band0.5", "h15", "h15_band0.5"}
+    for name, row in res.items():
+        assert 0.3 < row["auc_logistic"] < 0.7 and 0.3 < row["auc_neg_rsi6"] < 0.7
+        assert ("auc_volatility_only" in row) == ("band" in name)
+    assert res["h15"]["mean_abs_move_bp"] > res["h1"]["mean_abs_move_bp"]  # longer horizon, bigger moves
+    assert res["h1_band0.5"]["tied_share"] > res["h1"]["tied_share"]

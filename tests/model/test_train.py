@@ -121,7 +121,7 @@ def test_ddp_two_cpu_processes_match_one_process(tmp_path, splits, distil, rel) 
     float summation order; with it, each rank normalizes with its half-batch statistics."""
     args = ["student", "--data", *SLICE, "--epochs", "1", "--max-train-windows", "256", "--batch-size", "64",
             "--max-val-windows", "128", "--dropout", "0", "--set", f"distil={str(distil).lower()}",
-            "--threads", "1", "--no-progress"]
+            "--threads", "1", "--horizon", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
     ddp = subprocess.run([*torchrun, "-m", "barsignal", "train", *args, "--out", str(tmp_path / "ddp")],

@@ -159,3 +159,19 @@ def test_parity_drops_an_invalid_recorded_bar_as_live_did(tmp_path, tiny_artifac
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert f"parity OK: {len(live)} signals compared, 0 differences" in r.stdout
     assert "1 invalid bar(s) dropped as live dropped them" in r.stdout
+
+
+def test_parity_names_a_recorded_artifact_it_cannot_find(tmp_path, spot_bars) -> None:
+    """A run recorded with an artifact that is no longer anywhere parity looks: one line naming the
+    hash and what to pass, exit 1 (not a replay with another model that would report differences)."""
+    from barsignal.daemon.barlog import BarLog
+
+    log = BarLog(tmp_path / "bars", "BTCUSDT", run_id="20260101T000000000Z",
+                 artifact={"hash": "f" * 64, "path": str(tmp_path / "gone")})
+    for b in spot_bars(50):
+        log.record(b)
+    log.close()
+    (tmp_path / "signals.jsonl").write_bytes(b"")
+    r = cli("parity", "--live-signals", str(tmp_path / "signals.jsonl"), "--bars", str(tmp_path / "bars"))
+    assert r.returncode == 1, r.stdout + r.stderr[-2000:]
+    assert "artifact ffffffffffff" in r.stderr and "pass --artifact DIR holding it" in r.stderr

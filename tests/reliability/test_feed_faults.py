@@ -102,8 +102,8 @@ def test_a_day_of_feed_faults_misses_nothing_and_matches_a_clean_replay(tmp_path
         "backfilled_bars": int(m["barsignal_backfilled_bars_total"]),
     }
     for line in daemon_log.splitlines():  # REST faults, by kind, from the daemon's own log lines
-        if '"rest_rate_limited"' in line:
-            kind = "rest_429"
+        if '"feed.rest_rate_limited"' in line:  # 429 / 418: the client waits the whole Retry-After
+            kind = "rest_418" if orjson.loads(line)["status"] == 418 else "rest_429"
         elif '"feed.rest_failed"' in line:
             err = orjson.loads(line)["error"]
             kind = ("rest_418" if "418" in err else "rest_429" if "429" in err else
@@ -126,5 +126,6 @@ def test_a_day_of_feed_faults_misses_nothing_and_matches_a_clean_replay(tmp_path
           f"{len(sigs)} signals == fault-free replay (0 differences)")
     assert injected["disconnect"] == 6 and injected["server_shutdown"] == 2 and injected["stall"] == 1
     assert injected["rollover"] >= 1 and injected["bad_frames"] > 0 and injected["dup_late_ooo_dropped"] > 0
+    assert injected.get("rest_429", 0) + injected.get("rest_418", 0) == m["barsignal_rest_rate_limited_total"]
     assert injected.get("rest_429", 0) > 0 and injected.get("rest_5xx", 0) > 0 and injected.get("rest_timeout", 0) > 0
     assert m["barsignal_gaps_total"] == 0
