@@ -1,4 +1,6 @@
-"""Atomic file writes: a temporary file in the same directory, fsync, then ``os.replace``.
+"""File helpers every layer shares: the sha256 of a file, and atomic writes.
+
+Atomic writes: a temporary file in the same directory, fsync, then ``os.replace``.
 
 A reader (or a crash) sees the old file or the new one, never a torn one. Used for every file
 whose partial copy would be mistaken for a whole one: model exports (ONNX, TensorRT engines and
@@ -8,12 +10,22 @@ barsignal's (a root module every layer may use).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 @contextmanager

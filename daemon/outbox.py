@@ -11,8 +11,10 @@ committed: the next start re-emits it with the same id (``symbol-open_time-artif
 
 Disk full (or any storage failure) at runtime: the writer thread logs one ``store_write_failed
 cause=ENOSPC`` line, keeps every queued write in memory and retries with backoff (at most 5 s
-apart); meanwhile sinks stop waiting for commits and deliver what they are given (a crash then
-re-emits those signals with the same id: at least once, as always). Once space is back it logs
+apart); meanwhile sinks in step stop waiting for commits and deliver what they are given (a crash
+then re-emits those signals with the same id: at least once, as always); a sink catching up from
+the outbox (after a restart or a queue overflow) waits, its reads queued behind the writes. Once
+space is back it logs
 ``store_write_recovered`` and the outbox and bar record catch up: nothing is lost unless the
 process dies while the disk is full.
 

@@ -25,6 +25,7 @@ from barsignal.data import parquet
 from barsignal.data import public_data as pd
 from barsignal.data.load import Loaded, load_many
 from barsignal.errors import ConfigError, DataError, TransientError
+from barsignal.fsutil import file_sha256
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -201,7 +202,7 @@ def _fetch_one(fetcher: Fetcher, rel: str, dest: Path, result: Result) -> Path |
     for attempt in (1, 2):
         if not fetcher.to_file(rel, part):
             return None
-        actual = pd.sha256_file(part)
+        actual = file_sha256(part)
         if actual == expected:
             break
         part.unlink()

@@ -8,7 +8,6 @@ header row, newer ones do; spot dumps switched open/close times from ms to µs i
 
 from __future__ import annotations
 
-import hashlib
 import io
 import re
 import zipfile
@@ -17,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from barsignal.errors import DataError
+from barsignal.fsutil import file_sha256
 
 DEFAULT_BASE_URL = "https://data.binance.vision"
 MARKETS = {"spot": "spot", "um": "futures/um", "cm": "futures/cm"}
@@ -48,21 +48,13 @@ def parse_checksum(text: str, source: str = "<checksum>") -> tuple[str, str]:
     return m[1].lower(), m[2]
 
 
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_checksum(path: str | Path, checksum_path: str | Path) -> None:
     """Raise DataError unless ``path`` has the sha256 named in ``checksum_path``."""
     p, c = Path(path), Path(checksum_path)
     expected, name = parse_checksum(c.read_text(encoding="utf-8", errors="replace"), str(c))
     if name != p.name and not p.name.endswith(".part"):
         raise DataError(f"{c}: checksum is for {name!r}, not {p.name!r}")
-    actual = sha256_file(p)
+    actual = file_sha256(p)
     if actual != expected:
         raise DataError(f"{p}: sha256 {actual} does not match {c} ({expected}); delete it and download again")
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from barsignal.errors import ArtifactError
+from barsignal.fsutil import file_sha256
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -130,14 +131,6 @@ class Artifact:
 def default_artifact_dir() -> Path:
     """The bundled default artifact (package data)."""
     return Path(__file__).resolve().parent / "default_artifact"
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _code_schema_hash() -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from barsignal.errors import ArtifactError, ConfigError
-from barsignal.fsutil import atomic_write_bytes
+from barsignal.fsutil import atomic_write_bytes, file_sha256
 
 WINDOW = (1, 30, 33)
 INPUT = "input"
@@ -104,7 +104,6 @@ def build_engine(onnx_path: str | os.PathLike[str], cache_dir: str | os.PathLike
     """Build (or find) the engine for ``onnx_path`` on this GPU; return the engine file's path."""
     import tensorrt as trt
 
-    from barsignal.engine.artifact import file_sha256
 
     onnx_path, cache_dir = Path(onnx_path), Path(cache_dir)
     gpu = gpu_info()

@@ -136,9 +136,6 @@ class Sequencer:
     def last(self, symbol: str) -> int | None:
         return self._syms[symbol].last
 
-    def in_flight(self) -> list[Fetch]:
-        return [s.fetch for s in self._syms.values() if s.fetch is not None]
-
     # -- inputs ------------------------------------------------------------------------------------
     def connected(self) -> None:
         """A new connection: each symbol's first frame on it decides what REST must fill."""
@@ -350,12 +347,18 @@ class Sequencer:
 
     def _count_future(self, symbol: str, open_time: int, source: str) -> None:
         self.stats.future_bars += 1
-        log.warning("feed.future_bar", symbol=symbol, open_time=open_time, source=source,
-                    exchange_now_ms=self.now_ms, action="dropped: dated after the exchange's current minute",
-                    count=self.stats.future_bars)
+        (log.warning if _loud(self.stats.future_bars) else log.debug)(
+            "feed.future_bar", symbol=symbol, open_time=open_time, source=source, exchange_now_ms=self.now_ms,
+            action="dropped: dated after the exchange's current minute", count=self.stats.future_bars)
 
     def _count_invalid(self, symbol: str, open_time: int, why: str, source: str) -> None:
         self.stats.invalid_bars += 1
         n = self.stats.invalid_by_reason[why] = self.stats.invalid_by_reason.get(why, 0) + 1
-        log.warning("feed.invalid_bar", symbol=symbol, open_time=open_time, reason=why, source=source,
-                    action="dropped: not finite, consistent and in range", count=n)
+        (log.warning if _loud(n) else log.debug)(
+            "feed.invalid_bar", symbol=symbol, open_time=open_time, reason=why, source=source,
+            action="dropped: not finite, consistent and in range", count=n)
+
+
+def _loud(n: int) -> bool:
+    """Warn for the first ten of a kind, then every hundredth (the counters carry the rest)."""
+    return n <= 10 or n % 100 == 0

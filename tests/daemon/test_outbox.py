@@ -212,3 +212,49 @@ def test_prune_keeps_pending_and_dead_rows_and_runs_on_the_writer_thread(tmp_pat
     con = sqlite3.connect(tmp_path / "o.sqlite")
     assert [r[0] for r in con.execute("SELECT seq FROM signals ORDER BY seq")] == [2, 4, 8, 9, 10]
     con.close()
+
+
+def test_a_full_database_is_retried_sinks_keep_delivering_and_nothing_is_lost(tmp_path: Path) -> None:
+    """SQLite's own "database or disk is full" (PRAGMA max_page_count caps the file): the writer
+    thread reports ENOSPC once, keeps the queued inserts and retries; a sink in step keeps getting
+    the signals meanwhile; once there is room again every signal is committed, each once. (A sink
+    catching up from the outbox waits for the disk instead: its reads queue behind the writes.)"""
+    path = tmp_path / "o.sqlite"
+    ob = Outbox(path, ["a"])
+    pages = ob.writer.call(lambda: ob.db.execute("PRAGMA page_count").fetchone()[0], sql=False)
+
+    async def main() -> ListSink:
+        sink = ListSink("a")
+        w = SinkWorker(sink, ob, sleep=_nosleep)
+        w.start()
+        assert await w.drain(5)  # caught up (nothing pending): in step from here on
+        ob.writer.call(lambda: ob.db.execute(f"PRAGMA max_page_count = {pages + 2}"), sql=False)
+        for i in range(300):
+            seq = ob.add(sig(i), RuleState())
+            w.offer(seq, sig(i))
+            await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 10
+        while ob.writer.failing is None:
+            assert loop.time() < end, "the capped database never filled up"
+            await asyncio.sleep(0.01)
+        assert ob.writer.failing == "ENOSPC"
+        while len(sink.got) < 300:  # delivered although not all committed
+            assert loop.time() < end, f"delivery stalled on the full database ({len(sink.got)})"
+            await asyncio.sleep(0.01)
+        ob.writer.call(lambda: ob.db.execute("PRAGMA max_page_count = 1073741823"), sql=False)
+        while ob.writer.failing is not None:
+            assert loop.time() < end + 10, "never recovered"
+            await asyncio.sleep(0.05)
+        assert await w.drain(5)
+        await w.stop()
+        return sink
+
+    sink = asyncio.run(main())
+    assert sink.got == [f"BTCUSDT-{i}-abc" for i in range(300)]
+    assert ob.writer.errors >= 1
+    ob.close()
+    con = sqlite3.connect(path)
+    assert [r[0] for r in con.execute("SELECT id FROM signals ORDER BY seq")] == sink.got
+    assert con.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
+    con.close()
