@@ -39,13 +39,10 @@ GROUPS = ("embedding", "attention", "ffn", "norms", "head", "distil")
 
 
 def session(path: str | Path, threads: int = 1) -> Any:
-    import onnxruntime as ort
+    """An ONNX Runtime CPU session with the engine's options (all graph optimizations, as ORT's default)."""
+    from barsignal.engine.backends.ort import open_session, session_options
 
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    return open_session(Path(path), session_options(threads, opt_level="all"))
 
 
 def onnx_proba(path: str | Path, x: np.ndarray, batch: int = 512, threads: int = 1) -> np.ndarray:

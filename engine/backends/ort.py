@@ -64,7 +64,8 @@ def session_options(intra_op_threads: int = 1, spinning: bool = False, opt_level
     return so
 
 
-def _open(path: Path, so: Any) -> Any:
+def open_session(path: Path, so: Any) -> Any:
+    """A CPU InferenceSession; a file ONNX Runtime cannot load is an ArtifactError naming it."""
     import onnxruntime as ort
 
     try:
@@ -82,7 +83,7 @@ class OnnxRuntimeScorer:
                  spinning: bool = False, opt_level: str = DEFAULT_OPT_LEVEL, warmup: int = 200) -> None:
         so = session_options(intra_op_threads, spinning, opt_level)
         self.path = Path(onnx)
-        self.session = _open(self.path, so)
+        self.session = open_session(self.path, so)
         ins, outs = self.session.get_inputs(), self.session.get_outputs()
         if [i.name for i in ins] != [INPUT] or OUTPUT not in [o.name for o in outs]:
             raise ArtifactError(
@@ -129,7 +130,7 @@ class OnnxRuntimeScorer:
         n = windows.shape[0]
         out = np.empty((n,), np.float32)
         if self.dynamic is None and self.dynamic_path is not None:
-            self.dynamic = _open(self.dynamic_path, session_options(*self._dynamic_opts))
+            self.dynamic = open_session(self.dynamic_path, session_options(*self._dynamic_opts))
         if self.dynamic is None:
             for i in range(n):
                 out[i] = self.score(windows[i])
