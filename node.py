@@ -17,6 +17,7 @@ first bar it applies to, so ``barsignal parity`` replays across it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import tempfile
 import time
@@ -101,6 +102,19 @@ def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None) ->
                   art, window_len, features.bars_to_fetch, source)
 
 
+def for_symbol(cfg: Config, loaded: Loaded) -> Loaded:
+    """``loaded`` for one more symbol: fresh features and a fresh rule (per-symbol state), the same
+    verified artifact and scorer (a batch-1 scorer keeps no state between windows)."""
+    from barsignal.features.normalize import Normalizer
+    from barsignal.features.online import OnlineFeatures
+
+    art, m = loaded.artifact, loaded.model
+    rule = SignalRule.from_config(cfg.signal, art.signal)
+    features = OnlineFeatures(Normalizer.from_dict(art.normalization), loaded.window_len, cfg.features.gap_policy)
+    return Loaded(Model(features, m.scorer, rule, m.artifact_hash, m.horizon, dict(m.info)),
+                  art, loaded.window_len, loaded.warmup_bars, loaded.source)
+
+
 @dataclass(frozen=True, slots=True)
 class Start:
     """The state a run starts from: the last signalled bar and the rule state after it."""
@@ -132,7 +146,7 @@ class Node:
                  loaded: Loaded | None = None, state: Path | None = None, barlog: BarLog | None = None,
                  artifact_dir: str | None = None, cache_dir: Path | None = None, queue_size: int = 1024,
                  on_signal: Callable[[Signal], None] | None = None, monitor: Any = None,
-                 owns_state: tempfile.TemporaryDirectory | None = None) -> None:
+                 owns_state: tempfile.TemporaryDirectory | None = None, owns_outbox: bool = True) -> None:
         self.pipeline = pipeline
         self.outbox = outbox
         self.sinks = list(sinks)
@@ -149,6 +163,7 @@ class Node:
         self.symbol = pipeline.symbol
         self._pending_swap: dict[str, Any] | None = None  # written before the next bar's record
         self._tmp = owns_state
+        self.owns_outbox = owns_outbox  # False: another symbol's node owns the outbox and the sink workers
         self._batch: list[tuple[Signal, RuleState]] | None = None  # replay's chunk, not yet in the outbox
 
     # -- the rule state: restored here and only here ----------------------------------------------
@@ -182,7 +197,12 @@ class Node:
         return ok
 
     async def close(self) -> None:
-        """Stop the workers, close the sinks, the bar record and the outbox (in that order)."""
+        """Stop the workers, close the sinks, the bar record and the outbox (in that order). A node
+        that shares another's outbox (:func:`build_nodes`) closes only its bar record."""
+        if not self.owns_outbox:
+            if self.barlog is not None:
+                self.barlog.close()
+            return
         for w in self.workers:
             try:
                 await asyncio.wait_for(w.stop(), 5.0)
@@ -285,13 +305,15 @@ class Node:
                             "sink_delivery_failed): fix its settings and replay again")
 
     # -- SIGHUP: a new model --------------------------------------------------------------------------
-    async def reload(self, cfg: Config) -> tuple[Loaded, Swapped]:
-        """Load the model ``cfg`` names (``--artifact`` still wins) off the event loop, warm its features
-        on the recent bars (those that arrived while loading too), then swap it in between two bars.
-        Raises ArtifactError/ConfigError/OSError/ValueError and keeps the old model."""
+    async def reload(self, cfg: Config, loaded: Loaded | None = None) -> tuple[Loaded, Swapped]:
+        """Load the model ``cfg`` names (``--artifact`` still wins) off the event loop (or take
+        ``loaded``, this symbol's own, already loaded), warm its features on the recent bars (those that
+        arrived while loading too), then swap it in between two bars. Raises
+        ArtifactError/ConfigError/OSError/ValueError and keeps the old model."""
         pipe = self.pipeline
         snapshot = list(pipe.recent)
-        loaded = await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
+        if loaded is None:
+            loaded = await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
         ready = await asyncio.to_thread(warm, loaded.model.features, snapshot)
         # back on the loop: the bars that arrived while loading (none are lost)
         last = snapshot[-1].open_time if snapshot else None
@@ -340,7 +362,7 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
                artifact_dir: str | None = None, loaded: Loaded | None = None, start: Start | None = None,
                sinks: Sequence[Any] | None = None, record_bars: bool | None = None, keep_bars: int | None = None,
                queue_size: int | None = None, on_signal: Callable[[Signal], None] | None = None,
-               monitor: Any = None, outbox_sync: str = "NORMAL") -> Node:
+               monitor: Any = None, outbox_sync: str = "NORMAL", share: Node | None = None) -> Node:
     """Assemble a :class:`Node` for ``symbol`` (default: the first of ``[feed] symbols``).
 
     ``source``: ``"live"`` (the daemon: the state directory from the config, the outbox's last signal
@@ -354,6 +376,8 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
         raise ValueError(f"source {source!r}: expected 'live' or 'replay'")
     sym = (symbol or cfg.feed.symbols[0]).upper()
     tmp = None
+    if share is not None:
+        state = share.state
     if state is None and live:
         state = state_dir(cfg)
     if state is None:
@@ -363,10 +387,13 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
     if loaded is None:
         loaded = load_model(cfg, artifact_dir, cache)
     state.mkdir(parents=True, exist_ok=True)
-    sink_list = list(sinks) if sinks is not None else (_sinks_from_config(cfg, state) if live else [])
+    if share is not None:
+        sink_list, ob = [], share.outbox
+    else:
+        sink_list = list(sinks) if sinks is not None else (_sinks_from_config(cfg, state) if live else [])
+        ob = Outbox(state / "outbox.sqlite", tuple(s.name for s in sink_list), synchronous=outbox_sync)
     names = tuple(s.name for s in sink_list)
-    ob = Outbox(state / "outbox.sqlite", names, synchronous=outbox_sync)
-    if live:
+    if live and share is None:
         for stale in set(ob.sinks_pending()) - set(names):
             log.warning("outbox_sink_dropped", sink=stale, pending=ob.depth(stale),
                         hint="no longer in [sinks] enabled; its undelivered signals are forgotten")
@@ -383,9 +410,57 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
                         artifact={"hash": loaded.model.artifact_hash, "path": loaded.model.info.get("path")})
     node = Node(pipe, ob, sink_list, loaded=loaded, state=state, barlog=barlog, artifact_dir=artifact_dir,
                 cache_dir=cache, queue_size=queue_size or (cfg.sinks.queue_size if live else 8192),
-                on_signal=on_signal, monitor=monitor, owns_state=tmp)
+                on_signal=on_signal, monitor=monitor, owns_state=tmp, owns_outbox=share is None)
+    if share is not None:
+        node.workers = share.workers  # the same list: the owner's workers, started by the owner
     node.restore(start)
     return node
+
+
+def build_nodes(cfg: Config, source: str = "live", *, symbols: Sequence[str] | None = None,
+                loaded: Loaded | dict[str, Loaded] | None = None, monitor: Any = None,
+                **kw: Any) -> list[Node]:
+    """One :class:`Node` per symbol (default ``[feed] symbols``, in that order) over ONE state directory,
+    outbox and set of sink workers: the first node owns them, the others share them (``share``). Each
+    node has its own features, window, rule state and bar record (``<state>/bars/<SYMBOL>-...``), so
+    one symbol's bad bar, gap or halt never reaches another's. ``loaded``: one model for all, or one
+    per symbol (``[model.symbols]``). ``monitor`` goes to the first symbol's node only (the drift and
+    live-score gauges are unlabelled). Close with :func:`close_nodes`."""
+    syms = [s.upper() for s in (symbols or cfg.feed.symbols)]
+    if len(set(syms)) != len(syms):
+        raise ConfigError(f"symbols {syms}: a symbol is named twice")
+    nodes: list[Node] = []
+    try:
+        seen: set[int] = set()
+        default = loaded if isinstance(loaded, Loaded) else None
+        for i, sym in enumerate(syms):
+            model = loaded.get(sym) if isinstance(loaded, dict) else None
+            if model is None:
+                if default is None:
+                    default = load_model(cfg, kw.get("artifact_dir"),
+                                         engine_cache_dir(cfg, kw.get("state") if source == "live" else None))
+                model = default
+            if id(model) in seen:  # one artifact for several symbols: per-symbol features and rule
+                model = for_symbol(cfg, model)
+            seen.add(id(model))
+            nodes.append(build_node(cfg, source, symbol=sym, loaded=model, monitor=monitor if i == 0 else None,
+                                    share=nodes[0] if nodes else None, **kw))
+    except BaseException:  # nothing started yet: close the bar records, then the shared outbox
+        for n in reversed(nodes):
+            if n.barlog is not None:
+                n.barlog.close()
+        if nodes:
+            nodes[0].outbox.close()
+            if nodes[0]._tmp is not None:
+                nodes[0]._tmp.cleanup()
+        raise
+    return nodes
+
+
+async def close_nodes(nodes: Sequence[Node]) -> None:
+    """Close the sharing nodes (their bar records) first, then the owner (workers, sinks, outbox)."""
+    for n in reversed(nodes):
+        await n.close()
 
 
 def run(coro: Any) -> Any:
@@ -428,3 +503,142 @@ async def consume(node: Node, source: AsyncIterable[Bar], after: Callable[[Bar, 
         sig = handle(bar, recv_ns)
         if after is not None:
             after(bar, sig, recv_ns)
+
+
+class MinuteOrder:
+    """Hands on the closed bars of many symbols so that the bars of one minute go in the config's
+    symbol order, not in arrival order (sans-I/O; :func:`consume_many` drives it).
+
+    The bars of the minute being collected are held until every symbol expected in it has its bar
+    there, then handed on at once in config order. Expected: every symbol with a bar in the last
+    ``expect_within`` steps (a halted or delisted symbol stops being waited for). A bar of a later
+    minute hands the held minute on first; a bar of an earlier minute (a backfill, a late frame, a
+    symbol's REST warm-up) goes on at once. The driver hands the held minute on after a hold time
+    (:meth:`flush`) when an expected symbol's bar does not come. Each symbol's own bars keep their
+    order (the feed emits them in order), so what each node computes never depends on this."""
+
+    def __init__(self, symbols: Sequence[str], step_ms: int = 60_000, expect_within: int = 2) -> None:
+        self.rank = {s: i for i, s in enumerate(symbols)}
+        self.step_ms = step_ms
+        self.expect_ms = expect_within * step_ms
+        self.minute: int | None = None  # open time of the minute held
+        self.held: dict[str, tuple[Bar, int | None]] = {}
+        self.done_through: int | None = None  # the last minute handed on
+        self.last_seen: dict[str, int] = {}
+
+    def add(self, symbol: str, bar: Bar, recv_ns: int | None = None) -> list[tuple[str, Bar, int | None]]:
+        """Take one bar; return what is now ready, in order."""
+        t = bar.open_time
+        prev = self.last_seen.get(symbol)
+        if prev is None or t > prev:
+            self.last_seen[symbol] = t
+        out: list[tuple[str, Bar, int | None]] = []
+        if self.minute is not None and t > self.minute:
+            out = self.flush()
+        if (self.done_through is not None and t <= self.done_through) or \
+                (self.minute is not None and t < self.minute) or symbol in self.held:
+            out.append((symbol, bar, recv_ns))
+            return out
+        self.minute = t
+        self.held[symbol] = (bar, recv_ns)
+        if self.complete():
+            out += self.flush()
+        return out
+
+    def complete(self) -> bool:
+        """Every symbol expected in the held minute has its bar here."""
+        t = self.minute
+        if t is None:
+            return True
+        return all(s in self.held for s, seen in self.last_seen.items() if seen >= t - self.expect_ms)
+
+    def flush(self) -> list[tuple[str, Bar, int | None]]:
+        """Hand the held minute on, in config order (a symbol not in the config goes last)."""
+        if self.minute is None:
+            return []
+        n = len(self.rank)
+        out = [(s, b, r) for s, (b, r) in sorted(self.held.items(), key=lambda kv: self.rank.get(kv[0], n))]
+        self.done_through = self.minute if self.done_through is None else max(self.done_through, self.minute)
+        self.minute = None
+        self.held = {}
+        return out
+
+    @property
+    def holding(self) -> bool:
+        return self.minute is not None
+
+
+_END = object()
+
+
+async def consume_many(nodes: Sequence[Node], source: Any,
+                       after: Callable[[Node, Bar, Signal | None, int | None], None] | None = None, *,
+                       ready_ns: Callable[[], int] = lambda: 0, hold_s: float = 0.5,
+                       step_ms: int = 60_000) -> None:
+    """The live loop for many symbols over one feed (``source.stream()`` yields ``(symbol, bar)``):
+    every bar through its symbol's :meth:`Node.handle`, the bars of one minute in the config's symbol
+    order (:class:`MinuteOrder`; a missing symbol holds the others at most ``hold_s``). A bar of a
+    symbol with no node is logged and dropped. ``after(node, bar, signal, recv_ns)`` as in
+    :func:`consume`."""
+    by_symbol = {n.symbol: n for n in nodes}
+    order = MinuteOrder([n.symbol for n in nodes], step_ms)
+    rank = order.rank
+    stats = getattr(source, "stats", None)
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+
+    async def pump() -> None:  # the feed, read beside the ordering (which may wait out a hold)
+        try:
+            async for sym, bar in source.stream():
+                recv = stats.last_recv_ns if (stats is not None and bar.source == "ws") else None
+                queue.put_nowait((sym, bar, recv))
+        except BaseException as exc:
+            queue.put_nowait((_END, exc, None))
+            raise
+        queue.put_nowait((_END, None, None))
+
+    def run(items: list[tuple[str, Bar, int | None]]) -> None:
+        for sym, bar, recv_ns in items:
+            node = by_symbol.get(sym)
+            if node is None:
+                log.warning("bar_unknown_symbol", symbol=sym, open_time=bar.open_time)
+                continue
+            if recv_ns is not None and recv_ns < ready_ns():
+                recv_ns = None
+            sig = node.handle(bar, recv_ns)
+            if after is not None:
+                after(node, bar, sig, recv_ns)
+
+    reader = asyncio.get_running_loop().create_task(pump(), name="feed")
+    since = 0.0  # when the held minute's first bar came
+    try:
+        while True:
+            if order.holding:
+                try:
+                    item = await asyncio.wait_for(queue.get(), max(0.0, since + hold_s - time.monotonic()))
+                except TimeoutError:
+                    run(order.flush())
+                    continue
+            else:
+                item = await queue.get()
+            batch = [item]  # everything the feed has given meanwhile (a backfill releases many at once),
+            while not queue.empty():  # in (minute, config order): each symbol's own order is kept
+                batch.append(queue.get_nowait())
+            end = next((i for i, it in enumerate(batch) if it[0] is _END), None)
+            todo = batch if end is None else batch[:end]
+            if len(todo) > 1:
+                todo.sort(key=lambda it: (it[1].open_time, rank.get(it[0], len(rank))))
+            for sym, bar, recv in todo:
+                was = order.minute
+                run(order.add(sym, bar, recv))
+                if order.holding and order.minute != was:
+                    since = time.monotonic()
+            if end is not None:
+                run(order.flush())
+                exc = batch[end][1]
+                if exc is not None and not isinstance(exc, asyncio.CancelledError):
+                    raise exc
+                return
+    finally:
+        reader.cancel()
+        with contextlib.suppress(BaseException):
+            await reader

@@ -7,7 +7,8 @@ bar, rule state and artifact), exactly as the daemon restarted. A SIGHUP model s
 run (a ``swap`` line) is replayed where it happened: the recorded artifact, its features warmed on
 the same bars as live, the rule state carried over. A bar the live daemon dropped as invalid is
 dropped (and counted) the same way. A bar signalled by two runs (killed between scoring and the
-outbox) counts once."""
+outbox) counts once. Every symbol of ``[feed] symbols`` is checked (``--symbol`` narrows it to one),
+each with its own bar record files (``<SYMBOL>-<run>-<day>.jsonl``); exit 1 if any differs."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--artifact", default=None, action="append",
                    help="model artifact directory (default: the one each run recorded, else [model] or "
                    "bundled); repeat to offer the artifacts of recorded swaps that moved since")
-    p.add_argument("--symbol", default=None, help="symbol (default: the first of [feed] symbols)")
+    p.add_argument("--symbol", default=None, help="check only this symbol (default: every one of [feed] "
+                   "symbols, each replayed on its own and reported on its own line)")
     p.set_defaults(func=_run)
 
 
@@ -91,21 +93,39 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
 
 def _run(args: argparse.Namespace) -> int:
     from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.paper.signals_io import read_signals
+
+    cfg = cfgmod.load(args.config)
+    symbols = [args.symbol.upper()] if args.symbol else [s.upper() for s in cfg.feed.symbols]
+    offered: list[str] = args.artifact or []
+    signals = list(read_signals(args.live_signals))
+    known = set(symbols)
+    others = sorted({s.symbol for s in signals} - known)
+    if others and not args.symbol:
+        print(f"warning: live signals of {others} are not in [feed] symbols: not checked (pass --config "
+              "with the daemon's symbols, or --symbol)", file=sys.stderr)
+    failed = 0
+    for sym in symbols:
+        live = [s for s in signals if s.symbol == sym]
+        failed += _check(cfg, args.bars, sym, offered, live, prefix=f"{sym}: " if len(symbols) > 1 else "")
+    if len(symbols) > 1:
+        print(f"parity {'OK' if not failed else 'FAILED'}: {len(symbols) - failed} of {len(symbols)} symbols "
+              "with 0 differences", file=sys.stdout if not failed else sys.stderr)
+    return 1 if failed else 0
+
+
+def _check(cfg: Any, bars: list[str], symbol: str, offered: list[str], live: list, prefix: str = "") -> int:
+    """Parity of one symbol: prints its line; 1 if it differs, else 0."""
     from barsignal.daemon.barlog import read_run_records
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import is_barlog, load_bars, replay
-    from barsignal.daemon.paper.signals_io import read_signals
     from barsignal.node import build_node
     from barsignal.node import run as run_async
 
-    cfg = cfgmod.load(args.config)
-    symbol = args.symbol or cfg.feed.symbols[0]
-    offered: list[str] = args.artifact or []
-    live = [s for s in read_signals(args.live_signals) if s.symbol == symbol]
     replayed: list = []
     invalid = swaps = 0
-    logs = [p for p in args.bars if is_barlog(p)]
-    if logs and len(logs) == len(args.bars):
+    logs = [p for p in bars if is_barlog(p)]
+    if logs and len(logs) == len(bars):
         for path in logs:
             for run in read_run_records(path, symbol):
                 invalid += run_async(replay_run(cfg, run, symbol, offered, replayed))
@@ -113,15 +133,15 @@ def _run(args: argparse.Namespace) -> int:
     else:
         node = build_node(cfg, "replay", symbol=symbol, artifact_dir=offered[0] if offered else None,
                           on_signal=replayed.append)
-        invalid = replay(load_bars(args.bars, symbol), node).invalid
+        invalid = replay(load_bars(bars, symbol), node).invalid
     res = compare(live, replayed)
     extra = (f"; {swaps} model swap(s) replayed" if swaps else "") + \
         (f"; {invalid} invalid bar(s) dropped as live dropped them" if invalid else "")
     if res.ok:
-        print(f"parity OK: {res.compared} signals compared, 0 differences "
+        print(f"{prefix}parity OK: {res.compared} signals compared, 0 differences "
               f"(p_up float32 bits and actions identical){extra}")
         return 0
-    print(f"parity FAILED: {len(res.differences)}{'+' if len(res.differences) >= 100 else ''} "
+    print(f"{prefix}parity FAILED: {len(res.differences)}{'+' if len(res.differences) >= 100 else ''} "
           f"difference(s) over {len(live)} live and {len(replayed)} replayed signals{extra}", file=sys.stderr)
-    print(f"first difference: {res.differences[0]}", file=sys.stderr)
+    print(f"{prefix}first difference: {res.differences[0]}", file=sys.stderr)
     return 1

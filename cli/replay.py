@@ -17,7 +17,14 @@ from typing import Any
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay historical bars through the live pipeline; signals + report")
-    p.add_argument("bars", nargs="+", metavar="BARS", help="bar files or a bar-record directory")
+    p.add_argument("bars", nargs="*", metavar="BARS", help="bar files or a bar-record directory (one symbol: "
+                   "--symbol)")
+    p.add_argument("--bars", dest="symbol_bars", action="append", default=[], metavar="SYMBOL=FILE[,FILE...]",
+                   help="one symbol's bar files; repeat for several symbols (each replayed on its own, "
+                   "--jobs at a time, with its own outbox and paper account: signals <SIGNALS> merged in this "
+                   "order, reports <DIR>/report_<SYMBOL>.md and <DIR>/report.md for the total)")
+    p.add_argument("--jobs", type=int, default=1, metavar="K",
+                   help="symbols replayed in parallel processes (default 1); the results do not depend on K")
     p.add_argument("--config", default=None, help="TOML config ([features], [model], [engine], [signal], "
                    "[paper] apply as live)")
     p.add_argument("--artifact", default=None, help="model artifact directory (default: [model] or bundled)")
@@ -69,7 +76,133 @@ def replay_sinks(cfg: Any, state: Path, *, signals: str | Path | None, ledger: s
 def _run(args: argparse.Namespace) -> int:
     from barsignal.node import run
 
+    if args.symbol_bars or len(_specs(args)) > 1:
+        return _replay_many(args)
     return run(_replay(args))
+
+
+def _specs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """``(SYMBOL, files)`` for every symbol to replay, in the order given. ConfigError on a bad spec."""
+    from barsignal.errors import ConfigError
+
+    out: list[tuple[str, list[str]]] = []
+    if args.bars:
+        out.append(((args.symbol or "").upper(), list(args.bars)))
+    for spec in getattr(args, "symbol_bars", []):
+        sym, sep, files = spec.partition("=")
+        paths = [f for f in files.split(",") if f]
+        if not sep or not sym or not paths:
+            raise ConfigError(f"replay: --bars {spec!r}: write it as SYMBOL=FILE[,FILE...]")
+        out.append((sym.upper(), paths))
+    syms = [s for s, _ in out]
+    if len(set(syms)) != len(syms):
+        raise ConfigError(f"replay: symbols {syms}: a symbol is given twice (or positional BARS without "
+                          "--symbol beside --bars): give each once")
+    if not out:
+        raise ConfigError("replay: no bars given; pass BARS (one symbol) or --bars SYMBOL=FILE (repeatable)")
+    return out
+
+
+def _replay_many(args: argparse.Namespace) -> int:
+    """Several symbols, each in a process of its own (``--jobs`` at a time), each with its own state
+    directory (``<state-dir>/<SYMBOL>``), signals file and paper ledger; then the signals merged in the
+    order given, and a report per symbol and for the total. Nothing a symbol computes depends on
+    another or on the process count."""
+    import concurrent.futures as cf
+    import multiprocessing as mp
+    import shutil
+    import tempfile
+    import time
+
+    from barsignal.errors import ConfigError
+
+    specs = _specs(args)
+    if "" in [s for s, _ in specs]:
+        raise ConfigError("replay: positional BARS beside --bars need --symbol SYMBOL")
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be >= 1")
+    if args.ledger:
+        raise ConfigError("replay: --ledger names one ledger; with several symbols each has its own "
+                          "(<DIR>/paper_<SYMBOL>.sqlite with --report, else in --state-dir): leave --ledger out")
+    t0 = time.perf_counter()
+    tmp = tempfile.TemporaryDirectory(prefix="barsignal-replay-")
+    base = Path(args.state_dir) if args.state_dir else Path(tmp.name)
+    jobs = []
+    for sym, files in specs:
+        state = base / sym
+        ledger = (Path(args.report) / f"paper_{sym}.sqlite") if args.report else state / "paper.sqlite"
+        jobs.append(dict(config=args.config, artifact=args.artifact, threads=args.threads, symbol=sym,
+                         files=files, state_dir=str(state), signals=str(Path(tmp.name) / f"signals_{sym}.jsonl"),
+                         ledger=str(ledger), fresh=not args.state_dir, report=args.report))
+    try:
+        if args.jobs == 1 or len(jobs) == 1:
+            results = [replay_symbol(j) for j in jobs]
+        else:
+            with cf.ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=mp.get_context("spawn")) as ex:
+                results = list(ex.map(replay_symbol, jobs))
+        if args.signals:
+            out = Path(args.signals)
+            mode = "ab" if args.state_dir and out.exists() else "wb"
+            with open(out, mode) as fh:
+                for j in jobs:
+                    p = Path(j["signals"])
+                    if p.exists():
+                        with open(p, "rb") as src:
+                            shutil.copyfileobj(src, fh)
+        total_md = None
+        if args.report and any(r["signals"] for r in results):
+            from barsignal.daemon.paper.report import write_total_report
+
+            total_md = write_total_report([Path(j["ledger"]) for j in jobs], args.report, cfg_path=args.config)
+    finally:
+        tmp.cleanup()
+    wall = time.perf_counter() - t0
+    for r in results:
+        print(f"{r['symbol']}: replayed {r['bars']} bars -> {r['signals']} signals, {r['fills']} fills"
+              + (f" ({r['invalid']} invalid bars dropped)" if r["invalid"] else "")
+              + (f"; report {r['report_md']}" if r.get("report_md") else ""), file=sys.stderr)
+    print(f"replayed {len(results)} symbols, {sum(r['bars'] for r in results)} bars -> "
+          f"{sum(r['signals'] for r in results)} signals in {wall:.2f} s with {min(args.jobs, len(jobs))} "
+          f"process(es)" + (f"; signals {args.signals}" if args.signals else "")
+          + (f"; report {total_md}" if total_md else ""), file=sys.stderr)
+    return 0
+
+
+def replay_symbol(job: dict[str, Any]) -> dict[str, Any]:
+    """One symbol's replay (in this process, or a worker of :func:`_replay_many`): its bars through a
+    node of its own into its own outbox, signals file and paper ledger. Returns its counts."""
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.paper.replay import load_bars, replay_async
+    from barsignal.daemon.paper.report import write_report
+    from barsignal.node import build_node, run
+
+    cfg = with_threads(cfgmod.load(job["config"]), job["threads"])
+    sym = job["symbol"]
+    bars = list(load_bars(job["files"], sym))
+    state = Path(job["state_dir"])
+    state.mkdir(parents=True, exist_ok=True)
+    ledger = Path(job["ledger"])
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    if job["fresh"]:
+        ledger.unlink(missing_ok=True)
+    Path(job["signals"]).unlink(missing_ok=True)
+
+    async def go() -> dict[str, Any]:
+        sinks = replay_sinks(cfg, state, signals=job["signals"], ledger=ledger)
+        node = build_node(cfg, "replay", symbol=sym, state=state, artifact_dir=job["artifact"], sinks=sinks,
+                          outbox_sync="OFF")
+        try:
+            res = await replay_async(bars, node, close=False)
+            md = None
+            if job["report"] and res.signals:
+                paper = next(s for s in node.sinks if s.name == "paper")
+                md = write_report(paper.ledger, job["report"], sym, name=f"report_{sym}.md")
+        finally:
+            await node.close()
+        return {"symbol": sym, "bars": res.bars, "signals": res.signals, "fills": res.fills,
+                "invalid": res.invalid, "report_md": str(md) if md else None}
+
+    return run(go())
 
 
 async def _replay(args: argparse.Namespace) -> int:

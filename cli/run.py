@@ -31,9 +31,8 @@ def _run(args: argparse.Namespace) -> int:
     cfg = cfgmod.load(args.config)
     if args.log_level is None and args.log_format is None:
         logmod.configure(level=cfg.logging.level, fmt=cfg.logging.format)
-    if len(cfg.feed.symbols) != 1:
-        raise ConfigError("[feed] symbols: the live daemon runs one symbol per process; "
-                          "start one instance per symbol")
+    if len({s.upper() for s in cfg.feed.symbols}) != len(cfg.feed.symbols):
+        raise ConfigError(f"[feed] symbols {list(cfg.feed.symbols)}: a symbol is named twice; name each once")
     check_sinks(cfg)  # the sinks' settings, without opening anything (no directory is made)
     loaded = load_model(cfg, args.artifact, engine_cache_dir(cfg))
     return run_daemon(cfg, config_path=args.config, artifact_dir=args.artifact, loaded=loaded)

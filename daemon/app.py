@@ -45,9 +45,12 @@ from barsignal.node import (
     MAX_CATCHUP_BARS,
     Loaded,
     Node,
-    build_node,
+    build_nodes,
+    close_nodes,
     consume,
+    consume_many,
     engine_cache_dir,
+    for_symbol,
     live_warmup_bars,
     load_model,
     state_dir,
@@ -89,7 +92,8 @@ class Daemon:
         self.cfg = cfg
         self.config_path = config_path
         self.artifact_dir = artifact_dir
-        self.symbol = cfg.feed.symbols[0].upper()
+        self.symbols = tuple(s.upper() for s in cfg.feed.symbols)
+        self.symbol = self.symbols[0]
         self.state = state_dir(cfg)
         self.cache_dir = engine_cache_dir(cfg, self.state)
         self._loaded = loaded
@@ -97,16 +101,20 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s
         self._clock = clock
-        self.metrics = DaemonMetrics(self.symbol, tuple(cfg.sinks.enabled))
+        self.metrics = DaemonMetrics(self.symbol, tuple(cfg.sinks.enabled), symbols=self.symbols)
         self.stop_event: asyncio.Event | None = None
         self.ready = False
         self.started_at = clock()
         self.ready_at: float | None = None
         self.ready_ns = 1 << 62  # perf_counter_ns() at READY
-        self.last_bar_at: float | None = None
+        self.last_bar_at: float | None = None  # any symbol's
+        self.last_bar_by: dict[str, float] = {}  # per symbol
+        self.hold_s = 0.5  # how long one minute's bars wait for a symbol whose bar is late (MinuteOrder)
         self.keep_warm: KeepWarm | None = None
         self.feed: Any = None
-        self.node: Node | None = None
+        self.node: Node | None = None  # the first symbol's (it owns the outbox and the sink workers)
+        self.nodes: list[Node] = []
+        self._warm_symbols: set[str] = set()
         self.monitor: LiveMonitor | None = None
         self.server: MetricsServer | None = None
         self.tick_to_signal_s: list[float] = []  # bounded: only kept when record_latency is set
@@ -133,16 +141,27 @@ class Daemon:
         return 60.0 + self.cfg.feed.stale_grace_s
 
     def data_fresh(self) -> bool:
+        """Some symbol had a bar lately (the process is doing its work: the watchdog is fed)."""
         ref = self.last_bar_at if self.last_bar_at is not None else self.started_at
         return self._clock() - ref <= self.stale_after_s()
 
+    def stale_symbols(self) -> list[str]:
+        """The configured symbols with no bar for longer than interval + grace (since start if none)."""
+        now, limit = self._clock(), self.stale_after_s()
+        return [s for s in self.symbols if now - self.last_bar_by.get(s, self.started_at) > limit]
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         age = None if self.last_bar_at is None else round(self._clock() - self.last_bar_at, 3)
-        ok = self.ready and self.data_fresh() and getattr(self.feed, "ready", True)  # feed: warm-up done
+        stale = self.stale_symbols()
+        ok = self.ready and not stale and getattr(self.feed, "ready", True)  # feed: warm-up done
         st = "ok" if ok else ("starting" if not self.ready else "stale")
-        return ok, {"status": st, "ready": self.ready, "last_bar_age_s": age,
-                    "last_signalled": self.pipeline.last_signalled if self.pipeline else None,
-                    "outbox_depth": self.outbox.depth() if self.outbox else None}
+        info: dict[str, Any] = {"status": st, "ready": self.ready, "last_bar_age_s": age,
+                                "last_signalled": self.pipeline.last_signalled if self.pipeline else None,
+                                "outbox_depth": self.outbox.depth() if self.outbox else None,
+                                "stale_symbols": stale}
+        if len(self.nodes) > 1:
+            info["last_signalled_by_symbol"] = {n.symbol: n.pipeline.last_signalled for n in self.nodes}
+        return ok, info
 
     # -- run -----------------------------------------------------------------------------------
     def _install_signal_handlers(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -170,20 +189,23 @@ class Daemon:
         if cfg.metrics.enabled:  # before the state directory is touched: a busy port changes nothing
             self.server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self.health)
             await _listen(self.server, f"{cfg.metrics.host}:{cfg.metrics.port}")
-        self.node = node = build_node(cfg, "live", loaded=loaded, artifact_dir=self.artifact_dir,
-                                      state=self.state, monitor=self.monitor)
+        self.nodes = nodes = build_nodes(cfg, "live", symbols=self.symbols, loaded=loaded,
+                                         artifact_dir=self.artifact_dir, state=self.state, monitor=self.monitor)
+        self.node = node = nodes[0]
         self._set_model(loaded)
-        warmup = live_warmup_bars(node)
+        warmup = _align_warmup(nodes)
         self.feed = feed = self._make_source(warmup)
         self.metrics.bind(feed_stats=lambda: getattr(feed, "stats", None), outbox_depth=node.outbox.depth,
                           dead_letters=node.outbox.dead_letter_stats,
-                          last_bar_age=self._last_bar_age, paper_equity=paper_equity_reader(node.sinks),
+                          last_bar_age=self._last_bar_age if len(nodes) == 1 else self._last_bar_ages,
+                          paper_equity=paper_equity_reader(node.sinks),
                           gpu=nvml_reader() if loaded.model.info.get("backend") == "tensorrt" else None)
         m = self.metrics
         await node.start(on_delivered=lambda n, _s: m.delivered.labels(sink=n).inc(),
                          on_failed=lambda n, _e: m.sink_failures.labels(sink=n).inc())
         last = node.pipeline.last_signalled
-        log.info("daemon_started", symbol=self.symbol, artifact=loaded.model.artifact_hash[:12],
+        log.info("daemon_started", symbol=self.symbol if len(nodes) == 1 else list(self.symbols),
+                 artifact=loaded.model.artifact_hash[:12],
                  backend=loaded.model.info.get("backend"), artifact_from=loaded.source,
                  sinks=[s.name for s in node.sinks], state_dir=str(self.state), warmup_bars=warmup,
                  last_signalled=last)
@@ -192,8 +214,13 @@ class Daemon:
                         reason=(loaded.artifact.signal.get("reason") or "no setting was net-positive after costs"),
                         hint="every action is flat; p_up is for information, not a trading signal")
         self.notifier.status(f"warming up: fetching {warmup} bars")
-        consume_task = loop.create_task(consume(node, feed, self._after_bar, ready_ns=lambda: self.ready_ns),
-                                        name="consume")
+        if len(nodes) == 1:
+            loop_ = consume(node, feed, lambda b, s, r: self._after_bar(b, s, r, node), ready_ns=lambda: self.ready_ns)
+        else:
+            loop_ = consume_many(nodes, feed, lambda n, b, s, r: self._after_bar(b, s, r, n),
+                                 ready_ns=lambda: self.ready_ns, hold_s=self.hold_s,
+                                 step_ms=getattr(feed, "step_ms", 60_000))
+        consume_task = loop.create_task(loop_, name="consume")
         watchdog = loop.create_task(self._watchdog(), name="watchdog")
         stop = loop.create_task(self.stop_event.wait(), name="stop")
         background = [watchdog]
@@ -228,8 +255,8 @@ class Daemon:
             await asyncio.gather(consume_task, stop, *background, return_exceptions=True)
             drained = await node.drain(self.drain_timeout_s)
             left = node.outbox.depth()
-            signals = node.pipeline.stats.signals
-            await node.close()
+            signals = sum(n.pipeline.stats.signals for n in nodes)
+            await close_nodes(nodes)
             log.info("daemon_stopped", drained=drained, outbox_depth=left, signals=signals)
             if self.server is not None:
                 await self.server.stop()
@@ -251,8 +278,9 @@ class Daemon:
     def _warm_hot_path(self) -> None:
         """Keep-warm: rehearse the pipeline (features on a copy, the scorer) and read the outbox's
         newest row, discarding all of it. Nothing a signal depends on changes."""
+        for n in self.nodes:
+            n.pipeline.rehearse()
         if self.node is not None:
-            self.node.pipeline.rehearse()
             self.node.outbox.touch()
 
     def _keep_warm_failed(self, error: str) -> None:
@@ -264,6 +292,10 @@ class Daemon:
     def _last_bar_age(self) -> float:
         return (self._clock() - self.last_bar_at) if self.last_bar_at is not None else -1.0
 
+    def _last_bar_ages(self) -> dict[str, float]:
+        now = self._clock()
+        return {s: (now - self.last_bar_by[s]) if s in self.last_bar_by else -1.0 for s in self.symbols}
+
     def request_stop(self, why: str = "request") -> None:
         """Stop: drain the sinks (bounded) and return 0. SIGTERM and SIGINT call this."""
         log.info("stop_requested", by=why)
@@ -271,13 +303,13 @@ class Daemon:
             self.stop_event.set()
 
     # -- after each bar (the signal is already in the outbox and the sinks' queues) --------------
-    def _after_bar(self, bar: Bar, sig: Signal | None, recv_ns: int | None) -> None:
-        self.last_bar_at = self._clock()
-        node = self.node
-        assert node is not None
+    def _after_bar(self, bar: Bar, sig: Signal | None, recv_ns: int | None, node: Node) -> None:
+        self.last_bar_at = now = self._clock()
+        self.last_bar_by[node.symbol] = now
         pipe = node.pipeline
         if sig is not None:
-            m, mon = self.metrics, self.monitor
+            m = self.metrics
+            mon = self.monitor if node is self.node else None  # drift and live scores: the first symbol's
             if recv_ns is not None:
                 dt = (time.perf_counter_ns() - recv_ns) / 1e9
                 m.tick_to_signal.observe(dt)
@@ -285,6 +317,7 @@ class Daemon:
                     self.tick_to_signal_s.append(dt)
             m.scoring.observe(sig.latency_us["score"] / 1e6)
             m.signals.labels(action=sig.action).inc()
+            m.count_signal(node.symbol)
             if mon is not None:
                 mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
                 if pipe.stats.signals % 10 == 0:
@@ -292,7 +325,9 @@ class Daemon:
         if recv_ns is not None and self.keep_warm is not None:
             self.keep_warm.arrived(recv_ns / 1e9)
         if not self.ready and (pipe.warm or sig is not None):
-            self._became_ready(bar.open_time)
+            self._warm_symbols.add(node.symbol)
+            if len(self._warm_symbols) == len(self.nodes):
+                self._became_ready(bar.open_time)
         elif self.ready and bar.source == "ws" and pipe.stats.bars % 10 == 0:
             self.notifier.status(f"ok: last bar {bar.open_time}, {pipe.stats.signals} signals")
 
@@ -343,6 +378,8 @@ class Daemon:
                             hint="--artifact given at start wins over [model] artifact; restart without "
                             "--artifact to follow the config")
             loaded, swapped = await node.reload(new_cfg)
+            for other in self.nodes[1:]:  # the same artifact, per-symbol features and rule
+                await other.reload(new_cfg, loaded=for_symbol(new_cfg, loaded))
             self.cfg = msgspec.structs.replace(self.cfg, signal=new_cfg.signal, model=new_cfg.model,
                                                engine=new_cfg.engine, features=new_cfg.features)
             self._set_model(loaded)
@@ -389,6 +426,19 @@ def _psi_reference(artifact: Any) -> dict[str, Any] | None:
     if artifact is None:
         return None
     return (artifact.manifest.get("features") or {}).get("psi_reference")
+
+
+def _align_warmup(nodes: list[Node]) -> int:
+    """The bars the feed fetches at start for every symbol: the most any symbol needs (its warm-up plus
+    the bars it missed while stopped). A symbol that needs fewer signals no earlier than alone: its
+    first signal waits until as many bars are fed as it would need past its own warm-up."""
+    need = {n.symbol: live_warmup_bars(n) for n in nodes}
+    most = max(need.values())
+    for n in nodes:
+        assert n.loaded is not None
+        if n.pipeline.last_signalled is None:  # a fresh symbol: first signal at the newest warm-up bar
+            n.pipeline.min_bars = max(n.pipeline.min_bars, most - (need[n.symbol] - n.loaded.warmup_bars))
+    return most
 
 
 def run_daemon(cfg: Config, **kw: Any) -> int:

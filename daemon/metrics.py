@@ -161,9 +161,10 @@ class DaemonMetrics:
     these names (tests/deploy checks each one has samples on a real Prometheus).
     """
 
-    def __init__(self, symbol: str = "", sinks: Sequence[str] = ()) -> None:
+    def __init__(self, symbol: str = "", sinks: Sequence[str] = (), symbols: Sequence[str] = ()) -> None:
         self.registry = r = CollectorRegistry()
         self.symbol = symbol
+        self.symbols = tuple(dict.fromkeys(symbols or ((symbol,) if symbol else ())))  # the only symbol labels
         self.sinks = tuple(dict.fromkeys(sinks))
         ProcessCollector(registry=r)  # process_start_time_seconds (restarts), CPU, RSS, fds
         self.signals = Counter("barsignal_signals", "signals emitted, by action", ["action"], registry=r)
@@ -188,6 +189,10 @@ class DaemonMetrics:
         self.info = Gauge("barsignal_artifact_info", "the model in use", ["artifact", "backend"], registry=r)
         self.reference = Gauge("barsignal_artifact_score", "the artifact's own figure for a live score "
                                "(manifest metrics; key names which)", ["score", "key"], registry=r)
+        # By symbol: one series per configured symbol, created here (bounded; no other label value).
+        self.symbol_signals = Counter("barsignal_symbol_signals", "signals emitted, by symbol", ["symbol"],
+                                      registry=r)
+        self._symbol_signals = {s: self.symbol_signals.labels(symbol=s) for s in self.symbols}
         for a in SIGNAL_ACTIONS:
             self.signals.labels(action=a)
         for res in RELOAD_RESULTS:
@@ -204,7 +209,7 @@ class DaemonMetrics:
 
     def bind(self, *, feed_stats: Callable[[], Any] | None = None,
              outbox_depth: Callable[[], int] | None = None,
-             last_bar_age: Callable[[], float] | None = None,
+             last_bar_age: Callable[[], float | dict[str, float]] | None = None,
              gpu: Callable[[], dict[str, float]] | None = None,
              keep_warm: Callable[[], Any] | None = None,
              paper_equity: Callable[[], dict[str, float]] | None = None,
@@ -215,6 +220,12 @@ class DaemonMetrics:
                      ("keep_warm", keep_warm), ("paper", paper_equity), ("dead", dead_letters)):
             if v is not None:
                 self._sources[k] = v
+
+    def count_signal(self, symbol: str) -> None:
+        """One signal of ``symbol`` (a configured one; any other is not given a series)."""
+        c = self._symbol_signals.get(symbol)
+        if c is not None:
+            c.inc()
 
     def set_model(self, artifact: str, backend: str, metrics: Mapping[str, Any] | None = None) -> None:
         """The model in use: its hash and backend, and its own figures (manifest ``metrics``)."""
@@ -291,7 +302,9 @@ class _Collector:
         if "age" in src:
             age = GaugeMetricFamily("barsignal_last_bar_age_seconds",
                                     "seconds since the last closed bar (-1: none yet)", labels=["symbol"])
-            age.add_metric([self.m.symbol], src["age"]())
+            ages = src["age"]()  # one symbol's age, or {symbol: age} for every configured symbol
+            for sym, v in (ages.items() if isinstance(ages, dict) else ((self.m.symbol, ages),)):
+                age.add_metric([sym], v)
             yield age
         if "paper" in src:
             eq = GaugeMetricFamily("barsignal_paper_equity", "paper account equity (quote currency) at the "

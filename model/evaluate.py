@@ -24,7 +24,6 @@ from barsignal.model import baselines as bl
 from barsignal.model.dataset import WindowSet
 
 METRICS = em.METRICS
-Logistic = bl.Logistic
 
 
 def calibration(y: np.ndarray, p: np.ndarray, bins: int = 10) -> list[dict[str, float]]:

@@ -234,9 +234,10 @@ def plot(s: Series, bh_equity: np.ndarray, path: Path) -> None:
 
 
 def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = None,
-                 png: bool = True) -> Path:
+                 png: bool = True, name: str | None = None) -> Path:
     """Write ``report.md`` (and ``equity_<SYMBOL>.png`` when matplotlib is installed) for ``symbol``
-    (default: the ledger's first symbol; with several symbols the file is ``report_<SYMBOL>.md``)."""
+    (default: the ledger's first symbol; with several symbols the file is ``report_<SYMBOL>.md``;
+    ``name`` overrides the file name)."""
     from barsignal.errors import DataError
 
     symbols = ledger.symbols()
@@ -260,6 +261,105 @@ def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = 
         else:
             plot(s, bh_eq, out / f"equity_{sym}.png")
             png_name = f"equity_{sym}.png"
-    md = out / "report.md" if len(symbols) == 1 or symbol else out / f"report_{sym}.md"
+    md = out / (name or ("report.md" if len(symbols) == 1 or symbol else f"report_{sym}.md"))
     md.write_text(render_markdown(s, ledger.rules, strat, bh, png_name, note), encoding="utf-8")
+    return md
+
+
+@dataclass(frozen=True)
+class Total:
+    """Several symbols' paper accounts, each with its own cash (split: ``initial_cash`` per symbol),
+    added up bar by bar. An account counts its initial cash before its first bar and its last equity
+    after its last one."""
+
+    symbols: list[str]
+    per_symbol: list[Metrics]
+    buy_and_hold: list[Metrics]
+    open_time: np.ndarray
+    equity: np.ndarray  # the sum of the accounts' equity at each open time of any of them
+    initial: float
+
+    @property
+    def metrics(self) -> Metrics:
+        eq = self.equity
+        sharpe, sortino = _ratios(eq, self.initial)
+        ms = self.per_symbol
+        return Metrics(
+            total_return=float(eq[-1] / self.initial - 1.0) if len(eq) else 0.0, sharpe=sharpe, sortino=sortino,
+            max_drawdown=float(drawdown(np.concatenate([[self.initial], eq])).min()),
+            hit_rate=math.nan, round_trips=sum(m.round_trips for m in ms), fills=sum(m.fills for m in ms),
+            turnover=sum(m.turnover for m in ms) / len(ms) if ms else 0.0, fees=sum(m.fees for m in ms),
+            exposure=float(np.mean([m.exposure for m in ms])) if ms else 0.0,
+            final_equity=float(eq[-1]) if len(eq) else self.initial,
+        )
+
+
+def total(accounts: list[tuple[Series, Rules]]) -> Total:
+    """Add up per-symbol accounts (see :class:`Total`)."""
+    times = np.unique(np.concatenate([s.open_time for s, _ in accounts])) if accounts else np.zeros(0, np.int64)
+    eq = np.zeros(len(times), np.float64)
+    initial = 0.0
+    per, bhs = [], []
+    for s, rules in accounts:
+        initial += rules.initial_cash
+        per.append(metrics(s, rules))
+        bhs.append(buy_and_hold(s, rules)[0])
+        if not len(s.open_time):
+            eq += rules.initial_cash
+            continue
+        idx = np.searchsorted(s.open_time, times, side="right") - 1  # the account's last bar at or before
+        eq += np.where(idx >= 0, s.equity[np.clip(idx, 0, None)], rules.initial_cash)
+    return Total([s.symbol for s, _ in accounts], per, bhs, times, eq, initial)
+
+
+def render_total_markdown(t: Total, rules: Rules) -> str:
+    n = len(t.open_time)
+    span = f"{_ts(int(t.open_time[0]))} → {_ts(int(t.open_time[-1]))} UTC" if n else "no bars"
+    m = t.metrics
+    rows = [f"| {sym} | {_pct(a.total_return)} | {_pct(b.total_return)} | {_pct(a.max_drawdown)} | {a.fills} | "
+            f"{a.fees:,.2f} | {a.final_equity:,.2f} |"
+            for sym, a, b in zip(t.symbols, t.per_symbol, t.buy_and_hold, strict=True)]
+    bh_final = sum(b.final_equity for b in t.buy_and_hold)
+    lines = [
+        f"# Backtest report: {len(t.symbols)} symbols",
+        "",
+        f"{n:,} one-minute bar times, {span}. Cash is split: each symbol's paper account starts with "
+        f"{rules.initial_cash:,.2f} of its own and trades only its symbol; the total is the sum of the "
+        f"accounts (initial {t.initial:,.2f}).",
+        "",
+        "| symbol | return | buy-and-hold | max drawdown | fills | fees | final equity |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        f"| **total** | {_pct(m.total_return)} | {_pct(bh_final / t.initial - 1.0)} | {_pct(m.max_drawdown)} | "
+        f"{m.fills} | {m.fees:,.2f} | {m.final_equity:,.2f} |",
+        "",
+        f"Total Sharpe {_num(m.sharpe)}, Sortino {_num(m.sortino)} (annualized, sqrt(525600), per-bar returns "
+        "of the summed equity). The total's max drawdown is that of the summed equity, not the sum of the "
+        "symbols' drawdowns.",
+        "",
+        f"Settings (every symbol): {_settings(rules)}.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_total_report(ledgers: list[str | Path], out_dir: str | Path, *, cfg_path: str | None = None) -> Path:
+    """``<out_dir>/report.md``: every symbol of every ledger, one row each, and the total."""
+    from barsignal.daemon import config as cfgmod
+    from barsignal.engine.broker import Rules as _Rules
+
+    rules = _Rules.from_config(cfgmod.load(cfg_path).paper)
+    accounts: list[tuple[Series, Rules]] = []
+    for path in ledgers:
+        if not Path(path).exists():
+            continue
+        led = PaperLedger(path, rules)
+        try:
+            accounts += [(Series.from_ledger(led, sym), led.rules) for sym in led.symbols()]
+        finally:
+            led.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    md = out / "report.md"
+    md.write_text(render_total_markdown(total(accounts), rules), encoding="utf-8")
     return md

@@ -242,7 +242,9 @@ def test_a_full_database_is_retried_sinks_keep_delivering_and_nothing_is_lost(tm
         while len(sink.got) < 300:  # delivered although not all committed
             assert loop.time() < end, f"delivery stalled on the full database ({len(sink.got)})"
             await asyncio.sleep(0.01)
-        ob.writer.call(lambda: ob.db.execute("PRAGMA max_page_count = 1073741823"), sql=False)
+        # room again: raised from here, not through the writer's queue (stuck behind the full batch);
+        # the connection is shared (check_same_thread=False) and the writer is between retries
+        ob.db.execute("PRAGMA max_page_count = 1073741823")
         while ob.writer.failing is not None:
             assert loop.time() < end + 10, "never recovered"
             await asyncio.sleep(0.05)

@@ -126,8 +126,9 @@ def test_418_with_a_long_retry_after_stops_rest_until_the_ban_ends_then_warms_up
     assert not seen["ready_during_ban"] and 100 < seen["banned"] <= 121  # the gauge's source, in unix seconds
     assert st.warmup_bars == 30 and st.rest_rate_limited == 1 and st.gaps == 0
     first = int(np.searchsorted(t, bars[0].open_time))
-    assert first == 300 - 30 + int(np.searchsorted(t, bars[30].open_time)) - 300  # warm-up ends at the stream start
     exactly_once(bars, t, first, 330)
+    # the 30 warm-up bars came over REST once the ban ended; the live bars held meanwhile followed them
+    assert [b.source for b in bars[:30]] == ["rest"] * 30 and bars[30].source == "ws"
     assert st.connects == 1  # the ban never touched the websocket
 
 
@@ -174,8 +175,7 @@ def test_server_shutdown_on_every_connect_backs_off() -> None:
     # backoff 0.05, 0.1, 0.2, 0.4, 0.5, 0.5 ... (jittered down to half): at most ~20 in 3 s; the old
     # client reconnected at once, hundreds of times (Binance allows 300 per 5 minutes).
     assert 3 <= srv.connections <= 20, srv.connections
-    assert st.reconnects_by_reason.get("server_shutdown", 0) == srv.connections - 1 or \
-        st.reconnects_by_reason.get("server_shutdown", 0) >= srv.connections - 2
+    assert st.reconnects_by_reason.get("server_shutdown", 0) >= srv.connections - 2  # (the last may be in flight)
 
 
 def test_resent_old_bars_do_not_keep_a_stale_stream_alive(spot) -> None:
