@@ -102,6 +102,24 @@ def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None) ->
                   art, window_len, features.bars_to_fetch, source)
 
 
+def load_symbol_models(cfg: Config, cache_dir: Path | None) -> dict[str, Loaded]:
+    """The artifacts of ``[model.symbols]`` (``SYMBOL = "path"``), each verified and its scorer opened
+    like the default; a key not in ``[feed] symbols`` is a ConfigError naming it. Touches no state."""
+    syms = {s.upper() for s in cfg.feed.symbols}
+    out: dict[str, Loaded] = {}
+    for sym, path in cfg.model.symbols.items():
+        if sym.upper() not in syms:
+            raise ConfigError(f"[model.symbols] {sym}: not in [feed] symbols {sorted(syms)}; add it there or "
+                              "remove its line")
+        try:
+            loaded = load_model(cfg, path, cache_dir)
+        except ArtifactError as exc:
+            raise ArtifactError(f"[model.symbols] {sym} = {path!r}: {exc}") from None
+        loaded.source = "[model.symbols]"
+        out[sym.upper()] = loaded
+    return out
+
+
 def for_symbol(cfg: Config, loaded: Loaded) -> Loaded:
     """``loaded`` for one more symbol: fresh features and a fresh rule (per-symbol state), the same
     verified artifact and scorer (a batch-1 scorer keeps no state between windows)."""
@@ -121,6 +139,29 @@ class Start:
 
     last_signalled: int | None = None
     rule_state: RuleState | None = None
+
+
+def resume_start(outbox: Outbox, symbol: str, *, now_ms: int | None = None, step_ms: int = 60_000) -> Start:
+    """The outbox's last signal for ``symbol`` and the rule state after it. With ``now_ms`` (the wall
+    clock, live), a last signalled bar more than one bar ahead of it is not trusted (stored before the
+    feed dropped future-dated bars, or under a wrong clock: it would make every real bar look already
+    signalled): one warning naming it, the start resumes from the last signal no later than that, so
+    the real bars after it are fetched and signalled, and such signals still pending for a sink become
+    its dead letters (counted, kept for ``barsignal outbox redrive``) instead of being delivered."""
+    last = outbox.last(symbol)
+    if last is None:
+        return Start()
+    limit = None if now_ms is None else now_ms + step_ms
+    if limit is None or last[0] <= limit:
+        return Start(last[0], last[1])
+    prev = outbox.last_at_or_before(symbol, limit)
+    buried = outbox.dead_letter_after(symbol, limit, f"bar {last[0]} is after the wall clock ({now_ms})")
+    log.warning("last_signalled_in_future", symbol=symbol, last_signalled=last[0], now_ms=now_ms,
+                bars_ahead=(last[0] - limit) // step_ms + 1, resumed_from=prev[0] if prev else None,
+                dead_lettered=buried,
+                hint="not trusted: resuming from the last signal before the wall clock; check the host clock "
+                     "(timedatectl) if this repeats")
+    return Start(prev[0], prev[1]) if prev else Start()
 
 
 @dataclass(slots=True)
@@ -398,9 +439,8 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
             log.warning("outbox_sink_dropped", sink=stale, pending=ob.depth(stale),
                         hint="no longer in [sinks] enabled; its undelivered signals are forgotten")
             ob.drop_sink(stale)
-    if start is None:
-        last = ob.last(sym)
-        start = Start(last[0], last[1]) if last else Start()
+    if start is None:  # live: a last signalled bar ahead of the wall clock is not trusted (before the bar record)
+        start = resume_start(ob, sym, now_ms=int(time.time() * 1000) if live else None)
     keep = keep_bars if keep_bars is not None else loaded.keep_bars
     pipe = Pipeline(sym, loaded.model, min_bars=loaded.warmup_bars, keep_bars=keep)
     barlog = None
@@ -423,16 +463,17 @@ def build_nodes(cfg: Config, source: str = "live", *, symbols: Sequence[str] | N
     """One :class:`Node` per symbol (default ``[feed] symbols``, in that order) over ONE state directory,
     outbox and set of sink workers: the first node owns them, the others share them (``share``). Each
     node has its own features, window, rule state and bar record (``<state>/bars/<SYMBOL>-...``), so
-    one symbol's bad bar, gap or halt never reaches another's. ``loaded``: one model for all, or one
-    per symbol (``[model.symbols]``). ``monitor`` goes to the first symbol's node only (the drift and
-    live-score gauges are unlabelled). Close with :func:`close_nodes`."""
+    one symbol's bad bar, gap or halt never reaches another's. ``loaded``: one model for all, or a
+    dict of per-symbol models (``[model.symbols]``) with the default under ``""``. ``monitor`` goes to
+    the first symbol's node only (the drift and live-score gauges are unlabelled). Close with
+    :func:`close_nodes`."""
     syms = [s.upper() for s in (symbols or cfg.feed.symbols)]
     if len(set(syms)) != len(syms):
         raise ConfigError(f"symbols {syms}: a symbol is named twice")
     nodes: list[Node] = []
     try:
         seen: set[int] = set()
-        default = loaded if isinstance(loaded, Loaded) else None
+        default = loaded if isinstance(loaded, Loaded) else (loaded or {}).get("")  # "": the default model
         for i, sym in enumerate(syms):
             model = loaded.get(sym) if isinstance(loaded, dict) else None
             if model is None:

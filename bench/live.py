@@ -32,6 +32,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="[engine] keep_warm_ms (default: the config default)")
     p.add_argument("--compare-keep-warm", type=int, default=0, metavar="ROUNDS",
                    help="alternate keep-warm off / on for ROUNDS rounds each and report the ratios")
+    p.add_argument("--symbols", type=int, default=0, metavar="N",
+                   help="N symbols in one daemon: the ten real 2023 files (../shared/data multi/spot_1m + BTC), "
+                   "then copies of them shifted in time (sim.series.shifted_copies); --bars minutes are streamed "
+                   "(default speed 1 minute per 2 s) and the time from each minute's last closed frame to its last "
+                   "symbol's signal is reported")
 
 
 def _default_data() -> Path:
@@ -51,6 +56,10 @@ def run(args: argparse.Namespace) -> int:
         factory = uvloop.new_event_loop
     except ImportError:
         factory = None
+    if args.symbols:
+        with asyncio.Runner(loop_factory=factory) as runner:
+            _print_many(args, runner.run(_bench_many(args)))
+        return 0
     if not args.compare_keep_warm:
         with asyncio.Runner(loop_factory=factory) as runner:
             _print(args, runner.run(_bench(args, args.keep_warm_ms)))
@@ -173,3 +182,125 @@ def _latency_parts(state: Path) -> dict[str, np.ndarray]:
     rows = [orjson.loads(x) for x in p.read_bytes().splitlines() if x.endswith(b"}")]
     rows = [r["latency_us"] for r in rows if r["source"] == "ws"]
     return {k: np.array([r[k] for r in rows]) for k in ("recv_to_bar", "features", "score", "emit")}
+
+
+def _real_2023() -> list:
+    """The ten real symbols of 2023-03..05 (PROVENANCE.md), as simulator series."""
+    from barsignal.data import load_many
+    from barsignal.errors import ConfigError
+    from barsignal.sim.series import Series, symbol_from_path
+
+    multi = sorted((SHARED / "data" / "multi" / "spot_1m").glob("*_USDT-1m.json"))
+    btc = SHARED / "data" / "klines" / "spot_1m" / "BTC_USDT-1m_2023-03-16_2023-05-01.json"
+    if not multi or not btc.exists():
+        raise ConfigError(f"bench live --symbols: the 2023 files are not under {SHARED}/data (PROVENANCE.md)")
+    out = []
+    for f in [btc, *multi]:
+        sym = symbol_from_path(str(f)) or f.stem
+        out.append(Series(sym, load_many([f]).frame))
+    return out
+
+
+async def _bench_many(args: argparse.Namespace) -> dict:
+    import os
+
+    from barsignal.daemon import config as c
+    from barsignal.daemon.app import Daemon, load_model
+    from barsignal.daemon.binance.rest import fetch_bars
+    from barsignal.daemon.feed.client import FeedClient
+    from barsignal.sim.series import common_window, shifted_copies
+    from barsignal.sim.simulator import FeedSimulator
+
+    t_start = time.perf_counter()
+    real = _real_2023()
+    first, last = common_window(real)
+    state = Path(tempfile.mkdtemp(prefix="barsignal-bench-live-many-"))
+    engine = c.EngineConfig(backend=args.backend, keep_warm_ms=args.keep_warm_ms if args.keep_warm_ms is not None
+                            else 0.0)
+    cfg0 = c.Config(engine=engine)
+    loaded = load_model(cfg0, args.artifact, state / "engines")
+    start = loaded.warmup_bars + 10
+    rows = start + args.bars + 5
+    n = args.symbols
+    series = shifted_copies(real, n, rows=rows, shift=1000) if n > len(real) else \
+        shifted_copies(real, n, rows=rows, shift=0)
+    made = "real" if n <= len(real) else f"{len(real)} real + {n - len(real)} real files shifted 1000*c bars in time"
+    speed = args.speed if args.speed != 200.0 else 0.5  # minutes per second: 2 s a minute by default
+    sim = FeedSimulator(series, speed=speed, start_index=start, end_index=start + args.bars, intrabar=1,
+                        ping_interval_s=None, close_delay_ms=0)
+    await sim.start()
+    rest_s = [0.0]
+
+    async def timed_fetch(*a, **kw):
+        t = time.perf_counter()
+        try:
+            return await fetch_bars(*a, **kw)
+        finally:
+            rest_s[0] += time.perf_counter() - t
+
+    syms = tuple(s.symbol for s in series)
+    cfg = c.Config(
+        feed=c.FeedConfig(ws_url=sim.ws_url, rest_url=sim.rest_url, reconnect_min_s=0.05, reconnect_max_s=0.5,
+                          symbols=syms),
+        engine=cfg0.engine,
+        sinks=c.SinksConfig(enabled=tuple(s for s in args.sinks.split(",") if s),
+                          jsonl=c.JsonlSinkConfig(path="signals.jsonl", fsync="interval")),
+        metrics=c.MetricsConfig(enabled=False), state=c.StateConfig(dir=str(state)),
+    )
+    d = Daemon(cfg, loaded=loaded, drain_timeout_s=30, symbol_models={},
+               source_factory=lambda fc, warm: FeedClient(fc, warmup_bars=warm, fetch=timed_fetch))
+    spans: dict[int, list[int]] = {}  # minute -> [its last closed frame's arrival, its last signal], ns
+    after = d._after_bar
+
+    def record(bar, sig, recv_ns, node) -> None:
+        after(bar, sig, recv_ns, node)
+        if sig is not None and recv_ns is not None:
+            sp = spans.setdefault(bar.open_time, [recv_ns, 0, 0])
+            sp[0] = max(sp[0], recv_ns)
+            sp[1] = time.perf_counter_ns()
+            sp[2] += 1
+
+    d._after_bar = record  # type: ignore[method-assign]
+    final = int(sim.times[start + args.bars - 1]) if hasattr(sim, "times") else None
+    task = asyncio.create_task(d.run())
+    cpu0 = wall0 = None
+    try:
+        while not (sim.done.is_set() and d.nodes and all(nd.pipeline.last_open_time == final for nd in d.nodes)):
+            if task.done():
+                task.result()
+                raise RuntimeError("the daemon stopped early")
+            if cpu0 is None and d.ready:
+                cpu0, wall0 = os.times(), time.perf_counter()
+            await asyncio.sleep(0.05)
+        cpu1, wall1 = os.times(), time.perf_counter()
+        d.request_stop()
+        await task
+    finally:
+        await sim.stop()
+    ready_total = (d.ready_at or time.monotonic()) - d.started_at + (d.started_at - _mono_at(t_start))
+    full = {t: (done - recv) / 1e6 for t, (recv, done, k) in spans.items() if k == n}
+    cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) if cpu0 is not None else float("nan")
+    minutes = (wall1 - wall0) * speed if wall0 is not None else float("nan")
+    return {"symbols": n, "made": made, "window": (first, last), "minutes": len(full), "all_minutes": len(spans),
+            "last_frame_to_last_signal_ms": list(full.values()), "signals": sum(nd.pipeline.stats.signals
+                                                                               for nd in d.nodes),
+            "cpu_s": cpu, "live_minutes": minutes, "ready_total_s": ready_total, "rest_s": rest_s[0],
+            "ready_s": ready_total - rest_s[0], "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "backend": loaded.model.info.get("backend"), "speed": speed}
+
+
+def _print_many(args: argparse.Namespace, res: dict) -> None:
+    lat = np.array(res["last_frame_to_last_signal_ms"])
+    print(f"bench live --symbols {res['symbols']} ({res['made']}): {res['signals']} signals, "
+          f"{res['all_minutes']} live minutes at {res['speed']:g} minutes/s (backend {res['backend']}, "
+          f"sinks {args.sinks}, batch-1 per symbol in config order)")
+    if len(lat):
+        print(f"  last closed frame -> last symbol's signal  p50 {np.percentile(lat, 50):.2f} ms  "
+              f"p99 {np.percentile(lat, 99):.2f} ms  max {lat.max():.2f} ms  (n={len(lat)} minutes with every "
+              "symbol live)")
+    if res["live_minutes"] == res["live_minutes"] and res["live_minutes"] > 0:
+        print(f"  CPU per minute  {res['cpu_s'] / res['live_minutes'] * 1e3:.1f} ms (process user+sys over "
+              f"{res['live_minutes']:.0f} streamed minutes, in-process feed simulator included)")
+    print(f"  start-to-READY  {res['ready_s']:.3f} s excluding REST ({res['rest_s']:.3f} s REST, "
+          f"{res['ready_total_s']:.3f} s in all, {res['symbols']} symbols' warm-up)")
+    print(f"  peak RSS        {res['rss_mb']:.1f} MB (simulator included)")

@@ -104,6 +104,12 @@ def _run(args: argparse.Namespace) -> int:
     if others and not args.symbol:
         print(f"warning: live signals of {others} are not in [feed] symbols: not checked (pass --config "
               "with the daemon's symbols, or --symbol)", file=sys.stderr)
+    from barsignal.daemon.paper.replay import is_barlog
+    from barsignal.errors import ConfigError
+
+    if len(symbols) > 1 and not all(is_barlog(p) for p in args.bars):
+        raise ConfigError(f"parity: bar files hold one symbol's bars, and [feed] symbols has {len(symbols)}: "
+                          "pass --symbol SYMBOL (or the daemon's bar record, which has every symbol)")
     failed = 0
     for sym in symbols:
         live = [s for s in signals if s.symbol == sym]

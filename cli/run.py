@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.app import run_daemon
     from barsignal.errors import ConfigError
-    from barsignal.node import check_sinks, engine_cache_dir, load_model
+    from barsignal.node import check_sinks, engine_cache_dir, load_model, load_symbol_models
 
     cfg = cfgmod.load(args.config)
     if args.log_level is None and args.log_format is None:
@@ -35,4 +35,5 @@ def _run(args: argparse.Namespace) -> int:
         raise ConfigError(f"[feed] symbols {list(cfg.feed.symbols)}: a symbol is named twice; name each once")
     check_sinks(cfg)  # the sinks' settings, without opening anything (no directory is made)
     loaded = load_model(cfg, args.artifact, engine_cache_dir(cfg))
-    return run_daemon(cfg, config_path=args.config, artifact_dir=args.artifact, loaded=loaded)
+    own = load_symbol_models(cfg, engine_cache_dir(cfg))  # [model.symbols]: verified like the default
+    return run_daemon(cfg, config_path=args.config, artifact_dir=args.artifact, loaded=loaded, symbol_models=own)

@@ -53,6 +53,7 @@ from barsignal.node import (
     for_symbol,
     live_warmup_bars,
     load_model,
+    load_symbol_models,
     state_dir,
 )
 
@@ -86,7 +87,8 @@ class Daemon:
     """One live daemon. ``await run()`` returns the exit code."""
 
     def __init__(self, cfg: Config, *, config_path: str | None = None, artifact_dir: str | None = None,
-                 loaded: Loaded | None = None, source_factory: Callable[..., Any] | None = None,
+                 loaded: Loaded | None = None, symbol_models: dict[str, Loaded] | None = None,
+                 source_factory: Callable[..., Any] | None = None,
                  notifier: Notifier | None = None, drain_timeout_s: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
@@ -97,6 +99,7 @@ class Daemon:
         self.state = state_dir(cfg)
         self.cache_dir = engine_cache_dir(cfg, self.state)
         self._loaded = loaded
+        self._symbol_models = symbol_models  # [model.symbols], loaded and verified before the start
         self._source_factory = source_factory
         self.notifier = notifier or Notifier()
         self.drain_timeout_s = drain_timeout_s
@@ -189,7 +192,10 @@ class Daemon:
         if cfg.metrics.enabled:  # before the state directory is touched: a busy port changes nothing
             self.server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self.health)
             await _listen(self.server, f"{cfg.metrics.host}:{cfg.metrics.port}")
-        self.nodes = nodes = build_nodes(cfg, "live", symbols=self.symbols, loaded=loaded,
+        if self._symbol_models is None:
+            self._symbol_models = await asyncio.to_thread(load_symbol_models, cfg, self.cache_dir)
+        models = {**self._symbol_models, "": loaded}
+        self.nodes = nodes = build_nodes(cfg, "live", symbols=self.symbols, loaded=models,
                                          artifact_dir=self.artifact_dir, state=self.state, monitor=self.monitor)
         self.node = node = nodes[0]
         self._set_model(loaded)
@@ -377,9 +383,19 @@ class Daemon:
                             config_artifact=new_cfg.model.artifact,
                             hint="--artifact given at start wins over [model] artifact; restart without "
                             "--artifact to follow the config")
-            loaded, swapped = await node.reload(new_cfg)
-            for other in self.nodes[1:]:  # the same artifact, per-symbol features and rule
-                await other.reload(new_cfg, loaded=for_symbol(new_cfg, loaded))
+            if len(self.nodes) == 1 and not new_cfg.model.symbols:
+                loaded, swapped = await node.reload(new_cfg)
+            else:  # every symbol: its [model.symbols] artifact, else the default (per-symbol features, rule)
+                own = await asyncio.to_thread(load_symbol_models, new_cfg, self.cache_dir)
+                loaded = await asyncio.to_thread(load_model, new_cfg, self.artifact_dir, self.cache_dir)
+                fresh = True
+                for n in self.nodes:
+                    mine = own.get(n.symbol)
+                    if mine is None:
+                        mine, fresh = (loaded if fresh else for_symbol(new_cfg, loaded)), False
+                    _, sw = await n.reload(new_cfg, loaded=mine)
+                    if n is node:
+                        swapped = sw
             self.cfg = msgspec.structs.replace(self.cfg, signal=new_cfg.signal, model=new_cfg.model,
                                                engine=new_cfg.engine, features=new_cfg.features)
             self._set_model(loaded)

@@ -68,6 +68,9 @@ class FeaturesConfig(_Section):
 class ModelConfig(_Section):
     artifact: str = ""  # artifact directory; empty = the bundled default
     variant: str = ""  # ONNX variant inside the artifact; empty = the manifest's default
+    # [model.symbols] ETHUSDT = "path": that symbol's own artifact (verified at start like the default);
+    # a symbol not named here uses the default. Keys must be in [feed] symbols (checked by `barsignal run`).
+    symbols: dict[str, str] = msgspec.field(default_factory=dict)
 
 
 class EngineConfig(_Section):

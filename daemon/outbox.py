@@ -472,6 +472,29 @@ class Outbox:
         """The last signalled bar's open time for ``symbol`` and the rule state after it."""
         return self._last.get(symbol)
 
+    def last_at_or_before(self, symbol: str, open_time: int) -> tuple[int, RuleState] | None:
+        """The last signal for ``symbol`` whose bar opened at or before ``open_time`` and the rule
+        state after it (a start that does not trust a later one); waits for the writer thread."""
+        return self.writer.call(self._read_last_before, symbol, open_time)
+
+    def _read_last_before(self, symbol: str, open_time: int) -> tuple[int, RuleState] | None:
+        row = self._db().execute("SELECT open_time, rule_state FROM signals WHERE symbol = ? AND open_time <= ?"
+                                 " ORDER BY open_time DESC LIMIT 1", (symbol, open_time)).fetchone()
+        return (int(row[0]), RuleState.from_dict(orjson.loads(row[1]))) if row else None
+
+    def dead_letter_after(self, symbol: str, open_time: int, reason: str) -> int:
+        """Every signal of ``symbol`` for a bar after ``open_time`` still pending for a sink becomes a
+        dead letter of that sink (kept, counted, sent by ``barsignal outbox redrive``); returns how many."""
+        rows = self.writer.call(self._read_pending_after, symbol, open_time)
+        for sink, seq in rows:
+            self.dead_letter(sink, seq, reason)
+        return len(rows)
+
+    def _read_pending_after(self, symbol: str, open_time: int) -> list[tuple[str, int]]:
+        return [(str(k), int(q)) for k, q in self._db().execute(
+            "SELECT p.sink, p.seq FROM pending p JOIN signals s ON s.seq = p.seq WHERE s.symbol = ? AND "
+            "s.open_time > ? ORDER BY p.seq", (symbol, open_time))]
+
     def sinks_pending(self) -> list[str]:
         """Sinks that have undelivered signals."""
         return [s for s, p in self._pending.items() if p]

@@ -87,7 +87,7 @@ class PaperLedger:
     """
 
     def __init__(self, path: str | os.PathLike[str], rules: Rules,
-                 durability: Literal["full", "normal", "off"] = "normal") -> None:
+                 durability: Literal["full", "normal", "off"] = "normal", *, not_after_ms: int | None = None) -> None:
         self.path = Path(path)
         self.rules = rules
         if str(path) != ":memory:":
@@ -105,6 +105,8 @@ class PaperLedger:
         self._accounts: dict[str, Account] = {
             row[0]: Account(*row) for row in self._db.execute(f"SELECT {', '.join(_POS_COLS)} FROM positions")
         }
+        if not_after_ms is not None:
+            self.drop_after(not_after_ms)
 
     def _check_meta(self) -> None:
         want = json.dumps(asdict(self.rules), sort_keys=True)
@@ -124,6 +126,53 @@ class PaperLedger:
                 f"({have.get('rules')}); restore them or point [paper] ledger at a new file")
 
     # -- writing ------------------------------------------------------------------------------
+    def drop_after(self, not_after_ms: int) -> dict[str, int]:
+        """Bars after ``not_after_ms`` (the daemon: one bar past the wall clock) cannot have closed yet:
+        a ledger that applied one (before the feed dropped future-dated bars, or under a wrong clock)
+        would treat every real bar as already applied. For each such symbol, one warning naming it, then
+        in one transaction its equity rows and fills after ``not_after_ms`` are deleted and the account
+        is rebuilt by replaying its remaining equity rows through the broker (pure, so the account is
+        the one it had after the last plausible bar). Returns the equity rows deleted, by symbol."""
+        out: dict[str, int] = {}
+        for sym, acct in list(self._accounts.items()):
+            if acct.last_open_time is None or acct.last_open_time <= not_after_ms:
+                continue
+            db = self._db
+            rebuilt: Account | None = None
+            for r in db.execute("SELECT signal_id, symbol, open_time, bar_open, bar_close, p_up, action, cash "
+                                "FROM equity WHERE symbol=? AND open_time<=? ORDER BY open_time", (sym, not_after_ms)):
+                sig = Signal(r[0], r[1], r[2], r[3], r[4], r[5], r[6], artifact="")
+                rebuilt, _, row = step(rebuilt or new_account(sym, self.rules), sig, self.rules)
+                if row.cash != r[7]:
+                    raise DataError(f"{self.path}: paper ledger for {sym} does not replay to its own equity "
+                                    f"rows at {r[2]}; move it aside or point [paper] ledger at a new file")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                eq = db.execute("DELETE FROM equity WHERE symbol=? AND open_time>?", (sym, not_after_ms)).rowcount
+                fl = db.execute("DELETE FROM fills WHERE symbol=? AND open_time>?", (sym, not_after_ms)).rowcount
+                if rebuilt is None:
+                    db.execute("DELETE FROM positions WHERE symbol=?", (sym,))
+                else:
+                    db.execute(f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
+                               f"VALUES ({', '.join('?' * len(_POS_COLS))})",
+                               tuple(getattr(rebuilt, c) for c in _POS_COLS))
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            if rebuilt is None:
+                del self._accounts[sym]
+            else:
+                self._accounts[sym] = rebuilt
+            out[sym] = eq
+            log.warning("paper_future_bars_dropped", symbol=sym, ledger=str(self.path),
+                        last_open_time=acct.last_open_time, not_after_ms=not_after_ms, equity_rows=eq, fills=fl,
+                        resumed_from=rebuilt.last_open_time if rebuilt else None,
+                        hint="bars after the wall clock cannot have closed; the account resumes from the last "
+                             "plausible bar")
+        return out
+
     def apply(self, sig: Signal) -> Applied:
         """Apply one signal in one transaction. Already-applied or older bars are a no-op."""
         acct = self._accounts.get(sig.symbol) or new_account(sig.symbol, self.rules)

@@ -9,6 +9,7 @@ Apply and close run in order on it: ``close`` waits for an ``apply`` still runni
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Literal
 
@@ -55,7 +56,9 @@ class PaperSink:
 
     def _open(self) -> None:
         if self.ledger is None:
-            self.ledger = PaperLedger(self.path, self.rules, self.durability)
+            # a bar more than one bar past the wall clock cannot have closed: not trusted (issue 13 #1)
+            self.ledger = PaperLedger(self.path, self.rules, self.durability,
+                                      not_after_ms=int(time.time() * 1000) + 60_000)
             for sym in self.ledger.symbols():
                 a = self.ledger.account(sym)
                 if a is not None:

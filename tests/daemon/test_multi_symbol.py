@@ -4,6 +4,7 @@ of several symbols through ``barsignal feed serve`` with one signal per bar and 
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import urllib.error
@@ -288,3 +289,141 @@ def test_a_bad_symbol_is_refused_at_start_by_name_before_the_state_is_touched(tm
                         str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "named twice" in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()
+
+
+class _Feed:
+    """A feed for the in-process daemon: ``stream()`` yields every symbol's bars minute by minute (the
+    first ``warm`` as REST warm-up), then stops the daemon."""
+
+    def __init__(self, bars: dict[str, list[Bar]], stop) -> None:
+        from barsignal.daemon.feed.sequencer import FeedStats
+
+        self.bars, self._stop, self.ready, self.stats, self.step_ms = bars, stop, False, FeedStats(), 60_000
+
+    async def stream(self):
+        import asyncio
+
+        n = len(next(iter(self.bars.values())))
+        for i in range(n):
+            for sym, bs in self.bars.items():
+                yield sym, bs[i]
+            self.ready = True
+            await asyncio.sleep(0)
+        self._stop()
+
+    def stop(self) -> None:
+        pass
+
+
+def test_model_symbols_gives_a_symbol_its_own_verified_artifact(tmp_path: Path, tiny_artifact: Path) -> None:
+    import msgspec
+
+    from barsignal.daemon.app import Daemon
+    from barsignal.daemon.config import JsonlSinkConfig, ModelConfig, SinksConfig
+    from barsignal.node import engine_cache_dir, load_model, load_symbol_models
+    from barsignal.node import run as run_async
+    from tests.daemon.conftest import write_tiny_artifact
+
+    other = write_tiny_artifact(tmp_path / "other", bias=0.3)
+    syms = ["BTCUSDT", "ETHUSDT"]
+    cfg = msgspec.structs.replace(_cfg(tmp_path, syms), model=ModelConfig(symbols={"ETHUSDT": str(other)}),
+                                  sinks=SinksConfig(enabled=("jsonl",), jsonl=JsonlSinkConfig(path="s.jsonl",
+                                                                                             fsync="never")))
+    default = load_model(cfg, str(tiny_artifact), engine_cache_dir(cfg))
+    own = load_symbol_models(cfg, engine_cache_dir(cfg))
+    assert own["ETHUSDT"].model.artifact_hash != default.model.artifact_hash
+    bars = {s: _real(s, 30_000, 800) for s in syms}
+    d: Daemon | None = None
+
+    def factory(feed_cfg, warmup):
+        assert d is not None
+        return _Feed(bars, d.request_stop)
+
+    d = Daemon(cfg, artifact_dir=str(tiny_artifact), loaded=default, symbol_models=own, source_factory=factory)
+    assert run_async(d.run()) == 0
+    got = h.read_jsonl(tmp_path / "state" / "s.jsonl")
+    assert len(got) > 100
+    arts = {s: {g["artifact"] for g in got if g["symbol"] == s} for s in syms}
+    assert arts == {"BTCUSDT": {default.model.artifact_hash}, "ETHUSDT": {own["ETHUSDT"].model.artifact_hash}}
+    for sym in syms:  # and each is what that artifact gives the symbol alone
+        alone = _signals_alone(cfg, sym, bars[sym], other if sym == "ETHUSDT" else tiny_artifact)
+        assert [g["p_up"] for g in got if g["symbol"] == sym] == [s.p_up for s in alone] and alone
+    # a broken or unknown entry stops the start with exit 2, naming it, before the state is touched
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+    broken = tmp_path / "broken"
+    for extra, want in ((f'[model.symbols]\nETHUSDT = "{broken}"\n', "[model.symbols] ETHUSDT"),
+                        (f'[model.symbols]\nXRPUSDT = "{other}"\n', "[model.symbols] XRPUSDT: not in [feed]")):
+        sub = tmp_path / want.split()[1].rstrip(":")
+        sub.mkdir()
+        conf = h.write_config(sub, free_port(), feed='symbols = ["BTCUSDT", "ETHUSDT"]', extra=extra)
+        r = subprocess.run([sys.executable, "-m", "barsignal", "run", "--config", str(conf), "--artifact",
+                            str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr[-2000:]
+        assert not (sub / "state").exists()
+
+
+def test_bench_live_symbols_reports_the_minute_latency_for_many_symbols() -> None:
+    from tests.conftest import run_cli
+
+    r = run_cli("bench", "live", "--symbols", "12", "--bars", "8", "--speed", "2", check=True)
+    out = r.stdout
+    assert "--symbols 12 (10 real + 2 real files shifted 1000*c bars in time)" in out, out
+    m = re.search(r"(\d+) signals, (\d+) live minutes", out)
+    assert m and int(m.group(1)) >= 12 * 8, out  # every symbol's every streamed bar (+ the warm-up's last)
+    p = re.search(r"last symbol's signal  p50 ([\d.]+) ms  p99 ([\d.]+) ms .*\(n=(\d+) minutes", out)
+    assert p and 0 < float(p.group(1)) <= float(p.group(2)) and int(p.group(3)) >= 1, out
+    assert re.search(r"start-to-READY  [\d.]+ s excluding REST", out) and "peak RSS" in out
+
+
+def test_a_sighup_reload_swaps_every_symbols_model_between_two_bars(tmp_path: Path, tiny_artifact: Path) -> None:
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.app import Daemon
+    from barsignal.node import engine_cache_dir, load_model
+    from barsignal.node import run as run_async
+    from tests.daemon.conftest import write_tiny_artifact
+
+    other = write_tiny_artifact(tmp_path / "other", bias=0.3)
+    syms = ["ETHUSDT", "BTCUSDT", "SOLUSDT"]
+    conf = tmp_path / "c.toml"
+    body = (f'[feed]\nsymbols = {orjson.dumps(syms).decode()}\n[sinks]\nenabled = ["jsonl"]\n'
+            f'[sinks.jsonl]\npath = "s.jsonl"\nfsync = "never"\n[state]\ndir = "{tmp_path / "state"}"\n'
+            '[metrics]\nenabled = false\n')
+    conf.write_text(body + f'[model]\nartifact = "{tiny_artifact}"\n')
+    cfg = cfgmod.load(conf)
+    bars = {s: _real(s, 30_000, 820) for s in syms}
+    d: Daemon | None = None
+    swap_at = 790
+
+    class Hup(_Feed):
+        async def stream(self):
+
+            i = 0
+            async for sym, bar in super().stream():
+                yield sym, bar
+                i += 1
+                if i == swap_at * len(syms):  # after minute swap_at - 1: the config now names another artifact
+                    conf.write_text(body + f'[model]\nartifact = "{other}"\n')
+                    assert d is not None
+                    assert await d.reload()
+
+    def factory(feed_cfg, warmup):
+        assert d is not None
+        return Hup(bars, d.request_stop)
+
+    default = load_model(cfg, None, engine_cache_dir(cfg))
+    d = Daemon(cfg, config_path=str(conf), loaded=default, source_factory=factory)
+    assert run_async(d.run()) == 0
+    got = h.read_jsonl(tmp_path / "state" / "s.jsonl")
+    t_swap = bars["ETHUSDT"][swap_at].open_time
+    other_hash = load_model(cfg, str(other), None).model.artifact_hash
+    for sym in syms:
+        mine = [g for g in got if g["symbol"] == sym]
+        assert {g["artifact"] for g in mine if g["open_time"] < t_swap} == {default.model.artifact_hash}
+        assert {g["artifact"] for g in mine if g["open_time"] >= t_swap} == {other_hash}
+        assert len([g for g in mine if g["open_time"] >= t_swap]) == 820 - swap_at
+    # each symbol's bar record has the swap line before its first bar under the new model
+    for sym in syms:
+        recs = [r for f in sorted((tmp_path / "state" / "bars").glob(f"{sym}-*.jsonl")) for r in h.read_jsonl(f)]
+        at = next(i for i, r in enumerate(recs) if "swap" in r)
+        assert recs[at]["swap"]["artifact"] == other_hash and recs[at + 1]["open_time"] == t_swap
