@@ -1,4 +1,5 @@
-"""The composition root: ``build_node`` assembles one symbol's pipeline, for run, replay and parity.
+"""The composition root: ``build_node`` assembles one symbol's pipeline, for run, replay and parity;
+``build_nodes`` one per symbol over a shared outbox, and ``consume_many`` drives them from one feed.
 
 A :class:`Node` is bar source -> bar record -> :class:`~barsignal.daemon.pipeline.Pipeline` ->
 outbox -> sink workers -> sinks. Live (``barsignal run``), replay (``barsignal replay``) and parity

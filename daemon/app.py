@@ -1,7 +1,10 @@
 """The live daemon as a supervisor: OS signals, health, watchdog, metrics; the node does the work.
 
-``Daemon`` builds one :class:`~barsignal.node.Node` (``build_node``: feed -> bar record -> pipeline
--> outbox -> sinks, the same assembly replay and parity use) and supervises it. ``run_daemon``
+``Daemon`` builds one :class:`~barsignal.node.Node` per symbol of ``[feed] symbols`` (``build_nodes``:
+feed -> bar record -> pipeline -> outbox -> sinks, the same assembly replay and parity use; the
+symbols share the state directory, the outbox and the sink workers) and supervises them. With
+several symbols the bars of one minute are handed on in the config's order (``consume_many``);
+``/healthz`` names the stale symbols, and per-symbol metrics carry only configured symbols. ``run_daemon``
 starts it on uvloop through ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``.
 
 - SIGTERM/SIGINT: stop reading the feed, drain the sinks for at most ``drain_timeout_s`` (what is
