@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -253,3 +254,16 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
         self.proc = None
+
+
+def ledger_rows(db_path: Path) -> dict[str, list[tuple]]:
+    """The paper ledger's fills, equity rows and positions, to compare two runs' ledgers."""
+    db = sqlite3.connect(db_path)
+    try:
+        return {"fills": db.execute("SELECT signal_id, open_time, side, qty, price, fee, realized, trip_pnl, "
+                                    "position FROM fills ORDER BY seq").fetchall(),
+                "equity": db.execute("SELECT signal_id, open_time, bar_open, bar_close, p_up, action, qty, "
+                                     "cash, equity FROM equity ORDER BY seq").fetchall(),
+                "positions": db.execute("SELECT * FROM positions").fetchall()}
+    finally:
+        db.close()

@@ -30,18 +30,6 @@ from tests.conftest import REPO, free_port
 START, SPEED, KILLS = 3000, 40.0, 7
 
 
-def _dump(db_path: Path) -> dict[str, list[tuple]]:
-    db = sqlite3.connect(db_path)
-    try:
-        return {"fills": db.execute("SELECT signal_id, open_time, side, qty, price, fee, realized, trip_pnl, "
-                                    "position FROM fills ORDER BY seq").fetchall(),
-                "equity": db.execute("SELECT signal_id, open_time, bar_open, bar_close, p_up, action, qty, "
-                                     "cash, equity FROM equity ORDER BY seq").fetchall(),
-                "positions": db.execute("SELECT * FROM positions").fetchall()}
-    finally:
-        db.close()
-
-
 def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, artifact: Path) -> None:
     rows = h.rows()
     times = [int(r[0]) for r in rows]
@@ -111,13 +99,13 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, ar
 
     # The paper ledger: one equity row per signal; fills and equity equal a fresh ledger fed the
     # de-duplicated signals once each.
-    live = _dump(state / "paper.sqlite")
+    live = h.ledger_rows(state / "paper.sqlite")
     assert [r[1] for r in live["equity"]] == ob_ots
     signals = list({s.id: s for s in read_signals(sig_path)}.values())
     rules = Rules.from_config(cfgmod.load(cfg).paper)
     with PaperLedger(tmp_path / "ref.sqlite", rules) as ref:
         ref.apply_many(signals)
-    assert live == _dump(tmp_path / "ref.sqlite"), "the ledger after kills != the same signals applied once"
+    assert live == h.ledger_rows(tmp_path / "ref.sqlite"), "the ledger after kills != the same signals applied once"
 
     # The signals are what a replay of the daemon's bar record gives, bit for bit.
     res = subprocess.run([sys.executable, "-m", "barsignal", "parity", "--live-signals", str(sig_path),

@@ -28,12 +28,13 @@ START, SPEED = 6000, 40.0
 
 
 class Hook:
-    """A webhook receiver: mode ``ok`` (200), ``500``, ``hang`` (no answer for 2 s, then 503) or
-    ``refuse`` (the port is closed)."""
+    """A webhook receiver: mode ``ok`` (200), ``500``, ``hang`` (no answer for 2 s, then 503), ``404``
+    (each refused key counted in ``refused``) or ``refuse`` (the port is closed)."""
 
     def __init__(self, port: int) -> None:
         self.port, self.mode = port, "ok"
         self.delivered: list[str] = []  # Idempotency-Key of each request answered 200
+        self.refused: list[str] = []  # ... and of each answered 404
         self.requests = 0
         self.auth: set[str] = set()
         self.release = threading.Event()
@@ -54,6 +55,9 @@ class Hook:
                 elif hook.mode == "hang":
                     hook.release.wait(2.0)
                     self.send_response(503)
+                elif hook.mode == "404":
+                    hook.refused.append(key)
+                    self.send_response(404)
                 else:
                     hook.delivered.append(key)
                     self.send_response(200)
@@ -215,45 +219,13 @@ def test_a_stdout_reader_that_stops_reading_never_stalls_the_daemon(tmp_path: Pa
           f"{stuck} stdout lines left pending in the outbox")
 
 
-class _Hook404(Hook):
-    """The receiver answers 404 while ``mode == "404"`` (counted), else 200."""
-
-    def __init__(self, port: int) -> None:
-        super().__init__(port)
-        self.refused: list[str] = []
-
-    def start(self) -> None:
-        hook = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                key = self.headers.get("Idempotency-Key", "")
-                if hook.mode == "404":
-                    hook.refused.append(key)
-                    self.send_response(404)
-                else:
-                    hook.delivered.append(key)
-                    self.send_response(200)
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-
-            def log_message(self, *a: object) -> None:
-                pass
-
-        ThreadingHTTPServer.allow_reuse_address = True
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self.server.daemon_threads = True
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-
 def test_webhook_404s_become_dead_letters_counted_and_redriven(tmp_path: Path, artifact: Path) -> None:
     """A receiver answering 404 for a while: the refused signals are dead letters in the outbox (status,
     reason), counted in barsignal_sink_dead_letters_total and the barsignal_outbox_dead_letters gauge,
     never in barsignal_sink_delivered_total; `barsignal outbox redrive` (refused while the daemon runs)
     makes them pending, and the next start delivers them: every signal reaches the receiver."""
     port, hport, mport = free_port(), free_port(), free_port()
-    hook = _Hook404(hport)
+    hook = Hook(hport)
     hook.start()
     cfg = h.write_config(tmp_path, port, sinks=("jsonl", "webhook"), metrics_port=mport, extra=f"""
 [sinks.webhook]

@@ -39,18 +39,6 @@ from tests.conftest import REPO, free_port
 START, SPEED = 4000, 40.0
 
 
-def _dump(db_path: Path) -> dict[str, list[tuple]]:
-    db = sqlite3.connect(db_path)
-    try:
-        return {"fills": db.execute("SELECT signal_id, open_time, side, qty, price, fee, realized, trip_pnl, "
-                                    "position FROM fills ORDER BY seq").fetchall(),
-                "equity": db.execute("SELECT signal_id, open_time, bar_open, bar_close, p_up, action, qty, "
-                                     "cash, equity FROM equity ORDER BY seq").fetchall(),
-                "positions": db.execute("SELECT * FROM positions").fetchall()}
-    finally:
-        db.close()
-
-
 def _outbox(state: Path) -> tuple[list[int], int]:
     db = sqlite3.connect(state / "outbox.sqlite")
     try:
@@ -70,12 +58,12 @@ def _assert_one_clean_run(tmp_path: Path, cfg: Path, state: Path, sig_path: Path
     assert pending == 0
     signals = list({s.id: s for s in read_signals(sig_path)}.values())
     assert [s.open_time for s in signals] == ots
-    live = _dump(state / "paper.sqlite")
+    live = h.ledger_rows(state / "paper.sqlite")
     assert [r[1] for r in live["equity"]] == ots, "the ledger has other bars than the outbox"
     ref_path = tmp_path / f"ref-{len(ots)}.sqlite"
     with PaperLedger(ref_path, Rules.from_config(cfgmod.load(cfg).paper)) as ref:
         ref.apply_many(signals)
-    assert live == _dump(ref_path), "the ledger differs from the same signals applied once"
+    assert live == h.ledger_rows(ref_path), "the ledger differs from the same signals applied once"
     return f"{len(ots)} signals, {len(live['fills'])} fills == a clean run's"
 
 
@@ -301,7 +289,7 @@ def test_a_full_disk_is_logged_once_and_nothing_is_lost_once_space_is_freed(tmp_
     recorded = [b["open_time"] for b in h.bar_record(state)]
     assert len(recorded) == len(set(recorded)), "a bar recorded twice (a retried write)"
     assert set(ots) <= set(recorded), "a signalled bar is missing from the bar record"
-    live = _dump(state / "paper.sqlite")
+    live = h.ledger_rows(state / "paper.sqlite")
     assert [r[1] for r in live["equity"]] == ots
     print(f"\n[state dir] disk full for {len(failed)} episode: one ENOSPC line, {len(ots)} signals, 0 lost from "
           f"the outbox, bar record or ledger once space was freed")
