@@ -184,21 +184,24 @@ def _latency_parts(state: Path) -> dict[str, np.ndarray]:
     return {k: np.array([r[k] for r in rows]) for k in ("recv_to_bar", "features", "score", "emit")}
 
 
-def _real_2023() -> list:
-    """The ten real symbols of 2023-03..05 (PROVENANCE.md), as simulator series."""
-    from barsignal.data import load_many
+def _real_files() -> list[tuple[str, Path]]:
+    """The ten real symbols of 2023-03..05 (PROVENANCE.md): (symbol, file), BTC first."""
     from barsignal.errors import ConfigError
-    from barsignal.sim.series import Series, symbol_from_path
+    from barsignal.sim.series import symbol_from_path
 
     multi = sorted((SHARED / "data" / "multi" / "spot_1m").glob("*_USDT-1m.json"))
     btc = SHARED / "data" / "klines" / "spot_1m" / "BTC_USDT-1m_2023-03-16_2023-05-01.json"
     if not multi or not btc.exists():
-        raise ConfigError(f"bench live --symbols: the 2023 files are not under {SHARED}/data (PROVENANCE.md)")
-    out = []
-    for f in [btc, *multi]:
-        sym = symbol_from_path(str(f)) or f.stem
-        out.append(Series(sym, load_many([f]).frame))
-    return out
+        raise ConfigError(f"the ten 2023 files are not under {SHARED}/data (PROVENANCE.md)")
+    return [(symbol_from_path(str(f)) or f.stem, f) for f in [btc, *multi]]
+
+
+def _real_2023() -> list:
+    """The ten real symbols of 2023-03..05, as simulator series."""
+    from barsignal.data import load_many
+    from barsignal.sim.series import Series
+
+    return [Series(sym, load_many([f]).frame) for sym, f in _real_files()]
 
 
 async def _bench_many(args: argparse.Namespace) -> dict:

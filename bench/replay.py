@@ -35,6 +35,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None,
                    help="scoring threads for the replay (default: [engine] intra_op_threads)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--symbols", type=int, default=0, metavar="N",
+                   help="replay N of the ten real 2023 symbols (../shared/data multi/spot_1m + BTC) as "
+                   "`barsignal replay --bars SYM=FILE ... --jobs K` does, once per K of --jobs, and check that "
+                   "the signals do not depend on K")
+    p.add_argument("--jobs", default="1,2", help="with --symbols: the process counts to time (default 1,2)")
 
 
 class _TimedScorer:
@@ -55,6 +60,8 @@ class _TimedScorer:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.symbols:
+        return _run_symbols(args)
     from barsignal.bench.scoring import sgemm_gflops, variant_flops
     from barsignal.cli.replay import replay_sinks, with_threads
     from barsignal.daemon import config as cfgmod
@@ -129,3 +136,38 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(fig, indent=1))
     return 0
+
+
+def _run_symbols(args: argparse.Namespace) -> int:
+    """Several symbols over 1..K processes: wall time, bars/s, and the signals compared across K."""
+    import orjson
+
+    from barsignal.bench.live import _real_files
+    from barsignal.cli.replay import replay_many
+
+    files = _real_files()[:args.symbols]
+    out: dict[int, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory(prefix="barsignal-bench-replay-") as tmp:
+        for k in [int(x) for x in str(args.jobs).split(",") if x]:
+            sig = Path(tmp) / f"signals_{k}.jsonl"
+            ns = argparse.Namespace(bars=[], symbol_bars=[f"{sym}={f}" for sym, f in files], jobs=k,
+                                    config=args.config, artifact=args.artifact, threads=args.threads,
+                                    signals=str(sig), report=None, ledger=None, state_dir=None, symbol=None)
+            results, wall, _ = replay_many(ns, limit=args.limit)
+            rows = [orjson.loads(x) for x in sig.read_bytes().splitlines()]
+            for r in rows:
+                r.pop("latency_us", None)  # timings, not results
+            bars = sum(r["bars"] for r in results)
+            out[k] = {"wall_s": wall, "bars": bars, "signals": len(rows), "rows": rows}
+            print(f"bench replay --symbols {len(files)} --jobs {k}: {bars} bars -> {len(rows)} signals in "
+                  f"{wall:.2f} s = {bars / wall:,.0f} bars/s")
+    ks = sorted(out)
+    same = all(out[k]["rows"] == out[ks[0]]["rows"] for k in ks)
+    print(f"  signals identical across --jobs {','.join(map(str, ks))} (latency_us left out): {same}")
+    if len(ks) > 1:
+        print(f"  speed-up {ks[-1]} vs {ks[0]} processes: {out[ks[0]]['wall_s'] / out[ks[-1]]['wall_s']:.2f}x "
+              f"(on {os.cpu_count()} CPUs)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({k: {x: v[x] for x in ("wall_s", "bars", "signals")}
+                                               for k, v in out.items()} | {"identical": same}))
+    return 0 if same else 1

@@ -104,6 +104,19 @@ def _specs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
 
 
 def _replay_many(args: argparse.Namespace) -> int:
+    results, wall, total_md = replay_many(args)
+    for r in results:
+        print(f"{r['symbol']}: replayed {r['bars']} bars -> {r['signals']} signals, {r['fills']} fills"
+              + (f" ({r['invalid']} invalid bars dropped)" if r["invalid"] else "")
+              + (f"; report {r['report_md']}" if r.get("report_md") else ""), file=sys.stderr)
+    print(f"replayed {len(results)} symbols, {sum(r['bars'] for r in results)} bars -> "
+          f"{sum(r['signals'] for r in results)} signals in {wall:.2f} s with {min(args.jobs, len(results))} "
+          f"process(es)" + (f"; signals {args.signals}" if args.signals else "")
+          + (f"; report {total_md}" if total_md else ""), file=sys.stderr)
+    return 0
+
+
+def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str, Any]], float, Path | None]:
     """Several symbols, each in a process of its own (``--jobs`` at a time), each with its own state
     directory (``<state-dir>/<SYMBOL>``), signals file and paper ledger; then the signals merged in the
     order given, and a report per symbol and for the total. Nothing a symbol computes depends on
@@ -133,7 +146,8 @@ def _replay_many(args: argparse.Namespace) -> int:
         ledger = (Path(args.report) / f"paper_{sym}.sqlite") if args.report else state / "paper.sqlite"
         jobs.append(dict(config=args.config, artifact=args.artifact, threads=args.threads, symbol=sym,
                          files=files, state_dir=str(state), signals=str(Path(tmp.name) / f"signals_{sym}.jsonl"),
-                         ledger=str(ledger), fresh=not args.state_dir, report=args.report))
+                         ledger=str(ledger), fresh=not args.state_dir, report=args.report, limit=limit,
+                         log=(getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto")))
     try:
         if args.jobs == 1 or len(jobs) == 1:
             results = [replay_symbol(j) for j in jobs]
@@ -156,29 +170,27 @@ def _replay_many(args: argparse.Namespace) -> int:
             total_md = write_total_report([Path(j["ledger"]) for j in jobs], args.report, cfg_path=args.config)
     finally:
         tmp.cleanup()
-    wall = time.perf_counter() - t0
-    for r in results:
-        print(f"{r['symbol']}: replayed {r['bars']} bars -> {r['signals']} signals, {r['fills']} fills"
-              + (f" ({r['invalid']} invalid bars dropped)" if r["invalid"] else "")
-              + (f"; report {r['report_md']}" if r.get("report_md") else ""), file=sys.stderr)
-    print(f"replayed {len(results)} symbols, {sum(r['bars'] for r in results)} bars -> "
-          f"{sum(r['signals'] for r in results)} signals in {wall:.2f} s with {min(args.jobs, len(jobs))} "
-          f"process(es)" + (f"; signals {args.signals}" if args.signals else "")
-          + (f"; report {total_md}" if total_md else ""), file=sys.stderr)
-    return 0
+    return results, time.perf_counter() - t0, total_md
 
 
 def replay_symbol(job: dict[str, Any]) -> dict[str, Any]:
     """One symbol's replay (in this process, or a worker of :func:`_replay_many`): its bars through a
     node of its own into its own outbox, signals file and paper ledger. Returns its counts."""
+    import multiprocessing as mp
+
+    from barsignal import log as logmod
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.paper.replay import load_bars, replay_async
     from barsignal.daemon.paper.report import write_report
     from barsignal.node import build_node, run
 
+    if mp.parent_process() is not None and job.get("log"):  # a spawned worker: log as the parent does
+        logmod.configure(level=job["log"][0], fmt=job["log"][1])
     cfg = with_threads(cfgmod.load(job["config"]), job["threads"])
     sym = job["symbol"]
     bars = list(load_bars(job["files"], sym))
+    if job.get("limit"):
+        bars = bars[:job["limit"]]
     state = Path(job["state_dir"])
     state.mkdir(parents=True, exist_ok=True)
     ledger = Path(job["ledger"])

@@ -73,10 +73,11 @@ def _times(path: Path) -> list[int]:
     return [int(r[0]) for r in orjson.loads(path.read_bytes())]
 
 
-def _feed(tmp: Path, start: int, end: int, faults: str, port: int) -> subprocess.Popen:
+def _feed(tmp: Path, start: int, end: int, faults: str, port: int,
+          files: dict[str, Path] | None = None) -> subprocess.Popen:
     args = ["feed", "serve", "--port", str(port), "--speed", "20", "--start-index", str(start), "--end-index",
             str(end), "--intrabar", "1", "--ping-interval", "1", "--faults", faults]
-    for sym, f in FILES.items():
+    for sym, f in (files or FILES).items():
         args += ["--bars", f"{sym}={f}"]
     p = h._popen(args, tmp / "feed.log", stdout=subprocess.PIPE)
     assert p.stdout is not None
@@ -469,3 +470,46 @@ def test_a_restart_resumes_every_symbol_from_its_own_last_signal_and_parity_hold
                         "s.jsonl"), "--bars", str(tmp_path / "state" / "bars"), "--config", str(conf), "--artifact",
                         str(tiny_artifact)], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and "3 of 3 symbols with 0 differences" in r.stdout, r.stdout + r.stderr[-2000:]
+
+
+TEN = {"BTCUSDT": BTC, **{f"{b}USDT": MULTI / f"{b}_USDT-1m.json"
+                          for b in ("ETH", "SOL", "ADA", "DOGE", "XRP", "DOT", "LINK", "LTC", "AVAX")}}
+
+
+def _parity_all(tmp: Path, cfg: Path, artifact: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "barsignal", "parity", "--live-signals",
+                           str(tmp / "state" / "signals.jsonl"), "--bars", str(tmp / "state" / "bars"),
+                           "--config", str(cfg), "--artifact", str(artifact)],
+                          cwd=REPO, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_daemon_on_the_ten_real_symbols_with_faults_signals_every_bar_once_and_parity_per_symbol(
+        tmp_path: Path, tiny_artifact: Path) -> None:
+    # All ten share 2023-04-01 21:04 on (tick 22889 of the served clock); 800 ticks later every symbol
+    # has its REST warm-up. Duplicates, out-of-order, drops and REST 429s for two symbols, a disconnect
+    # for all.
+    start, end = 23_700, 23_850
+    port = free_port()
+    syms = list(reversed(TEN))  # config order differs from the feed's
+    cfg = h.write_config(tmp_path, port, sinks=("jsonl", "paper"),
+                         feed=f"symbols = {orjson.dumps(syms).decode()}")
+    feed = _feed(tmp_path, start, end, "symbols=DOGEUSDT+LINKUSDT,dup=0.1,ooo=0.1,drop=0.1,malformed=0.05,"
+                 "rest429=0.2,retry_after_s=1,disconnect=23780,seed=11", port, TEN)
+    run = h.start_daemon(tmp_path, cfg, tiny_artifact)
+    signals = lambda: h.read_jsonl(tmp_path / "state" / "signals.jsonl")  # noqa: E731
+    last = _times(BTC)[end - 1]
+    try:
+        h.wait_for(lambda: {s["symbol"] for s in signals() if s["open_time"] == last} == set(syms), 180,
+                   "every symbol's last bar signalled", [run], h.LOGS[-2:])
+        code = h.stop(run)
+    finally:
+        h.kill_all(feed, run)
+    assert code == 0
+    got = signals()
+    for sym in syms:
+        mine = [s["open_time"] for s in got if s["symbol"] == sym]
+        want = [t for t in _times(TEN[sym]) if mine[0] <= t <= last]
+        assert mine == want and len(mine) > 100, sym
+    r = _parity_all(tmp_path, cfg, tiny_artifact)
+    assert r.returncode == 0 and "10 of 10 symbols with 0 differences" in r.stdout, r.stdout + r.stderr[-2000:]

@@ -73,3 +73,14 @@ def test_replay_of_three_symbols_gives_the_same_results_on_one_and_two_processes
     fl = lambda x: float(x.replace(",", ""))  # noqa: E731
     assert int(rows["total"][1]) == sum(int(rows[s][1]) for s in FILES) > 0
     assert abs(fl(rows["total"][3]) - sum(fl(rows[s][3]) for s in FILES)) < 0.02
+
+
+def test_bench_replay_symbols_times_each_process_count_and_checks_the_signals_agree() -> None:
+    from tests.conftest import run_cli
+
+    r = run_cli("bench", "replay", "--symbols", "2", "--limit", "1000", "--jobs", "1,2", check=True)
+    out = r.stdout
+    for k in (1, 2):
+        m = re.search(rf"--symbols 2 --jobs {k}: (\d+) bars -> (\d+) signals in [\d.]+ s = [\d,]+ bars/s", out)
+        assert m and int(m.group(1)) == 2000 and int(m.group(2)) > 0, out
+    assert "signals identical across --jobs 1,2 (latency_us left out): True" in out
