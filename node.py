@@ -39,6 +39,7 @@ from barsignal.log import get_logger
 log = get_logger(__name__)
 
 MAX_CATCHUP_BARS = 1440  # after a long stop, signal at most the last day of missed bars
+SCORE_CHUNK = 256  # replay: bars whose scorer calls run back to back (Pipeline.process_many)
 KEEP_EXTRA_BARS = 8  # recent bars kept beyond the warm-up, for a hot swap
 
 
@@ -263,26 +264,49 @@ class Node:
         """One closed bar: record it, run the pipeline, store the signal in the outbox and offer it to
         every sink worker. Returns the signal (None in warm-up, for a bar already signalled, or for a
         bar dropped as invalid)."""
+        self._before(bar)
+        pipe = self.pipeline
+        invalid = pipe.stats.invalid
+        sig = pipe.process(bar, recv_ns)
+        if pipe.stats.invalid != invalid:
+            self._dropped(bar)
+        return None if sig is None else self._after(sig, pipe.rule_state)
+
+    def handle_many(self, bars: list[Bar]) -> None:
+        """Replay's :meth:`handle` for a chunk of bars (:meth:`Pipeline.process_many`): the same steps
+        and signals, the scorer's calls back to back. Live bars (a monitor attached) go one by one."""
+        if self.monitor is not None:
+            for bar in bars:
+                self.handle(bar)
+            return
+        for bar in bars:
+            self._before(bar)
+        sigs, invalid = self.pipeline.process_many(bars)
+        for i in invalid:
+            self._dropped(bars[i])
+        for got in sigs:
+            if got is not None:
+                self._after(*got)
+
+    def _before(self, bar: Bar) -> None:
         if self.barlog is not None:
             if self._pending_swap is not None:
                 self._write_swap(bar)
             self.barlog.record(bar)
         if self.monitor is not None:
             self.monitor.observe_bar(bar.open_time, bar.close)
-        pipe = self.pipeline
-        invalid = pipe.stats.invalid
-        sig = pipe.process(bar, recv_ns)
-        if sig is None:
-            if pipe.stats.invalid != invalid:
-                log.warning("bar_dropped", open_time=bar.open_time, source=bar.source,
-                            reason="not finite, consistent, in range and on the interval grid",
-                            dropped=pipe.stats.invalid)
-            return None
+
+    def _dropped(self, bar: Bar) -> None:
+        log.warning("bar_dropped", open_time=bar.open_time, source=bar.source,
+                    reason="not finite, consistent, in range and on the interval grid",
+                    dropped=self.pipeline.stats.invalid)
+
+    def _after(self, sig: Signal, rule_state: RuleState) -> Signal:
         self.stats.signals += 1
         if self._batch is not None:  # replay: added (and offered) a chunk at a time
-            self._batch.append((sig, pipe.rule_state))
+            self._batch.append((sig, rule_state))
         else:
-            seq = self.outbox.add(sig, pipe.rule_state)
+            seq = self.outbox.add(sig, rule_state)
             if seq is None:
                 self.stats.duplicates += 1
             else:
@@ -304,11 +328,15 @@ class Node:
         high = max(1, self.queue_size // 2)
         pending = 0
         self._batch = []
+        todo: list[Bar] = []
         try:
             for bar in bars:
-                self.handle(bar)
+                todo.append(bar)
                 n += 1
                 pending += 1
+                if len(todo) >= SCORE_CHUNK:
+                    self.handle_many(todo)
+                    todo = []
                 if pending >= chunk:
                     pending = 0
                     self._flush_batch()
@@ -316,6 +344,7 @@ class Node:
                     while any(w.queue.qsize() > high for w in self.workers):
                         self._check_sinks()
                         await asyncio.sleep(0.0005)
+            self.handle_many(todo)
         finally:
             self._flush_batch()
             self._batch = None
