@@ -15,6 +15,7 @@ import resource
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -101,10 +102,8 @@ def _print(args: argparse.Namespace, res: dict) -> None:
 async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     from barsignal.daemon import config as c
     from barsignal.daemon.app import Daemon, load_model
-    from barsignal.daemon.binance.rest import fetch_bars
     from barsignal.daemon.feed.client import FeedClient
     from barsignal.data import load_many
-    from barsignal.sim.simulator import FeedSimulator
 
     frame = load_many([args.data or _default_data()]).frame
     state = Path(tempfile.mkdtemp(prefix="barsignal-bench-live-"))
@@ -116,17 +115,7 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     loaded = load_model(cfg0, args.artifact, state / "engines")
     start = loaded.warmup_bars + 10
     end = min(len(frame), start + args.bars)
-    sim = FeedSimulator(frame, speed=args.speed, start_index=start, end_index=end, intrabar=1,
-                        ping_interval_s=None, close_delay_ms=0)
-    await sim.start()
-    rest_s = [0.0]
-
-    async def timed_fetch(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return await fetch_bars(*a, **kw)
-        finally:
-            rest_s[0] += time.perf_counter() - t
+    sim, timed_fetch, rest_s = await _serve(frame, args.speed, start, end)
 
     cfg = c.Config(
         feed=c.FeedConfig(ws_url=sim.ws_url, rest_url=sim.rest_url, reconnect_min_s=0.05, reconnect_max_s=0.5),
@@ -209,10 +198,8 @@ async def _bench_many(args: argparse.Namespace) -> dict:
 
     from barsignal.daemon import config as c
     from barsignal.daemon.app import Daemon, load_model
-    from barsignal.daemon.binance.rest import fetch_bars
     from barsignal.daemon.feed.client import FeedClient
     from barsignal.sim.series import common_window, shifted_copies
-    from barsignal.sim.simulator import FeedSimulator
 
     t_start = time.perf_counter()
     real = _real_2023()
@@ -229,17 +216,7 @@ async def _bench_many(args: argparse.Namespace) -> dict:
         shifted_copies(real, n, rows=rows, shift=0)
     made = "real" if n <= len(real) else f"{len(real)} real + {n - len(real)} real files shifted 1000*c bars in time"
     speed = args.speed if args.speed != 200.0 else 0.5  # minutes per second: 2 s a minute by default
-    sim = FeedSimulator(series, speed=speed, start_index=start, end_index=start + args.bars, intrabar=1,
-                        ping_interval_s=None, close_delay_ms=0)
-    await sim.start()
-    rest_s = [0.0]
-
-    async def timed_fetch(*a, **kw):
-        t = time.perf_counter()
-        try:
-            return await fetch_bars(*a, **kw)
-        finally:
-            rest_s[0] += time.perf_counter() - t
+    sim, timed_fetch, rest_s = await _serve(series, speed, start, start + args.bars)
 
     syms = tuple(s.symbol for s in series)
     cfg = c.Config(
@@ -307,3 +284,25 @@ def _print_many(args: argparse.Namespace, res: dict) -> None:
     print(f"  start-to-READY  {res['ready_s']:.3f} s excluding REST ({res['rest_s']:.3f} s REST, "
           f"{res['ready_total_s']:.3f} s in all, {res['symbols']} symbols' warm-up)")
     print(f"  peak RSS        {res['rss_mb']:.1f} MB (simulator included)")
+
+
+async def _serve(bars: Any, speed: float, start: int, end: int) -> tuple[Any, Any, list[float]]:
+    """A started in-process ``feed serve`` (one closed frame per bar), and a REST fetch that adds
+    its time to ``rest_s[0]`` (start-to-READY is reported without it)."""
+    from barsignal.daemon.binance.rest import fetch_bars
+    from barsignal.sim.simulator import FeedSimulator
+
+    sim = FeedSimulator(bars, speed=speed, start_index=start, end_index=end, intrabar=1,
+                        ping_interval_s=None, close_delay_ms=0)
+    await sim.start()
+    rest_s = [0.0]
+
+    async def timed_fetch(*a: Any, **kw: Any) -> Any:
+        t = time.perf_counter()
+        try:
+            return await fetch_bars(*a, **kw)
+        finally:
+            rest_s[0] += time.perf_counter() - t
+
+    return sim, timed_fetch, rest_s
+
