@@ -631,10 +631,7 @@ class SinkWorker:
                 return
             self.outbox.ack_many(self.name, [seq for seq, _ in batch])
             for seq, sig in batch:
-                self.last_seq = seq
-                self.delivered += 1
-                if self.on_delivered:
-                    self.on_delivered(self.name, sig)
+                self._delivered(seq, sig)
         finally:
             self._busy = False
 
@@ -668,12 +665,15 @@ class SinkWorker:
                     await self._sleep(delay)
                     delay = min(delay * 2, self.retry_max_s)
             self.outbox.ack(self.name, seq)
-            self.last_seq = seq
-            self.delivered += 1
-            if self.on_delivered:
-                self.on_delivered(self.name, sig)
+            self._delivered(seq, sig)
         finally:
             self._busy = False
+
+    def _delivered(self, seq: int, sig: Signal) -> None:
+        self.last_seq = seq
+        self.delivered += 1
+        if self.on_delivered:
+            self.on_delivered(self.name, sig)
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait up to ``timeout_s`` for everything offered to be delivered; True if it was."""
