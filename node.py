@@ -264,13 +264,25 @@ class Node:
         """One closed bar: record it, run the pipeline, store the signal in the outbox and offer it to
         every sink worker. Returns the signal (None in warm-up, for a bar already signalled, or for a
         bar dropped as invalid)."""
+        return self.commit(self.compute(bar, recv_ns))
+
+    def compute(self, bar: Bar, recv_ns: int | None = None) -> tuple[Signal, RuleState] | None:
+        """The first half of :meth:`handle`: record the bar and run the pipeline (features, score,
+        rule). Returns the signal with the rule state right after it, not yet stored or offered
+        (:meth:`commit` does that), or None."""
         self._before(bar)
         pipe = self.pipeline
         invalid = pipe.stats.invalid
         sig = pipe.process(bar, recv_ns)
         if pipe.stats.invalid != invalid:
             self._dropped(bar)
-        return None if sig is None else self._after(sig, pipe.rule_state)
+        return None if sig is None else (sig, pipe.rule_state)
+
+    def commit(self, done: tuple[Signal, RuleState] | None) -> Signal | None:
+        """The second half of :meth:`handle`: store ``compute``'s signal in the outbox and offer it
+        to every sink worker. A node's computes and commits alternate or run ahead in order: the
+        rule state goes with its own signal, so the outbox records what each signal left behind."""
+        return None if done is None else self._after(*done)
 
     def handle_many(self, bars: list[Bar]) -> None:
         """Replay's :meth:`handle` for a chunk of bars (:meth:`Pipeline.process_many`): the same steps
@@ -494,9 +506,9 @@ def build_nodes(cfg: Config, source: str = "live", *, symbols: Sequence[str] | N
     outbox and set of sink workers: the first node owns them, the others share them (``share``). Each
     node has its own features, window, rule state and bar record (``<state>/bars/<SYMBOL>-...``), so
     one symbol's bad bar, gap or halt never reaches another's. ``loaded``: one model for all, or a
-    dict of per-symbol models (``[model.symbols]``) with the default under ``""``. ``monitor`` goes to
-    the first symbol's node only (the drift and live-score gauges are unlabelled). Close with
-    :func:`close_nodes`."""
+    dict of per-symbol models (``[model.symbols]``) with the default under ``""``. ``monitor``: a dict
+    of per-symbol monitors (the daemon's: drift and live scores by symbol), or one for the first
+    symbol's node only. Close with :func:`close_nodes`."""
     syms = [s.upper() for s in (symbols or cfg.feed.symbols)]
     if len(set(syms)) != len(syms):
         raise ConfigError(f"symbols {syms}: a symbol is named twice")
@@ -514,7 +526,8 @@ def build_nodes(cfg: Config, source: str = "live", *, symbols: Sequence[str] | N
             if id(model) in seen:  # one artifact for several symbols: per-symbol features and rule
                 model = for_symbol(cfg, model)
             seen.add(id(model))
-            nodes.append(build_node(cfg, source, symbol=sym, loaded=model, monitor=monitor if i == 0 else None,
+            mon = monitor.get(sym) if isinstance(monitor, dict) else (monitor if i == 0 else None)
+            nodes.append(build_node(cfg, source, symbol=sym, loaded=model, monitor=mon,
                                     share=nodes[0] if nodes else None, **kw))
     except BaseException:  # nothing started yet: close the bar records, then the shared outbox
         for n in reversed(nodes):
@@ -593,25 +606,26 @@ class MinuteOrder:
         self.step_ms = step_ms
         self.expect_ms = expect_within * step_ms
         self.minute: int | None = None  # open time of the minute held
-        self.held: dict[str, tuple[Bar, int | None]] = {}
+        self.held: dict[str, tuple[Bar, Any]] = {}
         self.done_through: int | None = None  # the last minute handed on
         self.last_seen: dict[str, int] = {}
 
-    def add(self, symbol: str, bar: Bar, recv_ns: int | None = None) -> list[tuple[str, Bar, int | None]]:
-        """Take one bar; return what is now ready, in order."""
+    def add(self, symbol: str, bar: Bar, item: Any = None) -> list[tuple[str, Bar, Any]]:
+        """Take one bar (with ``item``, anything that goes with it: the driver's computed signal);
+        return the ``(symbol, bar, item)`` now ready, in order."""
         t = bar.open_time
         prev = self.last_seen.get(symbol)
         if prev is None or t > prev:
             self.last_seen[symbol] = t
-        out: list[tuple[str, Bar, int | None]] = []
+        out: list[tuple[str, Bar, Any]] = []
         if self.minute is not None and t > self.minute:
             out = self.flush()
         if (self.done_through is not None and t <= self.done_through) or \
                 (self.minute is not None and t < self.minute) or symbol in self.held:
-            out.append((symbol, bar, recv_ns))
+            out.append((symbol, bar, item))
             return out
         self.minute = t
-        self.held[symbol] = (bar, recv_ns)
+        self.held[symbol] = (bar, item)
         if self.complete():
             out += self.flush()
         return out
@@ -623,7 +637,7 @@ class MinuteOrder:
             return True
         return all(s in self.held for s, seen in self.last_seen.items() if seen >= t - self.expect_ms)
 
-    def flush(self) -> list[tuple[str, Bar, int | None]]:
+    def flush(self) -> list[tuple[str, Bar, Any]]:
         """Hand the held minute on, in config order (a symbol not in the config goes last)."""
         if self.minute is None:
             return []
@@ -646,11 +660,16 @@ async def consume_many(nodes: Sequence[Node], source: Any,
                        after: Callable[[Node, Bar, Signal | None, int | None], None] | None = None, *,
                        ready_ns: Callable[[], int] = lambda: 0, hold_s: float = 0.5,
                        step_ms: int = 60_000) -> None:
-    """The live loop for many symbols over one feed (``source.stream()`` yields ``(symbol, bar)``):
-    every bar through its symbol's :meth:`Node.handle`, the bars of one minute in the config's symbol
-    order (:class:`MinuteOrder`; a missing symbol holds the others at most ``hold_s``). A bar of a
+    """The live loop for many symbols over one feed (``source.stream()`` yields ``(symbol, bar)``).
+
+    Each bar is computed (:meth:`Node.compute`: features, score, rule) as soon as it arrives, and
+    its signal is committed (:meth:`Node.commit`: outbox, sinks) with the rest of its minute in the
+    config's symbol order (:class:`MinuteOrder`; a missing symbol holds the others at most
+    ``hold_s``). A node's state is its own, so what each symbol computes does not depend on when its
+    neighbours' bars come; computing on arrival spends the 0.2-2 s over which Binance's closed
+    frames of one minute arrive, so the minute is handed on right after its last frame. A bar of a
     symbol with no node is logged and dropped. ``after(node, bar, signal, recv_ns)`` as in
-    :func:`consume`."""
+    :func:`consume`, at commit."""
     by_symbol = {n.symbol: n for n in nodes}
     order = MinuteOrder([n.symbol for n in nodes], step_ms)
     rank = order.rank
@@ -667,15 +686,21 @@ async def consume_many(nodes: Sequence[Node], source: Any,
             raise
         queue.put_nowait((_END, None, None))
 
-    def run(items: list[tuple[str, Bar, int | None]]) -> None:
-        for sym, bar, recv_ns in items:
-            node = by_symbol.get(sym)
-            if node is None:
-                log.warning("bar_unknown_symbol", symbol=sym, open_time=bar.open_time)
+    def compute(sym: str, bar: Bar, recv_ns: int | None) -> tuple[Node, int | None, Any] | None:
+        node = by_symbol.get(sym)
+        if node is None:
+            log.warning("bar_unknown_symbol", symbol=sym, open_time=bar.open_time)
+            return None
+        if recv_ns is not None and recv_ns < ready_ns():
+            recv_ns = None
+        return node, recv_ns, node.compute(bar, recv_ns)
+
+    def run(items: list[tuple[str, Bar, Any]]) -> None:
+        for _sym, bar, held in items:
+            if held is None:
                 continue
-            if recv_ns is not None and recv_ns < ready_ns():
-                recv_ns = None
-            sig = node.handle(bar, recv_ns)
+            node, recv_ns, done = held
+            sig = node.commit(done)
             if after is not None:
                 after(node, bar, sig, recv_ns)
 
@@ -700,7 +725,7 @@ async def consume_many(nodes: Sequence[Node], source: Any,
                 todo.sort(key=lambda it: (it[1].open_time, rank.get(it[0], len(rank))))
             for sym, bar, recv in todo:
                 was = order.minute
-                run(order.add(sym, bar, recv))
+                run(order.add(sym, bar, compute(sym, bar, recv)))
                 if order.holding and order.minute != was:
                     since = time.monotonic()
             if end is not None:

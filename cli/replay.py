@@ -25,6 +25,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "order, reports <DIR>/report_<SYMBOL>.md and <DIR>/report.md for the total)")
     p.add_argument("--jobs", type=int, default=1, metavar="K",
                    help="symbols replayed in parallel processes (default 1); the results do not depend on K")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run the symbols as tasks on Ray (the cluster extra: pip install 'barsignal[cluster]'): "
+                   "local (a Ray runtime started here, with --jobs CPUs if K > 1, else all of this machine's), "
+                   "auto, ray://HOST:PORT or HOST:PORT. One task per symbol (a month is not split off: "
+                   "the recursive features, the rule and the paper account carry over a month's end); each "
+                   "replays in a temporary directory of its own and returns its files, merged as with --jobs "
+                   "(same signals, ledgers and reports). Bar files, --config and --artifact are read at "
+                   "these absolute paths on the nodes; --state-dir is not supported")
     p.add_argument("--config", default=None, help="TOML config ([features], [model], [engine], [signal], "
                    "[paper] apply as live)")
     p.add_argument("--artifact", default=None, help="model artifact directory (default: [model] or bundled)")
@@ -76,7 +84,7 @@ def replay_sinks(cfg: Any, state: Path, *, signals: str | Path | None, ledger: s
 def _run(args: argparse.Namespace) -> int:
     from barsignal.node import run
 
-    if args.symbol_bars or len(_specs(args)) > 1:
+    if args.symbol_bars or len(_specs(args)) > 1 or getattr(args, "ray", None):
         return _replay_many(args)
     return run(_replay(args))
 
@@ -110,8 +118,10 @@ def _replay_many(args: argparse.Namespace) -> int:
               + (f" ({r['invalid']} invalid bars dropped)" if r["invalid"] else "")
               + (f"; report {r['report_md']}" if r.get("report_md") else ""), file=sys.stderr)
     print(f"replayed {len(results)} symbols, {sum(r['bars'] for r in results)} bars -> "
-          f"{sum(r['signals'] for r in results)} signals in {wall:.2f} s with {min(args.jobs, len(results))} "
-          f"process(es)" + (f"; signals {args.signals}" if args.signals else "")
+          f"{sum(r['signals'] for r in results)} signals in {wall:.2f} s "
+          + (f"as {len(results)} Ray task(s) on {len({r['node'] for r in results})} node(s) ({args.ray})"
+             if getattr(args, "ray", None) else f"with {min(args.jobs, len(results))} process(es)")
+          + (f"; signals {args.signals}" if args.signals else "")
           + (f"; report {total_md}" if total_md else ""), file=sys.stderr)
     return 0
 
@@ -130,10 +140,20 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
     from barsignal.errors import ConfigError
 
     specs = _specs(args)
+    ray_address = getattr(args, "ray", None)
     if "" in [s for s, _ in specs]:
-        raise ConfigError("replay: positional BARS beside --bars need --symbol SYMBOL")
+        raise ConfigError("replay: positional BARS beside --bars (or with --ray) need --symbol SYMBOL")
     if args.jobs < 1:
         raise ConfigError("--jobs must be >= 1")
+    if ray_address:
+        from barsignal.cli import replay_ray
+
+        replay_ray.parse_address(ray_address)
+        replay_ray.import_ray()
+        if args.state_dir:
+            raise ConfigError("replay --ray: --state-dir (a replay that resumes) is not supported on Ray: each "
+                              "task replays from the start in a temporary directory of its own; leave it out "
+                              "or use --jobs")
     if args.ledger:
         raise ConfigError("replay: --ledger names one ledger; with several symbols each has its own "
                           "(<DIR>/paper_<SYMBOL>.sqlite with --report, else in --state-dir): leave --ledger out")
@@ -149,7 +169,11 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
                          ledger=str(ledger), fresh=not args.state_dir, report=args.report, limit=limit,
                          log=(getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto")))
     try:
-        if args.jobs == 1 or len(jobs) == 1:
+        if ray_address:
+            from barsignal.cli import replay_ray
+
+            results = replay_ray.run_jobs(jobs, ray_address, cpus=args.jobs if args.jobs > 1 else None)
+        elif args.jobs == 1 or len(jobs) == 1:
             results = [replay_symbol(j) for j in jobs]
         else:
             with cf.ProcessPoolExecutor(min(args.jobs, len(jobs)), mp_context=mp.get_context("spawn")) as ex:

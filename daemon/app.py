@@ -34,7 +34,7 @@ import msgspec
 
 from barsignal.daemon import config as cfgmod
 from barsignal.daemon.config import Config
-from barsignal.daemon.keepwarm import KeepWarm
+from barsignal.daemon.keepwarm import FeedRehearsal, KeepWarm
 from barsignal.daemon.metrics import DaemonMetrics, LiveMonitor, MetricsServer, nvml_reader, paper_equity_reader
 from barsignal.daemon.notify import Notifier
 from barsignal.daemon.outbox import Outbox, SinkWorker
@@ -121,12 +121,14 @@ class Daemon:
         self.node: Node | None = None  # the first symbol's (it owns the outbox and the sink workers)
         self.nodes: list[Node] = []
         self._warm_symbols: set[str] = set()
-        self.monitor: LiveMonitor | None = None
+        self.monitor: LiveMonitor | None = None  # the first symbol's (self.monitors[self.symbol])
+        self.monitors: dict[str, LiveMonitor] = {}  # one per symbol: its own model's horizon and PSI reference
         self.server: MetricsServer | None = None
         self.tick_to_signal_s: list[float] = []  # bounded: only kept when record_latency is set
         self.record_latency = 0
         self._reloading = False
         self._hup_pending = False  # a SIGHUP that arrived before the node was up
+        self._feed_rehearsal: FeedRehearsal | None = None
         self._keep_warm_error_logged = False
 
     # -- what the node holds (tests and benchmarks read these) ---------------------------------
@@ -189,17 +191,16 @@ class Daemon:
         # holder's PID), and a read-only / unusable directory refused with one line.
         self._state_lock = StateLock(self.state).acquire()
         loaded = self._loaded or await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
-        self.monitor = LiveMonitor(loaded.model.horizon, cfg.metrics.monitor_window,
-                                   psi_warn=cfg.metrics.drift_psi_warn,
-                                   reference=_psi_reference(loaded.artifact))
         if cfg.metrics.enabled:  # before the state directory is touched: a busy port changes nothing
             self.server = MetricsServer(self.metrics, cfg.metrics.host, cfg.metrics.port, self.health)
             await _listen(self.server, f"{cfg.metrics.host}:{cfg.metrics.port}")
         if self._symbol_models is None:
             self._symbol_models = await asyncio.to_thread(load_symbol_models, cfg, self.cache_dir)
         models = {**self._symbol_models, "": loaded}
+        self.monitors = {s: self._new_monitor(s, models.get(s, loaded)) for s in self.symbols}
+        self.monitor = self.monitors[self.symbol]
         self.nodes = nodes = build_nodes(cfg, "live", symbols=self.symbols, loaded=models,
-                                         artifact_dir=self.artifact_dir, state=self.state, monitor=self.monitor)
+                                         artifact_dir=self.artifact_dir, state=self.state, monitor=self.monitors)
         self.node = node = nodes[0]
         self._set_model(loaded)
         warmup = _align_warmup(nodes)
@@ -281,12 +282,37 @@ class Daemon:
         return FeedClient(self.cfg.feed, warmup_bars=warmup)
 
     def _set_model(self, loaded: Loaded) -> None:
-        self.metrics.set_model(loaded.model.artifact_hash, loaded.model.info.get("backend", "?"),
-                               getattr(loaded.artifact, "metrics", None))
+        m = self.metrics
+        m.set_model(loaded.model.artifact_hash, loaded.model.info.get("backend", "?"),
+                    getattr(loaded.artifact, "metrics", None))
+        for n in self.nodes:  # a symbol with its own artifact ([model.symbols]): that artifact's figures
+            if n.loaded is not None and n.loaded.artifact is not loaded.artifact:
+                m.set_reference(n.symbol, getattr(n.loaded.artifact, "metrics", None))
+
+    def _new_monitor(self, symbol: str, loaded: Loaded) -> LiveMonitor:
+        """``symbol``'s live monitor: the horizon and training bins of the model it is scored by."""
+        c = self.cfg.metrics
+        return LiveMonitor(loaded.model.horizon, c.monitor_window, psi_warn=c.drift_psi_warn,
+                           reference=_psi_reference(loaded.artifact), symbol=symbol,
+                           artifact=loaded.model.artifact_hash)
+
+    def _renew_monitors(self) -> None:
+        """After a reload: a symbol whose artifact changed starts a fresh monitor (the new model's
+        horizon and training bins; the old model's pending predictions are not scored against it)."""
+        for n in self.nodes:
+            mon = n.monitor
+            if n.loaded is not None and (mon is None or mon.artifact != n.loaded.model.artifact_hash):
+                n.monitor = self.monitors[n.symbol] = self._new_monitor(n.symbol, n.loaded)
+        self.monitor = self.monitors.get(self.symbol)
 
     def _warm_hot_path(self) -> None:
-        """Keep-warm: rehearse the pipeline (features on a copy, the scorer) and read the outbox's
-        newest row, discarding all of it. Nothing a signal depends on changes."""
+        """Keep-warm: rehearse the hot path in its order (a frame decoded into a copy of the feed's
+        sequencer, the pipeline: features on a copy, the scorer) and read the outbox's newest row,
+        discarding all of it. Nothing a signal depends on changes."""
+        if self._feed_rehearsal is None and hasattr(self.feed, "seq") and getattr(self.feed, "symbols", None):
+            self._feed_rehearsal = FeedRehearsal(self.feed, self.cfg.feed.max_frame_bytes)
+        if self._feed_rehearsal is not None:
+            self._feed_rehearsal()
         for n in self.nodes:
             n.pipeline.rehearse()
         if self.node is not None:
@@ -318,7 +344,7 @@ class Daemon:
         pipe = node.pipeline
         if sig is not None:
             m = self.metrics
-            mon = self.monitor if node is self.node else None  # drift and live scores: the first symbol's
+            mon = node.monitor  # drift and live scores: this symbol's own
             if recv_ns is not None:
                 dt = (time.perf_counter_ns() - recv_ns) / 1e9
                 m.tick_to_signal.observe(dt)
@@ -401,6 +427,7 @@ class Daemon:
                         swapped = sw
             self.cfg = msgspec.structs.replace(self.cfg, signal=new_cfg.signal, model=new_cfg.model,
                                                engine=new_cfg.engine, features=new_cfg.features)
+            self._renew_monitors()
             self._set_model(loaded)
             self.metrics.reloads.labels(result="ok").inc()
             log.info("reloaded", old_artifact=swapped.old_artifact[:12], new_artifact=swapped.new_artifact[:12],

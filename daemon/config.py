@@ -48,6 +48,11 @@ class FeedConfig(_Section):
     rollover_s: Annotated[float, Meta(ge=MIN_ROLLOVER_S)] = 23 * 3600.0  # reconnect before Binance's 24 h limit
     rest_timeout_s: Pos = 10.0
     max_frame_bytes: Annotated[int, Meta(ge=1024)] = 65536
+    # Streams per websocket connection: Binance allows at most 1024; more symbols open more connections.
+    max_streams_per_connection: Annotated[int, Meta(ge=1, le=1024)] = 1024
+    # REST request weight a minute for warm-ups and backfills (klines cost 2 a call); Binance allows
+    # 6000 an IP, so this leaves room for other clients on the same IP.
+    rest_weight_per_minute: Annotated[int, Meta(ge=2, le=6000)] = 2400
 
     def __post_init__(self) -> None:
         for s in self.symbols:

@@ -5,12 +5,18 @@ are read at scrape time from the objects that own them. The HTTP endpoint is a t
 server in the daemon's own loop: ``GET /metrics`` (text exposition) and ``GET /healthz``
 (JSON; 200 while data is fresh, 503 while starting or stale).
 
-Live monitoring (:class:`LiveMonitor`): once ``horizon`` bars have passed, a prediction's outcome
-(close at t+h above close at t) is known; rolling accuracy, Brier score and calibration error are
-exported over the last ``monitor_window`` outcomes. Feature drift: PSI of the newest feature row
-of each window against the training distribution. The artifact's normalization makes the training
-features mean 0 / std 1; the reference is ``normalization["psi_reference"]`` (per-feature bin edges
-and fractions) when the artifact ships one, else the standard normal's deciles.
+Live monitoring (:class:`LiveMonitor`, one per symbol, with that symbol's model's horizon and
+reference): once ``horizon`` bars have passed, a prediction's outcome (close at t+h above close at
+t) is known; rolling accuracy, Brier score and calibration error are exported over the last
+``monitor_window`` outcomes. Feature drift: PSI of the newest feature row of each window against the
+training distribution. The artifact's normalization makes the training features mean 0 / std 1; the
+reference is the manifest's ``features.psi_reference`` (per-feature bin edges and fractions) when the
+artifact ships one, else the standard normal's deciles.
+
+Label cardinality is bounded by the config: every ``symbol`` label is one of ``[feed] symbols``. Per
+symbol: ``barsignal_live_model{symbol,score}`` (5 scores), ``barsignal_feature_psi_max{symbol}``,
+``barsignal_artifact_score{symbol,score,key}`` (at most 2) and ``barsignal_feature_psi{symbol,feature,name}``
+for the symbol's :data:`PSI_TOP` worst features only (not all 33: 400 symbols make 1,200 series, not 13,200).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from barsignal.engine.metrics import roc_auc
+from barsignal.features.spec import NAMES
 from barsignal.log import get_logger
 
 log = get_logger(__name__)
@@ -38,6 +45,8 @@ LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 
 _NORMAL_DECILES = np.array([-1.2815516, -0.8416212, -0.5244005, -0.2533471, 0.0,
                             0.2533471, 0.5244005, 0.8416212, 1.2815516])
 LIVE_SCORES = ("accuracy", "brier", "ece", "auc", "n")
+PSI_TOP = 3  # per symbol, the worst features exported with their own PSI series
+PSI_CLEAR = 0.8  # a drift episode ends once the largest PSI is back under this share of the bound
 SIGNAL_ACTIONS = ("long", "short", "flat")  # engine.signal.ACTIONS: every series exists from the start
 RELOAD_RESULTS = ("ok", "refused")
 # Manifest ``metrics`` keys read as the artifact's own figure for a live score, first found wins
@@ -55,11 +64,17 @@ def psi(actual: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float 
 
 
 class LiveMonitor:
-    """Rolling live accuracy / Brier / calibration, and feature drift (PSI). Bounded state."""
+    """One symbol's rolling live accuracy / Brier / calibration, and feature drift (PSI). Bounded state.
+
+    ``feature_drift`` is logged once per episode (the largest PSI goes over ``psi_warn``), naming the
+    symbol and the feature; ``feature_drift_cleared`` when it is back under ``PSI_CLEAR * psi_warn``
+    (hysteresis: a PSI that wavers around the bound is one episode, not a line per measure)."""
 
     def __init__(self, horizon: int, window: int = 1440, step_ms: int = 60_000, n_features: int = 33,
                  psi_warn: float = 0.25, psi_every: int = 60,
-                 reference: dict[str, Any] | None = None) -> None:
+                 reference: dict[str, Any] | None = None, symbol: str = "", artifact: str = "") -> None:
+        self.symbol = symbol
+        self.artifact = artifact  # the hash of the model monitored (a reload to another starts a new monitor)
         self.h = max(1, int(horizon))
         self.step_ms = step_ms
         self.pending: deque[tuple[int, float, float]] = deque(maxlen=self.h + 8)  # open_time, close, p_up
@@ -78,10 +93,11 @@ class LiveMonitor:
             self.edges = [_NORMAL_DECILES] * n_features
             self.fractions = [np.full(10, 0.1)] * n_features
             self.psi_source = "standard-normal deciles"
-            log.info("psi_reference_fallback", reference=self.psi_source,
+            log.info("psi_reference_fallback", symbol=symbol, reference=self.psi_source,
                      hint="the artifact ships no training bins (features.psi_reference): drift PSI is "
                           "measured against N(0, 1) deciles; rebuild the artifact for training bins")
         self.psi_values = np.zeros(n_features)
+        self.psi_rows = 0  # rows the last PSI was measured on (0: not measured yet)
         self._since_psi = 0
         self.drift_warned = False
 
@@ -109,14 +125,25 @@ class LiveMonitor:
         x = np.stack(self.rows)
         self.psi_values = np.array([psi(x[:, j], self.edges[j], self.fractions[j])
                                     for j in range(min(self.n_features, x.shape[1]))])
-        worst = float(self.psi_values.max())
+        self.psi_rows = len(x)
+        worst, j = float(self.psi_values.max()), int(self.psi_values.argmax())
         if worst > self.psi_warn and not self.drift_warned:
-            log.warning("feature_drift", psi_max=round(worst, 4), feature=int(self.psi_values.argmax()),
-                        bound=self.psi_warn, rows=len(self.rows))
+            log.warning("feature_drift", symbol=self.symbol, psi_max=round(worst, 4), feature=j,
+                        name=feature_name(j), bound=self.psi_warn, rows=len(self.rows), reference=self.psi_source)
             self.drift_warned = True
-        elif worst <= self.psi_warn:
+        elif worst <= PSI_CLEAR * self.psi_warn and self.drift_warned:
+            log.info("feature_drift_cleared", symbol=self.symbol, psi_max=round(worst, 4), bound=self.psi_warn,
+                     rows=len(self.rows))
             self.drift_warned = False
         return self.psi_values
+
+    def worst_features(self, k: int = PSI_TOP) -> list[tuple[int, float]]:
+        """The ``k`` features with the largest PSI, largest first: ``[(index, psi)]`` (none before
+        the first measurement)."""
+        if not self.psi_rows:
+            return []
+        order = np.argsort(-self.psi_values, kind="stable")[:k]
+        return [(int(j), float(self.psi_values[j])) for j in order]
 
     def scores(self) -> dict[str, float]:
         """accuracy, brier, ece (expected calibration error, 10 bins), n."""
@@ -132,6 +159,11 @@ class LiveMonitor:
                 ece += m.mean() * abs(p[m].mean() - y[m].mean())
         return {"accuracy": float(((p >= 0.5) == (y == 1)).mean()), "brier": float(((p - y) ** 2).mean()),
                 "ece": float(ece), "auc": roc_auc(y, p), "n": float(len(p))}
+
+
+def feature_name(j: int) -> str:
+    """The schema's name of feature ``j`` (features.spec.NAMES), else its index."""
+    return NAMES[j] if 0 <= j < len(NAMES) else str(j)
 
 
 def reference_scores(metrics: Mapping[str, Any] | None) -> dict[str, tuple[str, float]]:
@@ -156,9 +188,10 @@ class DaemonMetrics:
     """Every metric the daemon exports, on a private registry.
 
     Labelled series an alert watches are created at start (zero or NaN), so that "no signal",
-    "reload refused" or "sink failing" rules see a series from the first scrape on. ``symbol`` labels
-    the per-symbol gauges; ``sinks`` are the enabled sinks. The deploy/ rules and dashboard query
-    these names (tests/deploy checks each one has samples on a real Prometheus).
+    "reload refused" or "sink failing" rules see a series from the first scrape on (the live scores
+    and the largest PSI of every configured symbol too). ``symbols`` are the only ``symbol`` label
+    values (``symbol`` alone: a one-symbol daemon); ``sinks`` are the enabled sinks. The deploy/ rules
+    and dashboard query these names (tests/deploy checks each one has samples on a real Prometheus).
     """
 
     def __init__(self, symbol: str = "", sinks: Sequence[str] = (), symbols: Sequence[str] = ()) -> None:
@@ -179,16 +212,19 @@ class DaemonMetrics:
                                             ["backend"], buckets=LATENCY_BUCKETS, registry=r)
         self.scoring: Any = None  # the child of the backend in use (set_model); .observe(seconds)
         self.reloads = Counter("barsignal_reloads", "SIGHUP reloads, by result", ["result"], registry=r)
-        self.live = Gauge("barsignal_live_model", "rolling live model scores once h bars passed",
-                          ["score"], registry=r)
-        self.psi = Gauge("barsignal_feature_psi", "feature drift: PSI vs training distribution", ["feature"],
-                         registry=r)
-        self.psi_max = Gauge("barsignal_feature_psi_max", "largest feature PSI", registry=r)
+        self.live = Gauge("barsignal_live_model", "rolling live model scores once h bars passed, by symbol",
+                          ["symbol", "score"], registry=r)
+        self.psi = Gauge("barsignal_feature_psi", f"feature drift: PSI vs the symbol's training distribution, "
+                         f"its {PSI_TOP} worst features only", ["symbol", "feature", "name"], registry=r)
+        self.psi_max = Gauge("barsignal_feature_psi_max", "largest feature PSI, by symbol (NaN: not measured yet)",
+                             ["symbol"], registry=r)
         self.psi_bound = Gauge("barsignal_feature_psi_bound", "the PSI drift bound ([metrics] drift_psi_warn)",
                                registry=r)
         self.info = Gauge("barsignal_artifact_info", "the model in use", ["artifact", "backend"], registry=r)
-        self.reference = Gauge("barsignal_artifact_score", "the artifact's own figure for a live score "
-                               "(manifest metrics; key names which)", ["score", "key"], registry=r)
+        self.reference = Gauge("barsignal_artifact_score", "the figure for a live score of the artifact a symbol "
+                               "uses (manifest metrics; key names which)", ["symbol", "score", "key"], registry=r)
+        self._refs: dict[str, dict[str, tuple[str, float]]] = {}  # symbol -> reference_scores()
+        self._psi_shown: dict[str, list[tuple[str, str, str]]] = {}  # symbol -> its barsignal_feature_psi labels
         # By symbol: one series per configured symbol, created here (bounded; no other label value).
         self.symbol_signals = Counter("barsignal_symbol_signals", "signals emitted, by symbol", ["symbol"],
                                       registry=r)
@@ -200,9 +236,10 @@ class DaemonMetrics:
         for s in dict.fromkeys(sinks):
             self.delivered.labels(sink=s)
             self.sink_failures.labels(sink=s)
-        for k in LIVE_SCORES:
-            self.live.labels(score=k).set(0.0 if k == "n" else math.nan)
-        self.psi_max.set(math.nan)
+        for s in self.symbols:
+            for k in LIVE_SCORES:
+                self.live.labels(symbol=s, score=k).set(0.0 if k == "n" else math.nan)
+            self.psi_max.labels(symbol=s).set(math.nan)
         self.psi_bound.set(math.nan)
         self._sources: dict[str, Callable[[], Any]] = {}
         r.register(_Collector(self))
@@ -227,21 +264,45 @@ class DaemonMetrics:
         if c is not None:
             c.inc()
 
+    def _known(self, symbol: str) -> bool:
+        return not self.symbols or symbol in self.symbols
+
     def set_model(self, artifact: str, backend: str, metrics: Mapping[str, Any] | None = None) -> None:
-        """The model in use: its hash and backend, and its own figures (manifest ``metrics``)."""
+        """The (default) model in use: its hash and backend, and, with ``metrics`` (its manifest's),
+        its own figures for every configured symbol (:meth:`set_reference` then sets a symbol's own)."""
         self.info.clear()
         self.info.labels(artifact=artifact[:16], backend=backend).set(1)
         self.scoring = self.scoring_by_backend.labels(backend=backend)
-        self.reference.clear()
-        for score, (key, value) in reference_scores(metrics).items():
-            self.reference.labels(score=score, key=key).set(value)
+        if metrics is not None:
+            for s in self.symbols or (self.symbol,):
+                self.set_reference(s, metrics)
+
+    def set_reference(self, symbol: str, metrics: Mapping[str, Any] | None) -> None:
+        """``symbol``'s artifact's own figures for the live scores (its manifest ``metrics``)."""
+        if not self._known(symbol):
+            return
+        for score, (key, _) in self._refs.pop(symbol, {}).items():
+            self.reference.remove(symbol, score, key)
+        self._refs[symbol] = refs = reference_scores(metrics)
+        for score, (key, value) in refs.items():
+            self.reference.labels(symbol=symbol, score=score, key=key).set(value)
 
     def export_monitor(self, mon: LiveMonitor) -> None:
+        """Publish one symbol's monitor (``mon.symbol``; a symbol not configured gets no series)."""
+        sym = mon.symbol or self.symbol
+        if not self._known(sym):
+            return
         for k, v in mon.scores().items():
-            self.live.labels(score=k).set(v)
-        for j, v in enumerate(mon.psi_values.tolist()):
-            self.psi.labels(feature=str(j)).set(v)
-        self.psi_max.set(float(mon.psi_values.max()) if len(mon.psi_values) else 0.0)
+            self.live.labels(symbol=sym, score=k).set(v)
+        for labels in self._psi_shown.pop(sym, []):
+            self.psi.remove(*labels)
+        shown = []
+        for j, v in mon.worst_features():
+            labels = (sym, str(j), feature_name(j))
+            self.psi.labels(*labels).set(v)
+            shown.append(labels)
+        self._psi_shown[sym] = shown
+        self.psi_max.labels(symbol=sym).set(float(mon.psi_values.max()) if shown else math.nan)
         self.psi_bound.set(mon.psi_warn)
 
     def render(self) -> bytes:

@@ -84,6 +84,7 @@ class Pipeline:
         self.recent: deque[Bar] = deque(maxlen=max(0, keep_bars))
         self._rehearsal: tuple[tuple[int, int], Any] | None = None  # (bar, features id), their copy
         self._rehearsal_t = self._rehearsal_step = 0
+        self._rehearsal_rule: Any = None
 
     # -- one bar -------------------------------------------------------------------------------
     def process(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
@@ -130,7 +131,8 @@ class Pipeline:
     # -- keep-warm ------------------------------------------------------------------------------
     def rehearse(self) -> None:
         """Run the hot path on throwaway state and discard the results: the features on a copy (made
-        once per bar) fed a synthetic next bar, then the scorer on the current window. Keep-warm
+        once per bar) fed a synthetic next bar, the scorer on the current window, then a copy of
+        the rule and a signal built from that score. Keep-warm
         (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds code and
         data hot. Nothing the signals depend on changes: the pipeline's own features never see it."""
         if self.last_window is None or not self.recent:
@@ -141,12 +143,17 @@ class Pipeline:
         if self._rehearsal is None or self._rehearsal[0] != key:
             norm = getattr(f, "normalizer", None)
             self._rehearsal = key, copy.deepcopy(f, {id(norm): norm} if norm is not None else {})
+            self._rehearsal_rule = copy.deepcopy(self.model.rule)
             step = last.open_time - self.recent[-2].open_time if len(self.recent) > 1 else 60_000
             self._rehearsal_t, self._rehearsal_step = last.open_time, step
         self._rehearsal_t += self._rehearsal_step
         self._rehearsal[1].update(Bar(self._rehearsal_t, last.open, last.high, last.low, last.close,
                                       last.volume, last.source))
-        self.model.scorer.score(self.last_window)
+        p_up = float(np.float32(self.model.scorer.score(self.last_window)))
+        action = self._rehearsal_rule.update(p_up)
+        Signal(id=signal_id(self.symbol, self._rehearsal_t, self.model.artifact_hash), symbol=self.symbol,
+               open_time=self._rehearsal_t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
+               artifact=self.model.artifact_hash, source=last.source, latency_us={})
 
     # -- hot swap ------------------------------------------------------------------------------
     def swap(self, model: Model) -> None:

@@ -4,7 +4,7 @@
         --start 1764576000 --end 1764576300 --out docs/img/dashboard.png
 
 Each panel of deploy/grafana/barsignal.json becomes one plot: its queries are sent to Prometheus'
-``query_range`` with Grafana's variables filled in (``$instance`` = all, ``$__rate_interval`` =
+``query_range`` with Grafana's variables filled in (``$instance``, ``$symbol`` = all, ``$__rate_interval`` =
 ``--rate-interval``); a heatmap panel is drawn as per-bucket counts over time, a stat panel as its
 last values. docs/img/dashboard.png comes from tests/deploy/test_prometheus_e2e.py's run
 (``BARSIGNAL_DASHBOARD_PNG``), i.e. from a real daemon's scrapes. Needs matplotlib (the train extra).
@@ -64,7 +64,8 @@ def render(url: str, start: float, end: float, out: Path, *, step: float = 2.0, 
         ax.tick_params(labelsize=7)
         unit = p.get("fieldConfig", {}).get("defaults", {}).get("unit", "")
         for t in p["targets"]:
-            expr = t["expr"].replace("$instance", ".*").replace("$__rate_interval", rate_interval)
+            expr = (t["expr"].replace("$instance", ".*").replace("$symbol", ".*")
+                    .replace("$__rate_interval", rate_interval))
             series = _range(url, expr, start, end, step)
             if p["type"] == "heatmap":
                 series = sorted(series, key=_le)
@@ -84,7 +85,7 @@ def render(url: str, start: float, end: float, out: Path, *, step: float = 2.0, 
                 if unit == "s":
                     y = y * 1e3
                 label = _legend(t.get("legendFormat", ""), s["metric"])
-                if p["type"] == "stat":
+                if p["type"] in ("stat", "table"):  # the last values, one line each
                     ax.text(0.02, 0.8 - 0.2 * len(ax.texts), f"{label}: {y[-1]:.4g}", fontsize=10,
                             transform=ax.transAxes)
                     ax.set_axis_off()

@@ -11,7 +11,9 @@ One port serves both, like a tiny Binance:
   ``speed`` bars per second of wall time. ``intrabar`` evenly spaced updates per bar by default;
   ``update_ms=2000`` gives Binance's cadence (an update about every 2 s of exchange time) and
   ``jitter_ms`` moves each update (and its ``E``) by a random amount, so updates arrive irregularly;
-  protocol pings every ``ping_interval_s``;
+  protocol pings every ``ping_interval_s``; a minute's closed frames go out at once, or, with
+  ``close_spread_ms``, evenly over that many ms of wall time in a random order of symbols (how
+  many symbols' closes reach a client over a moment rather than in one burst);
 - HTTP ``GET /api/v3/klines`` answered from the bars already closed in simulated time, with the
   forming kline as the last row as Binance does, so REST "now" matches the stream;
   ``/api/v3/exchangeInfo`` for the served symbols, ``/api/v3/time``, ``/api/v3/ping``, and empty
@@ -131,6 +133,7 @@ class FeedSimulator:
         ping_interval_s: float | None = 20.0,
         ping_timeout_s: float = 60.0,  # Binance drops a client that does not pong within a minute
         close_delay_ms: int = 250,
+        close_spread_ms: float = 0.0,
         extra: Mapping[str, np.ndarray] | None = None,
         max_incoming_per_s: int = MAX_INCOMING_PER_S,
         max_streams: int = MAX_STREAMS,
@@ -144,6 +147,10 @@ class FeedSimulator:
             raise ValueError(f"update_ms must be > 0, got {update_ms}")
         if jitter_ms < 0:
             raise ValueError(f"jitter_ms must be >= 0, got {jitter_ms}")
+        if not 0 <= close_spread_ms < 500.0 / speed:
+            raise ValueError(f"close_spread_ms must be >= 0 and under half a bar ({500.0 / speed:g} ms of wall "
+                             f"time at {speed:g} bars/s), got {close_spread_ms}")
+        self.close_spread_ms = float(close_spread_ms)
         self.interval, self.step_ms = interval, INTERVAL_MS[interval]
         self.times = np.unique(np.concatenate([s.frame.open_time.astype(np.int64) for s in series]))
         self._times = self.times
@@ -182,6 +189,7 @@ class FeedSimulator:
         self._task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
         self.sent_closed: list[tuple[str, int]] = []  # (symbol, open time) of closed frames sent, with repeats
+        self.last_closed_sent_ns: dict[int, int] = {}  # open time -> perf_counter_ns() of its last closed frame
         self.frames_sent = 0  # kline frames put on the wire (one per recipient connection)
         self.rest_requests = 0  # /api/v3/klines requests
         self.control_messages = 0
@@ -362,7 +370,15 @@ class FeedSimulator:
                 for c in list(self._conns):
                     c.transport.abort()
             r = self._rng
-            for tp, row in live:
+            if self.close_spread_ms:  # the minute's closed frames over a spread, in a random order
+                live = self._jit_rng.sample(live, len(live))
+                t_closed = loop.time()
+            for k, (tp, row) in enumerate(live):
+                if self.close_spread_ms:
+                    delay = t_closed + self.close_spread_ms / 1e3 * k / len(live) - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                self.last_closed_sent_ns[int(self.times[i])] = time.perf_counter_ns()
                 delay_ms = tp.close_delay_ms + (int(self._jit_rng.uniform(0, self.jitter_ms)) if self.jitter_ms else 0)
                 closed = encode_kline(tp.event(row, close_delay_ms=delay_ms), combined=False)
                 if not fl.hits(tp.symbol):

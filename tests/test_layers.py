@@ -33,8 +33,8 @@ FORBIDDEN_THIRD_PARTY: dict[str, set[str]] = {
     "features": {"torch", "onnx", "onnxruntime", "asyncio", "socket", "websockets", "aiohttp", "time"},
     "data": {"torch", "onnx"},
     "engine": {"torch", "onnx"},
-    "daemon": {"torch", "onnx", "onnxscript", "torchao", "safetensors"},
-    "node": {"torch", "onnx", "onnxscript", "torchao", "safetensors"},
+    "daemon": {"torch", "onnx", "onnxscript", "torchao", "safetensors", "ray"},
+    "node": {"torch", "onnx", "onnxscript", "torchao", "safetensors", "ray"},
 }
 # engine modules that only the offline/GPU toolchain loads, lazily: TensorRT's builder needs onnx
 ENGINE_ONNX_OK = {"engine/trt_ops.py", "engine/tensorrt_build.py"}

@@ -3,7 +3,8 @@
 ``fetch_page`` pages through ``GET /api/v3/klines`` with ccxt's raw ``publicGetKlines`` (no
 ``load_markets``: a loopback server only has to answer the klines endpoint) and returns a
 :class:`KlinePage`: closed, valid bars only (``source="rest"``), the server time from the HTTP
-``Date`` header, and the rows it dropped by reason. ``fetch_bars`` returns just the bars. Network
+``Date`` header, the server's ``X-MBX-USED-WEIGHT-1M`` count, and the rows it dropped by reason.
+``fetch_bars`` returns just the bars. Network
 trouble raises TransientError; HTTP 429 waits the ``Retry-After`` the server asks for and retries
 (``max_retries=0``: raise ``RateLimited`` at once); HTTP 418 (IP ban) raises ``RateLimited`` with
 the full Retry-After; HTTP 400 code -1121 ("Invalid symbol") raises ``InvalidSymbol``, a ConfigError.
@@ -57,6 +58,8 @@ class KlinePage:
     bars: list[Bar]
     server_time_ms: int | None = None  # the HTTP Date header of the last response (1 s resolution)
     dropped: dict[str, int] = field(default_factory=dict)  # rows left out, by reason (not the open bar)
+    used_weight: int | None = None  # X-MBX-USED-WEIGHT-1M of the last response: this IP's weight this minute
+    requests: int = 0  # klines calls made (each costs 2 weight on spot)
 
 
 def retry_after_s(headers: Mapping[str, str] | None, default: float = 1.0) -> float:
@@ -70,6 +73,17 @@ def retry_after_s(headers: Mapping[str, str] | None, default: float = 1.0) -> fl
             except (TypeError, ValueError):
                 return default
     return default
+
+
+def used_weight(headers: Mapping[str, str] | None) -> int | None:
+    """``X-MBX-USED-WEIGHT-1M``: the request weight this IP used in the current minute (None if absent)."""
+    for k, v in (headers or {}).items():
+        if k.lower() == "x-mbx-used-weight-1m":
+            try:
+                return int(v)
+            except (TypeError, ValueError):
+                return None
+    return None
 
 
 def date_header_ms(headers: Mapping[str, str] | None) -> int | None:
@@ -247,7 +261,11 @@ async def fetch_page(rest_url: str, symbol: str, since_ms: int, until_ms: int, *
         while cursor < until_ms:
             params = {"symbol": symbol.upper(), "interval": interval, "startTime": cursor,
                       "endTime": until_ms - 1, "limit": limit}
+            page.requests += 1
             rows = await _get_klines(ex, ccxt, params, status, base, max_retries, max_wait_s, sleep)
+            weight = used_weight(status.get("headers"))
+            if weight is not None:
+                page.used_weight = weight
             server = date_header_ms(status.get("headers"))
             if server is not None:
                 page.server_time_ms = max(page.server_time_ms or 0, server)

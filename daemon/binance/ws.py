@@ -13,7 +13,7 @@ short label fit for a metrics counter.
 from __future__ import annotations
 
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import msgspec
@@ -71,6 +71,72 @@ def combined_url(base: str, symbols: Collection[str], interval: str = "1m") -> s
     """The combined-stream URL for ``symbols`` under ``base`` (``wss://host:port``)."""
     streams = "/".join(stream_name(s, interval) for s in symbols)
     return f"{base.rstrip('/')}/stream?streams={streams}"
+
+
+MAX_STREAMS_PER_CONNECTION = 1024  # Binance: "A single connection can listen to a maximum of 1024 streams"
+# Binance refuses a websocket URL past about 8000 characters (measured by unicorn-binance-websocket-api,
+# issue #17) and websockets' own HTTP parser a request line past 8 KiB (the simulator's limit); a
+# SUBSCRIBE of about 440 streams was seen to fail silently (ccxws issue #161). Half of each, to be safe.
+MAX_URL_CHARS = 4000
+MAX_SUBSCRIBE_STREAMS = 200
+
+
+def groups(symbols: Sequence[str], per_connection: int = MAX_STREAMS_PER_CONNECTION) -> list[tuple[str, ...]]:
+    """``symbols`` (one kline stream each) split, in order, into connections of at most ``per_connection``."""
+    if not 1 <= per_connection <= MAX_STREAMS_PER_CONNECTION:
+        raise ValueError(f"streams per connection must be 1..{MAX_STREAMS_PER_CONNECTION}, got {per_connection}")
+    syms = tuple(symbols)
+    return [syms[i:i + per_connection] for i in range(0, len(syms), per_connection)]
+
+
+def connection_plan(base: str, symbols: Sequence[str], interval: str = "1m", *, max_url_chars: int = MAX_URL_CHARS,
+                    max_subscribe: int = MAX_SUBSCRIBE_STREAMS, first_id: int = 1) -> tuple[str, list[bytes]]:
+    """``(url, SUBSCRIBE messages)`` for one connection carrying ``symbols``' kline streams.
+
+    The URL names as many streams as fit in ``max_url_chars`` (all of them, for a few symbols: then no
+    message is needed); the rest are subscribed with ``{"method": "SUBSCRIBE", "params": [...], "id": N}``
+    messages of at most ``max_subscribe`` streams each, ids counting from ``first_id``.
+    """
+    streams = [stream_name(s, interval) for s in symbols]
+    url = f"{base.rstrip('/')}/stream?streams="
+    n = 0
+    for st in streams:
+        extra = len(st) + (1 if n else 0)
+        if n and len(url) + extra > max_url_chars:
+            break
+        url += ("/" if n else "") + st
+        n += 1
+    rest = streams[n:]
+    msgs = [orjson.dumps({"method": "SUBSCRIBE", "params": rest[i:i + max_subscribe], "id": first_id + k})
+            for k, i in enumerate(range(0, len(rest), max_subscribe))]
+    return url, msgs
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """The answer to a control message: ``{"result": ..., "id": N}`` or an error with ``code``/``msg``."""
+
+    id: Any
+    ok: bool
+    error: str = ""
+
+
+def decode_reply(frame: str | bytes) -> Reply | None:
+    """A control reply (``{"result": null, "id": 1}``, ``{"error": {"code": 2, "msg": ...}, "id": 1}`` or
+    Binance's ``{"code": 2, "msg": ..., "id": 1}``), or None when the frame is something else."""
+    if len(frame) > 4096 or frame[:1] not in (b"{", "{") or frame[:10] in (b'{"stream":', '{"stream":'):
+        return None
+    try:
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(msg, dict) or "id" not in msg or "e" in msg:
+        return None
+    if "result" in msg and "error" not in msg:
+        return Reply(msg["id"], True)
+    err = msg.get("error", msg)
+    if isinstance(err, dict) and "code" in err:
+        return Reply(msg["id"], False, f"code {err.get('code')}: {str(err.get('msg', ''))[:200]}")
+    return None
 
 
 def _bad(reason: str, detail: str) -> BadMessage:

@@ -90,3 +90,69 @@ class RestGate:
     def ok(self) -> None:
         self.backoff.reset()
         self.banned_until = None
+
+
+KLINES_WEIGHT = 2  # GET /api/v3/klines costs 2 request weight a call on spot (Binance REST docs)
+
+
+class WeightLimiter:
+    """Binance's REST request weight, spent within a budget: at most ``per_minute`` in any 60 s.
+
+    A token bucket: a quarter of the budget may go at once (a start's warm-ups), the rest comes back
+    at an even rate of ``(per_minute - burst) / 60`` a second, so no 60 s window, and so none of
+    Binance's wall-clock minutes, carries more than ``per_minute`` of our own. The server's count
+    (``X-MBX-USED-WEIGHT-1M``: this IP's weight in the current minute, other clients included) is
+    passed to :meth:`observe`; when it is more than we spent, the difference counts against the
+    budget until that minute ends. ``clock`` (monotonic) and ``wall`` (unix seconds: Binance's
+    minutes) are injectable; sans I/O.
+    """
+
+    def __init__(self, per_minute: int = 2400, *, burst: int | None = None, clock: Callable[[], float],
+                 wall: Callable[[], float]) -> None:
+        if per_minute < KLINES_WEIGHT:
+            raise ValueError(f"a weight budget of {per_minute} a minute cannot pay for one klines call")
+        self.per_minute = int(per_minute)
+        self.burst = max(KLINES_WEIGHT, min(self.per_minute // 2,
+                                            self.per_minute // 4 if burst is None else int(burst)))
+        self.rate = (self.per_minute - self.burst) / 60.0  # weight a second
+        self._clock, self._wall = clock, wall
+        self._tokens = float(self.burst)
+        self._at = clock()
+        self._minute = -1  # the wall-clock minute the counts below are for
+        self._ours = 0  # weight we spent in that minute
+        self._others = 0  # weight the server counted beyond ours in that minute
+        self.spent = 0  # all weight spent, for metrics
+        self.server_used = 0  # the last X-MBX-USED-WEIGHT-1M seen
+
+    def _refill(self) -> None:
+        now = self._clock()
+        self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        minute = int(self._wall() // 60)
+        if minute != self._minute:
+            self._minute, self._ours, self._others = minute, 0, 0
+
+    def wait_s(self, cost: int = KLINES_WEIGHT) -> float:
+        """Seconds until ``cost`` may be spent (0: now)."""
+        self._refill()
+        cost = min(cost, self.burst)  # a call dearer than the burst goes when the bucket is full
+        wait = 0.0 if self._tokens >= cost else (cost - self._tokens) / self.rate
+        if self._others and self._ours + self._others + cost > self.per_minute:
+            wall = self._wall()
+            wait = max(wait, (self._minute + 1) * 60 - wall + 0.05)  # the server's minute must end first
+        return wait
+
+    def spend(self, cost: int = KLINES_WEIGHT) -> None:
+        """Record a call of ``cost`` going out now (call right after :meth:`wait_s` said 0)."""
+        self._refill()
+        self._tokens -= cost
+        self._ours += cost
+        self.spent += cost
+
+    def observe(self, used: int | None) -> None:
+        """The server's ``X-MBX-USED-WEIGHT-1M`` of a response that arrived just now."""
+        if used is None:
+            return
+        self._refill()
+        self.server_used = int(used)
+        self._others = max(self._others, int(used) - self._ours)

@@ -1,24 +1,32 @@
-"""The live bar source: Binance's combined kline stream, with REST backfill so no bar is missed.
+"""The live bar source: Binance's combined kline streams, with REST backfill so no bar is missed.
 
 This module is the asyncio driver; every decision about bars (order, duplicates, holes, what to
 fetch, what is implausible) is made by the sans-I/O :class:`~barsignal.daemon.feed.sequencer.Sequencer`.
 The driver:
 
-1. connects to ``{ws_url}/stream?streams=btcusdt@kline_1m/...`` (respecting Binance's attempt limit);
-2. hands every decoded frame to the sequencer and yields the bars it emits;
-3. runs the REST fetches the sequencer asks for in a task of their own, beside the websocket: a REST
-   failure never closes a healthy websocket (issue 12 #4). Failures back off; a 429 waits its whole
-   Retry-After, a 418 stops REST calls until the ban ends; the warm-up is retried until it succeeds
-   (``ready`` stays false until then), a later backfill is passed on as a gap after
-   ``backfill_give_up_s``; "Invalid symbol" is fatal (ConfigError, exit 2).
+1. splits the symbols into connections of at most ``[feed] max_streams_per_connection`` streams
+   (Binance's limit is 1024) and connects each to ``{ws_url}/stream?streams=btcusdt@kline_1m/...``,
+   all sharing Binance's connection-attempt limit (300 per 5 minutes per IP). A URL carries as many
+   streams as fit in :data:`~barsignal.daemon.binance.ws.MAX_URL_CHARS`; the rest are subscribed with
+   SUBSCRIBE messages, at most 3 a second so that with a ping and a pong Binance's 5 incoming
+   messages a second per connection still hold;
+2. hands every decoded frame to the one sequencer and yields the bars it emits;
+3. runs the REST fetches the sequencer asks for (up to :data:`REST_PARALLEL` at once) in tasks of
+   their own, beside the websockets: a REST failure never closes a healthy websocket (issue 12 #4).
+   Every call waits for the weight budget (:class:`~barsignal.daemon.feed.backoff.WeightLimiter`,
+   ``[feed] rest_weight_per_minute``, which also reads the server's ``X-MBX-USED-WEIGHT-1M``).
+   Failures back off; a 429 waits its whole Retry-After, a 418 stops REST calls until the ban ends;
+   a warm-up is retried until it succeeds (``ready`` stays false until every symbol's has), a later
+   backfill is passed on as a gap after ``backfill_give_up_s``; "Invalid symbol" is fatal
+   (ConfigError, exit 2).
 
-The connection is replaced before Binance's 24 h limit (the new one opens before the old one
-closes), on ``serverShutdown``, and when no NEW closed bar arrived within interval + grace (stale
-stream; re-sent old bars do not count). Reconnects back off with capped exponential delays and
-jitter; only a healthy connection (it delivered a new closed bar, or lived ``healthy_reset_s``)
-resets the backoff or reconnects at once after a rollover or ``serverShutdown``, so a server that
-shuts every connection down at once cannot cause a reconnect storm. Pings are answered by
-``websockets``; the client sends no messages of its own besides control frames.
+Each connection has its own lifecycle: it is replaced before Binance's 24 h limit (the new one
+opens before the old one closes), on ``serverShutdown``, and when no NEW closed bar of its own
+symbols arrived within interval + grace (stale stream; re-sent old bars do not count). Reconnects
+back off with capped exponential delays and jitter; only a healthy connection (it delivered a new
+closed bar, or lived ``healthy_reset_s``) resets its backoff or reconnects at once after a rollover
+or ``serverShutdown``, so a server that shuts every connection down at once cannot cause a reconnect
+storm. One connection down never holds up the others' bars. Pings are answered by ``websockets``.
 """
 
 from __future__ import annotations
@@ -26,19 +34,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import math
 import random
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from barsignal.daemon.binance.rest import KlinePage, RateLimited, retry_after_s
-from barsignal.daemon.binance.ws import INTERVAL_MS, ServerShutdown, combined_url, decode
+from barsignal.daemon.binance.rest import MAX_LIMIT, KlinePage, RateLimited, retry_after_s
+from barsignal.daemon.binance.ws import (
+    INTERVAL_MS,
+    MAX_SUBSCRIBE_STREAMS,
+    ServerShutdown,
+    connection_plan,
+    decode,
+    decode_reply,
+    groups,
+)
 from barsignal.daemon.config import FeedConfig
-from barsignal.daemon.feed.backoff import AttemptLimiter, Backoff, RestGate
+from barsignal.daemon.feed.backoff import KLINES_WEIGHT, AttemptLimiter, Backoff, RestGate, WeightLimiter
 from barsignal.daemon.feed.sequencer import Emit, FeedStats, Fetch, Output, Sequencer
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import Bar
@@ -47,6 +65,9 @@ from barsignal.log import get_logger
 __all__ = ["BarSource", "FeedClient", "FeedStats", "FetchBars"]
 
 log = get_logger(__name__)
+
+REST_PARALLEL = 4  # REST fetches in flight at once (one per symbol at most: the sequencer's rule)
+SUBSCRIBE_EVERY_S = 0.34  # <= 3 SUBSCRIBE messages a second; a ping and a pong fit in Binance's 5/s
 
 FetchBars = Callable[..., Awaitable["list[Bar] | KlinePage"]]
 """``fetch(rest_url, symbol, since_ms, until_ms, *, interval, timeout_s, now_ms) -> KlinePage | list[Bar]``:
@@ -68,15 +89,42 @@ def _default_fetch() -> FetchBars:
     return functools.partial(fetch_page, max_retries=0)
 
 
+@dataclass(eq=False)
+class _Link:
+    """One combined-stream connection: its streams and its own reconnect, rollover and stale state."""
+
+    index: int
+    symbols: tuple[str, ...]
+    url: str
+    subscribes: list[tuple[int, bytes]]  # (id, SUBSCRIBE message) for the streams the URL cannot carry
+    backoff: Backoff
+    ws: ClientConnection | None = None
+    recv: asyncio.Future[Any] | None = None
+    opening: asyncio.Task[ClientConnection] | None = None  # (back off, then) connect
+    up_since: float = 0.0
+    rollover_at: float = 0.0
+    progress_at: float = 0.0  # the last NEW closed bar of this connection's symbols
+    healthy: bool = False
+    end_reason: str = "closed"
+    to_send: deque[tuple[int, bytes]] = field(default_factory=deque)
+    send_at: float = 0.0
+    awaiting: set[int] = field(default_factory=set)  # SUBSCRIBE ids not answered yet
+    connects: int = 0
+
+    def tag(self) -> dict[str, Any]:
+        return {"connection": self.index, "streams": len(self.symbols)}
+
+
 class FeedClient:
-    """Closed bars for ``cfg.symbols`` from Binance's kline stream, gap-free across reconnects.
+    """Closed bars for ``cfg.symbols`` from Binance's kline streams, gap-free across reconnects.
 
     ``async for bar in client`` yields :class:`Bar` (source ``"ws"`` or ``"rest"``) for a
     single-symbol feed; ``async for symbol, bar in client.stream()`` works for any number.
     ``ready`` (alias ``can_signal``): every symbol's warm-up came over REST, so what follows can be
     signalled; a daemon must not report READY / healthy before. ``clock``/``sleep``/``rng`` are
     injectable so tests shrink time instead of sleeping; ``stale_after_s`` overrides interval +
-    ``cfg.stale_grace_s``.
+    ``cfg.stale_grace_s``. ``links`` are the connections (one per ``cfg.max_streams_per_connection``
+    symbols); ``weight`` is the REST weight budget; ``max_subscribe_streams`` caps one SUBSCRIBE.
     """
 
     def __init__(
@@ -91,19 +139,20 @@ class FeedClient:
         stale_after_s: float | None = None,
         open_timeout_s: float = 10.0,
         limiter: AttemptLimiter | None = None,
+        weight: WeightLimiter | None = None,
         close_grace_ms: int = 5_000,
         backfill_give_up_s: float = 600.0,
         wall_clock: Callable[[], float] = time.time,
+        max_subscribe_streams: int = MAX_SUBSCRIBE_STREAMS,
     ) -> None:
         if not cfg.symbols:
             raise ConfigError("[feed] symbols is empty; name at least one, e.g. symbols = [\"BTCUSDT\"]")
         if not cfg.ws_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"[feed] ws_url {cfg.ws_url!r} must start with ws:// or wss://")
         self.cfg = cfg
-        self.symbols = tuple(s.upper() for s in cfg.symbols)
+        self.symbols = tuple(dict.fromkeys(s.upper() for s in cfg.symbols))
         self._symbol_set = frozenset(self.symbols)
         self.step_ms = INTERVAL_MS[cfg.interval]
-        self.url = combined_url(cfg.ws_url, self.symbols, cfg.interval)
         self.warmup_bars = max(0, int(warmup_bars))
         self._fetch = fetch
         self._clock, self._sleep, self._wall = clock, sleep, wall_clock
@@ -111,18 +160,24 @@ class FeedClient:
         self.stale_after_s = stale_after_s if stale_after_s is not None else default_stale
         self.open_timeout_s = open_timeout_s
         self.backfill_give_up_s = backfill_give_up_s
-        self.backoff = Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s), rng=rng)
+        self.links: list[_Link] = []
+        for i, syms in enumerate(groups(self.symbols, cfg.max_streams_per_connection)):
+            url, msgs = connection_plan(cfg.ws_url, syms, cfg.interval, max_subscribe=max_subscribe_streams)
+            self.links.append(_Link(i, syms, url, list(enumerate(msgs, start=1)),
+                                    Backoff(cfg.reconnect_min_s, max(cfg.reconnect_min_s, cfg.reconnect_max_s),
+                                            rng=rng)))
+        self.url = self.links[0].url
+        self.backoff = self.links[0].backoff
         self.rest_gate = RestGate(cfg.reconnect_min_s, cfg.reconnect_max_s, clock=clock, rng=rng)
-        self.limiter = limiter or AttemptLimiter(clock=clock)
-        self.stats = FeedStats()
+        self.limiter = limiter or AttemptLimiter(clock=clock)  # one for all connections: the limit is per IP
+        self.weight = weight or WeightLimiter(cfg.rest_weight_per_minute, clock=clock, wall=wall_clock)
+        self.stats = FeedStats(connections_wanted=len(self.links))
         self.seq = Sequencer(self.symbols, step_ms=self.step_ms, warmup_bars=self.warmup_bars,
                              close_grace_ms=close_grace_ms, stats=self.stats)
         self._queue: deque[Fetch] = deque()  # fetches the sequencer asked for, not yet running
-        self._rest_task: asyncio.Task[tuple[Fetch, KlinePage | Exception]] | None = None
+        self._rest_tasks: set[asyncio.Task[tuple[Fetch, KlinePage | Exception]]] = set()
         self._failing_since: dict[Fetch, float] = {}
         self._stopped = False
-        self._end_reason = "closed"
-        self._healthy = False
 
     # -- public API -----------------------------------------------------------------------------
 
@@ -148,131 +203,182 @@ class FeedClient:
 
     async def stream(self) -> AsyncIterator[tuple[str, Bar]]:
         """Yield ``(symbol, bar)`` forever (until :meth:`stop` or cancellation)."""
-        ws: ClientConnection | None = None
         if self._fetch is None:
             self._fetch = _default_fetch()  # import ccxt (seconds) before the stream starts
+        links = self.links
         try:
+            for link in links:
+                link.opening = asyncio.ensure_future(self._connect(link))
             while not self._stopped:
-                if ws is None:
-                    ws = await self._connect()
-                async for item in self._session(ws):
-                    yield item
-                reason = self._end_reason
-                self.stats.connected = False
-                self.seq.disconnected()
-                if self._healthy:
-                    self.backoff.reset()
-                if self._stopped:
-                    break
-                self.stats.reconnects += 1
-                self.stats.reconnects_by_reason[reason] = self.stats.reconnects_by_reason.get(reason, 0) + 1
-                if reason in ("rollover", "server_shutdown") and self._healthy:
-                    # Overlap: open the new connection before closing the old one.
-                    log.info("feed.reconnect", reason=reason)
-                    new = await self._connect()
-                    await ws.close()
-                    ws = new
-                else:
-                    await ws.close()
-                    ws = None
-                    delay = self.backoff.next_delay()
-                    log.warning("feed.reconnect", reason=reason, retry_in_s=round(delay, 3),
-                                healthy=self._healthy)
-                    await self._sleep(delay)
+                now = self._clock()
+                deadline = math.inf
+                for link in links:
+                    if link.ws is None or await self._due(link, now):
+                        continue
+                    deadline = min(deadline, link.rollover_at, link.progress_at + self.stale_after_s)
+                    if link.to_send:
+                        deadline = min(deadline, link.send_at)
+                    if link.recv is None:
+                        link.recv = asyncio.ensure_future(link.ws.recv(decode=False))
+                self._pump_rest()
+                waiters: set[asyncio.Future[Any]] = set(self._rest_tasks)
+                for link in links:
+                    for fut in (link.recv, link.opening):
+                        if fut is not None:
+                            waiters.add(fut)
+                if not waiters:
+                    break  # stopped while every connection was ending
+                timeout = None if deadline == math.inf else max(0.0, deadline - now)
+                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                for task in [t for t in self._rest_tasks if t in done]:
+                    self._rest_tasks.discard(task)
+                    for item in self._rest_done(*task.result()):
+                        yield self._hand_out(item)
+                for link in links:
+                    if link.opening is not None and link.opening in done:
+                        opening, link.opening = link.opening, None
+                        self._session_start(link, opening.result())
+                    if link.recv is not None and link.recv in done:
+                        recv, link.recv = link.recv, None
+                        try:
+                            frame = recv.result()
+                        except websockets.ConnectionClosed as exc:
+                            link.end_reason = "closed"
+                            log.warning("feed.disconnected", error=_short(exc), **link.tag())
+                            await self._end(link)
+                            continue
+                        for item in self._on_frame(link, frame):
+                            yield self._hand_out(item)
+                        if link.end_reason in ("server_shutdown", "subscribe_failed"):
+                            await self._end(link)
         finally:
             self.stats.connected = False
-            if self._rest_task is not None:
-                self._rest_task.cancel()
+            self.stats.connections = 0
+            pending: list[asyncio.Future[Any]] = [*self._rest_tasks]
+            for link in links:
+                pending += [f for f in (link.recv, link.opening) if f is not None]
+                link.recv = link.opening = None
+            for fut in pending:
+                fut.cancel()
+            for fut in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await self._rest_task
-                self._rest_task = None
-            if ws is not None:
-                await ws.close()
+                    await fut
+            self._rest_tasks.clear()
+            for link in links:
+                if link.ws is not None:
+                    ws, link.ws = link.ws, None
+                    await ws.close()
 
     # -- one connection -------------------------------------------------------------------------
 
-    async def _connect(self) -> ClientConnection:
+    async def _connect(self, link: _Link) -> ClientConnection:
         """Connect, retrying with backoff; one log line per failed attempt, no traceback."""
         while True:
             wait = self.limiter.wait_s()
             if wait > 0:
-                log.warning("feed.connect_rate_limited", wait_s=round(wait, 1))
+                log.warning("feed.connect_rate_limited", wait_s=round(wait, 1), **link.tag())
                 await self._sleep(wait)
                 continue
             self.limiter.record()
             try:
                 ws = await connect(
-                    self.url, open_timeout=self.open_timeout_s, proxy=None, compression=None,
+                    link.url, open_timeout=self.open_timeout_s, proxy=None, compression=None,
                     close_timeout=2.0, max_queue=4096,
                     max_size=max(1 << 20, 4 * self.cfg.max_frame_bytes), user_agent_header="barsignal",
                 )
             except websockets.InvalidURI as exc:
-                raise ConfigError(f"[feed] ws_url gives an invalid URL {self.url!r}: {exc}") from None
+                raise ConfigError(f"[feed] ws_url gives an invalid URL {_brief(link.url)!r}: {exc}") from None
             except (OSError, TimeoutError, websockets.InvalidHandshake, websockets.ConnectionClosed) as exc:
                 self.stats.connect_failures += 1
-                delay = max(self.backoff.next_delay(), _handshake_retry_after(exc))
-                log.warning("feed.connect_failed", url=self.url, error=_short(exc),
-                            attempt=self.backoff.attempt, retry_in_s=round(delay, 3),
+                delay = max(link.backoff.next_delay(), _handshake_retry_after(exc))
+                log.warning("feed.connect_failed", url=_brief(link.url), error=_short(exc),
+                            attempt=link.backoff.attempt, retry_in_s=round(delay, 3), **link.tag(),
                             hint="cannot reach the kline feed (no network?); retrying with backoff")
                 await self._sleep(delay)
                 continue
             self.stats.connects += 1
-            self.stats.connected = True
-            log.info("feed.connected", url=self.url)
+            link.connects += 1
+            log.info("feed.connected", url=_brief(link.url), subscribe_messages=len(link.subscribes), **link.tag())
             return ws
 
-    async def _session(self, ws: ClientConnection) -> AsyncIterator[tuple[str, Bar]]:
-        """Read one connection until it ends; sets ``self._end_reason`` and ``self._healthy``."""
-        seq = self.seq
-        seq.connected()
-        up_since = self._clock()
-        rollover_at = up_since + self.cfg.rollover_s
-        progress, progress_at = seq.progress, up_since
-        self._end_reason, self._healthy = "closed", False
-        recv: asyncio.Task[Any] | None = None
-        try:
-            while not self._stopped:
-                now = self._clock()
-                if seq.progress != progress:  # a NEW closed bar: the stream is alive and healthy
-                    progress, progress_at, self._healthy = seq.progress, now, True
-                if now - up_since >= self.cfg.healthy_reset_s:
-                    self._healthy = True
-                if now >= rollover_at:
-                    self._end_reason = "rollover"
-                    return
-                if now - progress_at >= self.stale_after_s:
-                    self._end_reason = "stale"
-                    log.warning("feed.stale", no_new_closed_bar_for_s=round(now - progress_at, 3))
-                    return
-                self._pump_rest()
-                if recv is None:
-                    recv = asyncio.ensure_future(ws.recv(decode=False))
-                waiters: set[asyncio.Future[Any]] = {recv}
-                if self._rest_task is not None:
-                    waiters.add(self._rest_task)
-                timeout = max(0.0, min(rollover_at, progress_at + self.stale_after_s) - now)
-                done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-                if self._rest_task is not None and self._rest_task in done:
-                    task, self._rest_task = self._rest_task, None
-                    for item in self._rest_done(*task.result()):
-                        yield self._hand_out(item)
-                if recv in done:
-                    task, recv = recv, None
-                    try:
-                        frame = task.result()
-                    except websockets.ConnectionClosed as exc:
-                        self._end_reason = "closed"
-                        log.warning("feed.disconnected", error=_short(exc))
-                        return
-                    for item in self._on_frame(frame):
-                        yield self._hand_out(item)
-                    if self._end_reason == "server_shutdown":
-                        return
-        finally:
-            if recv is not None:
-                recv.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await recv
+    async def _reopen(self, link: _Link, old: ClientConnection, *, overlap: bool, delay: float) -> ClientConnection:
+        """Replace ``old``: open the new connection first (``overlap``), or close, back off, connect."""
+        if overlap:
+            new = await self._connect(link)
+            with contextlib.suppress(Exception):
+                await old.close()
+            return new
+        with contextlib.suppress(Exception):
+            await old.close()
+        await self._sleep(delay)
+        return await self._connect(link)
+
+    def _session_start(self, link: _Link, ws: ClientConnection) -> None:
+        link.ws = ws
+        self.seq.connected(link.symbols)
+        link.up_since = link.progress_at = link.send_at = self._clock()
+        link.rollover_at = link.up_since + self.cfg.rollover_s
+        link.end_reason, link.healthy = "closed", False
+        link.to_send = deque(link.subscribes)
+        link.awaiting = set()
+        self._count_connections()
+
+    def _count_connections(self) -> None:
+        up = sum(1 for link in self.links if link.ws is not None)
+        self.stats.connections, self.stats.connected = up, up == len(self.links)
+
+    async def _due(self, link: _Link, now: float) -> bool:
+        """Health, rollover, staleness and paced SUBSCRIBEs of a live connection; True if it ended."""
+        if now - link.up_since >= self.cfg.healthy_reset_s:
+            link.healthy = True
+        if now >= link.rollover_at:
+            link.end_reason = "rollover"
+        elif now - link.progress_at >= self.stale_after_s:
+            link.end_reason = "stale"
+            log.warning("feed.stale", no_new_closed_bar_for_s=round(now - link.progress_at, 3), **link.tag())
+        else:
+            if not (link.to_send and now >= link.send_at):
+                return False
+            rid, msg = link.to_send.popleft()
+            link.send_at = now + SUBSCRIBE_EVERY_S
+            link.awaiting.add(rid)
+            try:
+                assert link.ws is not None
+                await link.ws.send(msg.decode())
+                return False
+            except websockets.ConnectionClosed as exc:
+                link.end_reason = "closed"
+                log.warning("feed.disconnected", error=_short(exc), **link.tag())
+        await self._end(link)
+        return True
+
+    async def _end(self, link: _Link) -> None:
+        """The connection ended (``link.end_reason``): schedule its replacement in ``link.opening``."""
+        reason = link.end_reason
+        if link.recv is not None:
+            link.recv.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await link.recv
+            link.recv = None
+        ws, link.ws = link.ws, None
+        assert ws is not None
+        self._count_connections()
+        self.seq.disconnected(link.symbols)
+        if link.healthy:
+            link.backoff.reset()
+        if self._stopped:
+            await ws.close()
+            return
+        self.stats.reconnects += 1
+        self.stats.reconnects_by_reason[reason] = self.stats.reconnects_by_reason.get(reason, 0) + 1
+        if reason in ("rollover", "server_shutdown") and link.healthy:
+            log.info("feed.reconnect", reason=reason, **link.tag())
+            link.opening = asyncio.ensure_future(self._reopen(link, ws, overlap=True, delay=0.0))
+        else:
+            delay = link.backoff.next_delay()
+            log.warning("feed.reconnect", reason=reason, retry_in_s=round(delay, 3), healthy=link.healthy,
+                        **link.tag())
+            link.opening = asyncio.ensure_future(self._reopen(link, ws, overlap=False, delay=delay))
 
     def _hand_out(self, item: tuple[str, Bar, int]) -> tuple[str, Bar]:
         symbol, bar, recv_ns = item
@@ -280,9 +386,14 @@ class FeedClient:
         self.stats.last_bar_at = self._clock()
         return symbol, bar
 
-    def _on_frame(self, frame: bytes | str) -> list[tuple[str, Bar, int]]:
+    def _on_frame(self, link: _Link, frame: bytes | str) -> list[tuple[str, Bar, int]]:
         recv_ns = time.perf_counter_ns()
         self.stats.frames += 1
+        if link.awaiting:
+            reply = decode_reply(frame)
+            if reply is not None:
+                self._on_reply(link, reply.id, reply.ok, reply.error)
+                return []
         try:
             ev = decode(frame, symbols=self._symbol_set, max_bytes=self.cfg.max_frame_bytes)
         except BadMessage as exc:
@@ -297,12 +408,23 @@ class FeedClient:
             return []
         if isinstance(ev, ServerShutdown):
             self.seq.server_time(ev.event_time)
-            self._end_reason = "server_shutdown"
-            log.warning("feed.server_shutdown", event_time=ev.event_time)
+            link.end_reason = "server_shutdown"
+            log.warning("feed.server_shutdown", event_time=ev.event_time, **link.tag())
             return []
+        progress = self.seq.progress
         outs = self.seq.kline(ev)
+        if self.seq.progress != progress:  # a NEW closed bar: this connection is alive and healthy
+            link.progress_at, link.healthy = self._clock(), True
         live = ev.open_time if ev.closed else None
         return self._outputs(outs, recv_ns, live)
+
+    def _on_reply(self, link: _Link, rid: Any, ok: bool, error: str) -> None:
+        link.awaiting.discard(rid)
+        if ok:
+            log.debug("feed.subscribed", id=rid, **link.tag())
+            return
+        link.end_reason = "subscribe_failed"
+        log.error("feed.subscribe_failed", id=rid, error=error, action="reconnecting with backoff", **link.tag())
 
     def _outputs(self, outs: list[Output], recv_ns: int = 0, live: int | None = None) -> list[tuple[str, Bar, int]]:
         """Queue the fetches; return the bars with the receive time their latency is measured from
@@ -316,23 +438,50 @@ class FeedClient:
                 bars.append((o.symbol, o.bar, recv_ns if own else time.perf_counter_ns()))
         return bars
 
-    # -- REST, beside the websocket -----------------------------------------------------------------
+    # -- REST, beside the websockets ----------------------------------------------------------------
 
     def _pump_rest(self) -> None:
-        if self._rest_task is None and self._queue:
-            self._rest_task = asyncio.ensure_future(self._run_fetch(self._queue.popleft()))
+        while self._queue and len(self._rest_tasks) < REST_PARALLEL:
+            self._rest_tasks.add(asyncio.ensure_future(self._run_fetch(self._queue.popleft())))
+
+    def _cost(self, f: Fetch) -> int:
+        """Weight of the klines calls ``f`` takes: one per MAX_LIMIT bars, plus the one that finds the end."""
+        bars = -(-(f.until_ms - f.since_ms) // self.step_ms)
+        return KLINES_WEIGHT * (max(0, bars) // MAX_LIMIT + 1)
 
     async def _run_fetch(self, f: Fetch) -> tuple[Fetch, KlinePage | Exception]:
-        wait = self.rest_gate.wait_s()
-        if wait > 0:
+        cost = self._cost(f)
+        paced = 0.0
+        while True:
+            gate, budget = self.rest_gate.wait_s(), self.weight.wait_s(cost)
+            wait = max(gate, budget)
+            if wait <= 0:
+                break
+            if budget >= gate:
+                paced += wait
             await self._sleep(wait)
+        self.weight.spend(cost)
+        self.stats.rest_weight_spent += cost
+        if paced:
+            self.stats.rest_paced += 1
+            self.stats.rest_paced_s += paced
+            log.debug("feed.rest_paced", symbol=f.symbol, waited_s=round(paced, 3), weight=cost,
+                      budget_per_minute=self.weight.per_minute)
         fetch = self._fetch or _default_fetch()
         try:
             got = await fetch(self.cfg.rest_url, f.symbol, f.since_ms, f.until_ms, interval=self.cfg.interval,
                               timeout_s=self.cfg.rest_timeout_s, now_ms=self.seq.now_ms)
         except Exception as exc:  # the REST boundary: ccxt raises many types; the caller sorts them
             return f, exc
-        return f, got if isinstance(got, KlinePage) else KlinePage(list(got))
+        page = got if isinstance(got, KlinePage) else KlinePage(list(got))
+        more = KLINES_WEIGHT * page.requests - cost
+        if more > 0:  # it took more pages than estimated
+            self.weight.spend(more)
+            self.stats.rest_weight_spent += more
+        if page.used_weight is not None:
+            self.weight.observe(page.used_weight)
+            self.stats.rest_server_weight = page.used_weight
+        return f, page
 
     def _rest_done(self, f: Fetch, res: KlinePage | Exception) -> list[tuple[str, Bar, int]]:
         if isinstance(res, KlinePage):
@@ -363,6 +512,13 @@ class FeedClient:
             return self._outputs(self.seq.rest_gave_up(f))
         self._queue.appendleft(f)  # retried once the gate opens; the websocket carries on meanwhile
         return []
+
+
+def _brief(url: str) -> str:
+    """A URL fit for a log line: a 1024-stream one is cut, with the count of what was left out."""
+    if len(url) <= 160:
+        return url
+    return f"{url[:140]}...(+{url.count('/', 140)} streams)"
 
 
 def _handshake_retry_after(exc: BaseException) -> float:

@@ -25,6 +25,7 @@ from REST: the feed can signal.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from barsignal.daemon.binance.ws import KlineEvent
@@ -60,7 +61,13 @@ class FeedStats:
     rest_failures: int = 0
     rest_rate_limited: int = 0  # REST answers 429 / 418
     rest_banned_until: float = 0.0  # unix seconds a 418 ban ends (0: not banned)
-    connected: bool = False
+    connected: bool = False  # every connection is up
+    connections: int = 0  # connections up now
+    connections_wanted: int = 1  # one per up to [feed] max_streams_per_connection streams
+    rest_weight_spent: int = 0  # REST request weight we spent (klines: 2 a call)
+    rest_server_weight: int = 0  # the last X-MBX-USED-WEIGHT-1M the server reported
+    rest_paced: int = 0  # REST calls that waited for the weight budget
+    rest_paced_s: float = 0.0  # seconds they waited, in all
     last_bar_open_time: int | None = None
     last_bar_at: float | None = None  # driver clock when the last bar was yielded
     last_recv_ns: int = 0  # perf_counter_ns() when the frame behind the last bar arrived
@@ -137,13 +144,13 @@ class Sequencer:
         return self._syms[symbol].last
 
     # -- inputs ------------------------------------------------------------------------------------
-    def connected(self) -> None:
-        """A new connection: each symbol's first frame on it decides what REST must fill."""
-        for s in self._syms.values():
-            s.synced = False
+    def connected(self, symbols: Iterable[str] | None = None) -> None:
+        """A new connection (carrying ``symbols``; default all): each symbol's first frame on it decides
+        what REST must fill."""
+        self.disconnected(symbols)
 
-    def disconnected(self) -> None:
-        for s in self._syms.values():
+    def disconnected(self, symbols: Iterable[str] | None = None) -> None:
+        for s in (self._syms.values() if symbols is None else (self._syms[x] for x in symbols)):
             s.synced = False
 
     def server_time(self, event_time_ms: int) -> None:

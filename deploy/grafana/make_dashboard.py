@@ -16,6 +16,7 @@ from typing import Any
 OUT = Path(__file__).with_name("barsignal.json")
 DS = {"type": "prometheus", "uid": "${datasource}"}
 SEL = 'instance=~"$instance"'
+SYM = 'instance=~"$instance", symbol=~"$symbol"'  # the per-symbol series (the `symbol` variable)
 RI = "$__rate_interval"
 
 
@@ -38,6 +39,10 @@ def panel(title: str, targets: list[dict[str, Any]], *, unit: str = "short", kin
     elif kind == "heatmap":  # Prometheus buckets as they are (no re-bucketing by Grafana)
         p["options"] = {"calculate": False, "yAxis": {"unit": unit}, "cellGap": 1, "tooltip": {"show": True}}
         p["dataFormat"] = "tsbuckets"
+    elif kind == "table":  # instant queries joined on the symbol, one column each
+        p["transformations"] = [{"id": "joinByField", "options": {"byField": "symbol", "mode": "outer"}},
+                                {"id": "organize", "options": {"excludeByName": {"Time": True}}}]
+        p["options"] = {"showHeader": True, "sortBy": [{"displayName": "Value #A", "desc": True}]}
     elif kind == "stat":
         p["options"] = {"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
                         "textMode": "value_and_name", "colorMode": "none", "graphMode": "none"}
@@ -58,7 +63,7 @@ def row(title: str) -> dict[str, Any]:
 def panels() -> list[dict[str, Any]]:
     return [
         row("Feed"),
-        panel("Last closed bar age, per symbol", [q(f"barsignal_last_bar_age_seconds{{{SEL}}}", "{{symbol}}")],
+        panel("Last closed bar age, per symbol", [q(f"barsignal_last_bar_age_seconds{{{SYM}}}", "{{symbol}}")],
               unit="s", desc="Seconds since the last closed bar (-1: none yet). Alert: BarsignalFeedStale > 180 s."),
         panel("Feed connected", [q(f"barsignal_feed_connected{{{SEL}}}", "{{instance}}")], kind="stat",
               desc="1 while the websocket is connected.", min=0, max=1),
@@ -101,22 +106,30 @@ def panels() -> list[dict[str, Any]]:
             q(f"sum by (sink) (increase(barsignal_sink_dead_letters_total{{{SEL}}}[1h]))", "{{sink}} new (1 h)"),
         ], desc="Signals a sink refused for good. Alert: BarsignalDeadLetters."),
         row("Model"),
-        panel("Live Brier and calibration vs the artifact", [
-            q(f'barsignal_live_model{{{SEL}, score="brier"}}', "live Brier"),
-            q(f'barsignal_artifact_score{{{SEL}, score="brier"}}', "artifact Brier ({{key}})"),
-            q(f'barsignal_live_model{{{SEL}, score="ece"}}', "live calibration error (ECE)"),
-        ], desc="Over the last [metrics] monitor_window resolved predictions. Alert: BarsignalLiveBrierWorse."),
-        panel("Live AUC and accuracy vs the artifact", [
-            q(f'barsignal_live_model{{{SEL}, score="auc"}}', "live AUC"),
-            q(f'barsignal_artifact_score{{{SEL}, score="auc"}}', "artifact AUC ({{key}})"),
-            q(f'barsignal_live_model{{{SEL}, score="accuracy"}}', "live accuracy"),
-        ], desc="Alert: BarsignalLiveAucWorse (needs >= 500 resolved predictions)."),
-        panel("Feature drift (PSI)", [
-            q(f"barsignal_feature_psi_max{{{SEL}}}", "largest PSI"),
-            q(f"barsignal_feature_psi_bound{{{SEL}}}", "bound"),
-            q(f"topk(3, barsignal_feature_psi{{{SEL}}})", "feature {{feature}}"),
-        ], desc="Alert: BarsignalFeatureDrift (largest PSI over the bound for 30 min)."),
-        panel("Paper equity", [q(f"barsignal_paper_equity{{{SEL}}}", "{{symbol}}")], unit="none",
+        panel("Live Brier and calibration vs the artifact, per symbol", [
+            q(f'barsignal_live_model{{{SYM}, score="brier"}}', "{{symbol}} live Brier"),
+            q(f'barsignal_artifact_score{{{SYM}, score="brier"}}', "{{symbol}} artifact Brier ({{key}})"),
+            q(f'barsignal_live_model{{{SYM}, score="ece"}}', "{{symbol}} live calibration error (ECE)"),
+        ], desc="Over each symbol's last [metrics] monitor_window resolved predictions, against the figure of "
+                "the artifact that symbol uses. Alert: BarsignalLiveBrierWorse (per symbol)."),
+        panel("Live AUC and accuracy vs the artifact, per symbol", [
+            q(f'barsignal_live_model{{{SYM}, score="auc"}}', "{{symbol}} live AUC"),
+            q(f'barsignal_artifact_score{{{SYM}, score="auc"}}', "{{symbol}} artifact AUC ({{key}})"),
+            q(f'barsignal_live_model{{{SYM}, score="accuracy"}}', "{{symbol}} live accuracy"),
+        ], desc="Alert: BarsignalLiveAucWorse (per symbol; needs >= 500 resolved predictions)."),
+        panel("Feature drift (PSI), per symbol", [
+            q(f"topk(10, barsignal_feature_psi_max{{{SYM}}})", "{{symbol}} largest PSI"),
+            q(f"max(barsignal_feature_psi_bound{{{SEL}}})", "bound"),
+            q(f"topk(5, barsignal_feature_psi{{{SYM}}})", "{{symbol}} {{name}}"),
+        ], desc="Each symbol's largest PSI against its model's training bins (the 10 worst symbols), and the "
+                "worst features (the daemon exports 3 a symbol). Alert: BarsignalFeatureDrift (per symbol)."),
+        panel("Live scores by symbol", [
+            q(f'barsignal_feature_psi_max{{{SYM}}}', "{{symbol}} largest PSI", format="table", instant=True),
+            q(f'barsignal_live_model{{{SYM}, score="brier"}}', "{{symbol}} Brier", format="table", instant=True),
+            q(f'barsignal_live_model{{{SYM}, score="auc"}}', "{{symbol}} AUC", format="table", instant=True),
+            q(f'barsignal_live_model{{{SYM}, score="n"}}', "{{symbol}} n", format="table", instant=True),
+        ], kind="table", desc="Now, one row a symbol: largest PSI, live Brier, live AUC, resolved predictions."),
+        panel("Paper equity", [q(f"barsignal_paper_equity{{{SYM}}}", "{{symbol}}")], unit="none",
               desc="The paper account's equity at the last bar's close, quote currency."),
         row("Process"),
         panel("Restarts and reloads", [
@@ -127,7 +140,8 @@ def panels() -> list[dict[str, Any]]:
             q(f"process_resident_memory_bytes{{{SEL}}}", "RSS"),
         ], unit="bytes"),
         panel("Model in use", [q(f"barsignal_artifact_info{{{SEL}}}", "{{artifact}} on {{backend}}"),
-                               q(f'barsignal_live_model{{{SEL}, score="n"}}', "resolved predictions")], kind="stat"),
+                               q(f'sum(barsignal_live_model{{{SYM}, score="n"}})', "resolved predictions")],
+              kind="stat"),
     ]
 
 
@@ -160,6 +174,12 @@ def dashboard() -> dict[str, Any]:
              "query": {"query": "label_values(barsignal_artifact_info, instance)", "refId": "instance"},
              "definition": "label_values(barsignal_artifact_info, instance)", "refresh": 2, "includeAll": True,
              "multi": True, "allValue": ".*", "current": {}, "options": [], "hide": 0, "sort": 1},
+            {"name": "symbol", "label": "symbol", "type": "query", "datasource": DS,
+             "query": {"query": "label_values(barsignal_live_model{instance=~\"$instance\"}, symbol)",
+                       "refId": "symbol"},
+             "definition": "label_values(barsignal_live_model{instance=~\"$instance\"}, symbol)", "refresh": 2,
+             "includeAll": True, "multi": True, "allValue": ".*", "current": {}, "options": [], "hide": 0,
+             "sort": 1},
         ]},
         "annotations": {"list": [{"name": "Restarts", "datasource": DS, "enable": True, "iconColor": "red",
                                   "expr": f"changes(process_start_time_seconds{{{SEL}}}[2m]) > 0",

@@ -118,3 +118,30 @@ def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
     assert rehearsed._rehearsal is not None and rehearsed._rehearsal[0][0] == bars[-2].open_time, \
         "the rehearsal never ran the features copy"
     assert rehearsed._rehearsal_t == bars[-2].open_time + 3 * 60_000  # three synthetic bars on the copy
+
+
+def test_feed_rehearsal_decodes_into_a_copy_and_leaves_the_feed_as_it_was() -> None:
+    import orjson
+
+    from barsignal.daemon.config import FeedConfig
+    from barsignal.daemon.feed.client import FeedClient
+    from barsignal.daemon.keepwarm import FeedRehearsal
+
+    def closed(t: int) -> bytes:
+        k = {"t": t, "T": t + 59_999, "s": "BTCUSDT", "i": "1m", "f": 1, "L": 2, "o": "10.0", "c": "10.5",
+             "h": "11.0", "l": "9.5", "v": "3.0", "n": 4, "x": True, "q": "30.0", "V": "1.0", "Q": "10.0", "B": "0"}
+        return orjson.dumps({"stream": "btcusdt@kline_1m",
+                             "data": {"e": "kline", "E": t + 60_050, "s": "BTCUSDT", "k": k}})
+
+    feed = FeedClient(FeedConfig(symbols=["BTCUSDT"], ws_url="ws://127.0.0.1:9", rest_url="http://127.0.0.1:9"))
+    t0 = 1_700_000_040_000
+    got = [bar.open_time for f in (closed(t0), closed(t0 + 60_000)) for _, bar, _ in feed._on_frame(f)]
+    assert got == [t0, t0 + 60_000]
+    before = (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames)
+    rehearse = FeedRehearsal(feed)
+    for _ in range(3):
+        rehearse()
+    assert (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames) == before  # untouched
+    assert rehearse._copy.last("BTCUSDT") == t0 + 4 * 60_000  # the copy took three synthetic bars
+    # the feed's own next frame is still the next bar, once
+    assert [bar.open_time for _, bar, _ in feed._on_frame(closed(t0 + 120_000))] == [t0 + 120_000]

@@ -76,7 +76,7 @@ def concrete(expr: str, rate_interval: str = "10s") -> str:
     """A dashboard query as PromQL, Grafana's variables filled in as Grafana would send it
     (``label_values(m, l)``, a variable's query, is what Grafana asks as ``group by (l) (m)``)."""
     expr = re.sub(r"^label_values\((.+), *(\w+)\)$", r"group by (\2) (\1)", expr.strip())
-    return expr.replace("$instance", ".*").replace("$__rate_interval", rate_interval)
+    return expr.replace("$instance", ".*").replace("$symbol", ".*").replace("$__rate_interval", rate_interval)
 
 
 def tool(name: str) -> str:

@@ -54,7 +54,7 @@ def test_panels_are_well_formed_and_laid_out_without_overlap() -> None:
         cells |= mine
         if p["type"] == "row":
             continue
-        assert p["type"] in ("timeseries", "stat", "heatmap") and p["title"] and p["targets"], p["title"]
+        assert p["type"] in ("timeseries", "stat", "heatmap", "table") and p["title"] and p["targets"], p["title"]
         refs = [t["refId"] for t in p["targets"]]
         assert len(refs) == len(set(refs)), p["title"]
         for t in p["targets"]:
@@ -76,3 +76,23 @@ def test_dashboard_shows_what_the_issue_asks_for() -> None:
         assert needle in exprs, needle
     legends = {t["legendFormat"] for p in prom.dashboard()["panels"] for t in p.get("targets", [])}
     assert "{{symbol}}" in legends and "{{backend}} p99" in legends
+
+
+def test_drift_and_live_score_panels_are_per_symbol() -> None:
+    """Every query of the per-symbol model series filters on the ``symbol`` variable, and shows the
+    symbol unless it sums the symbols up; the variable lists the symbols the daemon exports."""
+    var = {v["name"]: v for v in prom.dashboard()["templating"]["list"]}
+    assert var["symbol"]["type"] == "query" and var["symbol"]["query"]["query"].startswith("label_values(")
+    assert var["symbol"]["query"]["query"].endswith(", symbol)") and var["symbol"]["includeAll"]
+    per_symbol = {"barsignal_live_model", "barsignal_feature_psi_max", "barsignal_feature_psi",
+                  "barsignal_artifact_score"}
+    seen: set[str] = set()
+    for p in prom.dashboard()["panels"]:
+        for t in p.get("targets", []):
+            names = prom.metric_names(t["expr"]) & per_symbol
+            if not names:
+                continue
+            seen |= names
+            assert 'symbol=~"$symbol"' in t["expr"], (p["title"], t["expr"])
+            assert "{{symbol}}" in t["legendFormat"] or t["expr"].startswith("sum("), (p["title"], t)
+    assert seen == per_symbol

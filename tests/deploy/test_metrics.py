@@ -12,7 +12,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from barsignal.daemon.config import JsonlSinkConfig, PaperConfig
-from barsignal.daemon.metrics import DaemonMetrics, LiveMonitor, paper_equity_reader, reference_scores
+from barsignal.daemon.metrics import PSI_TOP, DaemonMetrics, LiveMonitor, paper_equity_reader, reference_scores
 from barsignal.daemon.sinks import build_sink
 from barsignal.engine.metrics import roc_auc
 from tests.paper.conftest import _make_signals, _spot_bars
@@ -37,11 +37,69 @@ def test_the_series_alerts_watch_exist_from_the_first_scrape() -> None:
     for sink in ("jsonl", "paper"):
         assert s[("barsignal_sink_delivered_total", (("sink", sink),))] == 0
         assert s[("barsignal_sink_failures_total", (("sink", sink),))] == 0
-    assert s[("barsignal_live_model", (("score", "n"),))] == 0
-    assert all(math.isnan(s[("barsignal_live_model", (("score", k),))]) for k in ("brier", "auc", "ece", "accuracy"))
+    assert s[("barsignal_live_model", (("score", "n"), ("symbol", "BTCUSDT")))] == 0
+    assert all(math.isnan(s[("barsignal_live_model", (("score", k), ("symbol", "BTCUSDT")))])
+               for k in ("brier", "auc", "ece", "accuracy"))
+    assert math.isnan(s[("barsignal_feature_psi_max", (("symbol", "BTCUSDT"),))])
     assert s[("barsignal_last_bar_age_seconds", (("symbol", "BTCUSDT"),))] == -1.0
     start = s[("process_start_time_seconds", ())]
     assert 1.7e9 < start and math.isnan(s[("barsignal_feature_psi_bound", ())])
+
+
+def _drifted(symbol: str, shift: float, seed: int) -> LiveMonitor:
+    """A monitor of 3 features whose rows are N(0, 1) but feature 1 shifted by ``shift``."""
+    mon = LiveMonitor(horizon=1, window=500, n_features=3, psi_every=10**9, symbol=symbol)
+    x = np.random.default_rng(seed).standard_normal((400, 3))
+    x[:, 1] += shift
+    for i, row in enumerate(x):
+        mon.observe_signal(i * 60_000, 1.0, 0.5, row[None, :])
+    mon.update_psi()
+    return mon
+
+
+def test_live_scores_and_drift_are_by_symbol_with_bounded_series() -> None:
+    """Every configured symbol has its live scores and largest PSI from the start; a symbol exports its
+    own monitor only, the PSI of its PSI_TOP worst features (not all of them), and an unconfigured
+    symbol gets no series."""
+    m = DaemonMetrics("BTCUSDT", symbols=("BTCUSDT", "ETHUSDT"))
+    s = _samples(m)
+    for sym in ("BTCUSDT", "ETHUSDT"):
+        assert s[("barsignal_live_model", (("score", "n"), ("symbol", sym)))] == 0
+        assert math.isnan(s[("barsignal_feature_psi_max", (("symbol", sym),))])
+    assert not [k for k in s if k[0] == "barsignal_feature_psi"]  # nothing measured yet
+    eth = _drifted("ETHUSDT", 3.0, seed=1)
+    btc = _drifted("BTCUSDT", 0.0, seed=2)
+    m.export_monitor(eth)
+    m.export_monitor(btc)
+    m.export_monitor(_drifted("XRPUSDT", 3.0, seed=3))  # not configured: ignored
+    s = _samples(m)
+    assert s[("barsignal_feature_psi_max", (("symbol", "ETHUSDT"),))] == float(eth.psi_values.max()) > 1.0
+    assert s[("barsignal_feature_psi_max", (("symbol", "BTCUSDT"),))] == float(btc.psi_values.max()) < 0.25
+    assert not [k for k in s if ("symbol", "XRPUSDT") in k[1]]
+    per_feature = {k[1]: v for k, v in s.items() if k[0] == "barsignal_feature_psi"}
+    assert len(per_feature) == 2 * PSI_TOP
+    worst = max((v, k) for k, v in per_feature.items() if ("symbol", "ETHUSDT") in k)
+    assert dict(worst[1]) == {"symbol": "ETHUSDT", "feature": "1", "name": "ret_3"}
+    assert s[("barsignal_live_model", (("score", "n"), ("symbol", "ETHUSDT")))] == 0  # no outcome yet
+    # the next export of a symbol replaces its per-feature series (still PSI_TOP, never more)
+    two = LiveMonitor(horizon=1, n_features=2, psi_every=10**9, symbol="ETHUSDT")
+    for i in range(20):
+        two.observe_signal(i * 60_000, 1.0, 0.5, np.full((1, 2), 5.0))
+    two.update_psi()
+    m.export_monitor(two)
+    eth_now = [k for k in _samples(m) if k[0] == "barsignal_feature_psi" and ("symbol", "ETHUSDT") in k[1]]
+    assert sorted(dict(k[1])["feature"] for k in eth_now) == ["0", "1"]
+
+
+def test_each_symbol_has_its_own_artifact_figures() -> None:
+    m = DaemonMetrics("BTCUSDT", symbols=("BTCUSDT", "ETHUSDT"))
+    m.set_model("a" * 64, "onnxruntime", {"val_auc": 0.55, "val_brier": 0.249})
+    m.set_reference("ETHUSDT", {"test_auc": 0.53})  # ETH's own artifact states an AUC only
+    m.set_reference("XRPUSDT", {"val_auc": 0.9})  # not configured: no series
+    ref = {k[1]: v for k, v in _samples(m).items() if k[0] == "barsignal_artifact_score"}
+    assert ref == {(("key", "val_auc"), ("score", "auc"), ("symbol", "BTCUSDT")): 0.55,
+                   (("key", "val_brier"), ("score", "brier"), ("symbol", "BTCUSDT")): 0.249,
+                   (("key", "test_auc"), ("score", "auc"), ("symbol", "ETHUSDT")): 0.53}
 
 
 def test_scoring_is_labelled_by_backend_and_the_artifact_figures_follow_the_model() -> None:
@@ -50,8 +108,8 @@ def test_scoring_is_labelled_by_backend_and_the_artifact_figures_follow_the_mode
     m.scoring.observe(0.0002)
     s = _samples(m)
     assert s[("barsignal_scoring_seconds_count", (("backend", "onnxruntime"),))] == 1
-    assert s[("barsignal_artifact_score", (("key", "val_auc"), ("score", "auc")))] == 0.55
-    assert s[("barsignal_artifact_score", (("key", "brier"), ("score", "brier")))] == 0.2485
+    assert s[("barsignal_artifact_score", (("key", "val_auc"), ("score", "auc"), ("symbol", "BTCUSDT")))] == 0.55
+    assert s[("barsignal_artifact_score", (("key", "brier"), ("score", "brier"), ("symbol", "BTCUSDT")))] == 0.2485
     m.set_model("b" * 64, "tensorrt", {})  # a reload to an artifact that states no figure
     m.scoring.observe(0.0001)
     s = _samples(m)

@@ -1,0 +1,180 @@
+"""Live monitoring for every symbol of a many-symbol daemon: one LiveMonitor per symbol, with its own
+model's horizon and PSI reference, fed that symbol's bars and signals only, exported with a
+``symbol`` label; ``feature_drift`` is logged once, naming the symbol.
+
+The daemon runs in-process on real simultaneous 1m bars of BTC, ETH and SOL (2023-04, the files of
+issue 14). The default artifact's PSI reference is the distribution of BTC's own feature rows over
+the signalled minutes (so BTC sits on it); ETH is scored by the same artifact and so measured
+against BTC's bins; SOL has its own artifact ([model.symbols]) with horizon 2 and SOL's rows as its
+reference.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import msgspec
+import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
+
+from barsignal.daemon.app import Daemon
+from barsignal.daemon.config import (
+    Config,
+    FeedConfig,
+    JsonlSinkConfig,
+    MetricsConfig,
+    ModelConfig,
+    SinksConfig,
+    StateConfig,
+)
+from barsignal.daemon.metrics import PSI_CLEAR, PSI_TOP, LiveMonitor, feature_name
+from barsignal.features import batch
+from barsignal.features.bar import Bar, BarFrame
+from barsignal.node import engine_cache_dir, load_model, load_symbol_models
+from barsignal.node import run as run_async
+from tests import e2e as h
+from tests.daemon.conftest import real_bars
+from tests.daemon.test_multi_symbol import FILES, _Feed
+
+SIGNALS = 60  # per symbol: the monitor measures PSI every 60 signals, so its one measure covers them all
+BOUND = 0.25  # [metrics] drift_psi_warn (the default)
+
+
+def _reference(rows: np.ndarray, bins: int = 10) -> dict:
+    """Decile edges and bin fractions of normalized rows (as compression/report.py's psi_reference)."""
+    edges, fractions = [], []
+    for j in range(rows.shape[1]):
+        e = np.quantile(rows[:, j], np.arange(1, bins) / bins)
+        counts = np.bincount(np.searchsorted(e, rows[:, j], side="right"), minlength=bins)
+        edges.append([float(v) for v in e])
+        fractions.append([float(v) for v in counts / len(rows)])
+    return {"edges": edges, "fractions": fractions, "rows": len(rows), "bins": bins}
+
+
+def _artifact(dest: Path, fit: list[Bar], live: list[Bar], *, horizon: int, metrics: dict) -> Path:
+    """The tiny model with a Normalizer fitted on ``fit`` and, as its training bins, the normalized
+    newest rows of the windows the daemon will signal on ``live`` (its last SIGNALS bars)."""
+    from barsignal.engine.artifact import write_artifact
+    from barsignal.features.normalize import Normalizer
+    from barsignal.features.spec import schema_hash
+    from tests.tiny_model import write_tiny_onnx
+
+    rows, ready = batch.compute_with_ready(BarFrame.from_bars(fit))
+    norm = Normalizer.fit(rows[ready])
+    live_rows, _ = batch.compute_with_ready(BarFrame.from_bars(live))
+    newest = norm.transform(live_rows[-SIGNALS:]).astype(np.float32).astype(np.float64)  # as the window holds them
+    static, dynamic = write_tiny_onnx(dest.parent / f".{dest.name}-onnx")
+    write_artifact(dest, files={"static.onnx": static, "dynamic.onnx": dynamic}, model_config={"kind": "tiny"},
+                   schema_hash=schema_hash(), normalization=norm.to_dict(),
+                   signal={"long_threshold": 0.52, "short_threshold": 0.48, "rule": "threshold"},
+                   variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
+                   default_variant="tiny", horizon=horizon, metrics=metrics, command=__name__,
+                   psi_reference=_reference(newest))
+    return dest
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset], float]:
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for fam in text_string_to_metric_families(text) for s in fam.samples}
+
+
+def test_every_symbol_has_its_own_drift_and_live_scores(tmp_path: Path, tiny_artifact: Path, capsys) -> None:
+    syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
+    cfg = Config(feed=FeedConfig(symbols=tuple(syms)), state=StateConfig(dir=str(tmp_path / "state")),
+                 metrics=MetricsConfig(enabled=False, drift_psi_warn=BOUND),
+                 sinks=SinksConfig(enabled=("jsonl",), jsonl=JsonlSinkConfig(path="s.jsonl", fsync="never")))
+    warmup = load_model(cfg, str(tiny_artifact), None).warmup_bars  # the tiny model's (every artifact here)
+    n = warmup - 1 + SIGNALS
+    bars = {s: real_bars(n, start=30_000, path=FILES[s]) for s in syms}
+    fit = real_bars(3000, start=20_000, path=FILES["BTCUSDT"])
+    default = _artifact(tmp_path / "default", fit, bars["BTCUSDT"], horizon=1,
+                        metrics={"val_auc": 0.55, "val_brier": 0.249})
+    sol = _artifact(tmp_path / "sol", fit, bars["SOLUSDT"], horizon=2, metrics={"val_auc": 0.53})
+    cfg = msgspec.structs.replace(cfg, model=ModelConfig(symbols={"SOLUSDT": str(sol)}))
+    loaded = load_model(cfg, str(default), engine_cache_dir(cfg))
+    d: Daemon | None = None
+
+    def factory(feed_cfg, want):
+        assert d is not None
+        return _Feed(bars, d.request_stop)
+
+    d = Daemon(cfg, artifact_dir=str(default), loaded=loaded, symbol_models=load_symbol_models(cfg, None),
+               source_factory=factory)
+    capsys.readouterr()
+    assert run_async(d.run()) == 0
+    logs = capsys.readouterr()
+    got = h.read_jsonl(tmp_path / "state" / "s.jsonl")
+    counts = {s: len([g for g in got if g["symbol"] == s]) for s in syms}
+    assert counts == dict.fromkeys(syms, SIGNALS)
+
+    # One monitor per symbol, with the horizon and training bins of the model that scores it.
+    mons = d.monitors
+    assert {s: (m.symbol, m.h, m.psi_source) for s, m in mons.items()} == {
+        "BTCUSDT": ("BTCUSDT", 1, "artifact training bins"), "ETHUSDT": ("ETHUSDT", 1, "artifact training bins"),
+        "SOLUSDT": ("SOLUSDT", 2, "artifact training bins")}
+    assert len({id(m) for m in mons.values()}) == 3 and [nd.monitor for nd in d.nodes] == [mons[s] for s in syms]
+    assert all(m.psi_rows == SIGNALS for m in mons.values())
+
+    s = _samples(d.metrics.render().decode())
+    psi_max = {sym: s[("barsignal_feature_psi_max", frozenset({("symbol", sym)}))] for sym in syms}
+    # BTC and SOL sit on their own training bins; ETH, measured against BTC's, is far off.
+    assert psi_max["BTCUSDT"] < 0.05 and psi_max["SOLUSDT"] < 0.05, psi_max
+    assert psi_max["ETHUSDT"] > 4 * BOUND, psi_max
+    assert psi_max == {sym: float(m.psi_values.max()) for sym, m in mons.items()}
+    assert s[("barsignal_feature_psi_bound", frozenset())] == BOUND
+    per_feature = [dict(k[1]) for k in s if k[0] == "barsignal_feature_psi"]
+    assert sorted(f["symbol"] for f in per_feature) == sorted(syms * PSI_TOP)  # bounded: 3 a symbol, not 33
+    worst_eth = max((v, dict(k[1])) for k, v in s.items()
+                    if k[0] == "barsignal_feature_psi" and ("symbol", "ETHUSDT") in k[1])
+    assert worst_eth[0] == psi_max["ETHUSDT"]
+    assert worst_eth[1]["feature"] == str(int(mons["ETHUSDT"].psi_values.argmax()))
+
+    # Live scores, every symbol: exported every 10 signals; an outcome is known h bars after its signal.
+    for sym, hz in (("BTCUSDT", 1), ("ETHUSDT", 1), ("SOLUSDT", 2)):
+        live = {k: s[("barsignal_live_model", frozenset({("symbol", sym), ("score", k)}))]
+                for k in ("n", "brier", "auc", "accuracy", "ece")}
+        assert live["n"] == SIGNALS - hz, (sym, live)  # SIGNALS is a multiple of 10: the last signal exported
+        assert live == mons[sym].scores(), sym
+        assert all(math.isfinite(v) for v in live.values()) and 0 < live["brier"] < 1, (sym, live)
+    assert not [k for k in s if ("symbol", "XRPUSDT") in k[1] or ("symbol", "") in k[1]]
+    # Each symbol's live scores are set against the figures of the artifact that scores it.
+    ref = {(dict(k[1])["symbol"], dict(k[1])["score"]): v for k, v in s.items() if k[0] == "barsignal_artifact_score"}
+    assert ref == {("BTCUSDT", "auc"): 0.55, ("BTCUSDT", "brier"): 0.249, ("ETHUSDT", "auc"): 0.55,
+                   ("ETHUSDT", "brier"): 0.249, ("SOLUSDT", "auc"): 0.53}
+
+    # feature_drift: for ETH only, naming it and its worst feature.
+    drift = _drift_lines(logs.out + logs.err)
+    assert len(drift) == 1 and "symbol=ETHUSDT" in drift[0] and "BTCUSDT" not in drift[0], drift
+    assert f"name={feature_name(int(mons['ETHUSDT'].psi_values.argmax()))}" in drift[0], drift
+
+
+def _drift_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if "feature_drift " in line or "feature_drift_cleared" in line]
+
+
+def test_feature_drift_is_logged_once_per_symbol_per_episode(capsys) -> None:
+    """Two symbols measured many times: the drifting one logs one ``feature_drift`` line per episode,
+    naming itself, though its PSI wavers about the bound (an episode ends under PSI_CLEAR of the
+    bound); the steady one logs none. One feature, two training bins (half the rows each side of 0):
+    a share p of rows above 0 gives PSI (p - 0.5) ln(p / (1 - p))."""
+    ref = {"edges": [[0.0]], "fractions": [[0.5, 0.5]]}
+    mons = {s: LiveMonitor(horizon=1, window=100, n_features=1, psi_warn=BOUND, psi_every=100, reference=ref,
+                           symbol=s) for s in ("ETHUSDT", "BTCUSDT")}
+    capsys.readouterr()
+
+    def measure(sym: str, p: float) -> float:  # 100 rows: the window, then one PSI measure on them
+        for i in range(100):
+            mons[sym].observe_signal(0, 1.0, 0.5, np.array([[1.0 if i < round(100 * p) else -1.0]]))
+        return float(mons[sym].psi_values[0])
+
+    # p:      0.9 (0.88)  0.73 (0.23) 0.75 (0.27) 0.73  0.6 (0.04)  0.6  0.9  0.9
+    got = [measure("ETHUSDT", p) for p in (0.9, 0.73, 0.75, 0.73, 0.6, 0.6, 0.9, 0.9)]
+    steady = [measure("BTCUSDT", 0.5) for _ in range(8)]
+    assert [v > BOUND for v in got] == [True, False, True, False, False, False, True, True], got
+    out = capsys.readouterr()
+    lines = _drift_lines(out.out + out.err)
+    kinds = ["cleared" if "feature_drift_cleared" in line else "drift" for line in lines]
+    assert kinds == ["drift", "cleared", "drift"], lines  # not one line per crossing of the bound
+    assert all("symbol=ETHUSDT" in line for line in lines) and f"name={feature_name(0)} " in lines[0], lines
+    assert PSI_CLEAR * BOUND < got[1] < BOUND and max(steady) < 1e-3, (got, steady)  # the wavering was real

@@ -1,0 +1,173 @@
+"""The REST weight budget (issue 14 #1): many symbols' warm-ups stay inside
+``[feed] rest_weight_per_minute``, spread out, and respect the server's ``X-MBX-USED-WEIGHT-1M``.
+
+The limiter is sans I/O (unit tests with a fake clock); the end-to-end tests run the client against
+a real loopback ``feed serve`` whose REST counts weight per minute as Binance does (klines: 2) and
+answers 429 past its limit. Time runs 30x faster through the injected clocks and sleep."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import urllib.request
+from collections import Counter
+from typing import Any
+
+import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while a fast feed runs
+import pytest
+
+from barsignal.daemon.binance.rest import fetch_page
+from barsignal.daemon.feed.backoff import KLINES_WEIGHT, WeightLimiter
+from barsignal.daemon.feed.client import FeedClient
+from barsignal.sim.series import Series, shifted_copies
+from barsignal.sim.simulator import FeedSimulator
+from tests.feed.conftest import feed_cfg
+from tests.feed.test_connections import PerSymbol
+
+
+class FakeTime:
+    def __init__(self, t: float = 1_000_020.0) -> None:  # 20 s into a wall-clock minute
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def _greedy(lim: WeightLimiter, now: FakeTime, seconds: float, cost: int = KLINES_WEIGHT) -> list[float]:
+    """Spend as fast as the limiter allows for ``seconds``; the times of the calls."""
+    calls, end = [], now.t + seconds
+    while now.t < end:
+        w = lim.wait_s(cost)
+        if w > 0:
+            now.t += w
+            continue
+        lim.spend(cost)
+        calls.append(now.t)
+    return calls
+
+
+def test_limiter_bursts_a_quarter_then_spreads_and_never_passes_the_budget() -> None:
+    now = FakeTime()
+    lim = WeightLimiter(2400, clock=now, wall=now)
+    assert lim.burst == 600 and lim.rate == pytest.approx(30.0)  # weight a second after the burst
+    calls = _greedy(lim, now, 300)
+    t0 = calls[0]
+    assert sum(1 for t in calls if t == t0) == 300  # 600 weight at once: 300 klines calls
+    gaps = {round(b - a, 6) for a, b in zip(calls[300:], calls[301:], strict=False)}
+    assert gaps == {round(2 / 30, 6)}  # then evenly, 15 calls a second
+    for t in calls:  # any 60 s window, so any wall-clock minute, carries at most the budget
+        assert sum(KLINES_WEIGHT for u in calls if t <= u < t + 60) <= 2400
+    per_minute = Counter(int(t // 60) for t in calls)
+    assert max(per_minute.values()) * KLINES_WEIGHT <= 2400
+    assert lim.spent == len(calls) * KLINES_WEIGHT
+
+
+def test_limiter_slows_down_when_the_server_counts_more_than_we_spent() -> None:
+    now = FakeTime(1_000_000.0)  # the start of a wall-clock minute
+    lim = WeightLimiter(100, clock=now, wall=now)  # burst 25
+    assert lim.wait_s() == 0
+    lim.spend()
+    lim.observe(62)  # another client on this IP used 60 this minute
+    calls = _greedy(lim, now, 59)
+    assert 2 * (1 + len(calls)) + 60 <= 100  # ours plus theirs stays inside the budget this minute
+    assert lim.wait_s() > 0 and now.t < 1_000_060
+    now.t = 1_000_060.0  # a new minute: the server's count starts again
+    assert lim.wait_s() == 0
+    lim.observe(None)  # a page without the header changes nothing
+    assert lim.wait_s() == 0
+
+
+def test_limiter_a_call_dearer_than_the_burst_still_goes() -> None:
+    now = FakeTime()
+    lim = WeightLimiter(8, clock=now, wall=now)  # burst 2
+    assert lim.wait_s(6) == 0  # a 3-page fetch waits for a full bucket, not forever
+    lim.spend(6)
+    assert lim.wait_s(2) == pytest.approx((2 + 4) / lim.rate)
+
+
+def _scaled(k: float) -> tuple[Any, Any, Any]:
+    m0, w0 = time.monotonic(), time.time()
+
+    def clock() -> float:
+        return (time.monotonic() - m0) * k
+
+    def wall() -> float:
+        return w0 + (time.time() - w0) * k
+
+    async def sleep(s: float) -> None:
+        await asyncio.sleep(s / k)
+
+    return clock, wall, sleep
+
+
+K = 30.0  # a minute lasts 2 s
+
+
+def _series(spot: Any, n: int) -> list[Series]:
+    return shifted_copies([Series("BTCUSDT", spot.frame)], n, rows=400, shift=1000)
+
+
+async def _run(spot: Any, n: int, *, budget: int, burn: int = 0) -> tuple[list[tuple[float, str]], Any, PerSymbol]:
+    clock, wall, sleep = _scaled(K)
+    series = _series(spot, n)
+    syms = tuple(s.symbol for s in series)
+    calls: list[tuple[float, str]] = []
+
+    async def fetch(rest_url: str, symbol: str, *a: Any, **kw: Any) -> Any:
+        calls.append((wall(), symbol))
+        return await fetch_page(rest_url, symbol, *a, max_retries=0, **kw)
+
+    async with FeedSimulator(series, speed=20, start_index=100, end_index=390, intrabar=1, weight_limit=40,
+                             wall_clock=wall) as sim:
+        if burn:
+            while wall() % 60 > 3:  # start at the top of a server minute
+                await asyncio.sleep(0.01)
+            used = 0
+            while used < burn:  # another client on this IP: exchangeInfo costs 20, time 1
+                path = "/api/v3/exchangeInfo" if burn - used >= 20 else "/api/v3/time"
+                r = await asyncio.to_thread(urllib.request.urlopen, sim.rest_url + path, None, 5)
+                used = int(r.headers["X-MBX-USED-WEIGHT-1M"])
+        client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, symbols=syms, rest_weight_per_minute=budget,
+                                     reconnect_min_s=0.5, reconnect_max_s=5.0, healthy_reset_s=150.0),
+                            warmup_bars=5, fetch=fetch, clock=clock, wall_clock=wall, sleep=sleep,
+                            stale_after_s=300)
+        col = PerSymbol(client)
+        await col.wait(lambda b: client.ready and all(len(v) >= 8 for v in b.values()), 40,
+                       "every symbol's warm-up and live bars")
+        await col.close()
+        return calls, client.stats, col
+
+
+def _check_warmups(col: PerSymbol, st: Any, n: int) -> None:
+    assert st.rest_rate_limited == 0 and st.rest_failures == 0  # never a 429
+    assert st.warmup_bars == 5 * n
+    for bars in col.bars.values():  # every symbol's warm-up came, none abandoned
+        assert [b.source for b in bars[:5]] == ["rest"] * 5
+        got = [b.open_time for b in bars]
+        assert got == sorted(set(got))
+
+
+def test_many_warmups_under_a_low_server_limit_spread_over_minutes_without_a_429(spot) -> None:
+    n = 30  # 30 warm-ups = 60 weight: more than the server's 40 a minute
+    calls, st, col = asyncio.run(_run(spot, n, budget=36))
+    _check_warmups(col, st, n)
+    warm = [t for t, _ in calls[:n]]
+    assert sorted({s for _, s in calls[:n]}) == sorted(col.bars)  # one warm-up call per symbol first
+    per_minute = Counter(int(t // 60) for t, _ in calls)
+    assert max(per_minute.values()) * KLINES_WEIGHT <= 36  # inside our budget in every server minute
+    assert warm[-1] - warm[0] >= 60  # so the warm-ups took more than a minute...
+    assert warm[3] - warm[0] < 1.0  # ...after a burst of a quarter of the budget (4 calls, 8 weight)
+    gaps = [b - a for a, b in zip(warm[4:], warm[5:], strict=False)]
+    assert min(gaps) >= 0.8 * KLINES_WEIGHT / ((36 - 9) / 60)  # spread at the budget's rate
+    assert st.rest_paced >= n - 5 and st.rest_weight_spent == KLINES_WEIGHT * len(calls)
+    assert 0 < st.rest_server_weight <= 40
+
+
+def test_weight_used_by_another_client_slows_us_down(spot) -> None:
+    """Another client spent 25 of the server's 40 this minute: the header says so, and our budget
+    of 40 shrinks to what is left. Without reading it, the 10-weight burst plus the steady rate
+    would pass 40 within this minute and get a 429."""
+    n = 12
+    calls, st, col = asyncio.run(_run(spot, n, budget=40, burn=25))
+    _check_warmups(col, st, n)
+    assert st.rest_paced > 0
