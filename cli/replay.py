@@ -148,8 +148,11 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
     if ray_address:
         from barsignal.cli import replay_ray
 
+        from barsignal.daemon import config as cfgmod
+
         replay_ray.parse_address(ray_address)
         replay_ray.import_ray()
+        cfgmod.load(args.config)  # a bad config stops here, before a cluster is joined or started
         if args.state_dir:
             raise ConfigError("replay --ray: --state-dir (a replay that resumes) is not supported on Ray: each "
                               "task replays from the start in a temporary directory of its own; leave it out "

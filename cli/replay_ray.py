@@ -122,47 +122,54 @@ def replay_task(job: dict[str, Any]) -> dict[str, Any]:
 
 def run_jobs(jobs: list[dict[str, Any]], address: str, cpus: int | None = None) -> list[dict[str, Any]]:
     """Run ``jobs`` (those of :func:`barsignal.cli.replay.replay_many`) as Ray tasks at ``address`` and write
-    each task's files where the job names them (signals, ledger, ``report`` directory); returns the
-    results in the jobs' order, as :func:`replay_symbol` would."""
+    each task's files where the job names them (signals, ledger, ``report`` directory), one task's at a
+    time in the jobs' order; returns the results in that order, as :func:`replay_symbol` would. A task
+    is pure (its own temporary directory), so Ray may re-run one whose node or worker died."""
     ray = connect(address, cpus or os.cpu_count() or 1)
     try:
-        task = ray.remote(num_cpus=1, max_retries=0)(replay_task)
-        remote = []
+        task = ray.remote(num_cpus=1)(replay_task)
+        refs = []
         for j in jobs:
             rj = dict(j, files=[str(Path(f).resolve()) for f in j["files"]],
                       config=str(Path(j["config"]).resolve()) if j["config"] else None,
                       artifact=str(Path(j["artifact"]).resolve()) if j["artifact"] else None)
-            remote.append(task.remote(rj))
-        try:
-            outs = ray.get(remote)
-        except ray.exceptions.RayTaskError as exc:
-            cause = getattr(exc, "cause", None)
-            if isinstance(cause, BarsignalError):
-                raise cause from None
-            raise
+            refs.append(task.remote(rj))
+        results = []
+        for j, ref in zip(jobs, refs, strict=True):
+            try:
+                out = ray.get(ref)
+            except ray.exceptions.RayTaskError as exc:
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, BarsignalError):
+                    raise cause from None
+                raise
+            results.append(_write(j, out))
+            del out
     finally:
         ray.shutdown()
-    results = []
-    for j, out in zip(jobs, outs, strict=True):
-        res = dict(out["result"])
-        sig = Path(j["signals"])
-        sig.parent.mkdir(parents=True, exist_ok=True)
-        sig.unlink(missing_ok=True)
-        if out["signals"] is not None:
-            sig.write_bytes(out["signals"])
-        ledger = Path(j["ledger"])
-        ledger.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{ledger}{suffix}").unlink(missing_ok=True)
-        for suffix, data in out["ledger"].items():
-            Path(f"{ledger}{suffix}").write_bytes(data)
-        if j["report"]:
-            rep = Path(j["report"])
-            rep.mkdir(parents=True, exist_ok=True)
-            for name, data in out["report"].items():
-                (rep / name).write_bytes(data)
-            if res.get("report_md"):
-                res["report_md"] = str(rep / Path(res["report_md"]).name)
-        res["node"] = out["node"]
-        results.append(res)
     return results
+
+
+def _write(j: dict[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    """One task's files written where its job names them; its result with the driver's report path."""
+    res = dict(out["result"])
+    sig = Path(j["signals"])
+    sig.parent.mkdir(parents=True, exist_ok=True)
+    sig.unlink(missing_ok=True)
+    if out["signals"] is not None:
+        sig.write_bytes(out["signals"])
+    ledger = Path(j["ledger"])
+    ledger.parent.mkdir(parents=True, exist_ok=True)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{ledger}{suffix}").unlink(missing_ok=True)
+    for suffix, data in out["ledger"].items():
+        Path(f"{ledger}{suffix}").write_bytes(data)
+    if j["report"]:
+        rep = Path(j["report"])
+        rep.mkdir(parents=True, exist_ok=True)
+        for name, data in out["report"].items():
+            (rep / name).write_bytes(data)
+        if res.get("report_md"):
+            res["report_md"] = str(rep / Path(res["report_md"]).name)
+    res["node"] = out["node"]
+    return res

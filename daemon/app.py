@@ -4,8 +4,10 @@
 feed -> bar record -> pipeline -> outbox -> sinks, the same assembly replay and parity use; the
 symbols share the state directory, the outbox and the sink workers) and supervises them. With
 several symbols the bars of one minute are handed on in the config's order (``consume_many``);
-``/healthz`` names the stale symbols, and per-symbol metrics carry only configured symbols. ``run_daemon``
-starts it on uvloop through ``asyncio.Runner(loop_factory=uvloop.new_event_loop)``.
+``/healthz`` names the stale symbols, and per-symbol metrics carry only configured symbols;
+each symbol has its own live monitor (drift PSI and live scores, with its own model's horizon
+and training bins). ``run_daemon`` starts it on uvloop through
+``asyncio.Runner(loop_factory=uvloop.new_event_loop)``.
 
 - SIGTERM/SIGINT: stop reading the feed, drain the sinks for at most ``drain_timeout_s`` (what is
   left stays in the outbox for the next start) and exit 0.

@@ -8,6 +8,7 @@ the same signals without losing or duplicating a fill. The account state is re-r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
@@ -47,6 +48,12 @@ CREATE TABLE IF NOT EXISTS equity (
 
 _POS_COLS = ("symbol", "cash", "qty", "avg_price", "realized", "fees", "traded_notional", "trip_pnl",
              "pending_dir", "pending_id", "last_open_time", "last_close", "bars")
+_UPSERT_POSITION = (f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
+                    f"VALUES ({', '.join('?' * len(_POS_COLS))})")
+_INSERT_EQUITY = ("INSERT OR IGNORE INTO equity (signal_id, symbol, open_time, bar_open, bar_close, p_up, action, "
+                  "qty, cash, equity) VALUES (?,?,?,?,?,?,?,?,?,?)")
+_INSERT_FILL = ("INSERT INTO fills (signal_id, symbol, open_time, side, qty, price, fee, realized, trip_pnl, "
+                "position) VALUES (?,?,?,?,?,?,?,?,?,?)")
 
 
 def check_rules(path: str | os.PathLike[str], rules: Rules) -> None:
@@ -108,14 +115,28 @@ class PaperLedger:
         if not_after_ms is not None:
             self.drop_after(not_after_ms)
 
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (BEGIN IMMEDIATE): committed at the end unless the body rolled it back
+        itself, rolled back on any exception."""
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            if db.in_transaction:
+                db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
     def _check_meta(self) -> None:
         want = json.dumps(asdict(self.rules), sort_keys=True)
         have = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
         if not have:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
-                                 [("schema", str(SCHEMA_VERSION)), ("rules", want)])
-            self._db.execute("COMMIT")
+            with self._tx() as db:
+                db.executemany("INSERT OR IGNORE INTO meta VALUES (?, ?)",
+                               [("schema", str(SCHEMA_VERSION)), ("rules", want)])
             return
         if have.get("schema") != str(SCHEMA_VERSION):
             raise DataError(f"{self.path}: paper ledger schema {have.get('schema')} is not "
@@ -146,21 +167,13 @@ class PaperLedger:
                 if row.cash != r[7]:
                     raise DataError(f"{self.path}: paper ledger for {sym} does not replay to its own equity "
                                     f"rows at {r[2]}; move it aside or point [paper] ledger at a new file")
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                eq = db.execute("DELETE FROM equity WHERE symbol=? AND open_time>?", (sym, not_after_ms)).rowcount
-                fl = db.execute("DELETE FROM fills WHERE symbol=? AND open_time>?", (sym, not_after_ms)).rowcount
+            with self._tx() as tx:
+                eq = tx.execute("DELETE FROM equity WHERE symbol=? AND open_time>?", (sym, not_after_ms)).rowcount
+                fl = tx.execute("DELETE FROM fills WHERE symbol=? AND open_time>?", (sym, not_after_ms)).rowcount
                 if rebuilt is None:
-                    db.execute("DELETE FROM positions WHERE symbol=?", (sym,))
+                    tx.execute("DELETE FROM positions WHERE symbol=?", (sym,))
                 else:
-                    db.execute(f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
-                               f"VALUES ({', '.join('?' * len(_POS_COLS))})",
-                               tuple(getattr(rebuilt, c) for c in _POS_COLS))
-                db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise
+                    tx.execute(_UPSERT_POSITION, tuple(getattr(rebuilt, c) for c in _POS_COLS))
             if rebuilt is None:
                 del self._accounts[sym]
             else:
@@ -179,30 +192,17 @@ class PaperLedger:
         if acct.last_open_time is not None and sig.open_time <= acct.last_open_time:
             return Applied(duplicate=True)
         new, fill, row = step(acct, sig, self.rules)
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = db.execute("INSERT OR IGNORE INTO equity (signal_id, symbol, open_time, bar_open, "
-                             "bar_close, p_up, action, qty, cash, equity) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                             (row.signal_id, row.symbol, row.open_time, row.bar_open, row.bar_close,
-                              row.p_up, row.action, row.qty, row.cash, row.equity))
+        with self._tx() as db:
+            cur = db.execute(_INSERT_EQUITY, (row.signal_id, row.symbol, row.open_time, row.bar_open, row.bar_close,
+                                              row.p_up, row.action, row.qty, row.cash, row.equity))
             if cur.rowcount == 0:  # another process applied it: re-read, never double-count
                 db.execute("ROLLBACK")
                 self._reload(sig.symbol)
                 return Applied(duplicate=True)
             if fill is not None:
-                db.execute("INSERT INTO fills (signal_id, symbol, open_time, side, qty, price, fee, "
-                           "realized, trip_pnl, position) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                           (fill.signal_id, fill.symbol, fill.open_time, fill.side, fill.qty, fill.price,
-                            fill.fee, fill.realized, fill.trip_pnl, fill.position))
-            db.execute(f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
-                       f"VALUES ({', '.join('?' * len(_POS_COLS))})",
-                       tuple(getattr(new, c) for c in _POS_COLS))
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+                db.execute(_INSERT_FILL, (fill.signal_id, fill.symbol, fill.open_time, fill.side, fill.qty,
+                                          fill.price, fill.fee, fill.realized, fill.trip_pnl, fill.position))
+            db.execute(_UPSERT_POSITION, tuple(getattr(new, c) for c in _POS_COLS))
         self._accounts[sig.symbol] = new
         return Applied(duplicate=False, fill=fill, equity=row)
 
@@ -239,27 +239,15 @@ class PaperLedger:
             out.append(Applied(duplicate=False, fill=fill, equity=row))
         if not staged:
             return out
-        db = self._db
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            cur = db.executemany("INSERT OR IGNORE INTO equity (signal_id, symbol, open_time, bar_open, "
-                                 "bar_close, p_up, action, qty, cash, equity) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                                 eq_rows)
+        with self._tx() as db:
+            cur = db.executemany(_INSERT_EQUITY, eq_rows)
             if cur.rowcount != len(eq_rows):  # another writer got there first: go one by one
                 db.execute("ROLLBACK")
                 for sym in staged:
                     self._reload(sym)
                 return [self.apply(s) for s in signals]
-            db.executemany("INSERT INTO fills (signal_id, symbol, open_time, side, qty, price, fee, "
-                           "realized, trip_pnl, position) VALUES (?,?,?,?,?,?,?,?,?,?)", fill_rows)
-            db.executemany(f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
-                           f"VALUES ({', '.join('?' * len(_POS_COLS))})",
-                           [tuple(getattr(a, c) for c in _POS_COLS) for a in staged.values()])
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
+            db.executemany(_INSERT_FILL, fill_rows)
+            db.executemany(_UPSERT_POSITION, [tuple(getattr(a, c) for c in _POS_COLS) for a in staged.values()])
         self._accounts.update(staged)
         return out
 

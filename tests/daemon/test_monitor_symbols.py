@@ -28,7 +28,7 @@ from barsignal.daemon.config import (
     SinksConfig,
     StateConfig,
 )
-from barsignal.daemon.metrics import PSI_CLEAR, PSI_TOP, LiveMonitor, feature_name
+from barsignal.daemon.metrics import PSI_CLEAR, PSI_MIN_ROWS, PSI_TOP, LiveMonitor, feature_name
 from barsignal.features import batch
 from barsignal.features.bar import Bar, BarFrame
 from barsignal.node import engine_cache_dir, load_model, load_symbol_models
@@ -37,7 +37,7 @@ from tests import e2e as h
 from tests.daemon.conftest import real_bars
 from tests.daemon.test_multi_symbol import FILES, _Feed
 
-SIGNALS = 60  # per symbol: the monitor measures PSI every 60 signals, so its one measure covers them all
+SIGNALS = PSI_MIN_ROWS  # per symbol: the first PSI measure (every 60 signals from 240 rows) covers them all
 BOUND = 0.25  # [metrics] drift_psi_warn (the default)
 
 
@@ -178,3 +178,76 @@ def test_feature_drift_is_logged_once_per_symbol_per_episode(capsys) -> None:
     assert kinds == ["drift", "cleared", "drift"], lines  # not one line per crossing of the bound
     assert all("symbol=ETHUSDT" in line for line in lines) and f"name={feature_name(0)} " in lines[0], lines
     assert PSI_CLEAR * BOUND < got[1] < BOUND and max(steady) < 1e-3, (got, steady)  # the wavering was real
+
+
+def test_drift_is_not_judged_on_fewer_rows_than_the_minimum(capsys) -> None:
+    """Rows drawn from the training distribution itself: on 60 of them the largest of 33 PSIs is over
+    the bound (small-sample bias), so nothing is measured, exported or logged before PSI_MIN_ROWS."""
+    from barsignal.daemon.metrics import DaemonMetrics
+
+    rng = np.random.default_rng(3)
+    mon = LiveMonitor(horizon=1, psi_warn=BOUND, symbol="ETHUSDT")  # standard-normal deciles, 33 features
+    early = LiveMonitor(horizon=1, psi_warn=BOUND, symbol="EARLY", min_rows=60)  # what 60 rows would say
+    m = DaemonMetrics("ETHUSDT")
+    capsys.readouterr()
+    for i in range(PSI_MIN_ROWS):
+        row = rng.standard_normal((1, 33))
+        mon.observe_signal(i, 1.0, 0.5, row)
+        early.observe_signal(i, 1.0, 0.5, row)
+        if i + 1 == 60:
+            assert early.psi_rows == 60 and early.psi_values.max() > BOUND and mon.psi_rows == 0
+            m.export_monitor(mon)
+            got = _samples(m.render().decode())
+            assert math.isnan(got[("barsignal_feature_psi_max", frozenset({("symbol", "ETHUSDT")}))])
+            assert not [k for k in got if k[0] == "barsignal_feature_psi"]
+    assert mon.psi_rows == PSI_MIN_ROWS and mon.psi_values.max() < BOUND
+    out = capsys.readouterr()
+    warned = [line for line in _drift_lines(out.out + out.err) if "feature_drift " in line]
+    assert len(warned) == 1 and "symbol=EARLY" in warned[0], warned
+
+
+def test_a_reload_that_changes_a_symbols_artifact_gives_it_a_fresh_monitor(tmp_path: Path, tiny_artifact: Path) -> None:
+    """SIGHUP to a config that gives ETH its own artifact (horizon 2): ETH's monitor starts afresh with
+    that horizon and that artifact's figures; BTC's (artifact unchanged) goes on as it was."""
+    from barsignal.daemon import config as cfgmod
+
+    syms = ["BTCUSDT", "ETHUSDT"]
+    bars = {s: real_bars(800, start=30_000, path=FILES[s]) for s in syms}
+    own = _artifact(tmp_path / "eth", bars["BTCUSDT"][:3000], bars["ETHUSDT"], horizon=2,
+                    metrics={"val_brier": 0.26})
+    conf = tmp_path / "c.toml"
+    body = (f'[feed]\nsymbols = ["BTCUSDT", "ETHUSDT"]\n[sinks]\nenabled = ["jsonl"]\n[sinks.jsonl]\npath = "s.jsonl"\n'
+            f'fsync = "never"\n[state]\ndir = "{tmp_path / "state"}"\n[metrics]\nenabled = false\n'
+            f'[model]\nartifact = "{tiny_artifact}"\n')
+    conf.write_text(body)
+    cfg = cfgmod.load(conf)
+    d: Daemon | None = None
+    before: dict[str, object] = {}
+    swap_at = 780
+
+    class Hup(_Feed):
+        async def stream(self):
+            i = 0
+            async for sym, bar in super().stream():
+                yield sym, bar
+                i += 1
+                if i == swap_at * len(syms):
+                    assert d is not None
+                    before.update(d.monitors)
+                    conf.write_text(body + f'[model.symbols]\nETHUSDT = "{own}"\n')
+                    assert await d.reload()
+
+    def factory(feed_cfg, want):
+        assert d is not None
+        return Hup(bars, d.request_stop)
+
+    d = Daemon(cfg, config_path=str(conf), loaded=load_model(cfg, None, engine_cache_dir(cfg)), source_factory=factory)
+    assert run_async(d.run()) == 0
+    btc, eth = d.monitors["BTCUSDT"], d.monitors["ETHUSDT"]
+    assert btc is before["BTCUSDT"] and btc.h == 1 and len(btc.outcomes) > 40
+    assert eth is not before["ETHUSDT"] and eth.h == 2 and d.nodes[1].monitor is eth
+    assert eth.artifact == d.nodes[1].loaded.model.artifact_hash != btc.artifact
+    assert len(eth.outcomes) == 800 - swap_at - 2  # only the new model's predictions, resolved 2 bars on
+    ref = {(dict(k[1])["symbol"], dict(k[1])["score"]): v for k, v in _samples(d.metrics.render().decode()).items()
+           if k[0] == "barsignal_artifact_score"}
+    assert ref == {("ETHUSDT", "brier"): 0.26}  # the tiny default states no figure; ETH's own does

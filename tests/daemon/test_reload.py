@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -55,6 +56,17 @@ def _run(tmp: Path, cfg: Path, *extra: str, name: str = "daemon") -> subprocess.
     return h._popen(["run", "--config", str(cfg), *extra], tmp / f"{name}.log", env=h.daemon_env(tmp))
 
 
+def _sighup_reload(run: subprocess.Popen, state: Path, log: Path, change: Callable[[], object], k: int) -> None:
+    """After ``k`` live signals: ``change()`` (the config), SIGHUP, the reload's outcome logged, then
+    ``k`` more live signals."""
+    h.wait_for(lambda: len(_ws(state)) >= k, 90, "live signals before the reload", [run], [log])
+    change()
+    run.send_signal(signal.SIGHUP)
+    h.wait_for(lambda: _events(log, "reloaded") or _events(log, "reload_refused"), 60, "the reload", [run], [log])
+    n = len(_ws(state))
+    h.wait_for(lambda: len(_ws(state)) >= n + k, 60, "live signals after the reload", [run], [log])
+
+
 def _parity(state: Path, cfg: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "barsignal", "parity", "--live-signals", str(state / "signals.jsonl"),
                            "--bars", str(state / "bars"), "--config", str(cfg), *extra],
@@ -77,14 +89,9 @@ def test_sighup_swap_at_1_bar_per_s_is_recorded_and_parity_replays_across_it(tmp
     run = _run(tmp_path, cfg)
     log = tmp_path / "daemon.log"
     try:
-        h.wait_for(lambda: len(_ws(state)) >= 3, 90, "live signals before the reload", [run], [log])
-        _config(tmp_path, port, mport, art_b)  # the operator points the config at the new model ...
-        run.send_signal(signal.SIGHUP)  # ... and reloads (ExecReload=kill -HUP)
-        h.wait_for(lambda: _events(log, "reloaded") or _events(log, "reload_refused"), 60, "the reload",
-                   [run], [log])
+        # the operator points the config at the new model and reloads (ExecReload=kill -HUP)
+        _sighup_reload(run, state, log, lambda: _config(tmp_path, port, mport, art_b), 3)
         assert not _events(log, "reload_refused"), _events(log, "reload_refused")
-        n = len(_ws(state))
-        h.wait_for(lambda: len(_ws(state)) >= n + 3, 60, "live signals after the reload", [run], [log])
         metrics = h.scrape(mport)
         code = h.stop(run)
     finally:
@@ -122,13 +129,7 @@ def test_sighup_with_the_artifact_flag_keeps_it_and_says_so(tmp_path: Path, arti
     run = _run(tmp_path, cfg, "--artifact", str(art_a))
     log = tmp_path / "daemon.log"
     try:
-        h.wait_for(lambda: len(_ws(state)) >= 2, 90, "live signals", [run], [log])
-        _config(tmp_path, port, mport, art_b)
-        run.send_signal(signal.SIGHUP)
-        h.wait_for(lambda: _events(log, "reloaded") or _events(log, "reload_refused"), 60, "the reload",
-                   [run], [log])
-        n = len(_ws(state))
-        h.wait_for(lambda: len(_ws(state)) >= n + 2, 60, "live signals after the reload", [run], [log])
+        _sighup_reload(run, state, log, lambda: _config(tmp_path, port, mport, art_b), 2)
         code = h.stop(run)
     finally:
         h.kill_all(feed, run)

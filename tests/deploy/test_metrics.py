@@ -82,7 +82,7 @@ def test_live_scores_and_drift_are_by_symbol_with_bounded_series() -> None:
     assert dict(worst[1]) == {"symbol": "ETHUSDT", "feature": "1", "name": "ret_3"}
     assert s[("barsignal_live_model", (("score", "n"), ("symbol", "ETHUSDT")))] == 0  # no outcome yet
     # the next export of a symbol replaces its per-feature series (still PSI_TOP, never more)
-    two = LiveMonitor(horizon=1, n_features=2, psi_every=10**9, symbol="ETHUSDT")
+    two = LiveMonitor(horizon=1, window=20, n_features=2, psi_every=10**9, symbol="ETHUSDT")
     for i in range(20):
         two.observe_signal(i * 60_000, 1.0, 0.5, np.full((1, 2), 5.0))
     two.update_psi()

@@ -10,13 +10,16 @@ real bar is signalled exactly once.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import orjson
@@ -39,9 +42,38 @@ def frame():
     return load(h.SPOT_NOV).frame
 
 
-def _run(tmp: Path, artifact: Path, srv_port: int, mport: int, feed: str = "") -> tuple[Path, object]:
-    cfg = h.write_config(tmp, srv_port, metrics_port=mport, feed=feed)
-    return cfg, h.start_daemon(tmp, cfg, artifact)
+@contextlib.contextmanager
+def _against(tmp: Path, artifact: Path, frame, *, feed: str = "", edit: Callable[[str], str] | None = None,
+             **server) -> Iterator[SimpleNamespace]:
+    """``barsignal run`` on ``tmp`` (its config's [feed] gets ``feed``; ``edit`` rewrites the config
+    text), dialling a port where nothing listens yet, then a HostileServer (``server``: its keyword
+    arguments) on that port. Yields ``run``, ``srv``, ``logs``, ``mport``; both are stopped on the way out."""
+    port, mport = free_port(), free_port()
+    cfg = h.write_config(tmp, port, metrics_port=mport, feed=feed)
+    if edit is not None:
+        cfg.write_text(edit(cfg.read_text()))
+    run = h.start_daemon(tmp, cfg, artifact)
+    logs = [tmp / "daemon.log"]
+    srv = None
+    try:
+        h.wait_for(lambda: "feed.connect_failed" in logs[0].read_text(), 60, "the daemon dialling", [run], logs)
+        srv = HostileServer(frame, port=port, **server).start_in_thread()
+        yield SimpleNamespace(run=run, srv=srv, logs=logs, mport=mport)
+    finally:
+        h.kill_all(run)
+        if srv is not None:
+            srv.stop_thread()
+
+
+def _until_signalled(tmp: Path, frame, last: int, timeout: float, d: SimpleNamespace) -> None:
+    """Wait until bar ``last`` of ``frame`` is signalled."""
+    h.wait_for(lambda: any(s["open_time"] == int(frame.open_time[last]) for s in _signals(tmp)),
+               timeout, "the last bar signalled", [d.run], d.logs)
+
+
+def _exited_clean(code: int, logs: list[Path]) -> None:
+    assert code == 0, h._tails(logs)
+    h.assert_clean_log(logs[0])
 
 
 def _signals(tmp: Path) -> list[dict]:
@@ -74,27 +106,14 @@ def test_live_cadence_future_and_absurd_bars_are_dropped_and_every_real_bar_sign
     n = 24
     plan = {START + 3: "future", START + 6: "future_e", START + 9: "price_high", START + 12: "volume_high",
             START + 14: "dup", START + 16: "reorder", START + 19: "price_low"}
-    port, mport = free_port(), free_port()
-    _, run = _run(tmp_path, artifact, port, mport)
-    logs = [tmp_path / "daemon.log"]
-    srv = None
-    try:
-        h.wait_for(lambda: "feed.connect_failed" in logs[0].read_text(), 60, "the daemon dialling", [run], logs)
-        srv = HostileServer(frame, start=START, end=START + n, speed=1.0, plan=plan,
-                            rest_plan=lambda k: "bad_rows", port=port).start_in_thread()
-        last = START + n - 1
-        h.wait_for(lambda: any(s["open_time"] == int(frame.open_time[last]) for s in _signals(tmp_path)),
-                   n + 40, "the last bar signalled", [run], logs)
-        with urllib.request.urlopen(f"http://127.0.0.1:{mport}/healthz", timeout=5) as r:
-            health = orjson.loads(r.read())
-        m = h.scrape(mport)
-        code = h.stop(run)
-    finally:
-        h.kill_all(run)
-        if srv is not None:
-            srv.stop_thread()
-    assert code == 0, h._tails(logs)
-    h.assert_clean_log(logs[0])
+    with _against(tmp_path, artifact, frame, start=START, end=START + n, speed=1.0, plan=plan,
+                  rest_plan=lambda k: "bad_rows") as d:
+        _until_signalled(tmp_path, frame, START + n - 1, n + 40, d)
+        health = _health(d.mport)
+        m = h.scrape(d.mport)
+        code = h.stop(d.run)
+    srv, logs = d.srv, d.logs
+    _exited_clean(code, logs)
     ots = _check_signals(_signals(tmp_path), frame, START + n - 1)
     assert ots[0] <= int(frame.open_time[START + 1])  # signalling from the first live bars on
     assert health["status"] == "ok"
@@ -113,15 +132,10 @@ def test_418_ban_is_honoured_and_the_warmup_retried_not_ready_until_then(tmp_pat
     """#7: the warm-up's first REST call answers 418 with Retry-After 6 s: no REST call until the ban
     ends, /healthz not ok meanwhile, then the warm-up is retried and every bar is signalled."""
     n, ban = 16, 6
-    port, mport = free_port(), free_port()
-    _, run = _run(tmp_path, artifact, port, mport)
-    logs = [tmp_path / "daemon.log"]
-    srv = None
     during: list[tuple[str, float]] = []
-    try:
-        h.wait_for(lambda: "feed.connect_failed" in logs[0].read_text(), 60, "the daemon dialling", [run], logs)
-        srv = HostileServer(frame, start=START, end=START + n, speed=1.0, rest_plan={0: "418"}, retry_after_s=ban,
-                            port=port).start_in_thread()
+    with _against(tmp_path, artifact, frame, start=START, end=START + n, speed=1.0, rest_plan={0: "418"},
+                  retry_after_s=ban) as d:
+        run, srv, logs, mport = d.run, d.srv, d.logs, d.mport
         h.wait_for(lambda: len(srv.rest_requests) >= 1, 30, "the first REST call", [run], logs)
         while len(srv.rest_requests) < 2 and time.monotonic() - srv.rest_requests[0][0] < ban + 5:
             try:
@@ -131,15 +145,9 @@ def test_418_ban_is_honoured_and_the_warmup_retried_not_ready_until_then(tmp_pat
                 status = orjson.loads(exc.read())["status"]
             during.append((status, h.scrape(mport).get("barsignal_rest_ban_remaining_seconds", -1.0)))
             time.sleep(0.3)
-        last = START + n - 1
-        h.wait_for(lambda: any(s["open_time"] == int(frame.open_time[last]) for s in _signals(tmp_path)),
-                   n + 40, "the last bar signalled", [run], logs)
+        _until_signalled(tmp_path, frame, START + n - 1, n + 40, d)
         m = h.scrape(mport)
         code = h.stop(run)
-    finally:
-        h.kill_all(run)
-        if srv is not None:
-            srv.stop_thread()
     assert code == 0, h._tails(logs)
     (t0, first), (t1, _) = srv.rest_requests[:2]
     assert first == "418" and t1 - t0 >= ban - 0.1, f"a REST call {t1 - t0:.2f} s into a {ban} s ban"
@@ -317,16 +325,9 @@ def test_server_shutdown_on_every_connect_is_paced_by_the_backoff(tmp_path: Path
     server counts over a fixed window are bounded by the capped, jittered backoff (the issue saw 300
     in 1.08 s), the daemon keeps trying, and SIGTERM still exits 0."""
     base, cap, window = 0.05, 1.0, 8.0
-    port, mport = free_port(), free_port()
-    cfg = h.write_config(tmp_path, port, metrics_port=mport)
-    cfg.write_text(cfg.read_text().replace("reconnect_max_s = 0.5\n", f"reconnect_max_s = {cap}\n"))
-    run = h.start_daemon(tmp_path, cfg, artifact)
-    logs = [tmp_path / "daemon.log"]
-    srv = None
-    try:
-        h.wait_for(lambda: "feed.connect_failed" in logs[0].read_text(), 60, "the daemon dialling", [run], logs)
-        srv = HostileServer(frame, start=START, end=START + 600, speed=1.0, shutdown_on_connect=True,
-                            port=port).start_in_thread()
+    with _against(tmp_path, artifact, frame, start=START, end=START + 600, speed=1.0, shutdown_on_connect=True,
+                  edit=lambda t: t.replace("reconnect_max_s = 0.5\n", f"reconnect_max_s = {cap}\n")) as d:
+        run, srv, logs, mport = d.run, d.srv, d.logs, d.mport
         h.wait_for(lambda: srv.connections >= 1, 30, "the first connection", [run], logs)
         t0 = srv.connect_times[0]
         h.wait_for(lambda: time.monotonic() >= t0 + window, window + 5, "the observation window", [run], logs)
@@ -334,12 +335,7 @@ def test_server_shutdown_on_every_connect_is_paced_by_the_backoff(tmp_path: Path
         health = _health(mport)
         m = h.scrape(mport)
         code = h.stop(run)
-    finally:
-        h.kill_all(run)
-        if srv is not None:
-            srv.stop_thread()
-    assert code == 0, h._tails(logs)
-    h.assert_clean_log(logs[0])
+    _exited_clean(code, logs)
     bound = 1 + max(k for k in range(1000) if _min_connections_time(k, base, cap) <= window)
     assert 5 <= len(times) <= bound, f"{len(times)} connections in {window} s (backoff allows {bound}): {times}"
     gaps = [b - a for a, b in itertools.pairwise(times)]
@@ -362,25 +358,15 @@ def test_a_resent_old_closed_bar_does_not_keep_a_stale_feed_alive(tmp_path: Path
     before, resend, after = 4, 64, 6
     n = before + resend + after
     plan = {i: "resend" for i in range(START + before, START + before + resend)}
-    port, mport = free_port(), free_port()
-    _, run = _run(tmp_path, artifact, port, mport, feed="stale_grace_s = 1.0")
-    logs = [tmp_path / "daemon.log"]
-    srv = None
-    try:
-        h.wait_for(lambda: "feed.connect_failed" in logs[0].read_text(), 60, "the daemon dialling", [run], logs)
-        srv = HostileServer(frame, start=START, end=START + n, speed=1.0, plan=plan, port=port).start_in_thread()
-        last = START + n - 1
-        h.wait_for(lambda: any(s["open_time"] == int(frame.open_time[last]) for s in _signals(tmp_path)),
-                   n + 40, "the last bar signalled", [run], logs)
-        health = _health(mport)
-        m = h.scrape(mport)
-        code = h.stop(run)
-    finally:
-        h.kill_all(run)
-        if srv is not None:
-            srv.stop_thread()
-    assert code == 0, h._tails(logs)
-    h.assert_clean_log(logs[0])
+    last = START + n - 1
+    with _against(tmp_path, artifact, frame, feed="stale_grace_s = 1.0", start=START, end=START + n, speed=1.0,
+                  plan=plan) as d:
+        _until_signalled(tmp_path, frame, last, n + 40, d)
+        health = _health(d.mport)
+        m = h.scrape(d.mport)
+        code = h.stop(d.run)
+    srv, logs = d.srv, d.logs
+    _exited_clean(code, logs)
     stale = _log_events(logs[0], "feed.stale")
     assert stale and all(e["level"] == "warning" for e in stale), h._tails(logs)
     assert all(e["no_new_closed_bar_for_s"] >= 61.0 for e in stale), stale
@@ -422,24 +408,12 @@ def test_hostile_feed_property(tmp_path_factory: pytest.TempPathFactory, artifac
     tmp = tmp_path_factory.mktemp("prop")
     speed, n = 10.0, len(plan) + 8
     faults = dict(zip(range(START, START + len(plan)), plan, strict=True))
-    port, mport = free_port(), free_port()
-    _, run = _run(tmp, artifact, port, mport, feed="stale_grace_s = 1.0")
-    logs = [tmp / "daemon.log"]
-    srv = None
-    try:
-        h.wait_for(lambda: "feed.connect_failed" in logs[0].read_text(), 60, "the daemon dialling", [run], logs)
-        srv = HostileServer(frame, start=START, end=START + n, speed=speed, plan=faults, retry_after_s=1,
-                            rest_plan=lambda k: rest[k] if k < len(rest) else "ok", port=port).start_in_thread()
-        last = START + n - 1
-        h.wait_for(lambda: any(s["open_time"] == int(frame.open_time[last]) for s in _signals(tmp)),
-                   n / speed + 45, "the last bar signalled", [run], logs)
-        code = h.stop(run)
-    finally:
-        h.kill_all(run)
-        if srv is not None:
-            srv.stop_thread()
-    assert code == 0, h._tails(logs)
-    h.assert_clean_log(logs[0])
+    with _against(tmp, artifact, frame, feed="stale_grace_s = 1.0", start=START, end=START + n, speed=speed,
+                  plan=faults, retry_after_s=1, rest_plan=lambda k: rest[k] if k < len(rest) else "ok") as d:
+        _until_signalled(tmp, frame, START + n - 1, n / speed + 45, d)
+        code = h.stop(d.run)
+    srv = d.srv
+    _exited_clean(code, d.logs)
     ots = _check_signals(_signals(tmp), frame, START + n - 1)
     assert ots[0] <= int(frame.open_time[START + len(plan)])  # signalling before the healthy tail
     _tally(srv)
