@@ -265,7 +265,8 @@ async def _bench_many(args: argparse.Namespace) -> dict:
     # From the minute's last closed frame SENT (the in-process simulator's clock is this process's)
     # to its last signal: queueing in the socket and the loop counts, not only the daemon's own work.
     sent = sim.last_closed_sent_ns
-    full = {t: (done - sent.get(t, recv)) / 1e6 for t, (recv, done, k) in spans.items() if k == n}
+    full = {t: (done - sent.get(t, recv)) / 1e6 for t, (recv, done, k) in spans.items()
+            if k == n and sent.get(t, recv) >= d.ready_ns}  # a minute sent while still warming up is not live
     cpu = (cpu1.user + cpu1.system - cpu0.user - cpu0.system) if cpu0 is not None else float("nan")
     minutes = (wall1 - wall0) * speed if wall0 is not None else float("nan")
     return {"symbols": n, "made": made, "window": (first, last), "minutes": len(full), "all_minutes": len(spans),

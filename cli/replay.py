@@ -147,7 +147,6 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
         raise ConfigError("--jobs must be >= 1")
     if ray_address:
         from barsignal.cli import replay_ray
-
         from barsignal.daemon import config as cfgmod
 
         replay_ray.parse_address(ray_address)

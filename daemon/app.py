@@ -361,12 +361,26 @@ class Daemon:
                     m.export_monitor(mon)
         if recv_ns is not None and self.keep_warm is not None:
             self.keep_warm.arrived(recv_ns / 1e9)
-        if not self.ready and (pipe.warm or sig is not None):
+        if not self.ready and (pipe.warm or sig is not None) and self._caught_up(node):
             self._warm_symbols.add(node.symbol)
             if len(self._warm_symbols) == len(self.nodes):
                 self._became_ready(bar.open_time)
         elif self.ready and bar.source == "ws" and pipe.stats.bars % 10 == 0:
             self.notifier.status(f"ok: last bar {bar.open_time}, {pipe.stats.signals} signals")
+
+    def _caught_up(self, node: Node) -> bool:
+        """The node has processed every bar the feed has emitted for its symbol so far (READY means
+        "can signal the next bar promptly", not "still working through the warm-up's bars")."""
+        seq = getattr(self.feed, "seq", None)
+        last = getattr(seq, "last", None)
+        if last is None:
+            return True
+        try:
+            emitted = last(node.symbol)
+        except KeyError:
+            return True
+        done = node.pipeline.last_open_time
+        return emitted is None or (done is not None and done >= emitted)
 
     def _became_ready(self, open_time: int) -> None:
         self.ready = True

@@ -83,7 +83,8 @@ def test_ray_local_gives_the_same_signals_ledgers_and_reports_as_one_process(tmp
 
 
 def test_ray_refuses_a_bad_or_missing_address_and_a_missing_ray_before_writing_anything(tmp_path: Path) -> None:
-    bars = ["--bars", f"ETHUSDT={FILES['ETHUSDT']}"]
+    eth = h.write_slice(h.rows(FILES["ETHUSDT"]), 0, 1000, tmp_path / "ETHUSDT.json")
+    bars = ["--bars", f"ETHUSDT={eth}"]
     sig = tmp_path / "signals.jsonl"
     rep = tmp_path / "report"
     outs = ["--signals", str(sig), "--report", str(rep)]
@@ -106,6 +107,12 @@ def test_ray_refuses_a_bad_or_missing_address_and_a_missing_ray_before_writing_a
     assert r.returncode == 2 and "--state-dir" in r.stderr and "not supported on Ray" in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()
 
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[bogus]\nx = 1\n")
+    r = _barsignal(*bars, *outs, "--ray", "local", "--config", str(bad))
+    assert r.returncode == 2 and "unknown key 'bogus'" in r.stderr.strip().splitlines()[-1], r.stderr[-2000:]
+    assert "Ray" not in r.stderr  # refused before a Ray runtime was started
+
     # no ray installed: a package `ray` that fails to import stands first on the path
     shim = tmp_path / "shim" / "ray"
     shim.mkdir(parents=True)
@@ -114,3 +121,9 @@ def test_ray_refuses_a_bad_or_missing_address_and_a_missing_ray_before_writing_a
     assert r.returncode == 2, r.stderr[-2000:]
     assert "pip install 'barsignal[cluster]'" in r.stderr.strip().splitlines()[-1], r.stderr
     assert not sig.exists() and not rep.exists()
+
+    # an error inside a task (a bar file missing on the node) comes back as the task's own one line
+    missing = tmp_path / "missing.json"
+    r = _barsignal(*bars, "--bars", f"XRPUSDT={missing}", "--ray", "local")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert r.stderr.strip().splitlines()[-1] == f"barsignal replay: {missing}: no such file", r.stderr[-2000:]

@@ -123,8 +123,10 @@ def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
 def test_feed_rehearsal_decodes_into_a_copy_and_leaves_the_feed_as_it_was() -> None:
     import orjson
 
+    from barsignal.daemon.binance.ws import decode
     from barsignal.daemon.config import FeedConfig
     from barsignal.daemon.feed.client import FeedClient
+    from barsignal.daemon.feed.sequencer import Emit
     from barsignal.daemon.keepwarm import FeedRehearsal
 
     def closed(t: int) -> bytes:
@@ -134,14 +136,16 @@ def test_feed_rehearsal_decodes_into_a_copy_and_leaves_the_feed_as_it_was() -> N
                              "data": {"e": "kline", "E": t + 60_050, "s": "BTCUSDT", "k": k}})
 
     feed = FeedClient(FeedConfig(symbols=["BTCUSDT"], ws_url="ws://127.0.0.1:9", rest_url="http://127.0.0.1:9"))
+
+    def take(frame: bytes) -> list[int]:  # what the driver does with a frame: decode, sequence
+        return [o.bar.open_time for o in feed.seq.kline(decode(frame, symbols={"BTCUSDT"})) if isinstance(o, Emit)]
+
     t0 = 1_700_000_040_000
-    got = [bar.open_time for f in (closed(t0), closed(t0 + 60_000)) for _, bar, _ in feed._on_frame(f)]
-    assert got == [t0, t0 + 60_000]
+    assert take(closed(t0)) + take(closed(t0 + 60_000)) == [t0, t0 + 60_000]
     before = (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames)
     rehearse = FeedRehearsal(feed)
     for _ in range(3):
         rehearse()
     assert (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames) == before  # untouched
     assert rehearse._copy.last("BTCUSDT") == t0 + 4 * 60_000  # the copy took three synthetic bars
-    # the feed's own next frame is still the next bar, once
-    assert [bar.open_time for _, bar, _ in feed._on_frame(closed(t0 + 120_000))] == [t0 + 120_000]
+    assert take(closed(t0 + 120_000)) == [t0 + 120_000]  # the feed's own next frame is the next bar, once
