@@ -417,8 +417,8 @@ class Node:
         pipe.swap(loaded.model)  # one assignment: the next bar uses the new model
         self.loaded = loaded
         self._pending_swap = {"artifact": loaded.model.artifact_hash, "path": loaded.model.info.get("path"),
-                              "rule_state": pipe.rule_state.to_dict(), "warm_from": warm_from,
-                              "warm_bars": warm_bars}
+                              "rule_state": pipe.rule_state.to_dict(), "rule": loaded.model.rule.params(),
+                              "warm_from": warm_from, "warm_bars": warm_bars}
         return Swapped(old, loaded.model.artifact_hash, warm_from, warm_bars)
 
     def _write_swap(self, bar: Bar) -> None:
@@ -489,7 +489,8 @@ def build_node(cfg: Config, source: str = "live", *, symbol: str | None = None, 
     if live if record_bars is None else record_bars:
         barlog = BarLog(state / "bars", sym, last_signalled=start.last_signalled, rule_state=start.rule_state,
                         writer=ob.writer,  # the outbox's writer thread: a bar is written before its signal
-                        artifact={"hash": loaded.model.artifact_hash, "path": loaded.model.info.get("path")})
+                        artifact={"hash": loaded.model.artifact_hash, "path": loaded.model.info.get("path")},
+                        rule=loaded.model.rule.params())
     node = Node(pipe, ob, sink_list, loaded=loaded, state=state, barlog=barlog, artifact_dir=artifact_dir,
                 cache_dir=cache, queue_size=queue_size or (cfg.sinks.queue_size if live else 8192),
                 on_signal=on_signal, monitor=monitor, owns_state=tmp, owns_outbox=share is None)

@@ -4,7 +4,8 @@ signal by signal (same bars, p_up equal as float32 bits, same actions). Exit 1 o
 A live bar record is replayed run by run, each through a fresh node (``build_node``, the daemon's
 own assembly) started from the state the run started from (its ``run_start`` line: last signalled
 bar, rule state and artifact), exactly as the daemon restarted. A SIGHUP model swap recorded in the
-run (a ``swap`` line) is replayed where it happened: the recorded artifact, its features warmed on
+run (a ``swap`` line) is replayed where it happened: the recorded artifact and rule settings (the
+record's ``rule``, whatever the config says now), its features warmed on
 the same bars as live, the rule state carried over. A bar the live daemon dropped as invalid is
 dropped (and counted) the same way. A bar signalled by two runs (killed between scoring and the
 outbox) counts once. Every symbol of ``[feed] symbols`` is checked (``--symbol`` narrows it to one),
@@ -56,6 +57,19 @@ def find_artifact(want: str, recorded_path: str | None, offered: list[str], cfg:
                     f"{[c or 'bundled' for c in dict.fromkeys(cands)]}: pass --artifact DIR holding it")
 
 
+def _recorded_rule(loaded: Any, params: dict[str, Any] | None) -> Any:
+    """``loaded`` with the rule settings the bar record holds (the live run's, whatever the config
+    says now: an operator may change [signal] and reload); its state is restored by the node."""
+    if params is not None:
+        from barsignal.engine.signal import SignalRule
+
+        if loaded.model.rule.params() != params:
+            print(f"note: the record's [signal] settings {params} differ from the config's; replaying with "
+                  "the record's (the live run's)", file=sys.stderr)
+        loaded.model.rule = SignalRule.from_params(params)
+    return loaded
+
+
 async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: list) -> int:
     """One bar-record run through a fresh node, swaps included; its signals appended to ``out``.
     Returns the bars dropped as invalid."""
@@ -68,7 +82,7 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
         first = find_artifact(art["hash"], art.get("path"), offered, cfg)
     else:  # a record from before artifacts were recorded: what the command line or config says
         first = offered[0] if offered else None
-    loaded = load_model(cfg, first, cache)
+    loaded = _recorded_rule(load_model(cfg, first, cache), run.rule)
     node = build_node(cfg, "replay", symbol=symbol, loaded=loaded, start=Start(run.last_signalled, run.rule_state),
                       keep_bars=2 * loaded.keep_bars, on_signal=out.append)
     await node.start()
@@ -77,7 +91,7 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
         for sw in run.swaps:
             await node.replay(run.bars[at:sw.at])
             at = sw.at
-            new = load_model(cfg, find_artifact(sw.artifact, sw.path, offered, cfg), cache)
+            new = _recorded_rule(load_model(cfg, find_artifact(sw.artifact, sw.path, offered, cfg), cache), sw.rule)
             fed = [b for b in node.pipeline.recent if sw.warm_from is not None and b.open_time >= sw.warm_from]
             warm(new.model.features, fed)
             if len(fed) != sw.warm_bars:

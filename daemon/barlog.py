@@ -1,10 +1,11 @@
 """The record of every closed bar the live daemon used, with its source (ws or rest).
 
 One JSON line per bar, ``{"open_time", "open", "high", "low", "close", "volume", "source"}``,
-after a first line ``{"run_start": {"run", "last_signalled", "rule_state", "artifact"}}``: the state
-the run started from (restored from the outbox) and the artifact (hash, path) it started with. A
-SIGHUP model swap writes ``{"swap": {"artifact", "path", "rule_state", "first_bar", "warm_from",
-"warm_bars"}}`` just before the first bar the new model scored (``record_event``). Each daemon run writes its own files,
+after a first line ``{"run_start": {"run", "last_signalled", "rule_state", "artifact", "rule"}}``: the
+state the run started from (restored from the outbox), the artifact (hash, path) and the rule's
+settings (``SignalRule.params``) it started with. A SIGHUP model swap writes ``{"swap": {"artifact",
+"path", "rule_state", "rule", "first_bar", "warm_from", "warm_bars"}}`` just before the first bar the
+new model scored (``record_event``). Each daemon run writes its own files,
 ``<state>/bars/<SYMBOL>-<RUN>-<YYYY-MM-DD>.jsonl`` (RUN is the run's UTC start to the millisecond,
 ``YYYYmmddTHHMMSSmmmZ``; a new file each day: bounded files, old ones can be removed). A run's bars
 start with its warm-up (REST), so a restart re-records some bars: replay each run
@@ -58,6 +59,7 @@ class Run:
     records: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
     artifact: dict | None = None  # {"hash", "path"} the run started with (None in older records)
     swaps: list[Swap] = field(default_factory=list)  # model swaps, in order
+    rule: dict[str, Any] | None = None  # the rule's settings the run started with (SignalRule.params)
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Swap:
     first_bar: int | None
     warm_from: int | None  # open time of the first bar the new features were warmed on
     warm_bars: int
+    rule: dict[str, Any] | None = None  # the new rule's settings (SignalRule.params), when recorded
 
 
 class BarLog:
@@ -84,7 +87,8 @@ class BarLog:
 
     def __init__(self, directory: str | Path, symbol: str, run_id: str | None = None, *,
                  last_signalled: int | None = None, rule_state: RuleState | None = None,
-                 artifact: dict[str, Any] | None = None, writer: WriterThread | None = None) -> None:
+                 artifact: dict[str, Any] | None = None, rule: dict[str, Any] | None = None,
+                 writer: WriterThread | None = None) -> None:
         self.dir = Path(directory)
         self.symbol = symbol
         self.run_id = run_id or new_run_id()
@@ -92,6 +96,8 @@ class BarLog:
                                  "rule_state": rule_state.to_dict() if rule_state is not None else None}
         if artifact is not None:
             start["artifact"] = artifact
+        if rule is not None:
+            start["rule"] = rule
         self._header = orjson.dumps({"run_start": start}) + b"\n"
         self._own_writer = writer is None
         self.writer = writer or WriterThread("barlog")
@@ -216,13 +222,14 @@ def _read_file(f: Path, run: Run) -> None:
                     rs = h.get("rule_state")
                     run.rule_state = RuleState.from_dict(rs) if rs is not None else None
                     run.artifact = h.get("artifact")
+                    run.rule = h.get("rule")
                 continue
             if "swap" in d:
                 w = d["swap"]
                 rs = w.get("rule_state")
                 run.swaps.append(Swap(len(run.bars), str(w["artifact"]), w.get("path"),
                                       RuleState.from_dict(rs) if rs is not None else None, w.get("first_bar"),
-                                      w.get("warm_from"), int(w.get("warm_bars") or 0)))
+                                      w.get("warm_from"), int(w.get("warm_bars") or 0), w.get("rule")))
                 continue
             if "open_time" not in d and len(d) == 1:
                 run.records.append((len(run.bars), d))

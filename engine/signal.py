@@ -112,6 +112,19 @@ class SignalRule:
             short_t = 0.0  # unused: without shorts that zone is flat
         return cls(long_t, short_t, hysteresis, cooldown, cfg.allow_short, state, min_hold, stay_flat)
 
+    def params(self) -> dict[str, Any]:
+        """The settings (not the state): what the bar record keeps so parity rebuilds this rule."""
+        return {"long_threshold": self.long_threshold, "short_threshold": self.short_threshold,
+                "hysteresis": self.hysteresis, "cooldown_bars": self.cooldown_bars, "allow_short": self.allow_short,
+                "min_hold_bars": self.min_hold_bars, "stay_flat": self.stay_flat}
+
+    @classmethod
+    def from_params(cls, d: dict[str, Any], state: RuleState | None = None) -> SignalRule:
+        """The rule :meth:`params` described (a bar record's ``rule``)."""
+        return cls(float(d["long_threshold"]), float(d["short_threshold"]), float(d["hysteresis"]),
+                   int(d["cooldown_bars"]), bool(d["allow_short"]), state, int(d["min_hold_bars"]),
+                   bool(d["stay_flat"]))
+
     def target(self, p_up: float, held: str) -> str:
         """The action ``p_up`` asks for, given the action held (hysteresis, no cooldown)."""
         if p_up >= self.long_threshold or (held == "long" and p_up >= self.long_threshold - self.hysteresis):

@@ -175,3 +175,48 @@ def test_systemd_units_set_no_barsignal_variable_the_code_does_not_read() -> Non
             if line.startswith("Environment="):
                 for name in re.findall(r"(BARSIGNAL_[A-Z0-9_]+)=", line):
                     assert name in code, f"{unit.name} sets {name}, which no code reads"
+
+
+def test_parity_replays_the_rule_settings_the_record_holds_across_a_reload_that_changed_them(
+        tmp_path, tiny_artifact) -> None:
+    """An operator changes [signal] and reloads: the bar record keeps each rule's settings (run_start and
+    swap), so parity with today's config still reproduces the signals made under yesterday's."""
+    import subprocess
+
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.pipeline import warm
+
+    state = tmp_path / "state"
+
+    def conf(name: str, long_threshold: float) -> Path:
+        p = tmp_path / f"{name}.toml"
+        p.write_text(f'[state]\ndir = "{state}"\n[sinks]\nenabled = ["jsonl"]\n[sinks.jsonl]\npath = "signals.jsonl"\n'
+                     f'fsync = "never"\n[signal]\nlong_threshold = {long_threshold}\nshort_threshold = 0.0\n')
+        return p
+
+    cfg_a, cfg_b = conf("a", 0.0), conf("b", 1.0)  # A: always long; B: never long
+    bars = real_bars(900)
+
+    async def live() -> None:
+        node = build_node(cfgmod.load(str(cfg_a)), "live", artifact_dir=str(tiny_artifact))
+        await node.start()
+        for b in bars[:850]:
+            node.handle(b)
+        new = load_model(cfgmod.load(str(cfg_b)), str(tiny_artifact), None)  # the reload, by hand
+        recent = list(node.pipeline.recent)
+        assert warm(new.model.features, recent)
+        node.swap(new, recent[0].open_time, len(recent))
+        for b in bars[850:]:
+            node.handle(b)
+        await node.drain(10)
+        await node.close()
+
+    asyncio.run(live())
+    sigs = [orjson.loads(x) for x in (state / "signals.jsonl").read_bytes().splitlines()]
+    acts = {s["open_time"]: s["action"] for s in sigs}
+    assert acts[bars[849].open_time] == "long" and acts[bars[899].open_time] == "flat"  # the settings differ
+    r = subprocess.run([sys.executable, "-m", "barsignal", "parity", "--live-signals", str(state / "signals.jsonl"),
+                        "--bars", str(state / "bars"), "--config", str(cfg_b), "--artifact", str(tiny_artifact)],
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and "0 differences" in r.stdout and "1 model swap(s) replayed" in r.stdout, \
+        r.stdout + r.stderr[-2000:]
