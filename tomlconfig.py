@@ -33,6 +33,15 @@ def _allowed(root: type, path: list[str]) -> list[str]:
     return [f.name for f in msgspec.structs.fields(t)]
 
 
+def _is_section(root: type, path: list[str]) -> bool:
+    """Whether ``path`` names a table (a Struct) rather than a key."""
+    try:
+        _allowed(root, path)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
 def _choices(root: type, path: list[str]) -> tuple[object, ...]:
     """The allowed values of a Literal-typed key (also inside Optional/Annotated), else ()."""
     t: object = root
@@ -68,6 +77,9 @@ def _explain(exc: msgspec.ValidationError, source: str, root: type) -> str:
     m = _AT.match(text)
     if m:
         parts = m["path"].split(".")[1:]
+        if parts and _is_section(root, parts):  # a check of the section as a whole (__post_init__)
+            head = f"[{'.'.join(parts)}]"
+            return f"{source}: {m['msg'] if m['msg'].startswith(head) else head + ' ' + m['msg']}"
         key = parts[-1] if parts else "?"
         section = ".".join(parts[:-1]) or "(top level)"
         msg = m["msg"]

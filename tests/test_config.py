@@ -40,6 +40,8 @@ def test_misspelled_key_exits_2_naming_the_key(tmp_path: Path) -> None:
     ("[sinks.jsonl]\nfsnc = \"always\"\n", "[sinks.jsonl]", "'fsnc'", "path, fsync, fsync_interval_s"),
     ("nonsense = 1\n", "[(top level)]", "'nonsense'", "feed, features, model"),
     ("[feed\n", "", "", "not valid TOML"),
+    # a check of a whole section names the section once, not as a key of the top level
+    ("[feed]\nreconnect_min_s = 5.0\nreconnect_max_s = 1.0\n", ": [feed] reconnect_max_s", "below", "make"),
 ])
 def test_bad_values_name_section_key_and_allowed(tmp_path: Path, text: str, section: str, key: str,
                                                  allowed: str) -> None:
@@ -48,6 +50,7 @@ def test_bad_values_name_section_key_and_allowed(tmp_path: Path, text: str, sect
         cfg.load(p)
     msg = str(err.value)
     assert str(p) in msg and section in msg and key in msg and allowed in msg
+    assert "key 'feed'" not in msg and "[feed] [feed]" not in msg
     assert err.value.exit_code == 2
 
 
