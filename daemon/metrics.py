@@ -33,6 +33,7 @@ import orjson
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from barsignal.daemon.drift import RollingOutcomes, RollingPSI
 from barsignal.engine.metrics import roc_auc
 from barsignal.features.spec import NAMES
 from barsignal.log import get_logger
@@ -86,8 +87,7 @@ class LiveMonitor:
         self.step_ms = step_ms
         self.pending: deque[tuple[int, float, float]] = deque(maxlen=self.h + 8)  # open_time, close, p_up
         self.closes: deque[tuple[int, float]] = deque(maxlen=self.h + 1)
-        self.outcomes: deque[tuple[float, int]] = deque(maxlen=window)
-        self.rows: deque[np.ndarray] = deque(maxlen=window)
+        self.outcomes = RollingOutcomes(window)  # (p_up, up) of resolved predictions; ties are dropped
         self.psi_warn = psi_warn
         self.psi_every = psi_every
         self.min_rows = max(1, min(PSI_MIN_ROWS, window) if min_rows is None else min_rows)
@@ -104,6 +104,7 @@ class LiveMonitor:
             log.info("psi_reference_fallback", symbol=symbol, reference=self.psi_source,
                      hint="the artifact ships no training bins (features.psi_reference): drift PSI is "
                           "measured against N(0, 1) deciles; rebuild the artifact for training bins")
+        self.rows = RollingPSI(self.edges[:n_features], self.fractions[:n_features], window)  # binned rows
         self.psi_values = np.zeros(n_features)
         self.psi_rows = 0  # rows the last PSI was measured on (0: not measured yet)
         self._since_psi = 0
@@ -116,12 +117,13 @@ class LiveMonitor:
             self.pending.popleft()  # its t+h bar never came (a gap): no outcome
         if self.pending and self.pending[0][0] == target:
             _, c0, p = self.pending.popleft()
-            self.outcomes.append((p, 1 if close > c0 else 0))
+            if close != c0:  # the label is the direction; a flat move is no outcome (as in training)
+                self.outcomes.append(p, 1 if close > c0 else 0)
 
     def observe_signal(self, open_time: int, close: float, p_up: float, window: np.ndarray | None) -> None:
         self.pending.append((open_time, close, p_up))
         if window is not None:
-            self.rows.append(np.array(window[-1], dtype=np.float64))
+            self.rows.add(window[-1])
             self._since_psi += 1
             if self._since_psi >= self.psi_every:
                 self.update_psi()
@@ -130,10 +132,8 @@ class LiveMonitor:
         self._since_psi = 0
         if len(self.rows) < self.min_rows:
             return self.psi_values
-        x = np.stack(self.rows)
-        self.psi_values = np.array([psi(x[:, j], self.edges[j], self.fractions[j])
-                                    for j in range(min(self.n_features, x.shape[1]))])
-        self.psi_rows = len(x)
+        self.psi_values = self.rows.psi()
+        self.psi_rows = len(self.rows)
         worst, j = float(self.psi_values.max()), int(self.psi_values.argmax())
         if worst > self.psi_warn and not self.drift_warned:
             log.warning("feature_drift", symbol=self.symbol, psi_max=round(worst, 4), feature=j,
@@ -155,10 +155,9 @@ class LiveMonitor:
 
     def scores(self) -> dict[str, float]:
         """accuracy, brier, ece (expected calibration error, 10 bins), n."""
-        if not self.outcomes:
+        if not len(self.outcomes):
             return {"accuracy": math.nan, "brier": math.nan, "ece": math.nan, "n": 0.0}
-        p = np.array([o[0] for o in self.outcomes])
-        y = np.array([o[1] for o in self.outcomes], dtype=np.float64)
+        p, y = self.outcomes.arrays()
         bins = np.minimum((p * 10).astype(int), 9)
         ece = 0.0
         for b in range(10):

@@ -122,12 +122,13 @@ def test_live_monitor_scores_outcomes_after_h_bars() -> None:
         t = i * 60_000
         mon.observe_bar(t, c)
         mon.observe_signal(t, c, p, None)
-    # outcomes for bars 0..3 (t+2 known): up, same->0(101->101 not up), down, up
-    ys = [1, 0, 0, 1]
+    # outcomes for bars 0..3 (t+2 known): up, a tie (101 -> 101: no direction, no outcome, as in
+    # training), down, up
+    ys, pred = [1, 0, 1], [ps[0], ps[2], ps[3]]
     s = mon.scores()
-    assert s["n"] == 4
-    assert s["accuracy"] == np.mean([(p >= 0.5) == (y == 1) for p, y in zip(ps[:4], ys, strict=True)])
-    assert np.isclose(s["brier"], np.mean([(p - y) ** 2 for p, y in zip(ps[:4], ys, strict=True)]))
+    assert s["n"] == 3
+    assert s["accuracy"] == np.mean([(p >= 0.5) == (y == 1) for p, y in zip(pred, ys, strict=True)])
+    assert np.isclose(s["brier"], np.mean([(p - y) ** 2 for p, y in zip(pred, ys, strict=True)]))
 
 
 def test_psi_is_small_for_the_reference_and_large_under_drift(capsys) -> None:
