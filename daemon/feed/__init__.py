@@ -6,8 +6,10 @@
   in client`` yields closed :class:`~barsignal.features.bar.Bar` (source ``"ws"`` or ``"rest"``),
   gap-free across reconnects; ``client.stats`` (:class:`sequencer.FeedStats`) holds the counters;
   ``client.ready`` says the warm-up is done (the daemon can signal).
-- ``backoff``: capped exponential backoff with jitter, the connection-attempt limit, and the REST gate
-  (Retry-After, 418 bans).
+  One connection per up to ``[feed] max_streams_per_connection`` symbols (``client.links``), each with
+  its own reconnect/rollover/stale lifecycle.
+- ``backoff``: capped exponential backoff with jitter, the connection-attempt limit, the REST gate
+  (Retry-After, 418 bans) and the REST weight budget (``WeightLimiter``).
 
 Binance's wire format itself lives in ``barsignal.daemon.binance``; the ``feed serve`` simulator in
 ``barsignal.sim``.

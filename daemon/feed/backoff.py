@@ -136,7 +136,8 @@ class WeightLimiter:
         """Seconds until ``cost`` may be spent (0: now)."""
         self._refill()
         cost = min(cost, self.burst)  # a call dearer than the burst goes when the bucket is full
-        wait = 0.0 if self._tokens >= cost else (cost - self._tokens) / self.rate
+        short = cost - self._tokens
+        wait = 0.0 if short <= 1e-6 else short / self.rate  # (float dust is not worth a wait)
         if self._others and self._ours + self._others + cost > self.per_minute:
             wall = self._wall()
             wait = max(wait, (self._minute + 1) * 60 - wall + 0.05)  # the server's minute must end first

@@ -208,3 +208,66 @@ def test_subscribe_messages_are_paced_under_the_servers_message_limit(spot) -> N
     for s in (syms[0], syms[-1]):
         assert any(b.source == "ws" for b in col.bars[s])
     assert all(not col.bars[s] for s in syms[1:-1])  # unserved streams carry nothing
+
+
+def test_a_refused_subscribe_is_logged_and_the_connection_replaced(spot) -> None:
+    """The server answers an error to a SUBSCRIBE (here: past its 300 streams a connection): one
+    ``feed.subscribe_failed`` line with Binance's message, then a reconnect with backoff."""
+    from structlog.testing import capture_logs
+
+    series = _series(spot, 1, 300)
+    syms = (series[0].symbol, *_fake(400))
+
+    async def main() -> FeedClient:
+        async with FeedSimulator(series, speed=20, start_index=100, end_index=280, intrabar=1,
+                                 max_streams=300) as sim:
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, symbols=syms), warmup_bars=3, stale_after_s=5)
+            col = PerSymbol(client)
+            for _ in range(400):  # no bar comes (each connection ends at its refusal): poll the counter
+                if client.stats.reconnects_by_reason.get("subscribe_failed", 0) >= 2 or col.task.done():
+                    break
+                await asyncio.sleep(0.05)
+            await col.close()
+            return client
+
+    with capture_logs() as logs:
+        client = asyncio.run(main())
+    failed = [e for e in logs if e["event"] == "feed.subscribe_failed"]
+    assert client.stats.reconnects_by_reason.get("subscribe_failed", 0) >= 2
+    assert len(failed) >= 2 and "too many streams" in failed[0]["error"] and failed[0]["log_level"] == "error"
+    assert client.stats.bad_frames == 0 and client.stats.connect_failures == 0
+    assert set(client.stats.reconnects_by_reason) == {"subscribe_failed"}
+
+
+def test_live_cadence_three_connections_each_minute_from_every_one(spot) -> None:
+    """At live cadence (a bar a second, updates at Binance's ~2 s of exchange time with jitter),
+    6 symbols on 3 connections: every symbol's bars once, in order, each minute from all three."""
+    start = 100
+    series = _series(spot, 6, start + 20)
+    syms = tuple(s.symbol for s in series)
+
+    async def main() -> tuple[PerSymbol, FeedSimulator, list[int], FeedClient]:
+        async with FeedSimulator(series, speed=1.0, start_index=start, end_index=start + 8, update_ms=2000,
+                                 jitter_ms=500) as sim:
+            times = [int(t) for t in sim.times]
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, symbols=syms, max_streams_per_connection=2),
+                                warmup_bars=3)
+            col = PerSymbol(client)
+            last = times[start + 4]
+            await col.wait(lambda b: all(v and v[-1].open_time >= last for v in b.values()), 20,
+                           "4 live minutes of every symbol")
+            await col.close()
+            return col, sim, times, client
+
+    col, sim, times, client = asyncio.run(main())
+    assert [link.connects for link in client.links] == [1, 1, 1] and sim.connections_total == 3
+    live: dict[int, set[str]] = {}
+    for s, bars in col.bars.items():
+        _once_in_order(bars, times)
+        assert [b.source for b in bars[:3]] == ["rest"] * 3
+        for b in bars:
+            if b.source == "ws":
+                live.setdefault(b.open_time, set()).add(s)
+    full = [t for t, got in live.items() if got == set(syms)]
+    assert len(full) >= 3  # minutes whose closed frames came over all three connections
+    assert client.stats.reconnects == 0 and client.stats.bad_frames == 0
