@@ -345,14 +345,23 @@ class _Collector:
                  getattr(st, "invalid_bars", 0)),
                 ("barsignal_rest_rate_limited", "REST answers 429 (rate limited) or 418 (IP banned)",
                  getattr(st, "rest_rate_limited", 0)),
+                ("barsignal_rest_weight_spent", "REST request weight spent (klines: 2 a call)",
+                 getattr(st, "rest_weight_spent", 0)),
+                ("barsignal_rest_paced", "REST calls that waited for the [feed] rest_weight_per_minute budget",
+                 getattr(st, "rest_paced", 0)),
             ):
                 yield CounterMetricFamily(name, doc, value=val)
             banned = getattr(st, "rest_banned_until", 0.0)
             yield GaugeMetricFamily("barsignal_rest_ban_remaining_seconds",
                                     "seconds until a REST 418 ban ends (0: not banned)",
                                     value=max(0.0, banned - time.time()) if banned else 0.0)
-            yield GaugeMetricFamily("barsignal_feed_connected", "websocket connected",
+            yield GaugeMetricFamily("barsignal_feed_connected", "websocket connected (every connection up)",
                                     value=int(st.connected))
+            yield GaugeMetricFamily("barsignal_feed_connections", "websocket connections up now",
+                                    value=getattr(st, "connections", int(st.connected)))
+            yield GaugeMetricFamily("barsignal_feed_connections_wanted", "websocket connections the symbols need "
+                                    "(one per [feed] max_streams_per_connection streams)",
+                                    value=getattr(st, "connections_wanted", 1))
         if "outbox" in src:
             yield GaugeMetricFamily("barsignal_outbox_depth", "signals not yet delivered to every sink",
                                     value=src["outbox"]())

@@ -271,3 +271,17 @@ def test_live_cadence_three_connections_each_minute_from_every_one(spot) -> None
     full = [t for t, got in live.items() if got == set(syms)]
     assert len(full) >= 3  # minutes whose closed frames came over all three connections
     assert client.stats.reconnects == 0 and client.stats.bad_frames == 0
+
+
+def test_connections_and_rest_weight_are_exported() -> None:
+    from barsignal.daemon.feed.sequencer import FeedStats
+    from barsignal.daemon.metrics import DaemonMetrics
+
+    m = DaemonMetrics("BTCUSDT")
+    st = FeedStats(connections=2, connections_wanted=3, rest_weight_spent=10, rest_paced=4)
+    m.bind(feed_stats=lambda: st)
+    text = m.render().decode()
+    for line in ("barsignal_feed_connections 2.0", "barsignal_feed_connections_wanted 3.0",
+                 "barsignal_rest_weight_spent_total 10.0", "barsignal_rest_paced_total 4.0",
+                 "barsignal_feed_connected 0.0"):
+        assert line in text.splitlines(), line
