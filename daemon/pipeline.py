@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 
+from barsignal.daemon.recent import BarRing
 from barsignal.engine.scorer import Scorer
 from barsignal.engine.signal import RuleState, Signal, SignalRule, signal_id
 from barsignal.errors import BadMessage
@@ -81,7 +81,7 @@ class Pipeline:
         self.stats = PipelineStats()
         self._clock = clock_ns
         # The last bars seen, so a hot swap can warm up the new model's features (bounded).
-        self.recent: deque[Bar] = deque(maxlen=max(0, keep_bars))
+        self.recent = BarRing(keep_bars)
         self._rehearsal: tuple[tuple[int, int], Any] | None = None  # (bar, features id), their copy
         self._rehearsal_t = self._rehearsal_step = 0
         self._rehearsal_rule: Any = None

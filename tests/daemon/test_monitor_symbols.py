@@ -12,10 +12,14 @@ reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 import numpy as np
+import pytest
+import structlog
+import structlog.testing
 from prometheus_client.parser import text_string_to_metric_families
 
 from barsignal.daemon.app import Daemon
@@ -79,7 +83,7 @@ def _samples(text: str) -> dict[tuple[str, frozenset], float]:
             for fam in text_string_to_metric_families(text) for s in fam.samples}
 
 
-def test_every_symbol_has_its_own_drift_and_live_scores(tmp_path: Path, tiny_artifact: Path, capsys) -> None:
+def test_every_symbol_has_its_own_drift_and_live_scores(tmp_path: Path, tiny_artifact: Path, events) -> None:
     syms = ["BTCUSDT", "ETHUSDT", "SOLUSDT"]
     cfg = Config(feed=FeedConfig(symbols=tuple(syms)), state=StateConfig(dir=str(tmp_path / "state")),
                  metrics=MetricsConfig(enabled=False, drift_psi_warn=BOUND),
@@ -101,9 +105,7 @@ def test_every_symbol_has_its_own_drift_and_live_scores(tmp_path: Path, tiny_art
 
     d = Daemon(cfg, artifact_dir=str(default), loaded=loaded, symbol_models=load_symbol_models(cfg, None),
                source_factory=factory)
-    capsys.readouterr()
     assert run_async(d.run()) == 0
-    logs = capsys.readouterr()
     got = h.read_jsonl(tmp_path / "state" / "s.jsonl")
     counts = {s: len([g for g in got if g["symbol"] == s]) for s in syms}
     assert counts == dict.fromkeys(syms, SIGNALS)
@@ -146,16 +148,30 @@ def test_every_symbol_has_its_own_drift_and_live_scores(tmp_path: Path, tiny_art
                    ("ETHUSDT", "brier"): 0.249, ("SOLUSDT", "auc"): 0.53}
 
     # feature_drift: for ETH only, naming it and its worst feature.
-    drift = _drift_lines(logs.out + logs.err)
-    assert len(drift) == 1 and "symbol=ETHUSDT" in drift[0] and "BTCUSDT" not in drift[0], drift
-    assert f"name={feature_name(int(mons['ETHUSDT'].psi_values.argmax()))}" in drift[0], drift
+    drift = _drift(events)
+    assert [(e["event"], e["symbol"]) for e in drift] == [("feature_drift", "ETHUSDT")], drift
+    assert drift[0]["name"] == feature_name(int(mons["ETHUSDT"].psi_values.argmax())), drift
 
 
-def _drift_lines(text: str) -> list[str]:
-    return [line for line in text.splitlines() if "feature_drift " in line or "feature_drift_cleared" in line]
+@pytest.fixture
+def events() -> Iterator[list[dict]]:
+    """The log events (dicts) of the test, whatever an earlier test configured (format, stream, level)."""
+    from barsignal import log as logmod
+
+    old = structlog.get_config()
+    logmod.configure(level="info", fmt="json")
+    try:
+        with structlog.testing.capture_logs() as logs:
+            yield logs
+    finally:
+        structlog.configure(**old)
 
 
-def test_feature_drift_is_logged_once_per_symbol_per_episode(capsys) -> None:
+def _drift(events: list[dict]) -> list[dict]:
+    return [e for e in events if e["event"] in ("feature_drift", "feature_drift_cleared")]
+
+
+def test_feature_drift_is_logged_once_per_symbol_per_episode(events) -> None:
     """Two symbols measured many times: the drifting one logs one ``feature_drift`` line per episode,
     naming itself, though its PSI wavers about the bound (an episode ends under PSI_CLEAR of the
     bound); the steady one logs none. One feature, two training bins (half the rows each side of 0):
@@ -163,7 +179,6 @@ def test_feature_drift_is_logged_once_per_symbol_per_episode(capsys) -> None:
     ref = {"edges": [[0.0]], "fractions": [[0.5, 0.5]]}
     mons = {s: LiveMonitor(horizon=1, window=100, n_features=1, psi_warn=BOUND, psi_every=100, reference=ref,
                            symbol=s) for s in ("ETHUSDT", "BTCUSDT")}
-    capsys.readouterr()
 
     def measure(sym: str, p: float) -> float:  # 100 rows: the window, then one PSI measure on them
         for i in range(100):
@@ -174,15 +189,14 @@ def test_feature_drift_is_logged_once_per_symbol_per_episode(capsys) -> None:
     got = [measure("ETHUSDT", p) for p in (0.9, 0.73, 0.75, 0.73, 0.6, 0.6, 0.9, 0.9)]
     steady = [measure("BTCUSDT", 0.5) for _ in range(8)]
     assert [v > BOUND for v in got] == [True, False, True, False, False, False, True, True], got
-    out = capsys.readouterr()
-    lines = _drift_lines(out.out + out.err)
-    kinds = ["cleared" if "feature_drift_cleared" in line else "drift" for line in lines]
-    assert kinds == ["drift", "cleared", "drift"], lines  # not one line per crossing of the bound
-    assert all("symbol=ETHUSDT" in line for line in lines) and f"name={feature_name(0)} " in lines[0], lines
+    lines = _drift(events)
+    kinds = [e["event"] for e in lines]
+    assert kinds == ["feature_drift", "feature_drift_cleared", "feature_drift"], lines  # not one per crossing
+    assert all(e["symbol"] == "ETHUSDT" for e in lines) and lines[0]["name"] == feature_name(0), lines
     assert PSI_CLEAR * BOUND < got[1] < BOUND and max(steady) < 1e-3, (got, steady)  # the wavering was real
 
 
-def test_drift_is_not_judged_on_fewer_rows_than_the_minimum(capsys) -> None:
+def test_drift_is_not_judged_on_fewer_rows_than_the_minimum(events) -> None:
     """Rows drawn from the training distribution itself: on 60 of them the largest of 33 PSIs is over
     the bound (small-sample bias), so nothing is measured, exported or logged before PSI_MIN_ROWS."""
     from barsignal.daemon.metrics import DaemonMetrics
@@ -191,7 +205,6 @@ def test_drift_is_not_judged_on_fewer_rows_than_the_minimum(capsys) -> None:
     mon = LiveMonitor(horizon=1, psi_warn=BOUND, symbol="ETHUSDT")  # standard-normal deciles, 33 features
     early = LiveMonitor(horizon=1, psi_warn=BOUND, symbol="EARLY", min_rows=60)  # what 60 rows would say
     m = DaemonMetrics("ETHUSDT")
-    capsys.readouterr()
     for i in range(PSI_MIN_ROWS):
         row = rng.standard_normal((1, 33))
         mon.observe_signal(i, 1.0, 0.5, row)
@@ -203,9 +216,8 @@ def test_drift_is_not_judged_on_fewer_rows_than_the_minimum(capsys) -> None:
             assert math.isnan(got[("barsignal_feature_psi_max", frozenset({("symbol", "ETHUSDT")}))])
             assert not [k for k in got if k[0] == "barsignal_feature_psi"]
     assert mon.psi_rows == PSI_MIN_ROWS and mon.psi_values.max() < BOUND
-    out = capsys.readouterr()
-    warned = [line for line in _drift_lines(out.out + out.err) if "feature_drift " in line]
-    assert len(warned) == 1 and "symbol=EARLY" in warned[0], warned
+    warned = [e for e in _drift(events) if e["event"] == "feature_drift"]
+    assert len(warned) == 1 and warned[0]["symbol"] == "EARLY", warned
 
 
 def test_a_reload_that_changes_a_symbols_artifact_gives_it_a_fresh_monitor(tmp_path: Path, tiny_artifact: Path) -> None:
