@@ -131,6 +131,7 @@ class Daemon:
         self._reloading = False
         self._hup_pending = False  # a SIGHUP that arrived before the node was up
         self._feed_rehearsal: FeedRehearsal | None = None
+        self._rehearse_next = -1  # the node the last keep-warm rehearsal ran
         self._keep_warm_error_logged = False
 
     # -- what the node holds (tests and benchmarks read these) ---------------------------------
@@ -310,13 +311,16 @@ class Daemon:
     def _warm_hot_path(self) -> None:
         """Keep-warm: rehearse the hot path in its order (a frame decoded into a copy of the feed's
         sequencer, the pipeline: features on a copy, the scorer) and read the outbox's newest row,
-        discarding all of it. Nothing a signal depends on changes."""
+        discarding all of it. Nothing a signal depends on changes. One node a call, in turn: the
+        code is what a rehearsal warms, and 400 nodes' rehearsals at once would hold the loop for
+        tens of milliseconds."""
         if self._feed_rehearsal is None and hasattr(self.feed, "seq") and getattr(self.feed, "symbols", None):
             self._feed_rehearsal = FeedRehearsal(self.feed, self.cfg.feed.max_frame_bytes)
         if self._feed_rehearsal is not None:
             self._feed_rehearsal()
-        for n in self.nodes:
-            n.pipeline.rehearse()
+        if self.nodes:
+            self._rehearse_next = (self._rehearse_next + 1) % len(self.nodes)
+            self.nodes[self._rehearse_next].pipeline.rehearse()
         if self.node is not None:
             self.node.outbox.touch()
 
@@ -359,8 +363,8 @@ class Daemon:
                 mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
                 if pipe.stats.signals % 10 == 0:
                     m.export_monitor(mon)
-        if recv_ns is not None and self.keep_warm is not None:
-            self.keep_warm.arrived(recv_ns / 1e9)
+        if recv_ns is not None and self.keep_warm is not None and node is self.node:
+            self.keep_warm.arrived(recv_ns / 1e9)  # the first symbol's bars: one arrival a minute
         if not self.ready and (pipe.warm or sig is not None) and self._caught_up(node):
             self._warm_symbols.add(node.symbol)
             if len(self._warm_symbols) == len(self.nodes):
