@@ -89,7 +89,7 @@ class LiveMonitor:
         self.closes: deque[tuple[int, float]] = deque(maxlen=self.h + 1)
         self.outcomes = RollingOutcomes(window)  # (p_up, up) of resolved predictions; ties are dropped
         self.psi_warn = psi_warn
-        self.psi_every = psi_every
+        self.psi_every = max(1, min(psi_every, window))  # at least once a window
         self.min_rows = max(1, min(PSI_MIN_ROWS, window) if min_rows is None else min_rows)
         self.n_features = n_features
         ref = reference or {}

@@ -53,10 +53,10 @@ def test_real_prometheus_scrapes_the_daemon_and_evaluates_the_rules(tmp_path: Pa
     feed, port = h.start_feed(tmp_path, h.SPOT_NOV, START, START + n_bars, speed=SPEED, intrabar=0)
     mport = free_port()
     cfg = h.write_config(tmp_path, port, sinks=("jsonl", "paper"), metrics_port=mport)
-    # A 60-row monitor window: the drift PSI is first measured after 60 signals (a minute at 1 bar/s),
-    # not after the default's 240 rows, so that barsignal_feature_psi has samples within the wait below.
-    cfg.write_text(cfg.read_text().replace(f"port = {mport}\n", f"port = {mport}\nmonitor_window = 60\n"))
-    assert "monitor_window = 60" in cfg.read_text()
+    # A 15-row monitor window: the drift PSI is first measured after 15 signals (15 s at 1 bar/s), not
+    # after the default's 240 rows, so that barsignal_feature_psi has samples soon.
+    cfg.write_text(cfg.read_text().replace(f"port = {mport}\n", f"port = {mport}\nmonitor_window = 15\n"))
+    assert "monitor_window = 15" in cfg.read_text()
     (tmp_path / "prom").mkdir()
     server = prom.Prometheus(tmp_path / "prom", [f"127.0.0.1:{mport}"])
     logs = [tmp_path / "daemon.log", tmp_path / "daemon-2.log", tmp_path / "feed.log", server.log]
