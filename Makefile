@@ -4,6 +4,9 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 REDIS_PORT ?= 6391
+# Two pytest workers, each test file on one of them: most of the suite waits on subprocesses and
+# live-cadence feeds, so two workers on the two cores halve the wall time. PYTEST_ARGS= runs serially.
+PYTEST_ARGS ?= -n 2 --dist loadfile
 REDIS_DIR := $(CURDIR)/.redis
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 

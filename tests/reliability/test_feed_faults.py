@@ -13,6 +13,7 @@ bars bit for bit.
 from __future__ import annotations
 
 import random
+import re
 import subprocess
 import sys
 import time
@@ -105,10 +106,12 @@ def test_a_day_of_feed_faults_misses_nothing_and_matches_a_clean_replay(tmp_path
         if '"feed.rest_rate_limited"' in line:  # 429 / 418: the client waits the whole Retry-After
             kind = "rest_418" if orjson.loads(line)["status"] == 418 else "rest_429"
         elif '"feed.rest_failed"' in line:
-            err = orjson.loads(line)["error"]
-            kind = ("rest_418" if "418" in err else "rest_429" if "429" in err else
-                    "rest_5xx" if "503" in err or "unavailable" in err else
-                    "rest_timeout" if "Timeout" in err else "rest_other")
+            # the error names the URL, whose random port may hold "418", "429" or "503": match the
+            # kind of failure, never a bare number
+            err = re.sub(r"https?://[^\s/]+", "URL", orjson.loads(line)["error"])
+            kind = ("rest_timeout" if "Timeout" in err else "rest_418" if "418" in err else
+                    "rest_429" if "429" in err else "rest_5xx" if "503" in err or "unavailable" in err
+                    else "rest_other")
         else:
             continue
         injected[kind] = injected.get(kind, 0) + 1
