@@ -131,7 +131,6 @@ class Daemon:
         self._reloading = False
         self._hup_pending = False  # a SIGHUP that arrived before the node was up
         self._feed_rehearsal: FeedRehearsal | None = None
-        self._rehearse_next = -1  # the node the last keep-warm rehearsal ran
         self._keep_warm_error_logged = False
 
     # -- what the node holds (tests and benchmarks read these) ---------------------------------
@@ -311,16 +310,15 @@ class Daemon:
     def _warm_hot_path(self) -> None:
         """Keep-warm: rehearse the hot path in its order (a frame decoded into a copy of the feed's
         sequencer, the pipeline: features on a copy, the scorer) and read the outbox's newest row,
-        discarding all of it. Nothing a signal depends on changes. One node a call, in turn: the
-        code is what a rehearsal warms, and 400 nodes' rehearsals at once would hold the loop for
-        tens of milliseconds."""
+        discarding all of it. Nothing a signal depends on changes. The first node only: the code is
+        what a rehearsal warms (every node runs the same), and each node rehearsed would hold a
+        copy of its features (50 MB at 400 symbols) and hold the loop for tens of milliseconds."""
         if self._feed_rehearsal is None and hasattr(self.feed, "seq") and getattr(self.feed, "symbols", None):
             self._feed_rehearsal = FeedRehearsal(self.feed, self.cfg.feed.max_frame_bytes)
         if self._feed_rehearsal is not None:
             self._feed_rehearsal()
         if self.nodes:
-            self._rehearse_next = (self._rehearse_next + 1) % len(self.nodes)
-            self.nodes[self._rehearse_next].pipeline.rehearse()
+            self.nodes[0].pipeline.rehearse()
         if self.node is not None:
             self.node.outbox.touch()
 

@@ -126,7 +126,7 @@ class FeedRehearsal:
         self.interval = getattr(getattr(feed, "cfg", None), "interval", "1m")
         self.stream = stream_name(self.symbol, self.interval)
         self.max_frame_bytes = max_frame_bytes
-        self._key: tuple[int, int] | None = None
+        self._key: int | None = None  # the first symbol's last bar when the copy was made
         self._copy: Any = None
         self._t = 0
 
@@ -135,9 +135,8 @@ class FeedRehearsal:
         last = seq.last(self.symbol)
         if last is None:
             return
-        key = (seq.progress, last)
-        if self._key != key:
-            self._key, self._copy, self._t = key, copy.deepcopy(seq), last
+        if self._key != last:  # a new copy once the first symbol has a new bar (not on every symbol's)
+            self._key, self._copy, self._t = last, copy.deepcopy(seq), last
         step = seq.step_ms
         self._t += step
         t = self._t
