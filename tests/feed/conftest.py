@@ -61,3 +61,19 @@ async def collect(source: Any, *, until: Callable[[list[Bar]], bool], timeout_s:
 
 def expected_times(loaded: Loaded, start: int, stop: int) -> list[int]:
     return [int(t) for t in loaded.frame.open_time[start:stop]]
+
+
+async def wait_collected(cond: asyncio.Condition, ready: Callable[[], bool], task: asyncio.Task[Any],
+                         timeout_s: float, why: Callable[[], str]) -> None:
+    """Wait (on ``cond``, notified per bar) until ``ready()`` or the collecting ``task`` ended (its
+    error is raised); fail with ``why()`` after ``timeout_s``."""
+    async def _w() -> None:
+        async with cond:
+            await cond.wait_for(lambda: ready() or task.done())
+        if task.done():
+            task.result()
+
+    try:
+        await asyncio.wait_for(_w(), timeout_s)
+    except TimeoutError:
+        pytest.fail(why())

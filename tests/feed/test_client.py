@@ -19,7 +19,7 @@ from barsignal.features.bar import Bar
 from barsignal.sim.faults import Faults
 from barsignal.sim.simulator import FeedSimulator
 from tests.conftest import free_port
-from tests.feed.conftest import collect, expected_times, feed_cfg
+from tests.feed.conftest import collect, expected_times, feed_cfg, wait_collected
 
 
 class Collector:
@@ -37,17 +37,9 @@ class Collector:
                 self._cond.notify_all()
 
     async def wait(self, pred: Callable[[list[Bar]], bool], timeout_s: float) -> None:
-        async def _w() -> None:
-            async with self._cond:
-                await self._cond.wait_for(lambda: pred(self.bars) or self.task.done())
-            if self.task.done():
-                self.task.result()
-
-        try:
-            await asyncio.wait_for(_w(), timeout_s)
-        except TimeoutError:
-            last = self.bars[-1].open_time if self.bars else None
-            pytest.fail(f"timed out with {len(self.bars)} bars (last {last}); {self.client.stats}")
+        await wait_collected(self._cond, lambda: pred(self.bars), self.task, timeout_s, lambda: (
+            f"timed out with {len(self.bars)} bars (last {self.bars[-1].open_time if self.bars else None}); "
+            f"{self.client.stats}"))
 
     async def close(self) -> None:
         self.task.cancel()

@@ -20,7 +20,7 @@ from barsignal.errors import ConfigError
 from barsignal.features.bar import Bar
 from barsignal.sim.series import Series, shifted_copies
 from barsignal.sim.simulator import FeedSimulator
-from tests.feed.conftest import feed_cfg
+from tests.feed.conftest import feed_cfg, wait_collected
 
 
 def _fake(n: int) -> list[str]:
@@ -85,17 +85,8 @@ class PerSymbol:
                 self._cond.notify_all()
 
     async def wait(self, pred: Callable[[dict[str, list[Bar]]], bool], timeout_s: float, what: str) -> None:
-        async def _w() -> None:
-            async with self._cond:
-                await self._cond.wait_for(lambda: pred(self.bars) or self.task.done())
-            if self.task.done():
-                self.task.result()
-
-        try:
-            await asyncio.wait_for(_w(), timeout_s)
-        except TimeoutError:
-            counts = {s: len(b) for s, b in self.bars.items()}
-            pytest.fail(f"timed out waiting for {what}: {counts}; {self.client.stats}")
+        await wait_collected(self._cond, lambda: pred(self.bars), self.task, timeout_s, lambda: (
+            f"timed out waiting for {what}: { {s: len(b) for s, b in self.bars.items()} }; {self.client.stats}"))
 
     async def close(self) -> None:
         self.task.cancel()
