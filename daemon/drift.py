@@ -17,6 +17,21 @@ from collections.abc import Sequence
 import numpy as np
 
 
+def psi_terms(actual: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> np.ndarray:
+    """Per-bin PSI terms of ``actual`` against ``expected`` bin fractions (each floored at ``eps``);
+    their sum over the bins (the last axis) is the PSI."""
+    a = np.maximum(actual, eps)
+    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
+    return (a - e) * np.log(a / e)
+
+
+def psi(actual: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> float:
+    """Population stability index of ``actual`` samples binned at once against ``expected`` bin
+    fractions (what :class:`RollingPSI` keeps up to date row by row)."""
+    counts = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(expected))
+    return float(np.sum(psi_terms(counts / max(1, len(actual)), expected, eps)))
+
+
 class RollingPSI:
     """PSI per feature of the last ``window`` rows against ``edges`` / ``fractions`` (per feature:
     sorted inner bin edges, and the reference fraction of each of the ``len(edges) + 1`` bins; a
@@ -58,9 +73,7 @@ class RollingPSI:
         """PSI of each feature over the rows held (zeros before the first row)."""
         if not self.size:
             return np.zeros(len(self._features))
-        a = np.maximum(self.counts / self.size, self.eps)
-        e = np.maximum(self.expected, self.eps)
-        return np.sum((a - e) * np.log(a / e), axis=1)
+        return np.sum(psi_terms(self.counts / self.size, self.expected, self.eps), axis=1)
 
 
 class RollingOutcomes:

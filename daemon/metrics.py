@@ -60,14 +60,6 @@ REFERENCE_KEYS = {"auc": ("val_auc", "validation_auc", "val_roc_auc", "auc", "ro
                   "brier": ("val_brier", "validation_brier", "brier", "test_brier")}
 
 
-def psi(actual: np.ndarray, edges: np.ndarray, expected: np.ndarray, eps: float = 1e-4) -> float:
-    """Population stability index of ``actual`` samples against ``expected`` bin fractions."""
-    counts = np.bincount(np.searchsorted(edges, actual, side="right"), minlength=len(expected))
-    a = np.maximum(counts / max(1, len(actual)), eps)
-    e = np.maximum(np.asarray(expected, dtype=np.float64), eps)
-    return float(np.sum((a - e) * np.log(a / e)))
-
-
 class LiveMonitor:
     """One symbol's rolling live accuracy / Brier / calibration, and feature drift (PSI). Bounded state.
 

@@ -1,5 +1,5 @@
 """The compact rolling monitor state (daemon/drift.py) against the direct computation: the PSI of the
-stacked last ``window`` rows binned at once (``metrics.psi``), and the last ``window`` outcomes."""
+stacked last ``window`` rows binned at once (``drift.psi``), and the last ``window`` outcomes."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from barsignal.daemon.drift import RollingOutcomes, RollingPSI
-from barsignal.daemon.metrics import psi
+from barsignal.daemon.drift import RollingOutcomes, RollingPSI, psi
 
 
 @settings(max_examples=40, deadline=None)

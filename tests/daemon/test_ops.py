@@ -10,7 +10,8 @@ import numpy as np
 
 from barsignal.daemon.app import Daemon, load_model
 from barsignal.daemon.config import Config, SinksConfig, WebhookSinkConfig
-from barsignal.daemon.metrics import LiveMonitor, psi
+from barsignal.daemon.drift import psi
+from barsignal.daemon.metrics import LiveMonitor
 from barsignal.daemon.notify import Notifier
 from barsignal.features.bar import BarFrame
 from barsignal.sim.simulator import FeedSimulator

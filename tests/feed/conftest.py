@@ -63,17 +63,42 @@ def expected_times(loaded: Loaded, start: int, stop: int) -> list[int]:
     return [int(t) for t in loaded.frame.open_time[start:stop]]
 
 
-async def wait_collected(cond: asyncio.Condition, ready: Callable[[], bool], task: asyncio.Task[Any],
-                         timeout_s: float, why: Callable[[], str]) -> None:
-    """Wait (on ``cond``, notified per bar) until ``ready()`` or the collecting ``task`` ended (its
-    error is raised); fail with ``why()`` after ``timeout_s``."""
-    async def _w() -> None:
-        async with cond:
-            await cond.wait_for(lambda: ready() or task.done())
-        if task.done():
-            task.result()
 
-    try:
-        await asyncio.wait_for(_w(), timeout_s)
-    except TimeoutError:
-        pytest.fail(why())
+class Collecting:
+    """Consumes ``stream`` (what a client yields) in a task, handing each item to ``take``; a test
+    awaits conditions on what arrived (``wait_until``: no sleeping) and ``close``s it."""
+
+    def __init__(self, client: Any, stream: Any) -> None:
+        self.client = client
+        self._cond = asyncio.Condition()
+        self.task = asyncio.create_task(self._run(stream))
+
+    def take(self, item: Any) -> None:
+        raise NotImplementedError
+
+    async def _run(self, stream: Any) -> None:
+        async for item in stream:
+            async with self._cond:
+                self.take(item)
+                self._cond.notify_all()
+
+    async def wait_until(self, ready: Callable[[], bool], timeout_s: float, why: Callable[[], str]) -> None:
+        """Until ``ready()`` or the task ended (its error is raised); fail with ``why()`` after
+        ``timeout_s``."""
+        async def _w() -> None:
+            async with self._cond:
+                await self._cond.wait_for(lambda: ready() or self.task.done())
+            if self.task.done():
+                self.task.result()
+
+        try:
+            await asyncio.wait_for(_w(), timeout_s)
+        except TimeoutError:
+            pytest.fail(why())
+
+    async def close(self) -> None:
+        self.task.cancel()
+        try:
+            await self.task
+        except asyncio.CancelledError:
+            pass

@@ -19,34 +19,23 @@ from barsignal.features.bar import Bar
 from barsignal.sim.faults import Faults
 from barsignal.sim.simulator import FeedSimulator
 from tests.conftest import free_port
-from tests.feed.conftest import collect, expected_times, feed_cfg, wait_collected
+from tests.feed.conftest import Collecting, collect, expected_times, feed_cfg
 
 
-class Collector:
-    """Consumes a client in a task; the test awaits conditions on what arrived (no sleeping)."""
+class Collector(Collecting):
+    """A one-symbol client's bars, in arrival order."""
 
     def __init__(self, client: FeedClient) -> None:
-        self.client, self.bars = client, []
-        self._cond = asyncio.Condition()
-        self.task = asyncio.create_task(self._run())
+        self.bars: list[Bar] = []
+        super().__init__(client, client)
 
-    async def _run(self) -> None:
-        async for bar in self.client:
-            async with self._cond:
-                self.bars.append(bar)
-                self._cond.notify_all()
+    def take(self, bar: Bar) -> None:
+        self.bars.append(bar)
 
     async def wait(self, pred: Callable[[list[Bar]], bool], timeout_s: float) -> None:
-        await wait_collected(self._cond, lambda: pred(self.bars), self.task, timeout_s, lambda: (
+        await self.wait_until(lambda: pred(self.bars), timeout_s, lambda: (
             f"timed out with {len(self.bars)} bars (last {self.bars[-1].open_time if self.bars else None}); "
             f"{self.client.stats}"))
-
-    async def close(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
 
 def _has(t: int) -> Callable[[list[Bar]], bool]:

@@ -20,7 +20,7 @@ from barsignal.errors import ConfigError
 from barsignal.features.bar import Bar
 from barsignal.sim.series import Series, shifted_copies
 from barsignal.sim.simulator import FeedSimulator
-from tests.feed.conftest import feed_cfg, wait_collected
+from tests.feed.conftest import Collecting, feed_cfg
 
 
 def _fake(n: int) -> list[str]:
@@ -69,31 +69,19 @@ def test_config_bounds_streams_per_connection_and_rest_budget() -> None:
             cfgmod.loads(f"[feed]\n{bad}\n")
 
 
-class PerSymbol:
-    """Consumes ``client.stream()`` in a task; tests await conditions on what arrived."""
+class PerSymbol(Collecting):
+    """A many-symbol client's bars (``client.stream()``), per symbol."""
 
     def __init__(self, client: FeedClient) -> None:
-        self.client = client
         self.bars: dict[str, list[Bar]] = {s: [] for s in client.symbols}
-        self._cond = asyncio.Condition()
-        self.task = asyncio.create_task(self._run())
+        super().__init__(client, client.stream())
 
-    async def _run(self) -> None:
-        async for sym, bar in self.client.stream():
-            async with self._cond:
-                self.bars[sym].append(bar)
-                self._cond.notify_all()
+    def take(self, item: tuple[str, Bar]) -> None:
+        self.bars[item[0]].append(item[1])
 
     async def wait(self, pred: Callable[[dict[str, list[Bar]]], bool], timeout_s: float, what: str) -> None:
-        await wait_collected(self._cond, lambda: pred(self.bars), self.task, timeout_s, lambda: (
+        await self.wait_until(lambda: pred(self.bars), timeout_s, lambda: (
             f"timed out waiting for {what}: { {s: len(b) for s, b in self.bars.items()} }; {self.client.stats}"))
-
-    async def close(self) -> None:
-        self.task.cancel()
-        try:
-            await self.task
-        except asyncio.CancelledError:
-            pass
 
 
 def _series(spot: Any, n: int, rows: int) -> list[Series]:
