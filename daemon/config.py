@@ -40,7 +40,7 @@ class FeedConfig(_Section):
     # Combined-stream base; the client appends /stream?streams=btcusdt@kline_1m/...
     # The market-data-only host wss://data-stream.binance.vision works too.
     ws_url: str = "wss://stream.binance.com:9443"
-    rest_url: str = "https://api.binance.com"  # REST backfill through ccxt
+    rest_url: str = "https://api.binance.com"  # REST backfill (GET /api/v3/klines)
     stale_grace_s: Pos = 15.0  # no closed bar within interval + grace -> reconnect
     reconnect_min_s: Pos = 1.0
     reconnect_max_s: Pos = 60.0

@@ -104,7 +104,7 @@ def test_run_path_works_with_torch_uninstallable(installed: tuple[Path, Path], t
         "import sys, importlib.abc\n"
         "class NoTorch(importlib.abc.MetaPathFinder):\n"
         "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'torchao', 'matplotlib'):\n"
+        "        if name.split('.')[0] in ('torch', 'onnx', 'onnxscript', 'torchao', 'matplotlib', 'ccxt'):\n"
         "            raise ImportError(f'{name} is not installed (core-only)')\n"
         "sys.meta_path.insert(0, NoTorch())\n"
         "import numpy as np, pathlib\n"

@@ -1,6 +1,6 @@
 """Everything that knows Binance's live wire format lives here; the rest of barsignal sees ``Bar``.
 
-``ws``: websocket kline frames. ``rest``: REST klines through ccxt (backfill) and the pure helpers
+``ws``: websocket kline frames. ``rest``: REST klines over aiohttp (backfill) and the pure helpers
 a kline server needs. The public-data dumps and interval names are in ``barsignal.data``.
 """
 

@@ -82,7 +82,7 @@ class BarSource(Protocol):
 
 
 def _default_fetch() -> FetchBars:
-    import ccxt.async_support  # noqa: F401 - fetch_page imports it lazily; seconds, so do it up front
+    import aiohttp  # noqa: F401 - fetch_page imports it lazily; do it before the stream starts
 
     from barsignal.daemon.binance.rest import fetch_page
 
@@ -204,7 +204,7 @@ class FeedClient:
     async def stream(self) -> AsyncIterator[tuple[str, Bar]]:
         """Yield ``(symbol, bar)`` forever (until :meth:`stop` or cancellation)."""
         if self._fetch is None:
-            self._fetch = _default_fetch()  # import ccxt (seconds) before the stream starts
+            self._fetch = _default_fetch()  # import the HTTP client before the stream starts
         links = self.links
         try:
             for link in links:
@@ -471,7 +471,7 @@ class FeedClient:
         try:
             got = await fetch(self.cfg.rest_url, f.symbol, f.since_ms, f.until_ms, interval=self.cfg.interval,
                               timeout_s=self.cfg.rest_timeout_s, now_ms=self.seq.now_ms)
-        except Exception as exc:  # the REST boundary: ccxt raises many types; the caller sorts them
+        except Exception as exc:  # the REST boundary: any failure; the caller sorts them
             return f, exc
         page = got if isinstance(got, KlinePage) else KlinePage(list(got))
         more = KLINES_WEIGHT * page.requests - cost

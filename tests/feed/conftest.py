@@ -1,4 +1,4 @@
-"""Real bar slices and helpers for the feed tests (a real loopback simulator, real ccxt REST)."""
+"""Real bar slices and helpers for the feed tests (a real loopback simulator, real REST over HTTP)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The websocket client against a real loopback ``feed serve`` on real bars, with real ccxt REST:
+"""The websocket client against a real loopback ``feed serve`` on real bars, with real REST:
 every closed bar exactly once and in order, through faults, kills, stalls, shutdowns and rollovers."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while a fast feed runs
 import numpy as np
 import pytest
 from structlog.testing import capture_logs

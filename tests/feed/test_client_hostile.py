@@ -9,7 +9,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while a fast feed runs
 import numpy as np
 import pytest
 

@@ -8,7 +8,6 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while a fast feed runs
 import orjson
 import pytest
 

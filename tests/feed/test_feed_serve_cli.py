@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 
-import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while the feed runs
 import numpy as np
 import orjson
 from websockets.asyncio.client import connect

@@ -14,7 +14,6 @@ import urllib.request
 from collections import Counter
 from typing import Any
 
-import ccxt.async_support  # noqa: F401 - imported up front (seconds), not while a fast feed runs
 import pytest
 
 from barsignal.daemon.binance.rest import fetch_page
