@@ -63,6 +63,19 @@ class PipelineStats:
     signals: int = 0
 
 
+@dataclass(slots=True)
+class Prepared:
+    """A bar between :meth:`Pipeline.prepare` and :meth:`Pipeline.finish`: its window and timings."""
+
+    bar: Bar
+    window: np.ndarray
+    recv_ns: int | None
+    t0: int
+    t1: int
+    p_up: float = 0.0
+    score_ns: int = 0
+
+
 class Pipeline:
     """bar -> features -> window -> scorer -> rule -> Signal. Bounded state; no I/O."""
 
@@ -127,6 +140,34 @@ class Pipeline:
         for (i, _), p_up in zip(windows, p_ups, strict=True):
             out[i] = self._signal(bars[i], p_up), self.model.rule.state
         return out, invalid
+
+    # -- one bar in three steps, for a burst of bars of many pipelines (node.compute_many) ---------
+    def prepare(self, bar: Bar, recv_ns: int | None = None) -> Prepared | None:
+        """The features step of :meth:`process`: the bar's window (a copy: the next bar overwrites the
+        view), or None where ``process`` returns None. Then :meth:`score_prepared` and :meth:`finish`."""
+        t0 = self._clock()
+        window = self._features(bar)
+        if window is None:
+            return None
+        t1 = self._clock()
+        return Prepared(bar, np.array(window, dtype=np.float32, copy=True), recv_ns, t0, t1)
+
+    def score_prepared(self, p: Prepared) -> None:
+        """The score step: the same batch-1 ``score`` call on the same window as :meth:`process`."""
+        t1 = self._clock()
+        p.p_up = float(np.float32(self.model.scorer.score(p.window)))
+        p.score_ns = self._clock() - t1
+
+    def finish(self, p: Prepared) -> Signal:
+        """The rule step: the bar's signal, as :meth:`process` returns it (latency fields included)."""
+        t2 = self._clock()
+        sig = self._signal(p.bar, p.p_up)
+        t3 = self._clock()
+        sig.latency_us.update(
+            recv_to_bar=(p.t0 - p.recv_ns) / 1e3 if p.recv_ns is not None else 0.0,
+            features=(p.t1 - p.t0) / 1e3, score=p.score_ns / 1e3, emit=(t3 - t2) / 1e3,
+        )
+        return sig
 
     # -- keep-warm ------------------------------------------------------------------------------
     def rehearse(self) -> None:

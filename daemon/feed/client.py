@@ -239,18 +239,24 @@ class FeedClient:
                         opening, link.opening = link.opening, None
                         self._session_start(link, opening.result())
                     if link.recv is not None and link.recv in done:
+                        recv: asyncio.Future[Any] | None
                         recv, link.recv = link.recv, None
-                        try:
-                            frame = recv.result()
-                        except websockets.ConnectionClosed as exc:
-                            link.end_reason = "closed"
-                            log.warning("feed.disconnected", error=_short(exc), **link.tag())
-                            await self._end(link)
-                            continue
-                        for item in self._on_frame(link, frame):
-                            yield self._hand_out(item)
-                        if link.end_reason in ("server_shutdown", "subscribe_failed"):
-                            await self._end(link)
+                        while True:  # this frame, then those already buffered behind it (a burst)
+                            try:  # a buffered message: recv returns it without waiting
+                                frame = recv.result() if recv is not None else await link.ws.recv(decode=False)
+                            except websockets.ConnectionClosed as exc:
+                                link.end_reason = "closed"
+                                log.warning("feed.disconnected", error=_short(exc), **link.tag())
+                                await self._end(link)
+                                break
+                            recv = None
+                            for item in self._on_frame(link, frame):
+                                yield self._hand_out(item)
+                            if link.end_reason in ("server_shutdown", "subscribe_failed"):
+                                await self._end(link)
+                                break
+                            if link.ws is None or not _message_ready(link.ws):
+                                break
         finally:
             self.stats.connected = False
             self.stats.connections = 0
@@ -512,6 +518,14 @@ class FeedClient:
             return self._outputs(self.seq.rest_gave_up(f))
         self._queue.appendleft(f)  # retried once the gate opens; the websocket carries on meanwhile
         return []
+
+
+def _message_ready(ws: Any) -> bool:
+    """A whole message is already buffered, so ``ws.recv()`` returns it without waiting: a burst of
+    frames is handed out in one go, not one event-loop round trip (a task and a wait) each. Reads
+    websockets' frame queue (``recv_messages.frames``); False where that is absent."""
+    frames = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
+    return bool(frames) and bool(getattr(frames[0], "fin", False))
 
 
 def _brief(url: str) -> str:

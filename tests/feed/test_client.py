@@ -243,3 +243,35 @@ def test_multi_symbol_stream_yields_symbol_and_bar(spot) -> None:
     times = [b.open_time for _, b in got]
     assert times == sorted(set(times)) and [b.source for _, b in got[:5]] == ["rest"] * 5
     assert client.stats.bad_frames == 0
+
+
+def test_a_burst_of_buffered_frames_is_read_without_waiting_on_the_loop() -> None:
+    """``_message_ready`` reads websockets' own frame queue on a real loopback connection: True while
+    whole messages are buffered (``recv`` returns them at once, so the client hands a burst out in one
+    go), False once drained. A websockets release that moves that queue makes this fail, not the
+    client silently go back to one loop round trip a frame."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from barsignal.daemon.feed.client import _message_ready
+
+    async def handler(ws: Any) -> None:
+        for i in range(20):
+            await ws.send(f'{{"n":{i}}}')
+        await ws.wait_closed()
+
+    async def main() -> list[bool]:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as ws:
+                first = await ws.recv(decode=False)
+                await asyncio.sleep(0.2)  # the other 19 are in by now
+                ready = [_message_ready(ws)]
+                got = [first]
+                while _message_ready(ws):
+                    got.append(await ws.recv(decode=False))
+                ready.append(_message_ready(ws))
+                assert got == [f'{{"n":{i}}}'.encode() for i in range(20)]
+                return ready
+
+    assert asyncio.run(main()) == [True, False]
