@@ -283,7 +283,8 @@ def _print_many(args: argparse.Namespace, res: dict) -> None:
     lat = np.array(res["last_frame_to_last_signal_ms"])
     print(f"bench live --symbols {res['symbols']} ({res['made']}): {res['signals']} signals, "
           f"{res['all_minutes']} live minutes at {res['speed']:g} minutes/s (backend {res['backend']}, "
-          f"sinks {args.sinks}, batch-1 per symbol on arrival, handed on in config order; closed frames "
+          f"sinks {args.sinks}, batch-1 per symbol computed on arrival, a burst in passes, handed on in config order; "
+          f"closed frames "
           f"{'all at once' if not args.close_spread_ms else f'spread over {args.close_spread_ms:g} ms'})")
     if len(lat):
         print(f"  last closed frame sent -> last symbol's signal  p50 {np.percentile(lat, 50):.2f} ms  "
