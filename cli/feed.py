@@ -43,6 +43,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--jitter-ms", type=int, default=None,
                    help="move each update (and its E) by up to MS, and delay closed frames' E by up to MS "
                         "(default 500 with the update cadence, 0 with --intrabar)")
+    s.add_argument("--close-spread-ms", type=float, default=0.0, metavar="MS",
+                   help="send each minute's closed frames evenly over MS ms of wall time in a random symbol "
+                        "order, as the real feed spreads them (default 0: all at once)")
     s.add_argument("--faults", default="", help="fault spec, e.g. drop=0.05,gap=120:5,disconnect=200 "
                                                 "(symbols=ETHUSDT+SOLUSDT narrows frame and REST faults)")
     s.add_argument("--ping-interval", type=float, default=20.0, help="server ping period in seconds")
@@ -121,7 +124,7 @@ def _serve(args: argparse.Namespace) -> int:
             series, host=args.host, port=args.port, speed=args.speed, start_index=args.start_index,
             end_index=args.end_index, intrabar=args.intrabar or 0, update_ms=update_ms, jitter_ms=jitter_ms,
             faults=faults, ping_interval_s=args.ping_interval or None, max_incoming_per_s=args.max_messages_per_s,
-            weight_limit=args.weight_limit,
+            weight_limit=args.weight_limit, close_spread_ms=args.close_spread_ms,
         )
     except ValueError as exc:
         raise ConfigError(f"feed serve: {exc}") from None

@@ -88,6 +88,8 @@ def test_kill_restart_subprocess_every_bar_once(spot) -> None:
 def test_feed_serve_usage_errors() -> None:
     r = run_cli("feed", "serve", str(SPOT_NOV), "--faults", "explode=1", timeout=60)
     assert r.returncode == 2 and "--faults item 'explode=1'" in r.stderr
+    r = run_cli("feed", "serve", str(SPOT_NOV), "--close-spread-ms", "900", "--speed", "1", timeout=60)
+    assert r.returncode == 2 and "close_spread_ms must be >= 0 and under half a bar" in r.stderr
     r = run_cli("feed", "serve", "/nonexistent/bars.json", timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
 

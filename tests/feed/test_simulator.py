@@ -551,3 +551,34 @@ def test_faults_narrowed_to_one_symbol_leave_the_others_clean(real) -> None:
     assert good["BTCUSDT"] == [t for t in ticks if t >= first]  # BTC: every closed frame, none bad
     assert bad > 0 and len(good["ETHUSDT"]) < len(good["BTCUSDT"])  # ETH: bad frames and drops
     assert (btc_status, eth_status) == (200, 429)
+
+
+def test_close_spread_sends_a_minutes_closed_frames_over_the_spread_in_a_random_order(real) -> None:
+    """``close_spread_ms``: each minute's closed frames go evenly over that much wall time (the real
+    capture has one minute's closes over 1.8 s), their symbol order shuffled from minute to minute;
+    without it they go back to back."""
+    import time
+
+    syms = ("BTCUSDT", "ETHUSDT", "XRPUSDT", "DOGEUSDT")
+    xrp_t0 = int(real["XRPUSDT"].frame.open_time[0])
+
+    async def spans(spread_ms: float) -> tuple[list[float], list[tuple[str, ...]]]:
+        k0 = int(np.searchsorted(FeedSimulator(_series(real, *syms)).times, xrp_t0)) + 5
+        sim = FeedSimulator(_series(real, *syms), speed=1, intrabar=0, start_index=k0, end_index=k0 + 6,
+                            close_spread_ms=spread_ms, close_delay_ms=0)
+        arrived: dict[int, list[tuple[float, str]]] = {}
+        async with sim:
+            url = f"{sim.ws_url}/stream?streams=" + "/".join(f"{s.lower()}@kline_1m" for s in syms)
+            async with connect(url, proxy=None) as ws:
+                while sum(len(v) == 4 for v in arrived.values()) < 5:
+                    k = orjson.loads(await asyncio.wait_for(ws.recv(), 10))["data"]["k"]
+                    if k["x"]:
+                        arrived.setdefault(k["t"], []).append((time.monotonic(), k["s"]))
+        full = [v for v in arrived.values() if len(v) == 4]
+        return [(v[-1][0] - v[0][0]) * 1e3 for v in full], [tuple(s for _, s in v) for v in full]
+
+    spread, orders = asyncio.run(spans(450.0))
+    assert all(250 < s < 700 for s in spread), spread  # 3/4 of 450 ms between the first and the last
+    assert len(set(orders)) > 1, orders  # shuffled, not the config's order every minute
+    burst, _ = asyncio.run(spans(0.0))
+    assert all(s < 50 for s in burst), burst
