@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import signal
 import time
 from collections.abc import Callable
@@ -117,6 +118,8 @@ class Daemon:
         self.ready_ns = 1 << 62  # perf_counter_ns() at READY
         self.last_bar_at: float | None = None  # any symbol's
         self.last_bar_by: dict[str, float] = {}  # per symbol
+        self._rank = {s: i for i, s in enumerate(self.symbols)}  # staggers the monitors' publishing
+        self._to_export: dict[int, LiveMonitor] = {}  # monitors to publish once the loop is free
         self.hold_s = 0.5  # how long one minute's bars wait for a symbol whose bar is late (MinuteOrder)
         self.keep_warm: KeepWarm | None = None
         self.feed: Any = None
@@ -265,6 +268,9 @@ class Daemon:
             for t in (consume_task, stop, *background):
                 t.cancel()
             await asyncio.gather(consume_task, stop, *background, return_exceptions=True)
+            self._to_export.clear()
+            for mon in self.monitors.values():  # the last state, for a last scrape
+                self.metrics.export_monitor(mon)
             drained = await node.drain(self.drain_timeout_s)
             left = node.outbox.depth()
             signals = sum(n.pipeline.stats.signals for n in nodes)
@@ -335,6 +341,23 @@ class Daemon:
         now = self._clock()
         return {s: (now - self.last_bar_by[s]) if s in self.last_bar_by else -1.0 for s in self.symbols}
 
+    def _export_soon(self, mon: LiveMonitor) -> None:
+        """Publish ``mon`` once the loop is done with what it is handling (a burst of bars, a minute's
+        commits): the live scores (an AUC over the window) are not on any signal's path. Each symbol
+        publishes every 10th signal, staggered by its place in the config, so 400 symbols publish 40 a
+        minute, not 400 every tenth minute."""
+        self._to_export[id(mon)] = mon
+        if len(self._to_export) == 1:
+            try:
+                asyncio.get_running_loop().call_soon(self._export_pending)
+            except RuntimeError:  # no loop (a direct call): publish now
+                self._export_pending()
+
+    def _export_pending(self) -> None:
+        todo, self._to_export = self._to_export, {}
+        for mon in todo.values():
+            self.metrics.export_monitor(mon)
+
     def request_stop(self, why: str = "request") -> None:
         """Stop: drain the sinks (bounded) and return 0. SIGTERM and SIGINT call this."""
         log.info("stop_requested", by=why)
@@ -359,14 +382,18 @@ class Daemon:
             m.count_signal(node.symbol)
             if mon is not None:
                 mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
-                if pipe.stats.signals % 10 == 0:
-                    m.export_monitor(mon)
+                if (pipe.stats.signals + self._rank.get(node.symbol, 0)) % 10 == 0:
+                    self._export_soon(mon)
         if recv_ns is not None and self.keep_warm is not None and node is self.node:
             self.keep_warm.arrived(recv_ns / 1e9)  # the first symbol's bars: one arrival a minute
         if not self.ready and (pipe.warm or sig is not None) and self._caught_up(node):
+            before = len(self._warm_symbols)
             self._warm_symbols.add(node.symbol)
-            if len(self._warm_symbols) == len(self.nodes):
+            warm = len(self._warm_symbols)
+            if warm == len(self.nodes):
                 self._became_ready(bar.open_time)
+            elif warm != before and warm % max(1, len(self.nodes) // 8) == 0:
+                gc.freeze()  # the warm symbols' state stays: later full collections need not scan it
         elif self.ready and bar.source == "ws" and pipe.stats.bars % 10 == 0:
             self.notifier.status(f"ok: last bar {bar.open_time}, {pipe.stats.signals} signals")
 
@@ -388,8 +415,13 @@ class Daemon:
         self.ready = True
         self.ready_ns = time.perf_counter_ns()
         self.ready_at = self._clock()
+        # What start-up built (models, every symbol's features, rings and monitors) lives as long as
+        # the daemon: move it out of the cyclic collector's reach, so that a full collection, which
+        # scanned it all (290 ms at 400 symbols, measured during the warm-up), never holds the loop.
+        gc.freeze()
         self.notifier.ready(f"ready: warm at bar {open_time}")
-        log.info("daemon_ready", warm_at=open_time, after_s=round(self.ready_at - self.started_at, 3))
+        log.info("daemon_ready", warm_at=open_time, after_s=round(self.ready_at - self.started_at, 3),
+                 gc_frozen=gc.get_freeze_count())
 
     async def _watchdog(self) -> None:
         period = self.notifier.watchdog_s

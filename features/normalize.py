@@ -69,7 +69,8 @@ class Normalizer:
         z = self._tmp
         np.subtract(row, self.center, out=z)
         np.divide(z, self.scale, out=z)
-        np.clip(z, -self.clip, self.clip, out=z)
+        np.maximum(z, -self.clip, out=z)  # np.clip's values bit for bit (NaN and -0.0 included), without
+        np.minimum(z, self.clip, out=z)  # its Python-level dispatch: half the time on a (33,) row
         if out is None:
             return z.astype(np.float32)
         out[...] = z
