@@ -270,13 +270,8 @@ class Node:
         """The first half of :meth:`handle`: record the bar and run the pipeline (features, score,
         rule). Returns the signal with the rule state right after it, not yet stored or offered
         (:meth:`commit` does that), or None."""
-        self._before(bar)
-        pipe = self.pipeline
-        invalid = pipe.stats.invalid
-        sig = pipe.process(bar, recv_ns)
-        if pipe.stats.invalid != invalid:
-            self._dropped(bar)
-        return None if sig is None else (sig, pipe.rule_state)
+        sig = self._step(self.pipeline.process, bar, recv_ns)
+        return None if sig is None else (sig, self.pipeline.rule_state)
 
     def commit(self, done: tuple[Signal, RuleState] | None) -> Signal | None:
         """The second half of :meth:`handle`: store ``compute``'s signal in the outbox and offer it
@@ -286,13 +281,16 @@ class Node:
 
     def prepare(self, bar: Bar, recv_ns: int | None = None) -> Prepared | None:
         """:meth:`compute` in steps (:func:`compute_many`): record the bar and run its features."""
+        return self._step(self.pipeline.prepare, bar, recv_ns)
+
+    def _step(self, step: Callable[[Bar, int | None], Any], bar: Bar, recv_ns: int | None) -> Any:
+        """Record ``bar``, then ``step(bar, recv_ns)`` on the pipeline; a bar it drops as invalid is logged."""
         self._before(bar)
-        pipe = self.pipeline
-        invalid = pipe.stats.invalid
-        p = pipe.prepare(bar, recv_ns)
-        if pipe.stats.invalid != invalid:
+        invalid = self.pipeline.stats.invalid
+        out = step(bar, recv_ns)
+        if self.pipeline.stats.invalid != invalid:
             self._dropped(bar)
-        return p
+        return out
 
     def finish(self, p: Prepared | None) -> tuple[Signal, RuleState] | None:
         """The last step of :meth:`compute` for a prepared (and scored) bar: the rule and its signal."""
