@@ -39,7 +39,7 @@ from barsignal.log import get_logger
 log = get_logger(__name__)
 
 MAX_CATCHUP_BARS = 1440  # after a long stop, signal at most the last day of missed bars
-SCORE_CHUNK = 256  # replay: bars whose scorer calls run back to back (Pipeline.process_many)
+SCORE_CHUNK = 256  # replay: bars whose scorer calls run back to back (compute_many)
 KEEP_EXTRA_BARS = 8  # recent bars kept beyond the warm-up, for a hot swap
 
 
@@ -299,18 +299,13 @@ class Node:
         return self.pipeline.finish(p), self.pipeline.rule_state
 
     def handle_many(self, bars: list[Bar]) -> None:
-        """Replay's :meth:`handle` for a chunk of bars (:meth:`Pipeline.process_many`): the same steps
-        and signals, the scorer's calls back to back. Live bars (a monitor attached) go one by one."""
+        """Replay's :meth:`handle` for a chunk of bars (:func:`compute_many`): the same steps and
+        signals, the scorer's calls back to back. Live bars (a monitor attached) go one by one."""
         if self.monitor is not None:
             for bar in bars:
                 self.handle(bar)
             return
-        for bar in bars:
-            self._before(bar)
-        sigs, invalid = self.pipeline.process_many(bars)
-        for i in invalid:
-            self._dropped(bars[i])
-        for got in sigs:
+        for got in compute_many([(self, bar, None) for bar in bars]):
             if got is not None:
                 self._after(*got)
 
@@ -680,8 +675,9 @@ def compute_many(jobs: Sequence[tuple[Node, Bar, int | None]]) -> list[tuple[Sig
     """:meth:`Node.compute` for each ``(node, bar, recv_ns)``, in three passes: every bar's features,
     then every window's batch-1 ``score`` back to back, then every rule in order. The same calls on
     the same windows as one by one, and no score depends on a rule, so the signals are bit-identical
-    to computing them one at a time (tests/daemon/test_many_symbols.py); the passes keep the code
-    and data of each step in cache through a burst (400 symbols' closed frames at once)."""
+    to computing them one at a time (tests/daemon/test_multi_symbol.py, test_pipeline.py); the passes
+    keep each step's code and data in cache through a burst (400 symbols' closed frames at once) or a
+    replay chunk (one symbol's bars)."""
     if len(jobs) == 1:
         node, bar, recv_ns = jobs[0]
         return [node.compute(bar, recv_ns)]

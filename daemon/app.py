@@ -347,11 +347,8 @@ class Daemon:
         publishes every 10th signal, staggered by its place in the config, so 400 symbols publish 40 a
         minute, not 400 every tenth minute."""
         self._to_export[id(mon)] = mon
-        if len(self._to_export) == 1:
-            try:
-                asyncio.get_running_loop().call_soon(self._export_pending)
-            except RuntimeError:  # no loop (a direct call): publish now
-                self._export_pending()
+        if len(self._to_export) == 1:  # _after_bar runs on the loop
+            asyncio.get_running_loop().call_soon(self._export_pending)
 
     def _export_pending(self) -> None:
         todo, self._to_export = self._to_export, {}

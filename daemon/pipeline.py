@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,37 +111,10 @@ class Pipeline:
         p_up = float(np.float32(self.model.scorer.score(window)))
         t2 = self._clock()
         sig = self._signal(bar, p_up)
-        t3 = self._clock()
-        sig.latency_us.update(
-            recv_to_bar=(t0 - recv_ns) / 1e3 if recv_ns is not None else 0.0,
-            features=(t1 - t0) / 1e3, score=(t2 - t1) / 1e3, emit=(t3 - t2) / 1e3,
-        )
+        _stamp(sig, recv_ns, t0, t1, t2 - t1, t2, self._clock())
         return sig
 
-    def process_many(self, bars: Sequence[Bar]) -> tuple[list[tuple[Signal, RuleState] | None], list[int]]:
-        """Replay's path: :meth:`process` for each bar, with the chunk's batch-1 ``score`` calls made
-        back to back (their code and data stay in cache: ~25 % faster scoring here). The same calls on
-        the same windows in the same order of bars, and no score depends on the rule, so the signals
-        are those of ``process`` bar by bar, bit for bit (tests/daemon/test_pipeline.py); latency
-        fields stay empty. Returns each bar's signal with the rule state right after it (or None), and
-        the indices of bars dropped as invalid."""
-        windows: list[tuple[int, np.ndarray]] = []
-        invalid: list[int] = []
-        for i, bar in enumerate(bars):
-            before = self.stats.invalid
-            window = self._features(bar)
-            if window is not None:
-                windows.append((i, np.array(window, dtype=np.float32, copy=True)))  # views get overwritten
-            elif self.stats.invalid != before:
-                invalid.append(i)
-        score = self.model.scorer.score
-        p_ups = [float(np.float32(score(w))) for _, w in windows]
-        out: list[tuple[Signal, RuleState] | None] = [None] * len(bars)
-        for (i, _), p_up in zip(windows, p_ups, strict=True):
-            out[i] = self._signal(bars[i], p_up), self.model.rule.state
-        return out, invalid
-
-    # -- one bar in three steps, for a burst of bars of many pipelines (node.compute_many) ---------
+    # -- one bar in three steps: a burst of many pipelines' bars, a replay chunk (node.compute_many)
     def prepare(self, bar: Bar, recv_ns: int | None = None) -> Prepared | None:
         """The features step of :meth:`process`: the bar's window (a copy: the next bar overwrites the
         view), or None where ``process`` returns None. Then :meth:`score_prepared` and :meth:`finish`."""
@@ -162,11 +135,7 @@ class Pipeline:
         """The rule step: the bar's signal, as :meth:`process` returns it (latency fields included)."""
         t2 = self._clock()
         sig = self._signal(p.bar, p.p_up)
-        t3 = self._clock()
-        sig.latency_us.update(
-            recv_to_bar=(p.t0 - p.recv_ns) / 1e3 if p.recv_ns is not None else 0.0,
-            features=(p.t1 - p.t0) / 1e3, score=p.score_ns / 1e3, emit=(t3 - t2) / 1e3,
-        )
+        _stamp(sig, p.recv_ns, p.t0, p.t1, p.score_ns, t2, self._clock())
         return sig
 
     # -- keep-warm ------------------------------------------------------------------------------
@@ -243,6 +212,12 @@ class Pipeline:
     @property
     def rule_state(self) -> RuleState:
         return self.model.rule.state
+
+
+def _stamp(sig: Signal, recv_ns: int | None, t0: int, t1: int, score_ns: int, t2: int, t3: int) -> None:
+    """The signal's latency fields (µs): frame -> bar (t0), features (t0..t1), score, rule (t2..t3)."""
+    sig.latency_us.update(recv_to_bar=(t0 - recv_ns) / 1e3 if recv_ns is not None else 0.0,
+                          features=(t1 - t0) / 1e3, score=score_ns / 1e3, emit=(t3 - t2) / 1e3)
 
 
 def warm(features: WindowFeatures, bars: Iterable[Bar]) -> bool:

@@ -101,14 +101,15 @@ def test_swap_carries_the_rule_state_and_applies_from_the_next_bar(tiny_scorer) 
     assert s is not None and s.artifact == "cd" * 32 and s.id.endswith("-" + "cd" * 6)
 
 
-def test_process_many_equals_process_bar_by_bar(tiny_artifact) -> None:
-    """Replay's chunked path (the scorer's calls back to back) against the live one-bar path on the
-    real features and the real ONNX scorer: same signals and the same rule state after each, bit for
-    bit, across chunk edges, an invalid bar and a restart's already-signalled bars."""
+def test_compute_many_equals_process_bar_by_bar(tiny_artifact, tmp_path) -> None:
+    """Replay's chunked path (``node.compute_many``: features, then the scorer's calls back to back,
+    then the rules) against the live one-bar path on the real features and the real ONNX scorer: same
+    signals and the same rule state after each, bit for bit, across chunk edges, an invalid bar and a
+    restart's already-signalled bars."""
     import dataclasses
 
     from barsignal.daemon.config import Config
-    from barsignal.node import load_model
+    from barsignal.node import Start, build_node, compute_many, load_model
 
     def fresh(last_signalled: int | None = None) -> Pipeline:
         loaded = load_model(Config(), str(tiny_artifact), None)
@@ -117,13 +118,14 @@ def test_process_many_equals_process_bar_by_bar(tiny_artifact) -> None:
     bars = real_bars(1200)
     bars.insert(700, dataclasses.replace(bars[700], close=float("nan")))
     for last in (None, bars[900].open_time):
-        one, many = fresh(last), fresh(last)
+        one = fresh(last)
+        node = build_node(Config(), "replay", artifact_dir=str(tiny_artifact), state=tmp_path / str(last),
+                          start=Start(last_signalled=last))
+        many = node.pipeline
         ref = [(s, one.rule_state) for b in bars if (s := one.process(b)) is not None]
-        got, dropped = [], []
+        got = []
         for k in range(0, len(bars), 97):  # chunks that do not line up with anything
-            sigs, invalid = many.process_many(bars[k:k + 97])
-            got += [g for g in sigs if g is not None]
-            dropped += [k + i for i in invalid]
-        assert len(ref) > 200 and dropped == [700] and many.stats == one.stats
+            got += [g for g in compute_many([(node, b, None) for b in bars[k:k + 97]]) if g is not None]
+        assert len(ref) > 200 and many.stats.invalid == 1 and many.stats == one.stats
         assert [(s.id, s.p_up, s.action, st) for s, st in got] == [(s.id, s.p_up, s.action, st) for s, st in ref]
         assert len({s.p_up for s, _ in got}) > 100, "distinct windows must give distinct scores"
