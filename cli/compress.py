@@ -20,6 +20,8 @@ STAGE_HELP = {
     "quantize": "FP16, INT8 dynamic, INT8 static QDQ and QAT variants, with diagnostics and sensitivity",
     "report": "one table measured in one run (report.md/.json + PNGs) and the artifact",
     "engine": "TensorRT engines from the ONNX variants (needs tensorrt and an NVIDIA GPU)",
+    "serving": "rewrite an artifact's FP32 static graph as the batch-1 serving graph (from its weights), "
+               "measured against the exported one on real windows",
     "all": "every stage but engine, in order (the default)",
 }
 
@@ -45,6 +47,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "engine":
             sp.add_argument("--version-compatible", action="store_true",
                             help="build VERSION_COMPATIBLE engines")
+        if name == "serving":
+            sp.add_argument("--data", required=True, metavar="FILE",
+                            help="a bar file whose windows the graphs are compared on")
+            sp.add_argument("--out", default=None, metavar="DIR", help="write here (default: in place)")
     p.set_defaults(func=_run, stage=None)
 
 
@@ -96,6 +102,18 @@ def _run(args: argparse.Namespace) -> int:
         print(f"[{time.monotonic() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
 
     command = "barsignal " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    if stage == "serving":
+        from pathlib import Path
+
+        from barsignal.compression.batch1 import rewrite_artifact
+
+        src = Path(args.artifact or cfg.output.artifact)
+        info = rewrite_artifact(src, Path(args.out or src), Path(args.data), command=command)
+        print(f"serving graph: {info['nodes']} nodes (exported {info['exported_nodes']}), max |dp| "
+              f"{info['max_abs_dp_vs_exported']:.3g} over {info['windows']} windows "
+              f"({info['identical_fraction']:.1%} identical), batch-1 p50 {info['latency_p50_us']:.1f} us "
+              f"vs {info['exported_latency_p50_us']:.1f} us exported, batch drift {info['batch_drift']:.3g}")
+        return 0
     if stage == "engine":
         ctx = pipeline.Context(cfg, progress)
         out = pipeline.stage_engine(ctx, version_compatible=args.version_compatible)

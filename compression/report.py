@@ -206,6 +206,14 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
             bars[r["name"]] = (proba_windows(dyn, val_all), proba_windows(dyn, test_all))
             r["file_bytes"] = r["path"].stat().st_size
         r["model"] = models[r["net"]]
+        if r.get("variant") == "pruned" and r["model"].cfg.attn == "full":
+            # what the daemon scores with: the batch-1 serving graph (compression/batch1.py), measured
+            # against the exported static graph; the latency and batch drift below are its own
+            from barsignal.compression.batch1 import write_serving
+
+            serving = d / "pruned.batch1.onnx"
+            r["serving_graph"] = write_serving(r["model"], r["path"], serving, x[:2000])
+            r["path"] = serving
         r["params"] = models[r["net"]].param_count()
         r["flops"] = flops_per_window(models[r["net"]])
     p_teacher = probs["teacher (PyTorch)"][0]
@@ -349,7 +357,7 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
     for r in fam:
         v = r["variant"]
         name = "fp32" if v == "pruned" else v
-        files[f"{name}.onnx"] = d / f"{r['file']}.onnx"
+        files[f"{name}.onnx"] = r["path"]  # the serving graph for FP32, else the exported static graph
         files[f"{name}.dynamic.onnx"] = d / f"{r['file']}.dynamic.onnx"
         net = "qat" if v == "qat" else "pruned"  # the PyTorch weights of this network (torch backend)
         files[f"{net}.safetensors"] = ctx.workdir / net / "model.safetensors"
@@ -358,7 +366,8 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
                           "model": r["model"].cfg.to_dict(), "precision": name,
                           "latency_p50_us": r["latency_p50_us"], "auc": r["auc"],
                           "signal_agreement_vs_fp32": r["signal_agreement_vs_fp32"],
-                          "batch_drift": r["batch_drift"]}
+                          "batch_drift": r["batch_drift"],
+                          **({"serving_graph": r["serving_graph"]} if "serving_graph" in r else {})}
     default = "fp32" if best["variant"] == "pruned" else best["variant"]
     meta = ctx.teacher_meta
     sh = str(ctx.data.meta.get("schema_hash") or schema_hash())  # the features the student was trained on

@@ -145,6 +145,12 @@ def test_artifact_verifies_and_is_refused_when_tampered(done, tmp_path):
     v = art.variant()
     x = np.zeros((1, 30, 33), np.float32)
     assert q.session(v.onnx).run(["up_probability"], {"input": x})[0].shape == (1,)
+    # FP32 ships the batch-1 serving graph, measured against the exported static graph
+    fp32 = art.variant("fp32")
+    assert onnx.load(str(fp32.onnx)).producer_name == "barsignal.compression.batch1"
+    sg = art.manifest["variants"]["fp32"]["serving_graph"]
+    assert sg["nodes"] < sg["exported_nodes"] and sg["max_abs_dp_vs_exported"] <= 1e-6 and sg["windows"] > 0
+    assert art.manifest["variants"]["fp32"]["batch_drift"] <= 1e-5
     bad = tmp_path / "bad"
     shutil.copytree(work / "artifact", bad)
     with open(bad / v.onnx.name, "ab") as fh:
