@@ -1,8 +1,9 @@
 """``barsignal compress``: teacher -> distilled, pruned, quantized student -> report + artifact.
 
 ``barsignal compress --config compression.toml`` runs every stage; ``barsignal compress STAGE`` runs
-one (distill, prune, export, quantize, report, engine). ``--set section.key=value`` overrides a
-config key for one run. No torch at import time: the handler imports the pipeline.
+one (distill, prune, export, quantize, report, engine); ``barsignal compress serving`` rewrites an
+existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``).
+``--set section.key=value`` overrides a config key for one run. No torch at import time: the handler imports the pipeline.
 """
 
 from __future__ import annotations
