@@ -1,8 +1,10 @@
 """Live daemon on a loopback feed at high speed: tick-to-signal p50/p99, start-to-READY, RSS.
 
 The real ``Daemon`` (features, scorer, rule, outbox, bar record, sinks) reads a real ``FeedSimulator``
-on 127.0.0.1 serving real bars. Tick-to-signal runs from the closing frame's arrival to the signal
-stored in the outbox and handed to every sink queue. Start-to-READY runs from the start of model
+on 127.0.0.1 serving real bars. Tick-to-signal runs from the closing frame's arrival at the feed
+client to the signal stored in the outbox and handed to every sink queue. Sent-to-signal runs from
+the simulator handing that frame to the kernel: it adds the loopback, the websockets parser, the
+loop's wake-up and any keep-warm rehearsal the frame waited behind. Start-to-READY runs from the start of model
 loading to READY, minus the time spent in REST requests (the warm-up fetch). RSS is the process
 peak (it includes the in-process feed simulator: an upper bound for the daemon alone).
 """
@@ -89,6 +91,12 @@ def _print(args: argparse.Namespace, res: dict) -> None:
     if len(lat):
         print(f"  tick-to-signal  p50 {np.percentile(lat, 50):.3f} ms  p99 {np.percentile(lat, 99):.3f} ms  "
               f"max {lat.max():.3f} ms  (n={len(lat)})")
+    sent = np.array(res.get("sent_to_signal_us", ()))
+    if len(sent):
+        wire = np.array(res["wire_to_frame_us"])
+        print(f"  sent-to-signal  p50 {np.percentile(sent, 50) / 1e3:.3f} ms  "
+              f"p99 {np.percentile(sent, 99) / 1e3:.3f} ms  (from the closed frame handed to the kernel; before the frame reaches the feed client: "
+              f"p50 {np.percentile(wire, 50):.1f} us, p99 {np.percentile(wire, 99):.1f} us)")
     for k in ("recv_to_bar", "features", "score", "emit", "store"):
         v = res["parts_us"].get(k)
         if v is not None and len(v):
@@ -130,6 +138,15 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     d = Daemon(cfg, loaded=loaded, drain_timeout_s=10,
                source_factory=lambda fc, warm: FeedClient(fc, warmup_bars=warm, fetch=timed_fetch))
     d.record_latency = args.bars + 10
+    done_ns: dict[int, tuple[int, int]] = {}  # open time -> (its frame's arrival, its signal handed on)
+    after = d._after_bar
+
+    def record(bar, sig, recv_ns, node) -> None:
+        after(bar, sig, recv_ns, node)
+        if sig is not None and recv_ns is not None:
+            done_ns[bar.open_time] = (recv_ns, time.perf_counter_ns())
+
+    d._after_bar = record  # type: ignore[method-assign]
     task = asyncio.create_task(d.run())
     t_run = time.perf_counter()
     try:
@@ -149,7 +166,10 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     if n:  # the rest of tick-to-signal: the outbox transaction and the hand-off to the sink queues
         total_us = np.array(d.tick_to_signal_s[-n:]) * 1e6
         parts["store"] = total_us - sum(parts[k][-n:] for k in ("recv_to_bar", "features", "score", "emit"))
+    sent = sim.last_closed_sent_ns  # the simulator shares this process's perf_counter clock
+    wire = [((recv - sent[t]) / 1e3, (end - sent[t]) / 1e3) for t, (recv, end) in done_ns.items() if t in sent]
     return {
+        "wire_to_frame_us": [w for w, _ in wire], "sent_to_signal_us": [e for _, e in wire],
         "signals": d.pipeline.stats.signals, "ws_bars": d.feed.stats.bars_ws,
         "backend": loaded.model.info.get("backend"), "tick_to_signal_s": d.tick_to_signal_s,
         "ready_total_s": ready_total, "rest_s": rest_s[0], "ready_s": ready_total - rest_s[0],

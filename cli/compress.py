@@ -3,7 +3,8 @@
 ``barsignal compress --config compression.toml`` runs every stage; ``barsignal compress STAGE`` runs
 one (distill, prune, export, quantize, report, engine); ``barsignal compress serving`` rewrites an
 existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``).
-``--set section.key=value`` overrides a config key for one run. No torch at import time: the handler imports the pipeline.
+``--set section.key=value`` overrides a config key for one run. No torch at import time: the handler
+imports the pipeline.
 """
 
 from __future__ import annotations

@@ -241,7 +241,8 @@ class Daemon:
         background = [watchdog]
         if cfg.engine.keep_warm_ms > 0:
             self.keep_warm = KeepWarm(self._warm_hot_path, cfg.engine.keep_warm_ms / 1e3,
-                                      on_error=self._keep_warm_failed)
+                                      on_error=self._keep_warm_failed,
+                                      busy=getattr(self.feed, "frame_pending", None))
             self.metrics.bind(keep_warm=lambda: self.keep_warm)
             background.append(loop.create_task(self.keep_warm.run(), name="keep_warm"))
         if self._hup_pending:

@@ -14,7 +14,11 @@ default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A 
 raises stops keep-warm (the real path reports its own trouble): ``errors`` counts it
 (``barsignal_keep_warm_errors_total``) and ``on_error`` is called once with the error (the daemon
 logs it). A rehearsal in
-progress when the frame arrives delays it by at most one rehearsal. Nothing here touches the
+progress when the frame arrives delays it by at most one rehearsal; none starts once ``busy()`` says
+a frame is on its way (bytes on the socket, a message buffered, a receive not yet handled): the
+frame's trip through the loop takes several loop turns, and before this check a rehearsal could run
+in each of them (measured: 536 µs p50 from the frame handed to the kernel to the feed client, 285 µs
+with keep-warm off; docs/BENCHMARKS.md). Nothing here touches the
 features, the rule or any state a signal depends on: signals are identical with it on or off.
 """
 
@@ -39,8 +43,11 @@ class KeepWarm:
 
     def __init__(self, warm: Callable[[], None], lead_s: float, period_s: float = 250e-6,
                  clock: Callable[[], float] = time.perf_counter, history: int = 8,
-                 on_error: Callable[[str], None] | None = None) -> None:
+                 on_error: Callable[[str], None] | None = None,
+                 busy: Callable[[], bool] | None = None) -> None:
         self.warm = warm
+        self.busy = busy  # True while a frame is on its way through the loop: no rehearsal then
+        self.skipped = 0  # rehearsals not run because busy() said a frame was on its way
         self.lead_s = lead_s
         self.period_s = period_s
         self.clock = clock
@@ -94,7 +101,9 @@ class KeepWarm:
         next_warm = t0
         now = t0
         while self._seen == seen and now < end:
-            if now >= next_warm:
+            if now >= next_warm and self.busy is not None and self.busy():
+                self.skipped += 1  # the frame first: a rehearsal now would hold it back by its length
+            elif now >= next_warm:
                 try:
                     self.warm()
                     self.calls += 1

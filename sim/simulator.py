@@ -298,6 +298,11 @@ class FeedSimulator:
             del good["data"]["pad"]
         return orjson.dumps(good), orjson.dumps(raw)
 
+    def _closed_sent(self, symbol: str, open_time: int) -> None:
+        """A closed frame is on the wire (handed to the kernel): record it and when."""
+        self.sent_closed.append((symbol, open_time))
+        self.last_closed_sent_ns[open_time] = time.perf_counter_ns()
+
     def _send(self, stream: str, raw: bytes, combined: bytes | None = None) -> None:
         """Send one payload to the connections subscribed to ``stream``, wrapped for combined ones."""
         subs = self._subs.get(stream)
@@ -378,12 +383,11 @@ class FeedSimulator:
                     delay = t_closed + self.close_spread_ms / 1e3 * k / len(live) - loop.time()
                     if delay > 0:
                         await asyncio.sleep(delay)
-                self.last_closed_sent_ns[int(self.times[i])] = time.perf_counter_ns()
                 delay_ms = tp.close_delay_ms + (int(self._jit_rng.uniform(0, self.jitter_ms)) if self.jitter_ms else 0)
                 closed = encode_kline(tp.event(row, close_delay_ms=delay_ms), combined=False)
                 if not fl.hits(tp.symbol):
                     self._send(tp.stream, closed)
-                    self.sent_closed.append((tp.symbol, int(self.times[i])))
+                    self._closed_sent(tp.symbol, int(self.times[i]))
                     continue
                 if fl.malformed and r.random() < fl.malformed:
                     raw_bad_combined, raw_bad = self._malformed(tp, row)
@@ -396,10 +400,10 @@ class FeedSimulator:
                     held.append((i + 1, tp, closed))
                 else:
                     self._send(tp.stream, closed)
-                    self.sent_closed.append((tp.symbol, int(self.times[i])))
+                    self._closed_sent(tp.symbol, int(self.times[i]))
                     if fl.dup and r.random() < fl.dup:
                         self._send(tp.stream, closed)
-                        self.sent_closed.append((tp.symbol, int(self.times[i])))
+                        self._closed_sent(tp.symbol, int(self.times[i]))
                     if fl.late and r.random() < fl.late:
                         held.append((i + 3, tp, closed))
             for item in [h for h in held if h[0] <= i]:

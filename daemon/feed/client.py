@@ -36,6 +36,7 @@ import contextlib
 import functools
 import math
 import random
+import select
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -196,6 +197,18 @@ class FeedClient:
     async def _bars_only(self) -> AsyncIterator[Bar]:
         async for _, bar in self.stream():
             yield bar
+
+    def frame_pending(self) -> bool:
+        """A frame is on its way through the event loop and not handed out yet: bytes waiting on a
+        socket, a whole message buffered in websockets, or a receive done but not handled. Keep-warm
+        asks before each rehearsal: a rehearsal run then would hold the frame back."""
+        for link in self.links:
+            if link.recv is not None and link.recv.done():
+                return True
+            ws = link.ws
+            if ws is not None and (_message_ready(ws) or _readable(ws)):
+                return True
+        return False
 
     def stop(self) -> None:
         """Ask :meth:`stream` to end after the current frame."""
@@ -526,6 +539,22 @@ def _message_ready(ws: Any) -> bool:
     websockets' frame queue (``recv_messages.frames``); False where that is absent."""
     frames = getattr(getattr(getattr(ws, "recv_messages", None), "frames", None), "queue", None)
     return bool(frames) and bool(getattr(frames[0], "fin", False))
+
+
+def _readable(ws: Any) -> bool:
+    """Bytes are waiting on the connection's socket (a zero-timeout poll; False without a socket)."""
+    sock = ws.transport.get_extra_info("socket") if getattr(ws, "transport", None) is not None else None
+    if sock is None:
+        return False
+    try:
+        fd = sock.fileno()
+        if fd < 0:
+            return False
+        p = select.poll()
+        p.register(fd, select.POLLIN)
+        return bool(p.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _brief(url: str) -> str:

@@ -59,6 +59,37 @@ def test_busy_only_around_expected_bars_and_idle_once_they_stop() -> None:
     assert busy < 0.36 * 0.5, f"busy {busy:.3f} s of 0.36 s: windows are +-5 ms of each 30 ms, not all the time"
 
 
+def test_no_rehearsal_starts_while_a_frame_is_on_its_way() -> None:
+    """``busy()`` True (a frame read but not handed out yet): the window goes on polling the loop but
+    runs no rehearsal, so none holds the frame back; False again: rehearsals resume."""
+    async def go() -> tuple[int, int, int, int]:
+        calls = [0]
+        pending = [False]
+
+        def warm() -> None:
+            calls[0] += 1
+
+        kw = KeepWarm(warm, lead_s=0.02, period_s=0.0005, busy=lambda: pending[0])
+        task = asyncio.create_task(kw.run())
+        for _ in range(4):  # bars every 30 ms: a plan, then busy windows of +-7.5 ms
+            kw.arrived()
+            await asyncio.sleep(0.03)
+        before = calls[0]
+        pending[0] = True
+        await asyncio.sleep(0.03)  # a whole window with a frame "on its way"
+        during, skipped = calls[0] - before, kw.skipped
+        pending[0] = False
+        kw.arrived()
+        await asyncio.sleep(0.03)
+        resumed = calls[0] - before - during
+        task.cancel()
+        return before, during, skipped, resumed
+
+    before, during, skipped, resumed = asyncio.run(go())
+    assert before > 0 and resumed > 0
+    assert during == 0 and skipped > 0
+
+
 def test_signals_are_identical_with_keep_warm_on_and_off(tmp_path: Path, tiny_artifact: Path) -> None:
     bars = real_bars(1100)
     frame = BarFrame.from_bars(bars)

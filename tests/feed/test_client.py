@@ -275,3 +275,51 @@ def test_a_burst_of_buffered_frames_is_read_without_waiting_on_the_loop() -> Non
                 return ready
 
     assert asyncio.run(main()) == [True, False]
+
+
+def test_frame_pending_sees_bytes_on_the_socket_and_messages_in_websockets() -> None:
+    """``frame_pending`` (asked by keep-warm before each rehearsal) on a real loopback connection:
+    True from the moment a frame's bytes wait on the socket, through websockets' buffer, until the
+    client has handed it out; False before and after."""
+    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import serve
+
+    from barsignal.daemon.feed.client import _readable
+
+    go = asyncio.Event()
+
+    async def handler(ws: Any) -> None:
+        await go.wait()
+        await ws.send('{"n":1}')
+        await ws.wait_closed()
+
+    async def main() -> list[bool]:
+        async with serve(handler, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            async with connect(f"ws://127.0.0.1:{port}") as ws:
+                client = FeedClient(FeedConfig(ws_url=f"ws://127.0.0.1:{port}"), warmup_bars=0)
+                link = client.links[0]
+                link.ws = ws
+                seen = [client.frame_pending()]  # nothing sent yet
+                try:
+                    ws.transport.pause_reading()  # the loop leaves the bytes on the socket
+                    go.set()
+                    for _ in range(200):
+                        await asyncio.sleep(0.005)
+                        if _readable(ws):
+                            break
+                    seen.append(client.frame_pending())  # bytes on the socket
+                    ws.transport.resume_reading()
+                    await asyncio.sleep(0.05)
+                    seen.append(client.frame_pending())  # the message in websockets' buffer
+                    link.recv = asyncio.ensure_future(ws.recv(decode=False))
+                    await asyncio.sleep(0.01)
+                    seen.append(client.frame_pending())  # received, not handled yet
+                    assert link.recv.result() == b'{"n":1}'
+                    link.recv = None
+                    seen.append(client.frame_pending())  # handed out
+                finally:
+                    link.ws = None
+                return seen
+
+    assert asyncio.run(main()) == [False, True, True, True, False]
