@@ -96,7 +96,8 @@ def _print(args: argparse.Namespace, res: dict) -> None:
         wire = np.array(res["wire_to_frame_us"])
         print(f"  sent-to-signal  p50 {np.percentile(sent, 50) / 1e3:.3f} ms  "
               f"p99 {np.percentile(sent, 99) / 1e3:.3f} ms  (from the closed frame handed to the kernel; "
-              f"before the frame reaches the feed client: p50 {np.percentile(wire, 50):.1f} us, p99 {np.percentile(wire, 99):.1f} us)")
+              f"before the frame reaches the feed client: p50 {np.percentile(wire, 50):.1f} us, "
+              f"p99 {np.percentile(wire, 99):.1f} us)")
     for k in ("recv_to_bar", "features", "score", "emit", "store"):
         v = res["parts_us"].get(k)
         if v is not None and len(v):
