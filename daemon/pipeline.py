@@ -140,29 +140,37 @@ class Pipeline:
 
     # -- keep-warm ------------------------------------------------------------------------------
     def rehearse(self) -> None:
-        """Run the hot path on throwaway state and discard the results: the features on a copy (made
-        once per bar) fed a synthetic next bar, the scorer on the current window, then a copy of
-        the rule and a signal built from that score. Keep-warm
-        (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds code and
-        data hot. Nothing the signals depend on changes: the pipeline's own features never see it."""
+        """Run the hot path and discard the results: the features on a synthetic next bar, the
+        scorer on the current window, a copy of the rule and a signal built from that score.
+        Keep-warm (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds
+        code and data hot. Features that can (``OnlineFeatures.rehearse``) run on their own state and
+        put every value back, so this stream's own data is warm too; others run on a copy made once
+        per bar. Nothing the signals depend on changes."""
         if self.last_window is None or not self.recent:
             return
         last = self.recent[-1]
         f = self.model.features
         key = (last.open_time, id(f))
         if self._rehearsal is None or self._rehearsal[0] != key:
+            own = getattr(f, "rehearse", None)
             norm = getattr(f, "normalizer", None)
-            self._rehearsal = key, copy.deepcopy(f, {id(norm): norm} if norm is not None else {})
+            spare = None if own is not None else copy.deepcopy(f, {id(norm): norm} if norm is not None else {})
+            self._rehearsal = key, spare
             self._rehearsal_rule = copy.deepcopy(self.model.rule)
             step = last.open_time - self.recent[-2].open_time if len(self.recent) > 1 else 60_000
             self._rehearsal_t, self._rehearsal_step = last.open_time, step
-        self._rehearsal_t += self._rehearsal_step
-        self._rehearsal[1].update(Bar(self._rehearsal_t, last.open, last.high, last.low, last.close,
-                                      last.volume, last.source))
+        spare = self._rehearsal[1]
+        if spare is None:  # the features' own state, put back: always the bar after the last one
+            t = last.open_time + self._rehearsal_step
+            f.rehearse(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
+        else:  # the copy moves on a bar each time
+            self._rehearsal_t += self._rehearsal_step
+            t = self._rehearsal_t
+            spare.update(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
         p_up = float(np.float32(self.model.scorer.score(self.last_window)))
         action = self._rehearsal_rule.update(p_up)
-        Signal(id=signal_id(self.symbol, self._rehearsal_t, self.model.artifact_hash), symbol=self.symbol,
-               open_time=self._rehearsal_t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
+        Signal(id=signal_id(self.symbol, t, self.model.artifact_hash), symbol=self.symbol,
+               open_time=t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
                artifact=self.model.artifact_hash, source=last.source, latency_us={})
 
     # -- hot swap ------------------------------------------------------------------------------

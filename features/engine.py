@@ -128,6 +128,25 @@ class FeatureEngine:
     def ready(self) -> bool:
         return self.bars_seen >= WARMUP_BARS
 
+    # -- rehearsal: the update's code on this very state, then the state as it was -----------------
+    def snapshot(self) -> tuple[dict[str, object], list[tuple[deque[float], list[float]]], list[float], np.ndarray]:
+        """Everything :meth:`update` may change, for :meth:`restore` (reads every value it holds)."""
+        state = dict(self.__dict__)
+        deques = [(d, list(d)) for d in state.values() if type(d) is deque]
+        return state, deques, list(self._macd9), self._out.copy()
+
+    def restore(self, snap: tuple[dict[str, object], list[tuple[deque[float], list[float]]], list[float],
+                                  np.ndarray]) -> None:
+        """Put back what :meth:`snapshot` read: the same objects, holding the same values."""
+        state, deques, macd9, out = snap
+        self.__dict__.clear()
+        self.__dict__.update(state)
+        for d, values in deques:
+            d.clear()
+            d.extend(values)
+        self._macd9[:] = macd9
+        self._out[:] = out
+
     # -- public update -------------------------------------------------------------------------
     def update(self, bar: Bar) -> np.ndarray:
         """Feed one closed bar; return the (33,) float64 feature row (an internal buffer)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from barsignal.errors import BadMessage
 from barsignal.features.bar import INTERVAL_MS, Bar
 from barsignal.features.engine import FeatureEngine
 from barsignal.features.normalize import Normalizer
@@ -53,6 +54,20 @@ class OnlineFeatures:
     def reset(self) -> None:
         self.engine.reset()
         self.window.reset()
+
+    def rehearse(self, bar: Bar) -> None:
+        """Run :meth:`update` on ``bar`` and put every value back as it was: the hot path's code and
+        this stream's own data are then in the caches when the real next bar comes (keep-warm), and
+        nothing the next :meth:`update` returns can differ. A bar the engine refuses changes nothing."""
+        eng = self.engine
+        snap, win = eng.snapshot(), self.window.snapshot()
+        try:
+            self.update(bar)
+        except BadMessage:
+            pass
+        finally:
+            self.window.restore(win)
+            eng.restore(snap)
 
     def update(self, bar: Bar) -> np.ndarray | None:
         eng = self.engine

@@ -40,6 +40,15 @@ class RollingWindow:
         self._pos = 0 if p == self.length else p
         self.count += 1
 
+    def snapshot(self) -> tuple[int, int, np.ndarray]:
+        """The window as it is, for :meth:`restore`."""
+        return self._pos, self.count, self._buf.copy()
+
+    def restore(self, snap: tuple[int, int, np.ndarray]) -> None:
+        """Put the window back as :meth:`snapshot` found it (the same buffer and views)."""
+        self._pos, self.count, buf = snap
+        self._buf[...] = buf
+
     def view(self) -> np.ndarray:
         """The (T, F) float32 C-contiguous window, oldest row first (zeros before ``ready``)."""
         return self._views[self._pos]
