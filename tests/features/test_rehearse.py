@@ -55,7 +55,7 @@ def test_rehearsing_any_bar_changes_nothing(frame, policy, every, kind):
             before = _state(rehearsed)
             pushed = []
             push = rehearsed.window.push
-            rehearsed.window.push = lambda row: (pushed.append(1), push(row))[-1]
+            rehearsed.window.push = lambda row, pushed=pushed, push=push: (pushed.append(1), push(row))[-1]
             rehearsed.rehearse(fake)
             del rehearsed.window.push
             assert _state(rehearsed) == before
