@@ -200,7 +200,7 @@ class Node:
         self.cache_dir = cache_dir
         self.queue_size = queue_size
         self.on_signal = on_signal
-        self.monitor = monitor  # LiveMonitor (live: drift and live scores) or None
+        self.monitor = monitor  # LiveMonitor (live: drift and live scores; the daemon feeds it) or None
         self.workers: list[SinkWorker] = []
         self.stats = NodeStats()
         self.symbol = pipeline.symbol
@@ -314,8 +314,6 @@ class Node:
             if self._pending_swap is not None:
                 self._write_swap(bar)
             self.barlog.record(bar)
-        if self.monitor is not None:
-            self.monitor.observe_bar(bar.open_time, bar.close)
 
     def _dropped(self, bar: Bar) -> None:
         log.warning("bar_dropped", open_time=bar.open_time, source=bar.source,

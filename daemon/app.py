@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import functools
 import gc
 import signal
 import time
@@ -230,7 +231,7 @@ class Daemon:
                         hint="every action is flat; p_up is for information, not a trading signal")
         self.notifier.status(f"warming up: fetching {warmup} bars")
         if len(nodes) == 1:
-            loop_ = consume(node, feed, lambda b, s, r: self._after_bar(b, s, r, node), ready_ns=lambda: self.ready_ns)
+            loop_ = consume(node, feed, functools.partial(self._after_bar, node=node), ready_ns=lambda: self.ready_ns)
         else:
             loop_ = consume_many(nodes, feed, lambda n, b, s, r: self._after_bar(b, s, r, n),
                                  ready_ns=lambda: self.ready_ns, hold_s=self.hold_s,
@@ -364,14 +365,18 @@ class Daemon:
 
     # -- after each bar (the signal is already in the outbox and the sinks' queues) --------------
     def _after_bar(self, bar: Bar, sig: Signal | None, recv_ns: int | None, node: Node) -> None:
+        """Every bar, once its signal (if any) is in the outbox and offered to the sinks: the tick's
+        latency first, then what is not on the signal's path (metrics, the live monitor, READY)."""
+        dt = (time.perf_counter_ns() - recv_ns) / 1e9 if recv_ns is not None and sig is not None else None
         self.last_bar_at = now = self._clock()
         self.last_bar_by[node.symbol] = now
         pipe = node.pipeline
+        mon = node.monitor  # drift and live scores: this symbol's own
+        if mon is not None:
+            mon.observe_bar(bar.open_time, bar.close)  # resolves the prediction made h bars before
         if sig is not None:
             m = self.metrics
-            mon = node.monitor  # drift and live scores: this symbol's own
-            if recv_ns is not None:
-                dt = (time.perf_counter_ns() - recv_ns) / 1e9
+            if dt is not None:
                 m.tick_to_signal.observe(dt)
                 if self.record_latency and len(self.tick_to_signal_s) < self.record_latency:
                     self.tick_to_signal_s.append(dt)
