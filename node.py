@@ -300,11 +300,7 @@ class Node:
 
     def handle_many(self, bars: list[Bar]) -> None:
         """Replay's :meth:`handle` for a chunk of bars (:func:`compute_many`): the same steps and
-        signals, the scorer's calls back to back. Live bars (a monitor attached) go one by one."""
-        if self.monitor is not None:
-            for bar in bars:
-                self.handle(bar)
-            return
+        signals, the scorer's calls back to back."""
         for got in compute_many([(self, bar, None) for bar in bars]):
             if got is not None:
                 self._after(*got)

@@ -203,7 +203,6 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
     variant's safetensors weights) and write the result to ``dest`` (may be ``src``), with the
     measurements of :func:`write_serving` on real windows of ``data`` and the variant's batch drift
     re-measured (dynamic graph at batch 512 vs the new static one). Returns the serving entry."""
-    import json
     import tempfile
 
     from barsignal.compression.report import _batch_drift
@@ -238,5 +237,4 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
                        signal=m["signal"], variants=variants, default_variant=m["default_variant"],
                        horizon=m["horizon"], metrics=m["metrics"], command=extra["created_by"]["command"],
                        extra=extra, overwrite=True)
-    json.dumps(info)  # JSON-able, as the manifest needs
     return {**info, "batch_drift": drift}

@@ -214,6 +214,7 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
             serving = d / "pruned.batch1.onnx"
             r["serving_graph"] = write_serving(r["model"], r["path"], serving, x[:2000])
             r["path"] = serving
+            r["file_bytes"] = serving.stat().st_size
         r["params"] = models[r["net"]].param_count()
         r["flops"] = flops_per_window(models[r["net"]])
     p_teacher = probs["teacher (PyTorch)"][0]

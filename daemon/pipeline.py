@@ -39,6 +39,10 @@ class WindowFeatures(Protocol):
         """Take one closed bar; return the (T, F) float32 window once warm, else None."""
         ...
 
+    def rehearse(self, bar: Bar) -> None:
+        """Run ``update(bar)`` and put every value back (keep-warm): nothing later can differ."""
+        ...
+
 
 @dataclass(slots=True)
 class Model:
@@ -95,9 +99,7 @@ class Pipeline:
         self._clock = clock_ns
         # The last bars seen, so a hot swap can warm up the new model's features (bounded).
         self.recent = BarRing(keep_bars)
-        self._rehearsal: tuple[tuple[int, int], Any] | None = None  # (bar, features id), their copy
-        self._rehearsal_t = self._rehearsal_step = 0
-        self._rehearsal_rule: Any = None
+        self._rehearsal: tuple[tuple[int, int], Any, int] | None = None  # (bar, rule id), rule copy, time
 
     # -- one bar -------------------------------------------------------------------------------
     def process(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
@@ -140,35 +142,22 @@ class Pipeline:
 
     # -- keep-warm ------------------------------------------------------------------------------
     def rehearse(self) -> None:
-        """Run the hot path and discard the results: the features on a synthetic next bar, the
-        scorer on the current window, a copy of the rule and a signal built from that score.
-        Keep-warm (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds
-        code and data hot. Features that can (``OnlineFeatures.rehearse``) run on their own state and
-        put every value back, so this stream's own data is warm too; others run on a copy made once
-        per bar. Nothing the signals depend on changes."""
+        """Run the hot path and discard the results: the features on a synthetic next bar (their own
+        state, every value put back: this stream's data is warm too), the scorer on the current
+        window, a copy of the rule and a signal built from that score. Keep-warm
+        (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds code and
+        data hot. Nothing the signals depend on changes."""
         if self.last_window is None or not self.recent:
             return
         last = self.recent[-1]
-        f = self.model.features
-        key = (last.open_time, id(f))
-        if self._rehearsal is None or self._rehearsal[0] != key:
-            own = getattr(f, "rehearse", None)
-            norm = getattr(f, "normalizer", None)
-            spare = None if own is not None else copy.deepcopy(f, {id(norm): norm} if norm is not None else {})
-            self._rehearsal = key, spare
-            self._rehearsal_rule = copy.deepcopy(self.model.rule)
+        key = (last.open_time, id(self.model.rule))
+        if self._rehearsal is None or self._rehearsal[0] != key:  # a copy of the rule, once a bar
             step = last.open_time - self.recent[-2].open_time if len(self.recent) > 1 else 60_000
-            self._rehearsal_t, self._rehearsal_step = last.open_time, step
-        spare = self._rehearsal[1]
-        if spare is None:  # the features' own state, put back: always the bar after the last one
-            t = last.open_time + self._rehearsal_step
-            f.rehearse(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
-        else:  # the copy moves on a bar each time
-            self._rehearsal_t += self._rehearsal_step
-            t = self._rehearsal_t
-            spare.update(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
+            self._rehearsal = key, copy.deepcopy(self.model.rule), last.open_time + step
+        _, rule, t = self._rehearsal
+        self.model.features.rehearse(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
         p_up = float(np.float32(self.model.scorer.score(self.last_window)))
-        action = self._rehearsal_rule.update(p_up)
+        action = rule.update(p_up)
         Signal(id=signal_id(self.symbol, t, self.model.artifact_hash), symbol=self.symbol,
                open_time=t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
                artifact=self.model.artifact_hash, source=last.source, latency_us={})

@@ -45,6 +45,13 @@ class TinyFeatures:
         self.buf[:] = r[:, None] * _K + rng[:, None] * _M
         return self.buf
 
+    def rehearse(self, bar: Bar) -> None:
+        bars, buf = list(self.bars), self.buf.copy()
+        self.update(bar)
+        self.bars.clear()
+        self.bars.extend(bars)
+        self.buf[:] = buf
+
 
 @pytest.fixture
 def tiny_scorer(tmp_path: Path):

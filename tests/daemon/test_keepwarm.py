@@ -150,7 +150,7 @@ def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
     assert len(sigs) > 200
     assert [(s.id, s.p_up, s.action) for s in sigs] == [(s.id, s.p_up, s.action) for s in b if s is not None]
     assert rehearsed._rehearsal is not None and rehearsed._rehearsal[0][0] == bars[-2].open_time
-    assert rehearsed._rehearsal[1] is None  # OnlineFeatures rehearse on their own state: no copy kept
+    assert rehearsed._rehearsal[2] == bars[-2].open_time + 60_000  # the bar after the last one
     assert ran[0] > 3 * 200, "the rehearsal never ran the features"
 
 
