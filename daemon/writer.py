@@ -190,7 +190,7 @@ class WriterThread:
         todo = batch
         while True:
             try:
-                self._run_once(todo)
+                done = self._run_once(todo)
             except _StorageFailure as failure:  # roll back, keep what must run again, retry
                 exc, todo = failure.exc, failure.todo
                 self._rollback_quietly()
@@ -219,12 +219,14 @@ class WriterThread:
             self.jobs += len(todo)
             if self._after_commit is not None:
                 self._after_commit()
+            for job, res, err in done:  # last: a caller woken by its future sees the state after the batch
+                _resolve(job, res, err)
             return
 
-    def _run_once(self, jobs: list[_Job]) -> None:
-        """Run ``jobs`` and commit; resolve their futures after the commit. On a storage failure,
-        raise ``_StorageFailure`` with what a retry must run: the SQL jobs (rolled back) and the jobs
-        not reached yet (file jobs that ran are done and are not run twice)."""
+    def _run_once(self, jobs: list[_Job]) -> list[tuple[_Job, Any, BaseException | None]]:
+        """Run ``jobs`` and commit; return each job's result for the caller to resolve. On a storage
+        failure, raise ``_StorageFailure`` with what a retry must run: the SQL jobs (rolled back) and
+        the jobs not reached yet (file jobs that ran are done, resolved here, and not run twice)."""
         in_tx = False
         done: list[tuple[_Job, Any, BaseException | None]] = []
         i = 0
@@ -253,8 +255,7 @@ class WriterThread:
                 if not job.sql:
                     _resolve(job, res, err)
             raise _StorageFailure(exc, [j for j, _, _ in done if j.sql] + jobs[i:]) from None
-        for job, res, err in done:
-            _resolve(job, res, err)
+        return done
 
     def _rollback_quietly(self) -> None:
         if self._rollback is not None:
