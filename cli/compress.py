@@ -111,10 +111,10 @@ def _run(args: argparse.Namespace) -> int:
 
         src = Path(args.artifact or cfg.output.artifact)
         info = rewrite_artifact(src, Path(args.out or src), Path(args.data), command=command)
-        print(f"serving graph: {info['nodes']} nodes (exported {info['exported_nodes']}), max |dp| "
-              f"{info['max_abs_dp_vs_exported']:.3g} over {info['windows']} windows "
+        print(f"serving graph: {info['nodes']} nodes against {info['against']} ({info['exported_nodes']}), "
+              f"max |dp| {info['max_abs_dp_vs_exported']:.3g} over {info['windows']} windows "
               f"({info['identical_fraction']:.1%} identical), batch-1 p50 {info['latency_p50_us']:.1f} us "
-              f"vs {info['exported_latency_p50_us']:.1f} us exported, batch drift {info['batch_drift']:.3g}")
+              f"vs {info['exported_latency_p50_us']:.1f} us, batch drift {info['batch_drift']:.3g}")
         return 0
     if stage == "engine":
         ctx = pipeline.Context(cfg, progress)

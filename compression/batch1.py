@@ -6,9 +6,15 @@ reshapes and transposes, and wraps every MatMul+Add it fuses into a Gemm in two 
 kernels for the bundled student. Written directly from the weights with the batch axis dropped,
 the same network is 21 kernels (``Gather`` rows -> ``Gemm`` embedding with the positional table as
 its bias; q/k/v in one ``Gemm`` with the attention scale folded into q; ``Gemm(q, k^T)``; no
-reshapes for one head). Measured (docs/BENCHMARKS.md): 15-25 % less time per batch-1 call, back to
-back and at live cadence. Probabilities differ from the exported graph by float32 rounding (the
-embedding sums in another order): :func:`write_serving` measures that and the artifact records it.
+reshapes for one head). Biases are moved where a kernel is saved: the attention output's bias
+goes into the layer input's producer (the embedding's bias, the previous layer's last LayerNorm
+shift) with q/k/v's bias compensated, so ``Gemm(y, W_out, x)`` does the residual add; the second
+linear's bias goes into the first LayerNorm's shift (the first linear's bias compensated), so
+``Gemm(h, W_2, x)`` does the other; the token mean is a ``Gemm`` with a constant (1, L) row. 19
+kernels for the bundled student (35 exported). Measured (docs/BENCHMARKS.md): a third less
+time per batch-1 call than the exported graph (ratio 0.64-0.68 at 21 kernels; the folds above
+take 5-7 % more off). Probabilities differ from the exported graph by float32 rounding (sums in
+another order, biases moved): :func:`write_serving` measures that and the artifact records it.
 
 Supported: full attention (the student), any heads per layer, distilling layers (circular conv,
 BatchNorm folded, ELU, max-pool as a row ``Gather`` + ``ReduceMax``). ProbSparse (the teacher) is
@@ -72,19 +78,26 @@ def _conv_rows(w: _Writer, x: str, length: int, weight: np.ndarray, base: str) -
     return cols, np.transpose(weight, (2, 1, 0)).reshape(k * c, o)
 
 
-def _layer_norm(w: _Writer, x: str, ln: Any, base: str) -> str:
+def _layer_norm(w: _Writer, x: str, ln: Any, base: str, shift: np.ndarray | None = None) -> str:
+    """LayerNorm of ``x``, its output moved by ``shift`` (a bias folded into its beta)."""
+    beta = _np(ln.bias) if shift is None else _np(ln.bias) + shift
     return w.op("LayerNormalization", [x, w.const(f"{base}_g", _np(ln.weight).astype(np.float32)),
-                                       w.const(f"{base}_b", _np(ln.bias).astype(np.float32))],
+                                       w.const(f"{base}_b", beta.astype(np.float32))],
                 axis=-1, epsilon=float(ln.eps), stash_type=1)
 
 
-def _attention(w: _Writer, x: str, attn: Any, length: int, base: str) -> str:
+def _attention(w: _Writer, x: str, attn: Any, length: int, base: str, shift: np.ndarray | None) -> str:
+    """``x + attn(x)`` where ``x`` holds the layer input plus ``shift`` (the output projection's bias,
+    folded into x's producer; None: not folded, added here). q/k/v's biases are compensated so they
+    see the layer input itself, and the output projection's Gemm adds the residual as its C."""
     h, e = attn.n_heads, attn.head_dim
     scale = 1.0 / math.sqrt(e)
     wq, wk, wv = (_np(m.weight).T for m in (attn.q, attn.k, attn.v))  # (D, H*E) each
     bq, bk, bv = (_np(m.bias) for m in (attn.q, attn.k, attn.v))
-    qkv = w.gemm(x, np.concatenate([wq * scale, wk, wv], axis=1), np.concatenate([bq * scale, bk, bv]),
-                 f"{base}_qkv")
+    wqkv, bqkv = np.concatenate([wq * scale, wk, wv], axis=1), np.concatenate([bq * scale, bk, bv])
+    if shift is not None:
+        bqkv = bqkv - shift @ wqkv
+    qkv = w.gemm(x, wqkv, bqkv, f"{base}_qkv")
     q, k, v = w.op("Split", [qkv, w.const(f"{base}_split", np.array([h * e] * 3, np.int64))], 3, axis=1)
     if h == 1:
         s = w.op("Gemm", [q, k], transB=1)  # (L, L)
@@ -97,7 +110,10 @@ def _attention(w: _Writer, x: str, attn: Any, length: int, base: str) -> str:
         a = w.op("Softmax", [w.op("MatMul", [qh, kt])], axis=-1)  # (H, L, L)
         yh = w.op("Transpose", [w.op("MatMul", [a, vh])], perm=[1, 0, 2])  # (L, H, E)
         y = w.op("Reshape", [yh, w.const(f"{base}_merge", np.array([length, h * e], np.int64))])
-    return w.gemm(y, _np(attn.out.weight).T, _np(attn.out.bias), f"{base}_out")
+    wo = w.const(f"{base}_out_w", _np(attn.out.weight).T.astype(np.float32))
+    if shift is not None:
+        return w.op("Gemm", [y, wo, x])  # y @ W_out + (x + b_out): the residual add in the Gemm
+    return w.op("Add", [x, w.op("Gemm", [y, wo, w.const(f"{base}_out_b", _np(attn.out.bias).astype(np.float32))])])
 
 
 def batch1_graph(model: Any) -> onnx.ModelProto:
@@ -112,16 +128,25 @@ def batch1_graph(model: Any) -> onnx.ModelProto:
     taps = w.op("Gather", [INPUT, w.const("embed_taps", _im2col_index(t))], axis=1)  # (1, T, 3, F)
     cols = w.op("Reshape", [taps, w.const("embed_shape", np.array([t, 3 * f], np.int64))])
     wc = np.transpose(_np(model.embed.token.weight), (2, 1, 0)).reshape(3 * f, cfg.d_model)
-    x = w.gemm(cols, wc, _np(model.embed.pe[0, :t]), "embed")  # (T, D)
+    layers = list(model.layers)
+
+    def out_bias(i: int) -> np.ndarray | None:  # layer i's attention output bias, folded upstream
+        return _np(layers[i].attn.out.bias) if i < len(layers) else None
+
+    shift = out_bias(0)
+    pe = _np(model.embed.pe[0, :t])
+    x = w.gemm(cols, wc, pe if shift is None else pe + shift, "embed")  # (T, D), plus layer 0's b_out
     length = t
-    for i, layer in enumerate(model.layers):
-        a = _attention(w, x, layer.attn, length, f"l{i}_attn")
-        x = _layer_norm(w, w.op("Add", [x, a]), layer.norm1, f"l{i}_norm1")
-        y = w.op("Gelu", [w.gemm(x, _np(layer.ff1.weight).T, _np(layer.ff1.bias), f"l{i}_ff1")],
-                 approximate="none")
-        y = w.gemm(y, _np(layer.ff2.weight).T, _np(layer.ff2.bias), f"l{i}_ff2")
-        x = _layer_norm(w, w.op("Add", [x, y]), layer.norm2, f"l{i}_norm2")
-        if i < len(model.distil):
+    for i, layer in enumerate(layers):
+        x = _layer_norm(w, _attention(w, x, layer.attn, length, f"l{i}_attn", shift), layer.norm1,
+                        f"l{i}_norm1", shift=_np(layer.ff2.bias))  # h + b_2: the FF residual's C
+        w1, b1 = _np(layer.ff1.weight).T, _np(layer.ff1.bias) - _np(layer.ff2.bias) @ _np(layer.ff1.weight).T
+        y = w.op("Gelu", [w.gemm(x, w1, b1, f"l{i}_ff1")], approximate="none")
+        y = w.op("Gemm", [y, w.const(f"l{i}_ff2_w", _np(layer.ff2.weight).T.astype(np.float32)), x])
+        distil = i < len(model.distil)
+        shift = None if distil else out_bias(i + 1)  # a distil layer between: the next layer adds b_out
+        x = _layer_norm(w, y, layer.norm2, f"l{i}_norm2", shift=shift)
+        if distil:
             d = model.distil[i]
             bn = d.norm
             g = _np(bn.weight) / np.sqrt(_np(bn.running_var) + float(bn.eps))
@@ -134,7 +159,7 @@ def batch1_graph(model: Any) -> onnx.ModelProto:
             x = w.op("ReduceMax", [pooled, w.const(f"d{i}_axis", np.array([1], np.int64))], keepdims=0)
             length = out
     x = _layer_norm(w, x, model.norm, "norm")
-    m = w.op("ReduceMean", [x, w.const("mean_axis", np.array([0], np.int64))], keepdims=1)  # (1, D)
+    m = w.op("Gemm", [w.const("mean_row", np.full((1, length), 1.0 / length, np.float32)), x])  # (1, D)
     logit = w.gemm(m, _np(model.head.weight).T, _np(model.head.bias), "head")  # (1, 1)
     w.op("Sigmoid", [w.op("Reshape", [logit, w.const("out_shape", np.array([1], np.int64))])], out=OUTPUT)
     graph = helper.make_graph(
@@ -175,7 +200,7 @@ def write_serving(model: Any, exported_static: Path, out: Path, windows: np.ndar
             t0 = time.perf_counter_ns()
             c()
             lat[j, i] = (time.perf_counter_ns() - t0) / 1e3
-    return {"layout": LAYOUT, "nodes": len(proto.graph.node),
+    return {"layout": LAYOUT, "nodes": len(proto.graph.node), "against": "the exported static graph",
             "exported_nodes": len(onnx.load(str(exported_static)).graph.node),
             "windows": len(windows), "max_abs_dp_vs_exported": float(d.max()),
             "mean_abs_dp_vs_exported": float(d.mean()), "identical_fraction": float(np.mean(d == 0)),
@@ -221,6 +246,9 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
         info["windows_from"] = Path(data).name
         drift = _batch_drift(out, v.onnx_dynamic, x[:1000])
         entry = dict(m["variants"][variant])
+        if "serving_graph" in entry:  # the static graph is an earlier serving graph, not the exported one
+            info["against"] = f"the previous serving graph ({entry['serving_graph']['layout']})"
+            info["previous"] = entry["serving_graph"]
         files = {rel: art.path / rel for rel in m["files"] if rel != MANIFEST}
         files[entry["onnx"]] = out
         entry.update(serving_graph=info, batch_drift=drift)

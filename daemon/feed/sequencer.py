@@ -163,6 +163,25 @@ class Sequencer:
         s = self._syms.get(ev.symbol)
         if s is None:
             return []
+        # The live case, once a minute per symbol: the closed frame of the bar after the last one, of
+        # a warm, synced symbol with nothing held or fetched, not past the exchange's minute, and no
+        # hole to ask for after it. It goes out at once; :meth:`_kline` would do exactly the same
+        # (tests/feed/test_sequencer.py checks the two agree on every frame of its interleavings).
+        t, last, now, step = ev.open_time, s.last, self.now_ms, self.step_ms
+        if (ev.closed and last is not None and t == last + step and s.synced and s.warm and s.fetch is None
+                and not s.pending and now is not None and t <= now - now % step and self.max_pending > 0
+                and (s.want_until is None or s.want_until <= max(t + step, s.covered))
+                and bar_problem(ev.open, ev.high, ev.low, ev.close, ev.volume) is None):
+            self.progress += 1
+            s.last = t
+            st = self.stats
+            st.bars_ws += 1
+            st.last_bar_open_time = t
+            return [Emit(ev.symbol, Bar(t, ev.open, ev.high, ev.low, ev.close, ev.volume, "ws"))]
+        return self._kline(ev, s)
+
+    def _kline(self, ev: KlineEvent, s: _Symbol) -> list[Output]:
+        """:meth:`kline` for any frame, after the clock has seen it."""
         now_min = self.current_minute()
         beyond = now_min is None or ev.open_time > now_min
         if beyond and now_min is not None and not self._vouched(ev.open_time):

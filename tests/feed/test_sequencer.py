@@ -5,8 +5,10 @@ issue 13 #1, #2 and #9 at the sequencer level."""
 
 from __future__ import annotations
 
+import copy
 from collections import deque
 from dataclasses import dataclass, field
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -49,6 +51,7 @@ class World:
     gaps: list[Gap] = field(default_factory=list)
     fetches: deque[Fetch] = field(default_factory=deque)
     first_fetch: Fetch | None = None
+    fast: int = 0  # frames that took kline's fast path
 
     def __post_init__(self) -> None:
         self.seq = Sequencer((SYM,), step_ms=STEP, warmup_bars=self.warmup)
@@ -72,7 +75,15 @@ class World:
                 self.fetches.append(o)
 
     def frame(self, e: KlineEvent) -> None:
-        self.handle(self.seq.kline(e))
+        ref = copy.deepcopy(self.seq)  # the general path on the same state: the live fast path agrees
+        ref._observe(e.event_time)
+        s = ref._syms.get(e.symbol)
+        want = [] if s is None else ref._kline(e, s)
+        with mock.patch.object(Sequencer, "_kline", autospec=True, side_effect=Sequencer._kline) as general:
+            outs = self.seq.kline(e)
+        assert outs == want and _state(self.seq) == _state(ref), f"kline's fast path differs on {e}"
+        self.fast += general.call_count == 0
+        self.handle(outs)
 
     def closed(self, i: int, *, delay_ms: int = 300) -> None:
         b = self.bars[i]
@@ -104,6 +115,10 @@ class World:
     def drain_rest(self) -> None:
         while self.fetches:
             self.answer()
+
+
+def _state(seq: Sequencer) -> dict:
+    return {k: (vars(v) if k == "stats" else v) for k, v in vars(seq).items()}
 
 
 HOSTILE = ("normal", "normal", "drop", "dup", "late", "swap", "future", "future_e", "garbage", "forming",
@@ -174,6 +189,7 @@ def test_any_interleaving_yields_each_bar_once_in_order_never_past_the_exchange_
         f = w.first_fetch
         assert f is not None and f.warmup and f.until_ms - f.since_ms == warmup * STEP and got[0] == f.since_ms
     assert w.seq.ready
+    assert w.fast  # the healthy tail alone goes through the fast path
 
 
 def _warm_world(warmup: int = 3) -> World:
