@@ -298,6 +298,19 @@ class Node:
             return None
         return self.pipeline.finish(p), self.pipeline.rule_state
 
+    def rehearse(self) -> None:
+        """Keep-warm: the pipeline's rehearsal (:meth:`Pipeline.rehearse`), then the commit's code with
+        its signal: the outbox's bookkeeping and writer hand-off on a shadow (``Outbox.rehearse_add``)
+        and each sink worker's queue code on a queue of its own. Nothing a signal depends on, and
+        nothing the outbox, its writer or a sink holds, changes."""
+        done = self.pipeline.rehearse()
+        if done is None:
+            return
+        sig, rule_state = done
+        self.outbox.rehearse_add(sig, rule_state)
+        for w in self.workers:
+            w.rehearse_offer(sig)
+
     def handle_many(self, bars: list[Bar]) -> None:
         """Replay's :meth:`handle` for a chunk of bars (:func:`compute_many`): the same steps and
         signals, the scorer's calls back to back."""

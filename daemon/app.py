@@ -317,16 +317,17 @@ class Daemon:
 
     def _warm_hot_path(self) -> None:
         """Keep-warm: rehearse the hot path in its order (a frame decoded into a copy of the feed's
-        sequencer, the pipeline: features on a copy, the scorer) and read the outbox's newest row,
-        discarding all of it. Nothing a signal depends on changes. The first node only: the code is
-        what a rehearsal warms (every node runs the same), and each node rehearsed would hold a
-        copy of its features (50 MB at 400 symbols) and hold the loop for tens of milliseconds."""
+        sequencer; the node: features on their own state put back, the scorer, the rule on a copy,
+        the outbox's bookkeeping and the sink queues on shadows) and read the outbox's newest row
+        on its writer thread, discarding all of it. Nothing a signal depends on changes. The first
+        node only: the code is what a rehearsal warms (every node runs the same), and rehearsing
+        every node would hold the loop for tens of milliseconds at 400 symbols."""
         if self._feed_rehearsal is None and hasattr(self.feed, "seq") and getattr(self.feed, "symbols", None):
             self._feed_rehearsal = FeedRehearsal(self.feed, self.cfg.feed.max_frame_bytes)
         if self._feed_rehearsal is not None:
             self._feed_rehearsal()
         if self.nodes:
-            self.nodes[0].pipeline.rehearse()
+            self.nodes[0].rehearse()
         if self.node is not None:
             self.node.outbox.touch()
 

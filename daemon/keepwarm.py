@@ -6,8 +6,10 @@ model needs are cold again; features and the outbox commit show the same. A busy
 not help; running the same code shortly before does. So, from ``lead`` before the expected arrival
 (the last arrival plus the median of the recent intervals between closed bars) until the bar
 arrives or ``lead`` after it, this task busy-polls the event loop and calls ``warm`` every
-``period`` seconds: the daemon's ``warm`` rehearses the pipeline on throwaway state (features on a
-copy, the scorer on the current window) and reads the outbox, discarding all of it.
+``period`` seconds: the daemon's ``warm`` rehearses the hot path without changing any state (the
+frame decoder and a copy of the sequencer, the features on their own state put back, the scorer on
+the current window, the rule on a copy, the outbox's bookkeeping and the sink queues on shadows)
+and reads the outbox on its writer thread, discarding all of it.
 
 The cost is CPU: about ``2 * lead`` of one core per bar at most (live 1-minute bars with the
 default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A rehearsal that

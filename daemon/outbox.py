@@ -125,6 +125,7 @@ class Outbox:
         self._added = 0
         self._closed = False
         self.dead_lettered: dict[str, int] = {}  # dead letters made by this process, by sink
+        self._shadow: Outbox | None = None  # keep-warm's (rehearse_add)
 
     # -- the writer thread's side --------------------------------------------------------------
     def _open(self) -> None:
@@ -322,6 +323,22 @@ class Outbox:
         if self._added % self.prune_every == 0:
             self.writer.submit(self._prune)  # on the writer thread, after this batch
         return seq
+
+    def rehearse_add(self, sig: Signal, rule_state: RuleState) -> None:
+        """Keep-warm: :meth:`add`'s code on a shadow of this outbox (empty bookkeeping, a writer with
+        no thread), then the shadow emptied again: this outbox, its writer and its sinks see nothing."""
+        sh = self._shadow
+        if sh is None:
+            sh = self._shadow = Outbox.__new__(Outbox)
+            sh.sinks, sh.prune_every, sh.writer = self.sinks, 1 << 62, WriterThread.shadow("outbox-shadow")
+            sh._ids, sh._pending, sh._refs, sh._last = OrderedDict(), {}, {}, {}
+            sh._next = sh._submitted = sh._added = 0
+        sh.add(sig, rule_state)
+        sh._ids.clear()
+        sh._pending.clear()
+        sh._refs.clear()
+        sh._last.clear()
+        sh.writer.discard()
 
     def add_many(self, items: list[tuple[Signal, RuleState]]) -> list[int | None]:
         """``add`` for several signals in order, queued as ONE writer job (one transaction): replay
@@ -559,6 +576,7 @@ class SinkWorker:
         self.overflows = 0
         self._busy = False
         self._send_many = getattr(sink, "send_many", None)  # optional: many signals in one call
+        self._rehearsal: asyncio.Queue[tuple[int, Signal]] | None = None  # keep-warm's (rehearse_offer)
 
     def offer(self, seq: int, sig: Signal) -> None:
         """Hand a queued signal to this sink without waiting."""
@@ -572,6 +590,14 @@ class SinkWorker:
             self._missed = max(self._missed, seq)
             self.overflows += 1
             log.warning("sink_queue_full", sink=self.name, size=self.queue.maxsize)
+
+    def rehearse_offer(self, sig: Signal) -> None:
+        """Keep-warm: :meth:`offer`'s queue code on a queue of its own (put, then taken out again)."""
+        q = self._rehearsal
+        if q is None:
+            q = self._rehearsal = asyncio.Queue(maxsize=1)
+        q.put_nowait((0, sig))
+        q.get_nowait()
 
     def start(self) -> None:
         self.task = asyncio.get_running_loop().create_task(self._run(), name=f"sink:{self.name}")

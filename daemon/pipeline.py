@@ -141,14 +141,15 @@ class Pipeline:
         return sig
 
     # -- keep-warm ------------------------------------------------------------------------------
-    def rehearse(self) -> None:
+    def rehearse(self) -> tuple[Signal, RuleState] | None:
         """Run the hot path and discard the results: the features on a synthetic next bar (their own
         state, every value put back: this stream's data is warm too), the scorer on the current
-        window, a copy of the rule and a signal built from that score. Keep-warm
-        (``daemon/keepwarm.py``) calls this just before a bar is due, so that the bar finds code and
-        data hot. Nothing the signals depend on changes."""
+        window, a copy of the rule and a signal built from that score, returned with the copy's
+        state for the node's own rehearsal (:meth:`Node.rehearse`). Keep-warm (``daemon/keepwarm.py``)
+        calls this just before a bar is due, so that the bar finds code and data hot. Nothing the
+        signals depend on changes."""
         if self.last_window is None or not self.recent:
-            return
+            return None
         last = self.recent[-1]
         key = (last.open_time, id(self.model.rule))
         if self._rehearsal is None or self._rehearsal[0] != key:  # a copy of the rule, once a bar
@@ -158,9 +159,9 @@ class Pipeline:
         self.model.features.rehearse(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
         p_up = float(np.float32(self.model.scorer.score(self.last_window)))
         action = rule.update(p_up)
-        Signal(id=signal_id(self.symbol, t, self.model.artifact_hash), symbol=self.symbol,
-               open_time=t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
-               artifact=self.model.artifact_hash, source=last.source, latency_us={})
+        return Signal(id=signal_id(self.symbol, t, self.model.artifact_hash), symbol=self.symbol,
+                      open_time=t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
+                      artifact=self.model.artifact_hash, source=last.source, latency_us={}), rule.state
 
     # -- hot swap ------------------------------------------------------------------------------
     def swap(self, model: Model) -> None:

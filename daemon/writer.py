@@ -92,6 +92,20 @@ class WriterThread:
         self._thread = threading.Thread(target=self._main, name=f"barsignal-{name}-writer", daemon=True)
         self._thread.start()
 
+    @classmethod
+    def shadow(cls, name: str = "shadow") -> WriterThread:
+        """A writer with no thread: ``submit`` only queues, :meth:`discard` drops the queue. Keep-warm
+        runs the hot path's hand-off code on it (``Outbox.rehearse_add``); nothing ever runs a job."""
+        w = cls.__new__(cls)
+        w.name = name
+        w._deferred, w._dlock, w._kick_scheduled = [], threading.Lock(), True  # no kick: no thread to wake
+        return w
+
+    def discard(self) -> None:
+        """Forget what was submitted and not handed over (a shadow's rehearsed jobs)."""
+        with self._dlock:
+            self._deferred.clear()
+
     # -- the caller's side ---------------------------------------------------------------------
     def submit(self, fn: Callable[..., Any], *args: Any, sql: bool = True) -> None:
         """Queue ``fn(*args)``; returns at once (no I/O, no lock held across I/O).

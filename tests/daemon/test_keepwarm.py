@@ -183,3 +183,61 @@ def test_feed_rehearsal_decodes_into_a_copy_and_leaves_the_feed_as_it_was() -> N
     assert (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames) == before  # untouched
     assert rehearse._copy.last("BTCUSDT") == t0 + 4 * 60_000  # the copy took three synthetic bars
     assert take(closed(t0 + 120_000)) == [t0 + 120_000]  # the feed's own next frame is the next bar, once
+
+
+def test_node_rehearsal_runs_the_commit_code_on_shadows_and_changes_nothing(tiny_artifact: Path,
+                                                                            tmp_path: Path) -> None:
+    """``Node.rehearse`` between live bars (what keep-warm runs) leaves the outbox's bookkeeping, its
+    writer's queue and every sink queue exactly as they were, and every signal and outbox row the
+    same as a run without it; its shadow ``add`` and queue code did run."""
+    import orjson
+
+    from barsignal.daemon.config import Config
+    from barsignal.daemon.outbox import Outbox
+    from barsignal.node import build_node
+    from tests.daemon.test_outbox import ListSink
+
+    def state(node) -> tuple:
+        ob = node.outbox
+        return (ob._next, ob._submitted, ob._added, {k: set(v) for k, v in ob._pending.items()}, dict(ob._refs),
+                dict(ob._last), list(ob._ids), len(ob.writer._deferred),
+                [(w.queue.qsize(), w.queue._unfinished_tasks, w.backlog, w._missed) for w in node.workers])
+
+    async def run(rehearse: bool, where: Path) -> tuple[list, int]:
+        loaded = load_model(Config(), str(tiny_artifact), None)
+        sink = ListSink("list")
+        node = build_node(Config(), "replay", state=where, loaded=loaded, sinks=[sink])
+        adds = [0]
+        shadow_add = Outbox.add
+
+        def counting(self, sig, rule_state):  # the shadow's add (the real one is the node's outbox)
+            adds[0] += self is not node.outbox
+            return shadow_add(self, sig, rule_state)
+
+        Outbox.add = counting  # type: ignore[method-assign]
+        await node.start()  # the sink worker: it delivers what is offered once committed
+        try:
+            for bar in real_bars(900):
+                if rehearse:
+                    for _ in range(3):
+                        before = state(node)
+                        node.rehearse()
+                        assert state(node) == before, "a rehearsal changed the outbox, its writer or a queue"
+                node.handle(bar)
+                await asyncio.sleep(0)
+            node.outbox.flush()
+            assert await node.drain(10.0)
+            rows = node.outbox.writer.call(lambda: node.outbox._db().execute(
+                "SELECT seq, id, payload, rule_state FROM signals ORDER BY seq").fetchall())
+            rows = [(seq, i, {k: v for k, v in orjson.loads(p).items() if k != "latency_us"}, r)
+                    for seq, i, p, r in rows]  # the timings differ from run to run
+        finally:
+            Outbox.add = shadow_add  # type: ignore[method-assign]
+            await node.close()
+        return rows, sink.got, adds[0]
+
+    plain, got_plain, _ = asyncio.run(run(False, tmp_path / "plain"))
+    rehearsed, got_rehearsed, shadow_adds = asyncio.run(run(True, tmp_path / "rehearsed"))
+    assert len(plain) > 100 and got_plain == [r[1] for r in plain]  # every signal delivered, once, in order
+    assert rehearsed == plain and got_rehearsed == got_plain
+    assert shadow_adds > 3 * 100, "the rehearsal never ran the outbox's add"
