@@ -316,20 +316,20 @@ class Daemon:
         self.monitor = self.monitors.get(self.symbol)
 
     def _warm_hot_path(self) -> None:
-        """Keep-warm: rehearse the hot path in its order (a frame decoded into a copy of the feed's
-        sequencer; the node: features on their own state put back, the scorer, the rule on a copy,
-        the outbox's bookkeeping and the sink queues on shadows) and read the outbox's newest row
-        on its writer thread, discarding all of it. Nothing a signal depends on changes. The first
-        node only: the code is what a rehearsal warms (every node runs the same), and rehearsing
-        every node would hold the loop for tens of milliseconds at 400 symbols."""
+        """Keep-warm: rehearse the hot path in its order (a frame decoded and run through the feed's
+        sequencer, every value put back; the node: features on their own state put back, the
+        scorer, the rule on a copy, the outbox's bookkeeping and the sink queues on shadows),
+        discarding all of it. Nothing a signal depends on changes, and nothing wakes the writer
+        thread (a job for it in each rehearsal, a read of the outbox's newest row until the fifth
+        session, kept it contending for the GIL with the loop: score +8 µs). The first node only:
+        the code is what a rehearsal warms (every node runs the same), and rehearsing every node
+        would hold the loop for tens of milliseconds at 400 symbols."""
         if self._feed_rehearsal is None and hasattr(self.feed, "seq") and getattr(self.feed, "symbols", None):
             self._feed_rehearsal = FeedRehearsal(self.feed, self.cfg.feed.max_frame_bytes)
         if self._feed_rehearsal is not None:
             self._feed_rehearsal()
         if self.nodes:
             self.nodes[0].rehearse()
-        if self.node is not None:
-            self.node.outbox.touch()
 
     def _keep_warm_failed(self, error: str) -> None:
         if not self._keep_warm_error_logged:  # once: keep-warm stops at its first error

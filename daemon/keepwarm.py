@@ -7,9 +7,10 @@ not help; running the same code shortly before does. So, from ``lead`` before th
 (the last arrival plus the median of the recent intervals between closed bars) until the bar
 arrives or ``lead`` after it, this task busy-polls the event loop and calls ``warm`` every
 ``period`` seconds: the daemon's ``warm`` rehearses the hot path without changing any state (the
-frame decoder and a copy of the sequencer, the features on their own state put back, the scorer on
-the current window, the rule on a copy, the outbox's bookkeeping and the sink queues on shadows)
-and reads the outbox on its writer thread, discarding all of it.
+frame decoder and the sequencer's live case, values put back, the features on their own state put back, the scorer on
+the current window, the rule on a copy, the outbox's bookkeeping and the sink queues on shadows),
+discarding all of it; it never wakes the writer thread (a writer job per rehearsal kept that
+thread contending for the GIL with the loop: score +8 µs, docs/BENCHMARKS.md).
 
 The cost is CPU: about ``2 * lead`` of one core per bar at most (live 1-minute bars with the
 default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A rehearsal that
@@ -27,7 +28,6 @@ features, the rule or any state a signal depends on: signals are identical with 
 from __future__ import annotations
 
 import asyncio
-import copy
 import itertools
 import statistics
 import time
@@ -124,11 +124,12 @@ class KeepWarm:
 
 
 class FeedRehearsal:
-    """The receive half of the hot path, rehearsed: a closed-kline frame for the next minute of the
-    feed's first symbol, as the exchange words it, is decoded and handed to a COPY of the feed's
-    sequencer (made once per new bar). The frame decoder and the sequencer are the hot path's first
-    steps; measured cold at live cadence they cost about 5 times their back-to-back time
-    (docs/BENCHMARKS.md). The feed's own sequencer, stats and clock never see a rehearsal."""
+    """The receive half of the hot path, rehearsed: the closed-kline frame of the feed's first
+    symbol's next bar, as the exchange words it, is decoded and run through the feed's own
+    sequencer with every value it changed put back (``Sequencer.rehearse``: the live case only).
+    The frame decoder and the sequencer are the hot path's first steps; measured cold at live
+    cadence they cost about 5 times their back-to-back time (docs/BENCHMARKS.md). Nothing the feed
+    emits or counts changes."""
 
     def __init__(self, feed: Any, max_frame_bytes: int = 65536) -> None:
         self.feed = feed
@@ -137,20 +138,14 @@ class FeedRehearsal:
         self.interval = getattr(getattr(feed, "cfg", None), "interval", "1m")
         self.stream = stream_name(self.symbol, self.interval)
         self.max_frame_bytes = max_frame_bytes
-        self._key: int | None = None  # the first symbol's last bar when the copy was made
-        self._copy: Any = None
-        self._t = 0
 
     def __call__(self) -> None:
         seq = self.feed.seq
         last = seq.last(self.symbol)
         if last is None:
             return
-        if self._key != last:  # a new copy once the first symbol has a new bar (not on every symbol's)
-            self._key, self._copy, self._t = last, copy.deepcopy(seq), last
         step = seq.step_ms
-        self._t += step
-        t = self._t
+        t = last + step
         px = "1.00000000"  # any plausible bar: what is rehearsed is the code, not these values
         k = {"t": t, "T": t + step - 1, "s": self.symbol, "i": self.interval, "f": -1, "L": -1, "o": px, "c": px,
              "h": px, "l": px, "v": "1.00000000", "n": 0, "x": True, "q": "0.00000000", "V": "0.00000000",
@@ -159,4 +154,4 @@ class FeedRehearsal:
                                                                "k": k}})
         ev = decode(frame, symbols=self.symbols, max_bytes=self.max_frame_bytes)
         if ev is not None:
-            self._copy.kline(ev)
+            seq.rehearse(ev)

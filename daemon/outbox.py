@@ -407,15 +407,6 @@ class Outbox:
         """Forget signals every sink has delivered (none dead-lettered), keeping the newest ``keep``."""
         return self.writer.call(self._prune)
 
-    def touch(self) -> None:
-        """Keep-warm: queue a read of the newest row on the writer thread (keeps its SQLite pages
-        hot for the next commit); never waits, nothing changes."""
-        if not self._closed:
-            self.writer.submit(self._touch, sql=False)
-
-    def _touch(self) -> None:
-        self._db().execute("SELECT seq FROM signals ORDER BY seq DESC LIMIT 1").fetchone()
-
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until everything queued is committed."""
         return self.writer.flush(timeout)

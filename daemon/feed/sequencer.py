@@ -163,22 +163,43 @@ class Sequencer:
         s = self._syms.get(ev.symbol)
         if s is None:
             return []
-        # The live case, once a minute per symbol: the closed frame of the bar after the last one, of
-        # a warm, synced symbol with nothing held or fetched, not past the exchange's minute, and no
-        # hole to ask for after it. It goes out at once; :meth:`_kline` would do exactly the same
-        # (tests/feed/test_sequencer.py checks the two agree on every frame of its interleavings).
+        out = self._next_closed(ev, s)
+        return out if out is not None else self._kline(ev, s)
+
+    def _next_closed(self, ev: KlineEvent, s: _Symbol) -> list[Output] | None:
+        """The live case, once a minute per symbol: the closed frame of the bar after the last one, of
+        a warm, synced symbol with nothing held or fetched, not past the exchange's minute, and no
+        hole to ask for after it. It goes out at once (:meth:`_kline` would do exactly the same:
+        tests/feed/test_sequencer.py checks the two agree on every frame of its interleavings);
+        None for any other frame."""
         t, last, now, step = ev.open_time, s.last, self.now_ms, self.step_ms
-        if (ev.closed and last is not None and t == last + step and s.synced and s.warm and s.fetch is None
+        if not (ev.closed and last is not None and t == last + step and s.synced and s.warm and s.fetch is None
                 and not s.pending and now is not None and t <= now - now % step and self.max_pending > 0
                 and (s.want_until is None or s.want_until <= max(t + step, s.covered))
                 and bar_problem(ev.open, ev.high, ev.low, ev.close, ev.volume) is None):
-            self.progress += 1
-            s.last = t
-            st = self.stats
-            st.bars_ws += 1
-            st.last_bar_open_time = t
-            return [Emit(ev.symbol, Bar(t, ev.open, ev.high, ev.low, ev.close, ev.volume, "ws"))]
-        return self._kline(ev, s)
+            return None
+        self.progress += 1
+        s.last = t
+        st = self.stats
+        st.bars_ws += 1
+        st.last_bar_open_time = t
+        return [Emit(ev.symbol, Bar(t, ev.open, ev.high, ev.low, ev.close, ev.volume, "ws"))]
+
+    def rehearse(self, ev: KlineEvent) -> None:
+        """Keep-warm: :meth:`kline` on this sequencer's own state for the next closed bar of a symbol
+        (``daemon/keepwarm.py``), then every value it changed put back. Only the live case is run
+        (:meth:`_next_closed`, what the real next frame takes); any other frame changes nothing."""
+        s = self._syms.get(ev.symbol)
+        now = self.now_ms
+        if s is None or now is None or ev.event_time > now + self.max_clock_jump_ms:
+            return  # the clock is not trusted, or this would be a jump: not the live case
+        st = self.stats
+        saved = self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time
+        try:
+            self._observe(ev.event_time)
+            self._next_closed(ev, s)
+        finally:
+            self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time = saved
 
     def _kline(self, ev: KlineEvent, s: _Symbol) -> list[Output]:
         """:meth:`kline` for any frame, after the clock has seen it."""

@@ -154,13 +154,16 @@ def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
     assert ran[0] > 3 * 200, "the rehearsal never ran the features"
 
 
-def test_feed_rehearsal_decodes_into_a_copy_and_leaves_the_feed_as_it_was() -> None:
+def test_feed_rehearsal_runs_the_sequencers_live_case_and_leaves_the_feed_as_it_was() -> None:
+    import copy
+    from unittest import mock
+
     import orjson
 
     from barsignal.daemon.binance.ws import decode
     from barsignal.daemon.config import FeedConfig
     from barsignal.daemon.feed.client import FeedClient
-    from barsignal.daemon.feed.sequencer import Emit
+    from barsignal.daemon.feed.sequencer import Emit, Sequencer
     from barsignal.daemon.keepwarm import FeedRehearsal
 
     def closed(t: int) -> bytes:
@@ -174,15 +177,23 @@ def test_feed_rehearsal_decodes_into_a_copy_and_leaves_the_feed_as_it_was() -> N
     def take(frame: bytes) -> list[int]:  # what the driver does with a frame: decode, sequence
         return [o.bar.open_time for o in feed.seq.kline(decode(frame, symbols={"BTCUSDT"})) if isinstance(o, Emit)]
 
+    def state() -> dict:
+        return {k: (vars(v) if k == "stats" else v) for k, v in vars(copy.deepcopy(feed.seq)).items()}
+
     t0 = 1_700_000_040_000
     assert take(closed(t0)) + take(closed(t0 + 60_000)) == [t0, t0 + 60_000]
-    before = (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames)
+    before, frames = state(), feed.stats.frames
     rehearse = FeedRehearsal(feed)
-    for _ in range(3):
-        rehearse()
-    assert (feed.seq.progress, feed.seq.last("BTCUSDT"), feed.stats.frames) == before  # untouched
-    assert rehearse._copy.last("BTCUSDT") == t0 + 4 * 60_000  # the copy took three synthetic bars
+    got: list = []
+    real = Sequencer._next_closed
+    with mock.patch.object(Sequencer, "_next_closed", autospec=True,
+                           side_effect=lambda *a: got.append(real(*a)) or got[-1]):
+        for _ in range(3):
+            rehearse()
+    assert state() == before and feed.stats.frames == frames  # every value put back
+    assert len(got) == 3 and all(o is not None and o[0].bar.open_time == t0 + 120_000 for o in got)  # the live case
     assert take(closed(t0 + 120_000)) == [t0 + 120_000]  # the feed's own next frame is the next bar, once
+    assert feed.seq.progress == before["progress"] + 1
 
 
 def test_node_rehearsal_runs_the_commit_code_on_shadows_and_changes_nothing(tiny_artifact: Path,

@@ -75,6 +75,12 @@ class World:
                 self.fetches.append(o)
 
     def frame(self, e: KlineEvent) -> None:
+        last = self.seq.last(SYM)
+        if last is not None:  # keep-warm's rehearsal of the next bar, in whatever state: changes nothing
+            before = copy.deepcopy(self.seq)
+            nxt = Bar(last + STEP, 1.0, 1.0, 1.0, 1.0, 1.0)
+            self.seq.rehearse(ev(nxt, closed=True, e=last + 2 * STEP))
+            assert _state(self.seq) == _state(before), "a rehearsal changed the sequencer"
         ref = copy.deepcopy(self.seq)  # the general path on the same state: the live fast path agrees
         ref._observe(e.event_time)
         s = ref._syms.get(e.symbol)
