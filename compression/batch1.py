@@ -11,7 +11,7 @@ goes into the layer input's producer (the embedding's bias, the previous layer's
 shift) with q/k/v's bias compensated, so ``Gemm(y, W_out, x)`` does the residual add; the second
 linear's bias goes into the first LayerNorm's shift (the first linear's bias compensated), so
 ``Gemm(h, W_2, x)`` does the other; the token mean is a ``Gemm`` with a constant (1, L) row. 19
-kernels for the bundled student (35 exported). Measured (docs/BENCHMARKS.md): a third less
+kernels for the bundled student (the export: 35 nodes, 39 kernels). Measured (docs/BENCHMARKS.md): a third less
 time per batch-1 call than the exported graph (ratio 0.64-0.68 at 21 kernels; the folds above
 take 5-7 % more off). Probabilities differ from the exported graph by float32 rounding (sums in
 another order, biases moved): :func:`write_serving` measures that and the artifact records it.

@@ -7,21 +7,21 @@ not help; running the same code shortly before does. So, from ``lead`` before th
 (the last arrival plus the median of the recent intervals between closed bars) until the bar
 arrives or ``lead`` after it, this task busy-polls the event loop and calls ``warm`` every
 ``period`` seconds: the daemon's ``warm`` rehearses the hot path without changing any state (the
-frame decoder and the sequencer's live case, values put back, the features on their own state put back, the scorer on
-the current window, the rule on a copy, the outbox's bookkeeping and the sink queues on shadows),
-discarding all of it; it never wakes the writer thread (a writer job per rehearsal kept that
-thread contending for the GIL with the loop: score +8 µs, docs/BENCHMARKS.md).
+frame decoder and the sequencer's live case, values put back; the features on their own state,
+values put back; the scorer on the current window; the rule on a copy; the outbox's bookkeeping
+and the sink queues on shadows), discarding all of it. It never wakes the writer thread: a writer
+job per rehearsal kept that thread contending for the GIL with the loop (score +8 µs,
+docs/BENCHMARKS.md).
 
 The cost is CPU: about ``2 * lead`` of one core per bar at most (live 1-minute bars with the
 default 100 ms: 0.3 % of a core). ``[engine] keep_warm_ms = 0`` turns it off. A rehearsal that
 raises stops keep-warm (the real path reports its own trouble): ``errors`` counts it
 (``barsignal_keep_warm_errors_total``) and ``on_error`` is called once with the error (the daemon
-logs it). A rehearsal in
-progress when the frame arrives delays it by at most one rehearsal; none starts once ``busy()`` says
-a frame is on its way (bytes on the socket, a message buffered, a receive not yet handled): the
-frame's trip through the loop takes several loop turns, and before this check a rehearsal could run
-in each of them (measured: 536 µs p50 from the frame handed to the kernel to the feed client, 285 µs
-with keep-warm off; docs/BENCHMARKS.md). Nothing here touches the
+logs it). A rehearsal in progress when the frame arrives delays it by at most one rehearsal; none
+starts once ``busy()`` says a frame is on its way (bytes on the socket, a message buffered, a
+receive not yet handled): the frame's trip through the loop takes several loop turns, and before
+this check a rehearsal could run in each of them (measured: 536 µs p50 from the frame handed to the
+kernel to the feed client, 285 µs with keep-warm off; docs/BENCHMARKS.md). Nothing here touches the
 features, the rule or any state a signal depends on: signals are identical with it on or off.
 """
 
