@@ -138,10 +138,10 @@ def batch1_graph(model: Any) -> onnx.ModelProto:
     x = w.gemm(cols, wc, pe if shift is None else pe + shift, "embed")  # (T, D), plus layer 0's b_out
     length = t
     for i, layer in enumerate(layers):
+        b2, w1 = _np(layer.ff2.bias), _np(layer.ff1.weight).T
         x = _layer_norm(w, _attention(w, x, layer.attn, length, f"l{i}_attn", shift), layer.norm1,
-                        f"l{i}_norm1", shift=_np(layer.ff2.bias))  # h + b_2: the FF residual's C
-        w1, b1 = _np(layer.ff1.weight).T, _np(layer.ff1.bias) - _np(layer.ff2.bias) @ _np(layer.ff1.weight).T
-        y = w.op("Gelu", [w.gemm(x, w1, b1, f"l{i}_ff1")], approximate="none")
+                        f"l{i}_norm1", shift=b2)  # h + b_2: the FF residual's C
+        y = w.op("Gelu", [w.gemm(x, w1, _np(layer.ff1.bias) - b2 @ w1, f"l{i}_ff1")], approximate="none")
         y = w.op("Gemm", [y, w.const(f"l{i}_ff2_w", _np(layer.ff2.weight).T.astype(np.float32)), x])
         distil = i < len(model.distil)
         shift = None if distil else out_bias(i + 1)  # a distil layer between: the next layer adds b_out
