@@ -18,6 +18,7 @@ mount-based tests skip and say so.
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sqlite3
@@ -235,13 +236,15 @@ def test_a_busy_metrics_port_is_retried_then_exits_1_before_the_outbox_exists(tm
 def _fill(where: Path) -> Path:
     """Fill the filesystem at ``where`` (a file written until ENOSPC)."""
     filler = where / "filler"
-    with open(filler, "wb") as f:
-        try:
-            while True:
-                f.write(b"\0" * 65536)
-                f.flush()
-        except OSError:
-            pass
+    block = b"\0" * 65536
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:  # raw writes: a buffered file would keep a partial block and raise ENOSPC again on close
+        while True:
+            os.write(fd, block)
+    except OSError as e:
+        assert e.errno == errno.ENOSPC, f"filling {where} failed with {e!r}, not ENOSPC"
+    finally:
+        os.close(fd)
     return filler
 
 
