@@ -2,15 +2,16 @@
 
 Between bars the daemon sleeps, and on this class of machine the first ``score()`` after a sleep
 costs 3 to 5 times a back-to-back one (``barsignal bench scoring --idle-ms 5``): the caches the
-model needs are cold again; features and the outbox commit show the same. A busy spin alone does
-not help; running the same code shortly before does. So, from ``lead`` before the expected arrival
-(the last arrival plus the median of the recent intervals between closed bars) until the bar
-arrives or ``lead`` after it, this task busy-polls the event loop and calls ``warm`` every
-``period`` seconds: the daemon's ``warm`` rehearses the hot path without changing any state (the
-frame decoder and the sequencer's live case, values put back; the features on their own state,
-values put back; the scorer on the current window; the rule on a copy; the outbox's bookkeeping
-and the sink queues on shadows), discarding all of it. It never wakes the writer thread: a writer
-job per rehearsal kept that thread contending for the GIL with the loop (score +8 µs,
+model needs are cold again; features and the outbox commit show the same. A busy spin alone does not
+help; running the same code shortly before does. So, from ``lead`` before the expected arrival (the
+last arrival plus the median of the recent intervals between closed bars) until the bar arrives or
+``lead`` after it, this task busy-polls the event loop and calls ``warm`` every ``period`` seconds
+(100 µs after the end of the last rehearsal: against 50 and 250 µs, the one with the fastest
+tick-to-signal, docs/BENCHMARKS.md): the daemon's ``warm`` rehearses the hot path without changing
+any state (the frame decoder and the sequencer's live case, values put back; the features on their
+own state, values put back; the scorer on the current window; the rule on a copy; the outbox's
+bookkeeping and the sink queues on shadows), discarding all of it. It never wakes the writer thread:
+a writer job per rehearsal kept that thread contending for the GIL with the loop (score +8 µs,
 docs/BENCHMARKS.md).
 
 The cost is CPU: about ``2 * lead`` of one core per bar at most (live 1-minute bars with the
@@ -43,7 +44,7 @@ from barsignal.daemon.binance.ws import decode, stream_name
 class KeepWarm:
     """``arrived()`` after each live closed bar; ``run()`` as a task. ``warm()`` is one rehearsal."""
 
-    def __init__(self, warm: Callable[[], None], lead_s: float, period_s: float = 250e-6,
+    def __init__(self, warm: Callable[[], None], lead_s: float, period_s: float = 100e-6,
                  clock: Callable[[], float] = time.perf_counter, history: int = 8,
                  on_error: Callable[[str], None] | None = None,
                  busy: Callable[[], bool] | None = None) -> None:
