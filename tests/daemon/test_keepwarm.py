@@ -214,7 +214,7 @@ def test_node_rehearsal_runs_the_commit_code_on_shadows_and_changes_nothing(tiny
                 dict(ob._last), list(ob._ids), len(ob.writer._deferred),
                 [(w.queue.qsize(), w.queue._unfinished_tasks, w.backlog, w._missed) for w in node.workers])
 
-    async def run(rehearse: bool, where: Path) -> tuple[list, int]:
+    async def run(rehearse: bool, where: Path) -> tuple[list, list, int]:
         loaded = load_model(Config(), str(tiny_artifact), None)
         sink = ListSink("list")
         node = build_node(Config(), "replay", state=where, loaded=loaded, sinks=[sink])
