@@ -152,7 +152,7 @@ def _run_symbols(args: argparse.Namespace) -> int:
             sig = Path(tmp) / f"signals_{k}.jsonl"
             ns = argparse.Namespace(bars=[], symbol_bars=[f"{sym}={f}" for sym, f in files], jobs=k,
                                     config=args.config, artifact=args.artifact, threads=args.threads,
-                                    signals=str(sig), report=None, ledger=None, state_dir=None, symbol=None)
+                                    signals=str(sig), out=None, ledger=None, state_dir=None, symbol=None)
             results, wall, _ = replay_many(ns, limit=args.limit)
             rows = [orjson.loads(x) for x in sig.read_bytes().splitlines()]
             for r in rows:
