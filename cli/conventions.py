@@ -45,11 +45,12 @@ def add_progress(p: argparse.ArgumentParser, default: bool, help: str) -> None:
 def add_bars(p: argparse.ArgumentParser, help: str, *, required: bool = False, aliases: tuple[str, ...] = (),
              positional: bool = False, metavar: str = "FILE") -> None:
     """``--bars FILE...`` (repeatable), with hidden ``aliases`` (e.g. ``--data``) and, with
-    ``positional``, bare FILE arguments as a hidden alias too. ``required``: one of them must be given."""
+    ``positional``, bare FILE arguments as a hidden alias too; all of them add to the same list.
+    ``required``: one of them must be given."""
     if not aliases and not positional:
         p.add_argument("--bars", nargs="+", action="extend", required=required, metavar=metavar, help=help)
         return
-    g = p.add_mutually_exclusive_group(required=required)
+    g: Any = p.add_mutually_exclusive_group(required=True) if required else p
     g.add_argument("--bars", nargs="+", action="extend", metavar=metavar, help=help)
     for a in aliases:
         alias(g, a, "bars", nargs="+", action="extend", metavar=metavar)
@@ -61,3 +62,16 @@ def print_json(obj: Any) -> None:
     """``obj`` as one JSON document (one line) on stdout."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")
     sys.stdout.flush()
+
+
+def count_from_bars(args: Any, dest: str, flag: str) -> None:
+    """The older spelling ``--bars N`` of a count now spelt ``flag``: one all-digit ``--bars`` value
+    that names no file is taken as the count (``dest``), with a note on stderr; the rest stay bar files."""
+    from pathlib import Path
+
+    bars = getattr(args, "bars", None) or []
+    counts = [b for b in bars if b.isdigit() and not Path(b).exists()]
+    if len(counts) == 1:
+        setattr(args, dest, int(counts[0]))
+        args.bars = [b for b in bars if b != counts[0]] or None
+        print(f"note: --bars {counts[0]} is read as {flag} {counts[0]}; --bars names bar files", file=sys.stderr)

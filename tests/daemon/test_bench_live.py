@@ -8,7 +8,7 @@ from tests.conftest import run_cli
 
 
 def test_bench_live_compares_keep_warm_off_and_on() -> None:
-    r = run_cli("bench", "live", "--bars", "300", "--speed", "200", "--compare-keep-warm", "1", check=True)
+    r = run_cli("bench", "live", "--n-bars", "300", "--speed", "200", "--compare-keep-warm", "1", check=True)
     out = r.stdout
     counts = [(int(a), int(b)) for a, b in re.findall(r"(\d+) signals from (\d+) live bars", out)]
     # The feed trusts the exchange clock only once a second frame agrees with the first, so at 200
