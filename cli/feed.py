@@ -21,9 +21,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     # bare FILEs: the older spelling of --bars (one symbol's files, named by --symbol)
     s.add_argument("files", nargs="*", metavar="FILE", help=argparse.SUPPRESS)
-    s.add_argument("--bars", nargs="+", action="extend", default=[], metavar="[SYMBOL=]FILE[,FILE...]",
-                   help="a symbol's bar files (repeat for more symbols); without SYMBOL= the symbol comes "
-                        "from the file name (ETH_USDT-1m.json -> ETHUSDT)")
+    s.add_argument("--bars", nargs="+", action="extend", default=[], metavar="[SYMBOL=]FILE",
+                   help="each symbol's bar files, SYMBOL=FILE[,FILE...] (several symbols: several of them); "
+                        "without SYMBOL= the symbol comes from the file name (ETH_USDT-1m.json -> ETHUSDT)")
     s.add_argument("--copies", type=int, default=0, metavar="N",
                    help="serve N symbols for load tests: the given ones, then copies of them shifted in time "
                         "(ETH1USDT carries ETHUSDT's bars --copy-shift bars later), cut to their common window")
