@@ -24,10 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay historical bars through the live pipeline; signals + report")
     p.add_argument("--bars", dest="symbol_bars", nargs="+", action="extend", default=[],
                    metavar="[SYMBOL=]FILE",
-                   help="bar files or a bar-record directory (FILE,FILE... for several): FILE for the --symbol's "
-                   "bars, SYMBOL=FILE for a "
-                   "symbol's own (repeat for several symbols, each replayed on its own, --jobs at a time, with its "
-                   "own outbox and paper account: signals merged in this order, reports OUT/report_<SYMBOL>.md "
+                   help="bar files or a bar-record directory: FILE[,FILE...] for one symbol (--symbol), "
+                   "SYMBOL=FILE[,FILE...] for each of several (each replayed on its own, --jobs at a time, with its "
+                   "own outbox and paper account; the signals merged in this order, reports OUT/report_<SYMBOL>.md "
                    "and OUT/report.md for the total)")
     p.add_argument("bars", nargs="*", metavar="BARS", help=argparse.SUPPRESS)  # the older spelling of --bars FILE
     p.add_argument("--jobs", type=int, default=1, metavar="K",
