@@ -59,6 +59,14 @@ def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     r = cli("parity", "--live-signals", str(bad), *args)
     assert r.returncode == 1
     assert f"open_time {rec['open_time']}): action differs" in r.stderr
+    js = cli("parity", "--live-signals", str(bad), *args, "--json")
+    assert js.returncode == 1
+    doc = orjson.loads(js.stdout)
+    assert doc["ok"] is False and [s["symbol"] for s in doc["symbols"]] == ["BTCUSDT"]
+    first = doc["symbols"][0]["differences"][0]
+    assert (first["open_time"], first["what"]) == (rec["open_time"], "action")
+    ok = orjson.loads(cli("parity", "--live-signals", str(replayed / "signals.jsonl"), *args, "--json").stdout)
+    assert ok["ok"] is True and ok["symbols"][0]["compared"] == len(lines) and ok["symbols"][0]["differences"] == []
 
 
 def test_bench_replay_runs_through_the_node(tmp_path, tiny_artifact) -> None:
