@@ -128,9 +128,10 @@ def _ingest(args: argparse.Namespace) -> int:
                 dup += 1
             else:
                 applied += 1
-                if args.progress:
-                    sys.stdout.write(f"{s.open_time}\n")
-                    sys.stdout.flush()
+                if args.progress:  # on stderr beside --json: stdout carries the one document
+                    out = sys.stderr if args.json else sys.stdout
+                    out.write(f"{s.open_time}\n")
+                    out.flush()
     if args.json:
         conv.print_json({"applied": applied, "already_in_ledger": dup})
     else:

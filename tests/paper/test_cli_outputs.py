@@ -162,3 +162,18 @@ def test_paper_sink_logs_every_fill_of_several_symbols_signalled_together(tmp_pa
     assert sorted((e["symbol"], e["open_time"], e["side"]) for e in logged) == sorted(fills)
     assert all(e["log_level"] == "info" for e in logged)
     assert run(tmp_path / "replay", log_fills=False) == []
+
+
+def test_paper_ingest_json_counts_what_it_applied(tmp_path, spot_bars, make_signals) -> None:
+    sigs = make_signals(spot_bars(120), seed=5)
+    path = tmp_path / "signals.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(s.to_dict()) + b"\n" for s in sigs))
+    ledger = tmp_path / "paper.sqlite"
+    first = cli("paper", "ingest", str(path), "--ledger", str(ledger), "--json")
+    assert first.returncode == 0, first.stderr[-2000:]
+    assert orjson.loads(first.stdout) == {"applied": 120, "already_in_ledger": 0}
+    again = cli("paper", "ingest", str(path), "--ledger", str(ledger), "--json")
+    assert orjson.loads(again.stdout) == {"applied": 0, "already_in_ledger": 120}
+    fresh = cli("paper", "ingest", str(path), "--ledger", str(tmp_path / "b.sqlite"), "--json", "--progress")
+    assert orjson.loads(fresh.stdout) == {"applied": 120, "already_in_ledger": 0}  # progress went to stderr
+    assert [int(x) for x in fresh.stderr.split() if x.isdigit()] == [s.open_time for s in sigs]
