@@ -1,6 +1,6 @@
 """Bar data loading throughput: freqtrade JSON, Binance CSV dumps and the Parquet cache.
 
-Loads the real files under ../shared/data/klines (or --data DIR) ``--repeat`` times each and
+Loads the real files under ../shared/data/klines (or --data-dir DIR) ``--repeat`` times each and
 prints the median wall time and rows per second for: each spot 1m freqtrade JSON file, the 123
 USD-M futures daily CSVs merged with ``load_many``, and the same bars read back from Parquet.
 """
@@ -15,13 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from barsignal.bench import SHARED
+from barsignal.cli import conventions as conv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     default = SHARED / "data"
-    p.add_argument("--data", default=str(default), help="the shared data directory (default: ../shared/data)")
+    p.add_argument("--data-dir", default=str(default), metavar="DIR",
+                   help="the shared data directory (default: ../shared/data)")
+    conv.alias(p, "--data", "data_dir", metavar="DIR")
     p.add_argument("--repeat", type=int, default=5, help="timed runs per case (median reported)")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    conv.add_json(p, "the figures")
 
 
 def _time(fn: Callable[[], int], repeat: int) -> tuple[float, int]:
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from barsignal.data.formats import _orjson_rows, read_freqtrade_json
     from barsignal.errors import ConfigError
 
-    k = Path(args.data) / "klines"
+    k = Path(args.data_dir) / "klines"
     spot = sorted((k / "spot_1m").glob("*.json"))
     fut = sorted((k / "um_futures_1m_daily").glob("*.csv"))
     if not spot or not fut:

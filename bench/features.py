@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from barsignal.bench import SHARED
+from barsignal.cli import conventions as conv
 
 _SHARED = SHARED
 _SPOT_1M = _SHARED / "data" / "klines" / "spot_1m"
@@ -27,12 +28,11 @@ def _largest_spot_file() -> Path | None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("file", nargs="?", default=None,
-                   help=f"bar file (default: the largest file in {_SPOT_1M})")
-    p.add_argument("--bars", type=int, default=30_000, help="bars timed one by one (default 30000)")
+    conv.add_bars(p, f"bar files (default: the largest file in {_SPOT_1M})", positional=True)
+    p.add_argument("--n-bars", type=int, default=30_000, help="bars timed one by one (default 30000)")
     p.add_argument("--window", type=int, default=30, help="window length (the artifact's T)")
     p.add_argument("--repeat", type=int, default=3, help="batch runs; the best is reported")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    conv.add_json(p, "the figures")
 
 
 def _pct(xs: list[int], q: float) -> float:
@@ -42,17 +42,20 @@ def _pct(xs: list[int], q: float) -> float:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from barsignal.data import load
+    from barsignal.data import load_many
     from barsignal.errors import ConfigError
     from barsignal.features.batch import compute_with_ready
     from barsignal.features.engine import FeatureEngine
     from barsignal.features.normalize import Normalizer
     from barsignal.features.online import OnlineFeatures
 
-    path = Path(args.file) if args.file else _largest_spot_file()
-    if path is None:
-        raise ConfigError(f"no bar file given and none found in {_SPOT_1M}: pass FILE")
-    frame = load(path).frame
+    conv.count_from_bars(args, "n_bars", "--n-bars")
+    default = _largest_spot_file()
+    paths = [Path(f) for f in args.bars] if args.bars else [default] if default else []
+    if not paths:
+        raise ConfigError(f"no bar file given and none found in {_SPOT_1M}: pass --bars FILE")
+    frame = load_many(paths).frame
+    path = paths[0]
     n = len(frame)
 
     # batch throughput over the whole file
@@ -65,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     norm = Normalizer.fit(X[ready])
 
     # per-bar latency on the first --bars bars
-    bars = list(frame.slice(0, min(n, args.bars)).bars())
+    bars = list(frame.slice(0, min(n, args.n_bars)).bars())
     clock = time.perf_counter_ns
     online = OnlineFeatures(norm, args.window)
     per_bar: list[int] = []

@@ -18,18 +18,22 @@ import argparse
 from pathlib import Path
 
 from barsignal.bench import SHARED
+from barsignal.cli import conventions as conv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     default = SHARED / "data"
-    p.add_argument("--data", default=str(default), help="the shared data directory (default: ../shared/data)")
-    p.add_argument("--bars", type=int, default=3000, help="bars to stream in the loopback case")
+    p.add_argument("--data-dir", default=str(default), metavar="DIR",
+                   help="the shared data directory (default: ../shared/data)")
+    conv.alias(p, "--data", "data_dir", metavar="DIR")
+    conv.add_bars(p, "bar files encoded and streamed (default: the 2021-11-11 spot 1m file in the data directory)")
+    p.add_argument("--n-bars", type=int, default=3000, help="bars to stream in the loopback case")
     p.add_argument("--speed", type=float, default=500.0, help="loopback feed speed, bars per second")
     p.add_argument("--symbols", type=int, default=0, help="also measure the server alone with N symbols")
     p.add_argument("--serve-speed", type=float, default=2.0, help="bars per second in the --symbols case")
     p.add_argument("--serve-bars", type=int, default=60, help="ticks to play in the --symbols case")
     p.add_argument("--intrabar", type=int, default=2, help="x:false updates per bar in the --symbols case")
-    p.add_argument("--json", action="store_true", help="print the figures as one JSON object")
+    conv.add_json(p, "the figures")
 
 
 def _pct(ns: list[int]) -> dict[str, float]:
@@ -47,16 +51,17 @@ def run(args: argparse.Namespace) -> int:
     import orjson
 
     from barsignal.daemon.binance import ws
-    from barsignal.data import load
+    from barsignal.data import load_many
     from barsignal.errors import ConfigError
     from barsignal.sim.simulator import FeedSimulator
 
-    data = Path(args.data)
-    spot = sorted((data / "klines" / "spot_1m").glob("*2021-11-11*.json"))
+    conv.count_from_bars(args, "n_bars", "--n-bars")
+    data = Path(args.data_dir)
+    spot = args.bars or sorted((data / "klines" / "spot_1m").glob("*2021-11-11*.json"))[:1]
     sample = data / "wire" / "real_kline_ws_samples.jsonl"
     if not spot or not sample.is_file():
-        raise ConfigError(f"{data}: real klines or wire samples not found; pass --data DIR")
-    loaded = load(spot[0])
+        raise ConfigError(f"{data}: real klines or wire samples not found; pass --data-dir DIR")
+    loaded = load_many(spot)
     real = orjson.loads(sample.read_text().splitlines()[0])["raw"].encode()
     sim = FeedSimulator(loaded.frame)
     frames = [ws.encode_kline(sim.event(i)) for i in range(2000)]
@@ -78,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         from barsignal.daemon.config import FeedConfig
         from barsignal.daemon.feed.client import FeedClient
 
-        start, n = 1000, args.bars
+        start, n = 1000, args.n_bars
         async with FeedSimulator(loaded.frame, speed=args.speed, start_index=start, end_index=start + n + 5,
                                  intrabar=1) as s:
             cfg = FeedConfig(ws_url=s.ws_url, rest_url=s.rest_url, reconnect_min_s=0.05, reconnect_max_s=0.5)

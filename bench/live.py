@@ -22,14 +22,15 @@ from typing import Any
 import numpy as np
 
 from barsignal.bench import SHARED
+from barsignal.cli import conventions as conv
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bars", type=int, default=3000, help="live bars to stream after the warm-up")
+    p.add_argument("--n-bars", type=int, default=3000, help="live bars to stream after the warm-up")
     p.add_argument("--speed", type=float, default=200.0, help="bars per second of wall time")
-    p.add_argument("--artifact", default=None, help="model artifact (default: bundled)")
+    conv.add_artifact(p, "model artifact (default: bundled)", default=None)
     p.add_argument("--backend", default="onnxruntime", choices=["auto", "onnxruntime", "tensorrt", "torch"])
-    p.add_argument("--data", default=None, help="bar file (default: ../shared/data 2021-11 spot 1m)")
+    conv.add_bars(p, "bar files (default: ../shared/data 2021-11 spot 1m)", aliases=("--data",))
     p.add_argument("--sinks", default="jsonl", help="comma-separated sinks (default: jsonl)")
     p.add_argument("--keep-warm-ms", type=float, default=None,
                    help="[engine] keep_warm_ms (default: the config default)")
@@ -37,12 +38,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="alternate keep-warm off / on for ROUNDS rounds each and report the ratios")
     p.add_argument("--symbols", type=int, default=0, metavar="N",
                    help="N symbols in one daemon: the ten real 2023 files (../shared/data multi/spot_1m + BTC), "
-                   "then copies of them shifted in time (sim.series.shifted_copies); --bars minutes are streamed "
+                   "then copies of them shifted in time (sim.series.shifted_copies); --n-bars minutes are streamed "
                    "(default speed 1 minute per 2 s) and the time from each minute's last closed frame to its last "
                    "symbol's signal is reported")
     p.add_argument("--close-spread-ms", type=float, default=0.0, metavar="MS",
                    help="with --symbols: the simulator sends each minute's closed frames evenly over MS ms of "
                    "wall time in a random symbol order (default 0: all at once, the worst case)")
+    conv.add_json(p, "the figures")
 
 
 def _default_data() -> Path:
@@ -51,11 +53,12 @@ def _default_data() -> Path:
     if not files:
         from barsignal.errors import ConfigError
 
-        raise ConfigError(f"no bar data under {shared}/data/klines/spot_1m; pass --data FILE")
+        raise ConfigError(f"no bar data under {shared}/data/klines/spot_1m; pass --bars FILE")
     return files[0]
 
 
 def run(args: argparse.Namespace) -> int:
+    conv.count_from_bars(args, "n_bars", "--n-bars")
     try:
         import uvloop
 
@@ -64,24 +67,67 @@ def run(args: argparse.Namespace) -> int:
         factory = None
     if args.symbols:
         with asyncio.Runner(loop_factory=factory) as runner:
-            _print_many(args, runner.run(_bench_many(args)))
+            many = runner.run(_bench_many(args))
+        if args.json:
+            conv.print_json(_summary_many(many))
+        else:
+            _print_many(args, many)
         return 0
     if not args.compare_keep_warm:
         with asyncio.Runner(loop_factory=factory) as runner:
-            _print(args, runner.run(_bench(args, args.keep_warm_ms)))
+            res = runner.run(_bench(args, args.keep_warm_ms))
+        if args.json:
+            conv.print_json(_summary(args, res))
+        else:
+            _print(args, res)
         return 0
     p50: dict[float, list[float]] = {0.0: [], args.keep_warm_ms or 100.0: []}
+    rounds = []
     for r in range(args.compare_keep_warm):
         for kw in p50:
             with asyncio.Runner(loop_factory=factory) as runner:
                 res = runner.run(_bench(args, kw))
-            print(f"round {r + 1}, keep_warm_ms = {kw:g}:")
-            _print(args, res)
+            rounds.append({"round": r + 1, **_summary(args, res)})
+            if not args.json:
+                print(f"round {r + 1}, keep_warm_ms = {kw:g}:")
+                _print(args, res)
             p50[kw].append(float(np.percentile(res["tick_to_signal_s"], 50)) * 1e3)
     off, on = (np.median(v) for v in p50.values())
+    if args.json:
+        conv.print_json({"rounds": rounds, "tick_to_signal_p50_ms_off": off, "tick_to_signal_p50_ms_on": on,
+                         "off_over_on": off / on})
+        return 0
     print(f"keep-warm off / on, median of {args.compare_keep_warm} rounds' tick-to-signal p50: "
           f"{off:.3f} / {on:.3f} ms = {off / on:.2f}x")
     return 0
+
+
+def _pcts(values: Any, scale: float = 1.0) -> dict[str, float] | None:
+    """p50, p99, max and n of ``values`` times ``scale``; None when there are none."""
+    a = np.asarray(values, dtype=np.float64) * scale
+    if not len(a):
+        return None
+    return {"p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99)), "max": float(a.max()),
+            "n": len(a)}
+
+
+def _summary(args: argparse.Namespace, res: dict) -> dict[str, Any]:
+    """The figures ``_print`` shows, as one JSON-ready dict."""
+    return {"signals": res["signals"], "ws_bars": res["ws_bars"], "speed": args.speed, "backend": res["backend"],
+            "sinks": args.sinks, "keep_warm_ms": res["keep_warm_ms"],
+            "tick_to_signal_ms": _pcts(res["tick_to_signal_s"], 1e3),
+            "sent_to_signal_ms": _pcts(res.get("sent_to_signal_us", ()), 1e-3),
+            "wire_to_frame_us": _pcts(res.get("wire_to_frame_us", ())),
+            "parts_us": {k: _pcts(v) for k, v in res["parts_us"].items()}, "keep_warm": res.get("keep_warm"),
+            "ready_s": res["ready_s"], "rest_s": res["rest_s"], "ready_total_s": res["ready_total_s"],
+            "rss_mb": res["rss_mb"]}
+
+
+def _summary_many(res: dict) -> dict[str, Any]:
+    """The figures ``_print_many`` shows, as one JSON-ready dict."""
+    out = {k: v for k, v in res.items() if k != "last_frame_to_last_signal_ms"}
+    out["last_frame_to_last_signal_ms"] = _pcts(res["last_frame_to_last_signal_ms"])
+    return out
 
 
 def _print(args: argparse.Namespace, res: dict) -> None:
@@ -117,7 +163,7 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     from barsignal.daemon.feed.client import FeedClient
     from barsignal.data import load_many
 
-    frame = load_many([args.data or _default_data()]).frame
+    frame = load_many(args.bars or [_default_data()]).frame
     state = Path(tempfile.mkdtemp(prefix="barsignal-bench-live-"))
     t_start = time.perf_counter()
     engine = c.EngineConfig(backend=args.backend)
@@ -126,7 +172,7 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     cfg0 = c.Config(engine=engine)
     loaded = load_model(cfg0, args.artifact, state / "engines")
     start = loaded.warmup_bars + 10
-    end = min(len(frame), start + args.bars)
+    end = min(len(frame), start + args.n_bars)
     sim, timed_fetch, rest_s = await _serve(frame, args.speed, start, end)
 
     cfg = c.Config(
@@ -138,7 +184,7 @@ async def _bench(args: argparse.Namespace, keep_warm_ms: float | None) -> dict:
     )
     d = Daemon(cfg, loaded=loaded, drain_timeout_s=10,
                source_factory=lambda fc, warm: FeedClient(fc, warmup_bars=warm, fetch=timed_fetch))
-    d.record_latency = args.bars + 10
+    d.record_latency = args.n_bars + 10
     done_ns: dict[int, tuple[int, int]] = {}  # open time -> (its frame's arrival, its signal handed on)
     after = d._after_bar
 
@@ -234,13 +280,13 @@ async def _bench_many(args: argparse.Namespace) -> dict:
     cfg0 = c.Config(engine=engine)
     loaded = load_model(cfg0, args.artifact, state / "engines")
     start = loaded.warmup_bars + 10
-    rows = start + args.bars + 5
+    rows = start + args.n_bars + 5
     n = args.symbols
     series = shifted_copies(real, n, rows=rows, shift=1000) if n > len(real) else \
         shifted_copies(real, n, rows=rows, shift=0)
     made = "real" if n <= len(real) else f"{len(real)} real + {n - len(real)} real files shifted 1000*c bars in time"
     speed = args.speed if args.speed != 200.0 else 0.5  # minutes per second: 2 s a minute by default
-    sim, timed_fetch, rest_s = await _serve(series, speed, start, start + args.bars,
+    sim, timed_fetch, rest_s = await _serve(series, speed, start, start + args.n_bars,
                                             close_spread_ms=args.close_spread_ms)
 
     syms = tuple(s.symbol for s in series)
@@ -266,7 +312,7 @@ async def _bench_many(args: argparse.Namespace) -> dict:
             sp[2] += 1
 
     d._after_bar = record  # type: ignore[method-assign]
-    final = int(sim.times[start + args.bars - 1]) if hasattr(sim, "times") else None
+    final = int(sim.times[start + args.n_bars - 1]) if hasattr(sim, "times") else None
     task = asyncio.create_task(d.run())
     cpu0 = wall0 = None
     rest_ready = 0.0

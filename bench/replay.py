@@ -11,8 +11,10 @@ Figures only; nothing here asserts a speed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from barsignal.bench import SHARED
+from barsignal.cli import conventions as conv
 
 YEAR_BARS = 525_600
 _SHARED = SHARED
@@ -28,13 +31,15 @@ DEFAULT_BARS = _SHARED / "data" / "klines" / "um_futures_1m_daily"  # 177,120 co
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("bars", nargs="*", help=f"bar files or directory (default: {DEFAULT_BARS})")
-    p.add_argument("--artifact", default=None, help="model artifact (default: [model] or bundled)")
+    conv.add_bars(p, f"bar files or directory (default: {DEFAULT_BARS})", positional=True)
+    conv.add_artifact(p, "model artifact (default: [model] or bundled)", default=None)
     p.add_argument("--config", default=None, help="TOML config ([engine] threads, [paper] settings)")
     p.add_argument("--limit", type=int, default=0, help="replay only the first N bars (0: all)")
     p.add_argument("--threads", type=int, default=None,
                    help="scoring threads for the replay (default: [engine] intra_op_threads)")
-    p.add_argument("--json", default=None, metavar="PATH", help="also write the figures as JSON")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="print the figures as one JSON document on stdout (the text goes to stderr); "
+                   "--json PATH writes them to PATH instead")
     p.add_argument("--symbols", type=int, default=0, metavar="N",
                    help="replay N of the ten real 2023 symbols (../shared/data multi/spot_1m + BTC) as "
                    "`barsignal replay --bars SYM=FILE ... --jobs K` does, once per K of --jobs, and check that "
@@ -119,22 +124,22 @@ def run(args: argparse.Namespace) -> int:
         "cpu_count": os.cpu_count(),
     }
     s = fig["seconds"]
-    print(f"replay: {res.bars:,} bars -> {res.signals:,} signals, {res.fills:,} fills "
+    say = _say(args)
+    say(f"replay: {res.bars:,} bars -> {res.signals:,} signals, {res.fills:,} fills "
           f"(artifact {fig['artifact']}, {timed.name}, batch 1, "
           f"{cfg.engine.intra_op_threads} scoring thread(s))")
-    print(f"  load {s['load']:.2f} s | features+rule+outbox+sinks {s['features_rule_outbox_sinks']:.2f} s"
+    say(f"  load {s['load']:.2f} s | features+rule+outbox+sinks {s['features_rule_outbox_sinks']:.2f} s"
           f" | scoring {s['scoring']:.2f} s | sinks drain after the last bar "
           f"{s['sinks_drain_after_last_bar']:.2f} s | model load (once) {s['model_load_once']:.2f} s")
-    print(f"  end to end {s['end_to_end']:.2f} s = {bps:,.0f} bars/s -> one year (525,600 bars) in "
+    say(f"  end to end {s['end_to_end']:.2f} s = {bps:,.0f} bars/s -> one year (525,600 bars) in "
           f"{fig['projected_year_s']:.0f} s (target <= 120 s)")
     if achieved:
-        print(f"  scoring {fig['scoring_windows_per_s']:,.0f} windows/s x {flops / 1e6:.2f} MFLOP = "
+        say(f"  scoring {fig['scoring_windows_per_s']:,.0f} windows/s x {flops / 1e6:.2f} MFLOP = "
               f"{achieved:.1f} GFLOP/s = {fig['fraction_of_ceiling'] * 100:.1f} % of the matmul ceiling "
               f"{gflops:.1f} GFLOP/s ({how})")
     else:
-        print(f"  matmul ceiling {gflops:.1f} GFLOP/s ({how}); the artifact has no flops_per_window")
-    if args.json:
-        Path(args.json).write_text(json.dumps(fig, indent=1))
+        say(f"  matmul ceiling {gflops:.1f} GFLOP/s ({how}); the artifact has no flops_per_window")
+    _emit(args, fig)
     return 0
 
 
@@ -147,27 +152,39 @@ def _run_symbols(args: argparse.Namespace) -> int:
 
     files = _real_files()[:args.symbols]
     out: dict[int, dict[str, Any]] = {}
+    say = _say(args)
     with tempfile.TemporaryDirectory(prefix="barsignal-bench-replay-") as tmp:
         for k in [int(x) for x in str(args.jobs).split(",") if x]:
             sig = Path(tmp) / f"signals_{k}.jsonl"
             ns = argparse.Namespace(bars=[], symbol_bars=[f"{sym}={f}" for sym, f in files], jobs=k,
                                     config=args.config, artifact=args.artifact, threads=args.threads,
-                                    signals=str(sig), report=None, ledger=None, state_dir=None, symbol=None)
+                                    signals=str(sig), out=None, ledger=None, state_dir=None, symbol=None)
             results, wall, _ = replay_many(ns, limit=args.limit)
             rows = [orjson.loads(x) for x in sig.read_bytes().splitlines()]
             for r in rows:
                 r.pop("latency_us", None)  # timings, not results
             bars = sum(r["bars"] for r in results)
             out[k] = {"wall_s": wall, "bars": bars, "signals": len(rows), "rows": rows}
-            print(f"bench replay --symbols {len(files)} --jobs {k}: {bars} bars -> {len(rows)} signals in "
+            say(f"bench replay --symbols {len(files)} --jobs {k}: {bars} bars -> {len(rows)} signals in "
                   f"{wall:.2f} s = {bars / wall:,.0f} bars/s")
     ks = sorted(out)
     same = all(out[k]["rows"] == out[ks[0]]["rows"] for k in ks)
-    print(f"  signals identical across --jobs {','.join(map(str, ks))} (latency_us left out): {same}")
+    say(f"  signals identical across --jobs {','.join(map(str, ks))} (latency_us left out): {same}")
     if len(ks) > 1:
-        print(f"  speed-up {ks[-1]} vs {ks[0]} processes: {out[ks[0]]['wall_s'] / out[ks[-1]]['wall_s']:.2f}x "
+        say(f"  speed-up {ks[-1]} vs {ks[0]} processes: {out[ks[0]]['wall_s'] / out[ks[-1]]['wall_s']:.2f}x "
               f"(on {os.cpu_count()} CPUs)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({k: {x: v[x] for x in ("wall_s", "bars", "signals")}
-                                               for k, v in out.items()} | {"identical": same}))
+    _emit(args, {k: {x: v[x] for x in ("wall_s", "bars", "signals")} for k, v in out.items()} | {"identical": same})
     return 0 if same else 1
+
+
+def _say(args: argparse.Namespace) -> Any:
+    """``print`` to stdout, or to stderr when stdout carries the JSON document."""
+    return functools.partial(print, file=sys.stderr if args.json == "-" else sys.stdout)
+
+
+def _emit(args: argparse.Namespace, fig: dict[str, Any]) -> None:
+    """The figures as JSON: on stdout for ``--json``, into PATH for ``--json PATH``."""
+    if args.json == "-":
+        conv.print_json(fig)
+    elif args.json:
+        Path(args.json).write_text(json.dumps(fig, indent=1, default=str))

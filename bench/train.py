@@ -13,17 +13,18 @@ import json
 import time
 
 from barsignal.bench import SHARED
+from barsignal.cli import conventions as conv
 
 DEFAULT_BARS = SHARED / "data/klines/um_futures_1m_daily"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bars", nargs="+", default=None, help="bar files (default: 3 real futures days)")
+    conv.add_bars(p, "bar files (default: 3 real futures days)")
     p.add_argument("--steps", type=int, default=20, help="timed training steps per model")
     p.add_argument("--batch", type=int, default=256)
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p.add_argument("--latency-calls", type=int, default=200, help="timed batch-1 calls per attention kind")
-    p.add_argument("--json", action="store_true")
+    conv.add_json(p, "the figures")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -15,6 +15,8 @@ import time
 import tomllib
 from typing import Any
 
+from barsignal.cli import conventions as conv
+
 STAGE_HELP = {
     "distill": "distil the teacher into the student (and train the no-KD baseline)",
     "prune": "structured pruning (heads, FFN channels, layers) + fine-tuning; magnitude-pruning stats",
@@ -36,6 +38,8 @@ def _common(p: argparse.ArgumentParser, suppress: bool) -> None:
     p.add_argument("--artifact", default=d, metavar="DIR", help="override [output] artifact")
     p.add_argument("--set", dest="overrides", action="append", default=d if suppress else [],
                    metavar="SECTION.KEY=VALUE", help="override one config key (repeatable)")
+    p.add_argument("--json", action="store_true", default=d if suppress else False,
+                   help="print the stages' summary as one JSON document on stdout")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,9 +54,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             sp.add_argument("--version-compatible", action="store_true",
                             help="build VERSION_COMPATIBLE engines")
         if name == "serving":
-            sp.add_argument("--data", required=True, metavar="FILE",
-                            help="a bar file whose windows the graphs are compared on")
-            sp.add_argument("--out", default=None, metavar="DIR", help="write here (default: in place)")
+            conv.add_bars(sp, "a bar file whose windows the graphs are compared on", required=True,
+                          aliases=("--data",))
+            conv.add_out(sp, "write the rewritten artifact here (default: in place)", default=None)
     p.set_defaults(func=_run, stage=None)
 
 
@@ -108,9 +112,15 @@ def _run(args: argparse.Namespace) -> int:
         from pathlib import Path
 
         from barsignal.compression.batch1 import rewrite_artifact
+        from barsignal.errors import ConfigError
 
+        if len(args.bars) != 1:
+            raise ConfigError(f"compress serving: --bars takes one bar file, not {len(args.bars)}")
         src = Path(args.artifact or cfg.output.artifact)
-        info = rewrite_artifact(src, Path(args.out or src), Path(args.data), command=command)
+        info = rewrite_artifact(src, Path(args.out or src), Path(args.bars[0]), command=command)
+        if args.json:
+            conv.print_json(info)
+            return 0
         print(f"serving graph: {info['nodes']} nodes against {info['against']} ({info['exported_nodes']}), "
               f"max |dp| {info['max_abs_dp_vs_exported']:.3g} over {info['windows']} windows "
               f"({info['identical_fraction']:.1%} identical), batch-1 p50 {info['latency_p50_us']:.1f} us "
@@ -119,11 +129,16 @@ def _run(args: argparse.Namespace) -> int:
     if stage == "engine":
         ctx = pipeline.Context(cfg, progress)
         out = pipeline.stage_engine(ctx, version_compatible=args.version_compatible)
-        print(out)
+        if args.json:
+            conv.print_json(out)
+        else:
+            print(out)
         return 0
     stages = pipeline.STAGES if stage == "all" else (stage,)
     out = pipeline.run(cfg, stages, command=command, progress=progress)
-    if "report" in out:
+    if args.json:
+        conv.print_json({"stages": list(stages), "workdir": str(cfg.output.workdir), "summary": out})
+    elif "report" in out:
         r = out["report"]
         print(f"report: {cfg.output.workdir}/report/report.md; artifact: {r['artifact']['path']} "
               f"(default variant {r['selected_variant']}, {r['artifact']['bytes'] / 1e6:.2f} MB)")

@@ -1,4 +1,4 @@
-"""``barsignal eval [--model ARTIFACT_OR_CHECKPOINT] --bars FILE...``: the model against train-fitted baselines.
+"""``barsignal eval [--artifact ARTIFACT_OR_CHECKPOINT] --bars FILE...``: the model against train-fitted baselines.
 
 Direction AUC (non-tied windows), log-loss and Brier for the model and every baseline, each with a
 95 % CI from resampling whole days, and a verdict per baseline that says "beats" only when the CI of
@@ -19,19 +19,21 @@ import argparse
 import json
 import sys
 
+from barsignal.cli import conventions as conv
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint or artifact on bar files against baselines")
-    p.add_argument("--model", default=None,
-                   help="model artifact or checkpoint directory (barsignal train) (default: the bundled artifact)")
-    p.add_argument("--bars", nargs="+", required=True, metavar="FILE", help="bar files or directories")
+    conv.add_artifact(p, "model artifact or checkpoint directory (barsignal train) (default: the bundled artifact)",
+                      aliases=("--model",), default=None)
+    conv.add_bars(p, "bar files or directories", required=True)
     p.add_argument("--split", choices=["all", "test"], default="all",
                    help="all: every window of the bars (default); test: the chronological test split")
     p.add_argument("--walk-forward", type=int, default=0, metavar="K",
                    help="also report K consecutive chronological folds of the evaluated bars")
     p.add_argument("--bootstrap", type=int, default=500, metavar="N", help="day-block resamples per CI")
-    p.add_argument("--out", default=None, help="write eval.md, eval.json and calibration.png here")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    conv.add_out(p, "write eval.md, eval.json and calibration.png here", default=None)
+    conv.add_json(p, "the report")
     p.add_argument("--batch", type=int, default=1024)
     p.set_defaults(func=_run)
 
@@ -48,7 +50,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.walk_forward < 0 or args.walk_forward == 1:
         raise ConfigError(f"--walk-forward {args.walk_forward}: give K >= 2 folds (or 0 for none)")
-    scored = open_model(args.model)
+    scored = open_model(args.artifact)
     segments = load_segments(args.bars)
     spec = DatasetSpec(window=scored.window, horizon=scored.horizon, flat_band=scored.flat_band)
     if args.split == "test":

@@ -1,4 +1,4 @@
-"""``barsignal features check FILE...``: the feature parity checks on real bar files.
+"""``barsignal features check --bars FILE...``: the feature parity checks on real bar files.
 
 For each file: ``update()`` bar by bar against the batch path (bit for bit), restart parity at the
 middle of the file (``spec.RESTART_WARMUP_BARS`` bars of warm-up, within ``spec.REL_TOL_RESTART``),
@@ -13,18 +13,20 @@ import json
 import math
 import sys
 
+from barsignal.cli import conventions as conv
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("features", help="feature schema and parity checks")
     cmds = p.add_subparsers(dest="features_command", metavar="SUBCOMMAND", required=True)
     c = cmds.add_parser("check", help="incremental vs batch, restart parity and TA-Lib checks on bar files")
-    c.add_argument("files", nargs="+", metavar="FILE", help="bar files (CSV, zip, freqtrade JSON, Parquet)")
-    c.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+    conv.add_bars(c, "bar files (CSV, zip, freqtrade JSON, Parquet)", required=True, positional=True)
+    conv.add_json(c, "the checks instead of tables")
     c.add_argument("--gap-policy", default="continue", choices=["continue", "reset"],
                    help="gap policy for the incremental and restart checks (TA-Lib runs on the rows)")
     c.set_defaults(func=_check)
     s = cmds.add_parser("schema", help="print the feature names, warm-ups and schema hash")
-    s.add_argument("--json", action="store_true")
+    conv.add_json(s, "the schema")
     s.set_defaults(func=_schema)
 
 
@@ -65,7 +67,7 @@ def _check_file(path: str, gap_policy: str) -> dict[str, object]:
 def _check(args: argparse.Namespace) -> int:
     from barsignal.features.spec import N_FEATURES, NAMES, schema_hash
 
-    files = [_check_file(p, args.gap_policy) for p in args.files]
+    files = [_check_file(p, args.gap_policy) for p in args.bars]
     ok = all(f["ok"] for f in files)
     if args.json:
         print(json.dumps({"ok": ok, "schema_hash": schema_hash(), "gap_policy": args.gap_policy,

@@ -19,10 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                     "/ws/btcusdt@kline_1m, or /ws with SUBSCRIBE) and /api/v3/klines, /api/v3/exchangeInfo on "
                     "the same port. Prints one JSON line with ws_url, rest_url and symbols when ready.",
     )
-    s.add_argument("files", nargs="*", metavar="FILE", help="bar files of one symbol (--symbol), loaded as one series")
-    s.add_argument("--bars", action="append", default=[], metavar="[SYMBOL=]FILE[,FILE...]",
-                   help="a symbol's bar files (repeat for more symbols); without SYMBOL= the symbol comes "
-                        "from the file name (ETH_USDT-1m.json -> ETHUSDT)")
+    # bare FILEs: the older spelling of --bars (one symbol's files, named by --symbol)
+    s.add_argument("files", nargs="*", metavar="FILE", help=argparse.SUPPRESS)
+    s.add_argument("--bars", nargs="+", action="extend", default=[], metavar="[SYMBOL=]FILE",
+                   help="each symbol's bar files, SYMBOL=FILE[,FILE...] (several symbols: several of them); "
+                        "without SYMBOL= the symbol comes from the file name (ETH_USDT-1m.json -> ETHUSDT)")
     s.add_argument("--copies", type=int, default=0, metavar="N",
                    help="serve N symbols for load tests: the given ones, then copies of them shifted in time "
                         "(ETH1USDT carries ETHUSDT's bars --copy-shift bars later), cut to their common window")
@@ -30,7 +31,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0, help="0 = any free port (printed when ready)")
     s.add_argument("--speed", type=float, default=1.0, help="bars per second of wall time (default 1)")
-    s.add_argument("--symbol", default="BTCUSDT", help="the symbol of the positional FILEs (default BTCUSDT)")
+    s.add_argument("--symbol", default="BTCUSDT", help=argparse.SUPPRESS)  # the symbol of bare FILEs
     s.add_argument("--start-index", type=int, default=0,
                    help="ticks of the shared clock before this index count as already closed (REST serves them)")
     s.add_argument("--end-index", type=int, default=None, help="stop producing bars at this tick")
@@ -80,7 +81,7 @@ def _series(args: argparse.Namespace) -> list[Series]:
                                   "write it as SYMBOL=FILE")
         specs.append((sym.upper(), paths))
     if not specs:
-        raise ConfigError("feed serve: no bars given; pass FILE or --bars SYMBOL=FILE")
+        raise ConfigError("feed serve: no bars given; pass --bars SYMBOL=FILE (repeat for more symbols)")
     out = []
     for sym, paths in specs:
         loaded = load_many(paths)

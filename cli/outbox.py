@@ -9,7 +9,10 @@ at its next start. It takes the state directory's lock, so it refuses while a da
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+from barsignal.cli import conventions as conv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -24,13 +27,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     st = cmds.add_parser("status", help="signals pending and dead letters, per sink")
     common(st)
+    conv.add_json(st, "the counts per sink")
     st.set_defaults(func=_status)
     dd = cmds.add_parser("dead", help="list the dead letters (one JSON line each)")
     common(dd)
+    conv.add_json(dd, "the dead letters as one list")
     dd.set_defaults(func=_dead)
     rd = cmds.add_parser("redrive", help="make dead letters pending again (the daemon must be stopped; "
                          "it sends them at its next start)")
     common(rd)
+    conv.add_json(rd, "how many were made pending")
     rd.set_defaults(func=_redrive)
 
 
@@ -55,11 +61,18 @@ def _status(args: argparse.Namespace) -> int:
     ob = Outbox(_state(args) / "outbox.sqlite", ())
     try:
         dead = ob.dead_counts()
-        for sink in sorted(set(ob.sinks_pending()) | set(dead)):
-            if args.sink in (None, sink):
-                print(f"{sink}: {ob.depth(sink)} pending, {dead.get(sink, 0)} dead letters")
+        sinks = {sink: {"pending": ob.depth(sink), "dead": dead.get(sink, 0)}
+                 for sink in sorted(set(ob.sinks_pending()) | set(dead)) if args.sink in (None, sink)}
     finally:
         ob.close()
+    if args.json:
+        conv.print_json({"sinks": sinks, "pending": sum(v["pending"] for v in sinks.values()),
+                         "dead": sum(v["dead"] for v in sinks.values())})
+        return 0
+    if not sinks:
+        print(f"outbox{' for ' + args.sink if args.sink else ''}: empty (0 pending, 0 dead)")
+    for sink, v in sinks.items():
+        print(f"{sink}: {v['pending']} pending, {v['dead']} dead letters")
     return 0
 
 
@@ -70,10 +83,16 @@ def _dead(args: argparse.Namespace) -> int:
 
     ob = Outbox(_state(args) / "outbox.sqlite", ())
     try:
-        for d in ob.dead_letters(args.sink):
-            print(orjson.dumps(d).decode())
+        letters = ob.dead_letters(args.sink)
     finally:
         ob.close()
+    if args.json:
+        conv.print_json(letters)
+        return 0
+    if not letters:  # on stderr: standard output stays one JSON line per dead letter
+        print(f"outbox: no dead letters{' for ' + args.sink if args.sink else ''}", file=sys.stderr)
+    for d in letters:
+        print(orjson.dumps(d).decode())
     return 0
 
 
@@ -88,6 +107,9 @@ def _redrive(args: argparse.Namespace) -> int:
             n = ob.redrive(args.sink)
         finally:
             ob.close()
+    if args.json:
+        conv.print_json({"redriven": n, "sink": args.sink})
+        return 0
     print(f"redrive: {n} dead letter{'s' if n != 1 else ''} pending again"
           f"{' for ' + args.sink if args.sink else ''}; the daemon sends them at its next start")
     return 0

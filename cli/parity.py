@@ -14,10 +14,13 @@ each with its own bar record files (``<SYMBOL>-<run>-<day>.jsonl``); exit 1 if a
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import sys
 from pathlib import Path
 from typing import Any
+
+from barsignal.cli import conventions as conv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -31,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "bundled); repeat to offer the artifacts of recorded swaps that moved since")
     p.add_argument("--symbol", default=None, help="check only this symbol (default: every one of [feed] "
                    "symbols, each replayed on its own and reported on its own line)")
+    conv.add_json(p, "every symbol's result (ok, signals compared, differences)")
     p.set_defaults(func=_run)
 
 
@@ -124,18 +128,37 @@ def _run(args: argparse.Namespace) -> int:
     if len(symbols) > 1 and not all(is_barlog(p) for p in args.bars):
         raise ConfigError(f"parity: bar files hold one symbol's bars, and [feed] symbols has {len(symbols)}: "
                           "pass --symbol SYMBOL (or the daemon's bar record, which has every symbol)")
-    failed = 0
+    results = []
     for sym in symbols:
         live = [s for s in signals if s.symbol == sym]
-        failed += _check(cfg, args.bars, sym, offered, live, prefix=f"{sym}: " if len(symbols) > 1 else "")
-    if len(symbols) > 1:
+        r = _check(cfg, args.bars, sym, offered, live)
+        results.append(r)
+        if not args.json:
+            _print(r, prefix=f"{sym}: " if len(symbols) > 1 else "")
+    failed = sum(not r["ok"] for r in results)
+    if args.json:
+        conv.print_json({"ok": not failed, "symbols": results})
+    elif len(symbols) > 1:
         print(f"parity {'OK' if not failed else 'FAILED'}: {len(symbols) - failed} of {len(symbols)} symbols "
               "with 0 differences", file=sys.stdout if not failed else sys.stderr)
     return 1 if failed else 0
 
 
-def _check(cfg: Any, bars: list[str], symbol: str, offered: list[str], live: list, prefix: str = "") -> int:
-    """Parity of one symbol: prints its line; 1 if it differs, else 0."""
+def _print(r: dict[str, Any], prefix: str = "") -> None:
+    extra = (f"; {r['swaps']} model swap(s) replayed" if r["swaps"] else "") + \
+        (f"; {r['invalid']} invalid bar(s) dropped as live dropped them" if r["invalid"] else "")
+    if r["ok"]:
+        print(f"{prefix}parity OK: {r['compared']} signals compared, 0 differences "
+              f"(p_up float32 bits and actions identical){extra}")
+        return
+    n = len(r["differences"])
+    print(f"{prefix}parity FAILED: {n}{'+' if n >= 100 else ''} difference(s) over {r['live']} live and "
+          f"{r['replayed']} replayed signals{extra}", file=sys.stderr)
+    print(f"{prefix}first difference: {r['first_difference']}", file=sys.stderr)
+
+
+def _check(cfg: Any, bars: list[str], symbol: str, offered: list[str], live: list) -> dict[str, Any]:
+    """Parity of one symbol: ok, signals compared, the differences (at most 100), swaps, invalid bars."""
     from barsignal.daemon.barlog import read_run_records
     from barsignal.daemon.paper.parity import compare
     from barsignal.daemon.paper.replay import is_barlog, load_bars, replay
@@ -155,13 +178,7 @@ def _check(cfg: Any, bars: list[str], symbol: str, offered: list[str], live: lis
                           on_signal=replayed.append)
         invalid = replay(load_bars(bars, symbol), node).invalid
     res = compare(live, replayed)
-    extra = (f"; {swaps} model swap(s) replayed" if swaps else "") + \
-        (f"; {invalid} invalid bar(s) dropped as live dropped them" if invalid else "")
-    if res.ok:
-        print(f"{prefix}parity OK: {res.compared} signals compared, 0 differences "
-              f"(p_up float32 bits and actions identical){extra}")
-        return 0
-    print(f"{prefix}parity FAILED: {len(res.differences)}{'+' if len(res.differences) >= 100 else ''} "
-          f"difference(s) over {len(live)} live and {len(replayed)} replayed signals{extra}", file=sys.stderr)
-    print(f"{prefix}first difference: {res.differences[0]}", file=sys.stderr)
-    return 1
+    return {"symbol": symbol, "ok": res.ok, "compared": res.compared, "live": len(live), "replayed": len(replayed),
+            "differences": [dataclasses.asdict(d) for d in res.differences],
+            "first_difference": str(res.differences[0]) if res.differences else None,
+            "swaps": swaps, "invalid": invalid}

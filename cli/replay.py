@@ -1,10 +1,11 @@
-"""``barsignal replay BARS...``: history through the live node -> signals JSONL + backtest report.
+"""``barsignal replay --bars [SYMBOL=]FILE...``: history through the live node -> signals JSONL + backtest report.
 
-BARS are market-data files in any loader format (CSV, zip, freqtrade JSON, Parquet, the output of
+Bars are market-data files in any loader format (CSV, zip, freqtrade JSON, Parquet, the output of
 ``barsignal data download``) or the live daemon's bar record (``<state>/bars``, keeps ws/rest).
 The node is the live one (``barsignal.node.build_node``): each signal goes into an outbox (in
 ``--state-dir``, else a temporary directory) and from there through the live sink workers to the
-live jsonl sink (``--signals``) and paper sink (the ledger).
+live jsonl sink (``--signals``, default ``OUT/signals.jsonl``) and paper sink (the ledger,
+``OUT/paper.sqlite``); the report is ``OUT/report.md``, with ``--out`` ./replay by default.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from barsignal.cli import conventions as conv
+
+DEFAULT_OUT = "replay"  # the output directory when --out is not given, under the working directory
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="replay historical bars through the live pipeline; signals + report")
-    p.add_argument("bars", nargs="*", metavar="BARS", help="bar files or a bar-record directory (one symbol: "
-                   "--symbol)")
-    p.add_argument("--bars", dest="symbol_bars", action="append", default=[], metavar="SYMBOL=FILE[,FILE...]",
-                   help="one symbol's bar files; repeat for several symbols (each replayed on its own, "
-                   "--jobs at a time, with its own outbox and paper account: signals <SIGNALS> merged in this "
-                   "order, reports <DIR>/report_<SYMBOL>.md and <DIR>/report.md for the total)")
+    p.add_argument("--bars", dest="symbol_bars", nargs="+", action="extend", default=[],
+                   metavar="[SYMBOL=]FILE",
+                   help="bar files or a bar-record directory: FILE[,FILE...] for one symbol (--symbol), "
+                   "SYMBOL=FILE[,FILE...] for each of several (each replayed on its own, --jobs at a time, with its "
+                   "own outbox and paper account; the signals merged in this order, reports OUT/report_<SYMBOL>.md "
+                   "and OUT/report.md for the total)")
+    p.add_argument("bars", nargs="*", metavar="BARS", help=argparse.SUPPRESS)  # the older spelling of --bars FILE
     p.add_argument("--jobs", type=int, default=1, metavar="K",
                    help="symbols replayed in parallel processes (default 1); the results do not depend on K")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
@@ -36,15 +42,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", default=None, help="TOML config ([features], [model], [engine], [signal], "
                    "[paper] apply as live)")
     p.add_argument("--artifact", default=None, help="model artifact directory (default: [model] or bundled)")
-    p.add_argument("--signals", default=None, metavar="PATH", help="write the signals JSONL (live format)")
-    p.add_argument("--report", default=None, metavar="DIR", help="write the backtest report (Markdown + PNG)")
-    p.add_argument("--ledger", default=None, help="paper ledger file (default: DIR/paper.sqlite with "
-                   "--report, else paper.sqlite in the state directory)")
-    p.add_argument("--state-dir", default=None, metavar="DIR", help="the replay's outbox (and default ledger) "
+    conv.add_out(p, f"output directory: the signals (signals.jsonl), the backtest report (report.md + PNG) and "
+                 f"the paper ledger (paper.sqlite) (default: ./{DEFAULT_OUT})", aliases=("--report",), default=None)
+    p.add_argument("--signals", default=None, metavar="PATH",
+                   help="write the signals JSONL (live format) here instead (default: OUT/signals.jsonl)")
+    p.add_argument("--ledger", default=None, help="paper ledger file (default: OUT/paper.sqlite)")
+    p.add_argument("--state-dir", default=None, metavar="DIR", help="the replay's outbox "
                    "directory; given, a second replay resumes where the first stopped (default: temporary)")
     p.add_argument("--symbol", default=None, help="symbol of the bars (default: the first of [feed] symbols)")
     p.add_argument("--threads", type=int, default=None,
                    help="scoring threads for this replay (default: [engine] intra_op_threads, the live setting)")
+    conv.add_json(p, "the counts and the paths written")
     p.set_defaults(func=_run)
 
 
@@ -63,7 +71,7 @@ def with_threads(cfg: Any, threads: int | None) -> Any:
 
 def replay_sinks(cfg: Any, state: Path, *, signals: str | Path | None, ledger: str | Path | None) -> list[Any]:
     """The live sinks a replay feeds: the jsonl sink writing ``signals`` (no fsync) and the paper sink
-    on ``ledger`` (durability off: a backtest is re-run, not recovered)."""
+    on ``ledger`` (durability off: a backtest is re-run, not recovered; no line per fill)."""
     import msgspec
 
     from barsignal.daemon.config import JsonlSinkConfig
@@ -77,16 +85,30 @@ def replay_sinks(cfg: Any, state: Path, *, signals: str | Path | None, ledger: s
         out.append(JsonlSink(SinkContext(name="jsonl", section=sec, state_dir=state)))
     if ledger is not None:
         sec2 = msgspec.structs.replace(cfg.paper, ledger=str(Path(ledger).resolve()))
-        out.append(PaperSink(SinkContext(name="paper", section=sec2, state_dir=state), durability="off"))
+        out.append(PaperSink(SinkContext(name="paper", section=sec2, state_dir=state), durability="off",
+                             log_fills=False))  # a backtest's fills are its ledger and report, not log lines
     return out
 
 
 def _run(args: argparse.Namespace) -> int:
     from barsignal.node import run
 
+    resolve(args)
     if args.symbol_bars or len(_specs(args)) > 1 or getattr(args, "ray", None):
         return _replay_many(args)
     return run(_replay(args))
+
+
+def resolve(args: argparse.Namespace) -> None:
+    """The command line's defaults, in place: ``--bars FILE`` (no SYMBOL=) joins the --symbol's bars
+    (as bare BARS do); ``--out`` defaults to ./replay and ``--signals`` to OUT/signals.jsonl."""
+    plain = [f for spec in args.symbol_bars if "=" not in spec for f in spec.split(",") if f]
+    args.bars = [*plain, *args.bars]
+    args.symbol_bars = [spec for spec in args.symbol_bars if "=" in spec]
+    if args.out is None:
+        args.out = DEFAULT_OUT
+    if args.signals is None:
+        args.signals = str(Path(args.out) / "signals.jsonl")
 
 
 def _specs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -104,15 +126,20 @@ def _specs(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
         out.append((sym.upper(), paths))
     syms = [s for s, _ in out]
     if len(set(syms)) != len(syms):
-        raise ConfigError(f"replay: symbols {syms}: a symbol is given twice (or positional BARS without "
-                          "--symbol beside --bars): give each once")
+        raise ConfigError(f"replay: symbols {syms}: a symbol is given twice (or --bars FILE without --symbol "
+                          "beside --bars SYMBOL=FILE): give each once")
     if not out:
-        raise ConfigError("replay: no bars given; pass BARS (one symbol) or --bars SYMBOL=FILE (repeatable)")
+        raise ConfigError("replay: no bars given; pass --bars FILE (one symbol) or --bars SYMBOL=FILE (repeatable)")
     return out
 
 
 def _replay_many(args: argparse.Namespace) -> int:
     results, wall, total_md = replay_many(args)
+    if args.json:
+        conv.print_json({"symbols": results, "bars": sum(r["bars"] for r in results),
+                         "signals": sum(r["signals"] for r in results), "wall_s": wall,
+                         "signals_path": args.signals, "report": str(total_md) if total_md else None})
+        return 0
     for r in results:
         print(f"{r['symbol']}: replayed {r['bars']} bars -> {r['signals']} signals, {r['fills']} fills"
               + (f" ({r['invalid']} invalid bars dropped)" if r["invalid"] else "")
@@ -142,7 +169,7 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
     specs = _specs(args)
     ray_address = getattr(args, "ray", None)
     if "" in [s for s, _ in specs]:
-        raise ConfigError("replay: positional BARS beside --bars (or with --ray) need --symbol SYMBOL")
+        raise ConfigError("replay: --bars FILE beside --bars SYMBOL=FILE (or with --ray) needs --symbol SYMBOL")
     if args.jobs < 1:
         raise ConfigError("--jobs must be >= 1")
     if ray_address:
@@ -158,17 +185,17 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
                               "or use --jobs")
     if args.ledger:
         raise ConfigError("replay: --ledger names one ledger; with several symbols each has its own "
-                          "(<DIR>/paper_<SYMBOL>.sqlite with --report, else in --state-dir): leave --ledger out")
+                          "(OUT/paper_<SYMBOL>.sqlite): leave --ledger out")
     t0 = time.perf_counter()
     tmp = tempfile.TemporaryDirectory(prefix="barsignal-replay-")
     base = Path(args.state_dir) if args.state_dir else Path(tmp.name)
     jobs = []
     for sym, files in specs:
         state = base / sym
-        ledger = (Path(args.report) / f"paper_{sym}.sqlite") if args.report else state / "paper.sqlite"
+        ledger = (Path(args.out) / f"paper_{sym}.sqlite") if args.out else state / "paper.sqlite"
         jobs.append(dict(config=args.config, artifact=args.artifact, threads=args.threads, symbol=sym,
                          files=files, state_dir=str(state), signals=str(Path(tmp.name) / f"signals_{sym}.jsonl"),
-                         ledger=str(ledger), fresh=not args.state_dir, report=args.report, limit=limit,
+                         ledger=str(ledger), fresh=not args.state_dir, report=args.out, limit=limit,
                          log=(getattr(args, "log_level", None) or "info", getattr(args, "log_format", None) or "auto")))
     try:
         if ray_address:
@@ -183,6 +210,7 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
         if args.signals:
             out = Path(args.signals)
             mode = "ab" if args.state_dir and out.exists() else "wb"
+            out.parent.mkdir(parents=True, exist_ok=True)
             with open(out, mode) as fh:
                 for j in jobs:
                     p = Path(j["signals"])
@@ -190,10 +218,10 @@ def replay_many(args: argparse.Namespace, limit: int = 0) -> tuple[list[dict[str
                         with open(p, "rb") as src:
                             shutil.copyfileobj(src, fh)
         total_md = None
-        if args.report and any(r["signals"] for r in results):
+        if args.out and any(r["signals"] for r in results):
             from barsignal.daemon.paper.report import write_total_report
 
-            total_md = write_total_report([Path(j["ledger"]) for j in jobs], args.report, cfg_path=args.config)
+            total_md = write_total_report([Path(j["ledger"]) for j in jobs], args.out, cfg_path=args.config)
     finally:
         tmp.cleanup()
     return results, time.perf_counter() - t0, total_md
@@ -264,8 +292,8 @@ async def _replay(args: argparse.Namespace) -> int:
     try:
         if args.ledger:
             ledger: Path = Path(args.ledger)
-        elif args.report:
-            ledger = Path(args.report) / "paper.sqlite"
+        elif args.out:
+            ledger = Path(args.out) / "paper.sqlite"
             ledger.parent.mkdir(parents=True, exist_ok=True)
             if not args.state_dir:
                 ledger.unlink(missing_ok=True)  # a fresh backtest each run
@@ -279,7 +307,7 @@ async def _replay(args: argparse.Namespace) -> int:
         try:
             res = await replay_async(bars, node, close=False)
             paper = next(s for s in node.sinks if s.name == "paper")
-            md = write_report(paper.ledger, args.report, symbol) if args.report and res.signals else None
+            md = write_report(paper.ledger, args.out, symbol) if args.out and res.signals else None
         finally:
             await node.close()
     finally:
@@ -290,10 +318,15 @@ async def _replay(args: argparse.Namespace) -> int:
              invalid_bars=res.invalid, load_s=round(t_load, 3),
              **{f"{k}_s": round(v, 3) for k, v in res.seconds.items()}, total_s=round(total, 3),
              bars_per_s=round(res.bars / total) if total else None)
+    if args.json:
+        conv.print_json({"symbol": symbol, "bars": res.bars, "signals": res.signals, "fills": res.fills,
+                         "invalid": res.invalid, "seconds": total, "signals_path": args.signals,
+                         "report": str(md) if md else None, "ledger": str(ledger)})
+        return 0
     print(f"replayed {res.bars} bars -> {res.signals} signals, {res.fills} fills in {total:.2f} s"
           + (f" ({res.invalid} invalid bars dropped)" if res.invalid else "")
-          + (f"; signals {args.signals}" if args.signals else "") + (f"; report {md}" if md else ""),
-          file=sys.stderr)
-    if args.report and not res.signals:
+          + (f"; signals {args.signals}" if args.signals else "") + (f"; report {md}" if md else "")
+          + f"; ledger {ledger}", file=sys.stderr)
+    if args.out and not res.signals:
         print("no signals (too few bars to warm up the features?): no report written", file=sys.stderr)
     return 0

@@ -1,4 +1,4 @@
-"""``barsignal train teacher|student --data FILE... --out DIR``: train an Informer on bar files.
+"""``barsignal train teacher|student --bars FILE... --out DIR``: train an Informer on bar files.
 
 Runs the same under ``torchrun --nproc-per-node N -m barsignal train ...`` (DDP: gloo on CPU, NCCL
 on GPU). No torch import at module level: the handler imports it.
@@ -12,13 +12,25 @@ import os
 import shlex
 import sys
 
+from barsignal.cli import conventions as conv
+
+KINDS = {"teacher": "the teacher Informer (the larger model that compress distils)",
+         "student": "the student Informer (the compressed model's shape) directly on bars"}
+
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train the Informer teacher or student on bar files")
-    p.add_argument("kind", choices=["teacher", "student"], help="which model config to train")
-    p.add_argument("--data", nargs="+", required=True, metavar="FILE",
-                   help="bar files or directories (one directory = one source; gaps split segments)")
-    p.add_argument("--out", required=True, help="checkpoint directory (best model + train_state.pt)")
+    top = sub.add_parser("train", help="train the Informer teacher or student on bar files",
+                         description="Train an Informer on bar files: barsignal train teacher|student --bars FILE... "
+                         "--out DIR (the same under torchrun --nproc-per-node N -m barsignal train).")
+    kinds = top.add_subparsers(dest="kind", metavar="KIND", required=True)
+    for kind, text in KINDS.items():
+        _arguments(kinds.add_parser(kind, help=f"train {text}", description=f"Train {text}."))
+
+
+def _arguments(p: argparse.ArgumentParser) -> None:
+    conv.add_bars(p, "bar files or directories (one directory = one source; gaps split segments)",
+                  required=True, aliases=("--data",))
+    conv.add_out(p, "checkpoint directory (best model + train_state.pt)", required=True)
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=256, help="global batch size (split across ranks)")
     p.add_argument("--lr", type=float, default=5e-4)
@@ -41,8 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads per process (0 = torch default)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--resume", action="store_true", help="continue from OUT/train_state.pt when present")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    conv.add_progress(p, True, "the progress bar")
+    conv.add_json(p, "the summary")
     p.set_defaults(func=_run)
 
 
@@ -69,14 +81,14 @@ def _run(args: argparse.Namespace) -> int:
         cfg = (teacher_config if args.kind == "teacher" else student_config)(**overrides)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"--set: {exc}") from None
-    splits = load_splits(args.data, DatasetSpec(horizon=args.horizon, flat_band=args.flat_band))
+    splits = load_splits(args.bars, DatasetSpec(horizon=args.horizon, flat_band=args.flat_band))
     command = "barsignal " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:] else ""
     tc = TrainConfig(kind=args.kind, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                      weight_decay=args.weight_decay, patience=args.patience,
                      max_train_windows=args.max_train_windows, max_val_windows=args.max_val_windows,
                      max_minutes=args.max_minutes, seed=args.seed, device=args.device,
-                     progress=not args.no_progress,
-                     meta={"data": [str(p) for p in args.data], "command": command,
+                     progress=args.progress,
+                     meta={"data": [str(p) for p in args.bars], "command": command,
                            "threads": torch.get_num_threads()})
     print(describe(Informer(cfg)), file=sys.stderr)
     summary = train(splits, cfg, tc, args.out, resume=args.resume)

@@ -538,7 +538,11 @@ def _interim_main(argv: Sequence[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(prog="python -m barsignal.compression.onnx_export")
     ap.add_argument("--checkpoint", default="", help="model checkpoint dir; empty = untrained student")
-    ap.add_argument("--data", nargs="+", required=True, help="bar files (the checkpoint's training bars)")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--bars", nargs="+", action="extend", metavar="FILE",
+                   help="bar files (the checkpoint's training bars)")
+    g.add_argument("--data", dest="bars", nargs="+", action="extend", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the older spelling of --bars
     ap.add_argument("--out", required=True)
     ap.add_argument("--variant", default="student")
     ap.add_argument("--note", default="", help="free text stored in the manifest metrics")
@@ -561,7 +565,7 @@ def _interim_main(argv: Sequence[str] | None = None) -> int:
         raise ArtifactError(f"checkpoint {args.checkpoint} was trained on features with schema hash "
                             f"{meta['schema_hash'][:16]}..., the code's is {schema_hash()[:16]}...: retrain it")
     horizon = int(meta.get("horizon", 1))
-    segments = load_segments(args.data)
+    segments = load_segments(args.bars)
     splits = build(segments, DatasetSpec(window=model.cfg.window, horizon=horizon))
     assert splits.val_all is not None and splits.test_all is not None
     pol = search(Bars.of(splits.val_all, torch_probabilities(model, splits.val_all.x())), horizon)
@@ -570,7 +574,7 @@ def _interim_main(argv: Sequence[str] | None = None) -> int:
     p_test = torch_probabilities(model, splits.test.x())
     metrics = {"model": trained, "test_auc": float(auc(splits.test.labels, p_test)),
                "test_trading": {k: v for k, v in trading.items() if np.isscalar(v)},
-               "dataset": splits.info, "bars": list(map(str, args.data)), "note": args.note}
+               "dataset": splits.info, "bars": list(map(str, args.bars)), "note": args.note}
     signal = {**pol["policy"], "informational": pol["policy"]["policy"] == "flat", "reason": pol["reason"],
               "chosen_on": "validation"}
     art = build_artifact(args.out, {args.variant: model}, default_variant=args.variant,

@@ -53,11 +53,14 @@ def probe(segments: list[Any], horizons: tuple[int, ...] = (1, 5, 15), flat_band
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m barsignal.model.label_probe", description=__doc__)
-    ap.add_argument("--data", nargs="+", required=True, help="bar files or directories")
+    g = ap.add_mutually_exclusive_group(required=True)
+    g.add_argument("--bars", nargs="+", action="extend", metavar="FILE", help="bar files or directories")
+    g.add_argument("--data", dest="bars", nargs="+", action="extend", default=argparse.SUPPRESS,
+                   help=argparse.SUPPRESS)  # the older spelling of --bars
     ap.add_argument("--flat-band", type=float, default=0.5)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
-    res = probe(load_segments(args.data), flat_band=args.flat_band)
+    res = probe(load_segments(args.bars), flat_band=args.flat_band)
     if args.json:
         print(json.dumps(res))
         return 0

@@ -55,9 +55,9 @@ def start_feed(tmp: Path, data: Path, start: int, end: int, *, speed: float, fau
                intrabar: int = 1, ping_s: float = 1.0, port: int = 0,
                name: str = "feed") -> tuple[subprocess.Popen, int]:
     """``barsignal feed serve`` on ``data`` bars ``[start, end)``; returns the process and its port."""
-    p = _popen(["feed", "serve", str(data), "--port", str(port), "--speed", str(speed), "--start-index",
-                str(start), "--end-index", str(end), "--intrabar", str(intrabar), "--ping-interval", str(ping_s),
-                "--faults", faults], tmp / f"{name}.log", stdout=subprocess.PIPE)
+    p = _popen(["feed", "serve", "--bars", f"BTCUSDT={data}", "--port", str(port), "--speed", str(speed),
+                "--start-index", str(start), "--end-index", str(end), "--intrabar", str(intrabar),
+                "--ping-interval", str(ping_s), "--faults", faults], tmp / f"{name}.log", stdout=subprocess.PIPE)
     assert p.stdout is not None
     line = p.stdout.readline()
     if not line:

@@ -61,7 +61,7 @@ def test_ray_local_gives_the_same_signals_ledgers_and_reports_as_one_process(tmp
     for name, how in (("jobs1", ["--jobs", "1"]), ("ray", ["--ray", "local", "--jobs", "2"])):
         d = tmp_path / name
         r = _barsignal("--config", str(cfg), *bars, *how, "--signals", str(d / "signals.jsonl"),
-                       "--report", str(d / "report"))
+                       "--out", str(d / "report"))
         assert r.returncode == 0, r.stderr[-3000:]
         out[name] = d
     assert "as 3 Ray task(s) on 1 node(s) (local)" in r.stderr, r.stderr[-2000:]
@@ -87,7 +87,7 @@ def test_ray_refuses_a_bad_or_missing_address_and_a_missing_ray_before_writing_a
     bars = ["--bars", f"ETHUSDT={eth}"]
     sig = tmp_path / "signals.jsonl"
     rep = tmp_path / "report"
-    outs = ["--signals", str(sig), "--report", str(rep)]
+    outs = ["--signals", str(sig), "--out", str(rep)]
 
     r = _barsignal(*bars, "--ray")
     assert r.returncode == 2 and "--ray: expected one argument" in r.stderr, r.stderr
@@ -124,6 +124,6 @@ def test_ray_refuses_a_bad_or_missing_address_and_a_missing_ray_before_writing_a
 
     # an error inside a task (a bar file missing on the node) comes back as the task's own one line
     missing = tmp_path / "missing.json"
-    r = _barsignal(*bars, "--bars", f"XRPUSDT={missing}", "--ray", "local")
+    r = _barsignal(*bars, "--bars", f"XRPUSDT={missing}", "--ray", "local", "--out", str(tmp_path / "out"))
     assert r.returncode == 1, r.stderr[-2000:]
     assert r.stderr.strip().splitlines()[-1] == f"barsignal replay: {missing}: no such file", r.stderr[-2000:]

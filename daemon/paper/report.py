@@ -235,9 +235,9 @@ def plot(s: Series, bh_equity: np.ndarray, path: Path) -> None:
 
 def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = None,
                  png: bool = True, name: str | None = None) -> Path:
-    """Write ``report.md`` (and ``equity_<SYMBOL>.png`` when matplotlib is installed) for ``symbol``
-    (default: the ledger's first symbol; with several symbols the file is ``report_<SYMBOL>.md``;
-    ``name`` overrides the file name)."""
+    """Write the report (and ``equity_<SYMBOL>.png`` when matplotlib is installed) for ``symbol``
+    (default: the ledger's first symbol). One rule names the file: ``report.md`` for a ledger of one
+    symbol, ``report_<SYMBOL>.md`` for a ledger of several, whichever is asked for; ``name`` overrides it."""
     from barsignal.errors import DataError
 
     symbols = ledger.symbols()
@@ -261,7 +261,7 @@ def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = 
         else:
             plot(s, bh_eq, out / f"equity_{sym}.png")
             png_name = f"equity_{sym}.png"
-    md = out / (name or ("report.md" if len(symbols) == 1 or symbol else f"report_{sym}.md"))
+    md = out / (name or ("report.md" if len(symbols) == 1 else f"report_{sym}.md"))
     md.write_text(render_markdown(s, ledger.rules, strat, bh, png_name, note), encoding="utf-8")
     return md
 

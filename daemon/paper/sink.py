@@ -32,7 +32,8 @@ def ledger_path(section: object, state_dir: Path) -> Path:
 class PaperSink:
     name = "paper"
 
-    def __init__(self, ctx: SinkContext, durability: Literal["full", "normal", "off"] = "full") -> None:
+    def __init__(self, ctx: SinkContext, durability: Literal["full", "normal", "off"] = "full",
+                 log_fills: bool = True) -> None:
         if ctx.section is None:
             from barsignal.daemon.config import PaperConfig
 
@@ -42,6 +43,7 @@ class PaperSink:
         self.rules = Rules.from_config(section)
         self.path = ledger_path(section, ctx.state_dir)
         self.durability = durability
+        self.log_fills = log_fills  # one paper_fill line per fill (a replay counts them instead)
         self.ledger: PaperLedger | None = None
         self._writer: WriterThread | None = None
         check_rules(self.path, self.rules)  # a changed [paper] section is refused before the start
@@ -67,10 +69,18 @@ class PaperSink:
 
     async def send(self, signal: Signal) -> None:
         res: Applied = await self._thread().call_async(self._apply, signal, sql=False)
-        if res.fill is not None:
-            f = res.fill
-            log.info("paper_fill", symbol=f.symbol, side=f.side, qty=f.qty, price=f.price,
-                     fee=round(f.fee, 4), position=f.position, open_time=f.open_time)
+        self._log([res])
+
+    def _log(self, applied: list[Applied]) -> None:
+        """One ``paper_fill`` line per fill, whether the signals came one by one or in a batch
+        (several symbols' signals of one minute arrive together)."""
+        if not self.log_fills:
+            return
+        for a in applied:
+            if a.fill is not None:
+                f = a.fill
+                log.info("paper_fill", symbol=f.symbol, side=f.side, qty=f.qty, price=f.price,
+                         fee=round(f.fee, 4), position=f.position, open_time=f.open_time)
 
     def _apply(self, signal: Signal) -> Applied:
         self._open()
@@ -78,12 +88,10 @@ class PaperSink:
         return self.ledger.apply(signal)
 
     async def send_many(self, signals: list[Signal]) -> None:
-        """Several signals in one ledger transaction (the sink worker batches when it lags behind);
-        one ``paper_fills`` line with the count instead of a line per fill."""
+        """Several signals in one ledger transaction (the sink worker batches when it lags behind, and
+        when several symbols' signals of a minute wait together); each fill logged as ``send`` does."""
         res = await self._thread().call_async(self._apply_batch, signals, sql=False)
-        fills = sum(a.fill is not None for a in res)
-        if fills:
-            log.debug("paper_fills", fills=fills, signals=len(signals))
+        self._log(res)
 
     def _apply_batch(self, signals: list[Signal]) -> list[Applied]:
         self._open()

@@ -189,7 +189,7 @@ def test_eval_of_the_artifact_uses_its_shipped_baselines_and_policy(done, capsys
     _, _, work = done
     art = load_artifact(work / "artifact")
     days = [str(f) for f in FUTURES_1M[:6]]
-    rc = main(["eval", "--model", str(work / "artifact"), "--bars", *days, "--json", "--walk-forward", "2",
+    rc = main(["eval", "--artifact", str(work / "artifact"), "--bars", *days, "--json", "--walk-forward", "2",
                "--bootstrap", "50"])
     rep = json.loads(capsys.readouterr().out)
     assert rc == 0 and rep["baselines_fitted_on"].startswith("shipped in the artifact")
@@ -201,7 +201,7 @@ def test_eval_of_the_artifact_uses_its_shipped_baselines_and_policy(done, capsys
     assert [f["fold"] for f in rep["walk_forward"]] == [1, 2]
     assert sum(f["windows"] for f in rep["walk_forward"]) == rep["windows"]
     assert all("trading" in f for f in rep["walk_forward"])
-    rc = main(["eval", "--model", str(work / "artifact"), "--bars", *days, "--split", "test", "--bootstrap", "20"])
+    rc = main(["eval", "--artifact", str(work / "artifact"), "--bars", *days, "--split", "test", "--bootstrap", "20"])
     text = capsys.readouterr().out
     assert rc == 0 and "(test, label: direction" in text and "Trading (" in text
 

@@ -8,7 +8,7 @@ from tests.conftest import run_cli
 
 
 def test_bench_live_compares_keep_warm_off_and_on() -> None:
-    r = run_cli("bench", "live", "--bars", "300", "--speed", "200", "--compare-keep-warm", "1", check=True)
+    r = run_cli("bench", "live", "--n-bars", "300", "--speed", "200", "--compare-keep-warm", "1", check=True)
     out = r.stdout
     counts = [(int(a), int(b)) for a, b in re.findall(r"(\d+) signals from (\d+) live bars", out)]
     # The feed trusts the exchange clock only once a second frame agrees with the first, so at 200
@@ -23,3 +23,21 @@ def test_bench_live_compares_keep_warm_off_and_on() -> None:
     for part in ("recv_to_bar", "features", "score", "emit", "store"):
         assert out.count(f"  {part} ") == 2, part
     assert re.search(r"keep-warm off / on, median of 1 rounds' tick-to-signal p50: [\d.]+ / [\d.]+ ms = [\d.]+x", out)
+
+
+def test_bench_live_json_with_the_older_spellings_of_count_and_bars() -> None:
+    """``--bars N --data FILE`` (the count and the file, as spelt before) still run; ``--json`` is one
+    document on stdout."""
+    import orjson
+
+    from tests.conftest import SPOT_1M
+
+    day = next(f for f in SPOT_1M if "2021-11-11" in f.name)
+    r = run_cli("bench", "live", "--bars", "200", "--data", str(day), "--speed", "200", "--json", check=True)
+    assert "--bars 200 is read as --n-bars 200" in r.stderr
+    fig = orjson.loads(r.stdout)
+    assert fig["ws_bars"] >= 100 and fig["signals"] == fig["ws_bars"] + 1, fig  # the first bars may land in the warm-up
+    tts = fig["tick_to_signal_ms"]
+    assert tts["n"] > 0 and 0 < tts["p50"] <= tts["p99"] <= tts["max"]
+    assert set(fig["parts_us"]) >= {"recv_to_bar", "features", "score", "emit", "store"}
+    assert fig["rss_mb"] > 0 and fig["ready_s"] > 0

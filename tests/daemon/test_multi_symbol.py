@@ -396,7 +396,7 @@ def test_model_symbols_gives_a_symbol_its_own_verified_artifact(tmp_path: Path, 
 def test_bench_live_symbols_reports_the_minute_latency_for_many_symbols() -> None:
     from tests.conftest import run_cli
 
-    r = run_cli("bench", "live", "--symbols", "12", "--bars", "8", "--speed", "2", check=True)
+    r = run_cli("bench", "live", "--symbols", "12", "--n-bars", "8", "--speed", "2", check=True)
     out = r.stdout
     assert "--symbols 12 (10 real + 2 real files shifted 1000*c bars in time)" in out, out
     m = re.search(r"(\d+) signals, (\d+) live minutes", out)

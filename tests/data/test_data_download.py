@@ -164,7 +164,7 @@ def test_download_usage_errors_exit_2(tmp_path: Path) -> None:
 def test_inspect_json_and_text() -> None:
     f5 = DATA / "klines" / "spot_5m" / "BTC_USDT-5m_2019-11-15_2020-03-12.json"
     f1d = DATA / "klines" / "spot_1h_4h_1d" / "BTC_USDT-1d_2017-08-17_2022-10.json"
-    proc = run_cli("data", "inspect", "--json", str(f5))
+    proc = run_cli("data", "inspect", "--json", "--bars", str(f5))
     assert proc.returncode == 0, proc.stderr
     obj = json.loads(proc.stdout)
     assert list(obj) == ["rows", "first_open_ms", "last_open_ms", "interval_ms", "duplicates", "conflicts",
@@ -172,10 +172,10 @@ def test_inspect_json_and_text() -> None:
     assert obj["rows"] == 33959 and obj["duplicates"] == 1 and obj["conflicts"] == 0
     assert obj["interval_ms"] == 300_000 and len(obj["gaps"]) == 4 and sum(g[2] for g in obj["gaps"]) == 131
     assert obj["gaps"][0] == [1574646900000, 1574654400000, 24]  # 2019-11-25 01:55 -> 04:00
-    proc = run_cli("data", "inspect", "--json", str(f5), str(f1d))
+    proc = run_cli("data", "inspect", "--json", "--bars", str(f5), str(f1d))
     objs = json.loads(proc.stdout)
     assert isinstance(objs, list) and [o["rows"] for o in objs] == [33959, 1881]
-    proc = run_cli("data", "inspect", str(f5))
+    proc = run_cli("data", "inspect", "--bars", str(f5))
     assert proc.returncode == 0
     assert "duplicates dropped 1" in proc.stdout
     assert "2019-11-25T01:55:00Z -> 2019-11-25T04:00:00Z  (24 missing)" in proc.stdout
@@ -186,13 +186,13 @@ def test_inspect_merge_conflicts_and_missing(tmp_path: Path) -> None:
     rows = json.loads(src.read_text())[:20]
     bad = [*rows, [rows[3][0], rows[3][1] + 1, *rows[3][2:]]]
     (tmp_path / "c.json").write_text(json.dumps(bad))
-    proc = run_cli("data", "inspect", "--json", str(tmp_path / "c.json"))
+    proc = run_cli("data", "inspect", "--json", "--bars", str(tmp_path / "c.json"))
     assert proc.returncode == 1 and json.loads(proc.stdout)["conflicts"] == 1
     assert "conflicting" in proc.stderr
-    proc = run_cli("data", "inspect", str(tmp_path / "nope.csv"))
+    proc = run_cli("data", "inspect", "--bars", str(tmp_path / "nope.csv"))
     assert proc.returncode == 1 and "nope.csv" in proc.stderr
     days = sorted(FUT.glob("*.csv"))[:3]
-    proc = run_cli("data", "inspect", "--json", "--merge", *map(str, days))
+    proc = run_cli("data", "inspect", "--json", "--merge", "--bars", *map(str, days))
     merged = json.loads(proc.stdout)
     assert merged["rows"] == 3 * 1440 and merged["gaps"] == []
     assert np.diff([merged["first_open_ms"], merged["last_open_ms"]])[0] == (3 * 1440 - 1) * 60_000

@@ -22,7 +22,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_check_json_on_real_files_exits_0() -> None:
     files = [str(FUT / "BTCUSDT-1m-2022-05-09.csv"), str(FUT / "BTCUSDT-1m-2022-06-13.csv")]
-    proc = _cli("features", "check", *files, "--json")
+    proc = _cli("features", "check", "--bars", *files, "--json")
     assert proc.returncode == 0, proc.stderr[-2000:]
     doc = json.loads(proc.stdout)
     assert doc["ok"] is True and doc["schema_hash"] == schema_hash()
@@ -40,11 +40,11 @@ def test_check_json_on_real_files_exits_0() -> None:
 
 
 def test_check_table_output_and_failure_exit() -> None:
-    proc = _cli("features", "check", str(FUT / "BTCUSDT-1m-2022-05-01.csv"))
+    proc = _cli("features", "check", "--bars", str(FUT / "BTCUSDT-1m-2022-05-01.csv"))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "features check: OK" in proc.stdout and "rvol30" in proc.stdout
     # a 5-minute file is refused (the features are defined on 1-minute bars): exit 1
-    proc = _cli("features", "check", str(SPOT_5M[0]), "--json")
+    proc = _cli("features", "check", "--bars", str(SPOT_5M[0]), "--json")
     assert proc.returncode == 1
     doc = json.loads(proc.stdout)
     assert doc["ok"] is False and "1-minute" in doc["files"][0]["error"]

@@ -21,7 +21,7 @@ from tests.feed.conftest import SPOT_NOV, expected_times, feed_cfg
 
 def _serve(port: int, start_index: int) -> tuple[subprocess.Popen[str], dict]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "barsignal", "--log-format", "json", "feed", "serve", str(SPOT_NOV),
+        [sys.executable, "-m", "barsignal", "--log-format", "json", "feed", "serve", "--bars", f"BTCUSDT={SPOT_NOV}",
          "--port", str(port), "--speed", "20", "--start-index", str(start_index), "--intrabar", "1",
          "--ping-interval", "1"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
@@ -86,16 +86,17 @@ def test_kill_restart_subprocess_every_bar_once(spot) -> None:
 
 
 def test_feed_serve_usage_errors() -> None:
-    r = run_cli("feed", "serve", str(SPOT_NOV), "--faults", "explode=1", timeout=60)
+    r = run_cli("feed", "serve", "--bars", f"BTCUSDT={SPOT_NOV}", "--faults", "explode=1", timeout=60)
     assert r.returncode == 2 and "--faults item 'explode=1'" in r.stderr
-    r = run_cli("feed", "serve", str(SPOT_NOV), "--close-spread-ms", "900", "--speed", "1", timeout=60)
+    r = run_cli("feed", "serve", "--bars", f"BTCUSDT={SPOT_NOV}", "--close-spread-ms", "900", "--speed", "1",
+                timeout=60)
     assert r.returncode == 2 and "close_spread_ms must be >= 0 and under half a bar" in r.stderr
-    r = run_cli("feed", "serve", "/nonexistent/bars.json", timeout=60)
+    r = run_cli("feed", "serve", "--bars", "BTCUSDT=/nonexistent/bars.json", timeout=60)
     assert r.returncode != 0 and "Traceback" not in r.stderr
 
 
 def test_bench_feed_runs_and_checks_every_bar() -> None:
-    r = run_cli("bench", "feed", "--bars", "200", "--speed", "400", "--symbols", "20", "--serve-speed", "10",
+    r = run_cli("bench", "feed", "--n-bars", "200", "--speed", "400", "--symbols", "20", "--serve-speed", "10",
                 "--serve-bars", "10", "--json", timeout=180)
     assert r.returncode == 0, r.stderr[-2000:]
     out = orjson.loads(r.stdout.strip().splitlines()[-1])
@@ -202,8 +203,8 @@ def test_copies_serve_many_symbols_made_from_real_files_shifted_in_time() -> Non
 def test_default_cadence_is_binances_irregular_2s_updates() -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "barsignal", "feed", "serve", str(SPOT_NOV), "--port", str(port), "--speed", "2",
-         "--start-index", "300", "--end-index", "304", "--exit-at-end"],
+        [sys.executable, "-m", "barsignal", "feed", "serve", "--bars", f"BTCUSDT={SPOT_NOV}", "--port", str(port),
+         "--speed", "2", "--start-index", "300", "--end-index", "304", "--exit-at-end"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
     )
     ready = orjson.loads(proc.stdout.readline() or "{}")

@@ -91,12 +91,12 @@ def test_train_and_eval_cli(tmp_path, capsys, restore_logging) -> None:
     from barsignal.cli import main
 
     out = tmp_path / "cli"
-    rc = main(["train", "student", "--data", *SLICE, "--out", str(out), "--epochs", "1",
+    rc = main(["train", "student", "--bars", *SLICE, "--out", str(out), "--epochs", "1",
                "--max-train-windows", "128", "--batch-size", "64", "--max-val-windows", "128",
                "--horizon", "1", "--no-progress", "--json"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert rc == 0 and summary["epochs_run"] == 1 and checkpoint.is_checkpoint(out)
-    rc = main(["eval", "--model", str(out), "--bars", str(FUTURES_1M[5]), "--json", "--out", str(tmp_path / "ev"),
+    rc = main(["eval", "--artifact", str(out), "--bars", str(FUTURES_1M[5]), "--json", "--out", str(tmp_path / "ev"),
                "--bootstrap", "50"])
     rep = json.loads(capsys.readouterr().out)
     assert rc == 0 and rep["kind"] == "student" and rep["horizon"] == 1
@@ -111,7 +111,7 @@ def test_train_and_eval_cli(tmp_path, capsys, restore_logging) -> None:
     assert 0.3 < rep["scores"]["model"]["roc_auc"]["value"] < 0.7
     assert (tmp_path / "ev" / "calibration.png").stat().st_size > 1000
     assert "| log_loss |" in (tmp_path / "ev" / "eval.md").read_text()
-    rc = main(["eval", "--model", str(tmp_path), "--bars", str(FUTURES_1M[5])])
+    rc = main(["eval", "--artifact", str(tmp_path), "--bars", str(FUTURES_1M[5])])
     assert rc == 2 and "neither a checkpoint" in capsys.readouterr().err
 
 
@@ -119,7 +119,7 @@ def test_train_and_eval_cli(tmp_path, capsys, restore_logging) -> None:
 def test_ddp_two_cpu_processes_match_one_process(tmp_path, splits, distil, rel) -> None:
     """Same global batches on 1 or 2 ranks. Without BatchNorm (distil=false) the runs differ only by
     float summation order; with it, each rank normalizes with its half-batch statistics."""
-    args = ["student", "--data", *SLICE, "--epochs", "1", "--max-train-windows", "256", "--batch-size", "64",
+    args = ["student", "--bars", *SLICE, "--epochs", "1", "--max-train-windows", "256", "--batch-size", "64",
             "--max-val-windows", "128", "--dropout", "0", "--set", f"distil={str(distil).lower()}",
             "--threads", "1", "--horizon", "1", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}

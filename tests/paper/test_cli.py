@@ -26,8 +26,8 @@ def replayed(tmp_path_factory, tiny_artifact) -> Path:
     d = tmp_path_factory.mktemp("cli")
     cfg = d / "c.toml"
     cfg.write_text('[signal]\nallow_short = true\n[paper]\nallow_short = true\n')
-    r = cli("replay", *map(str, FUT), "--artifact", str(tiny_artifact), "--config", str(cfg),
-            "--signals", str(d / "signals.jsonl"), "--report", str(d / "report"))
+    r = cli("replay", "--bars", *map(str, FUT), "--artifact", str(tiny_artifact), "--config", str(cfg),
+            "--signals", str(d / "signals.jsonl"), "--out", str(d / "report"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "replayed 2880 bars" in r.stderr
     return d
@@ -59,15 +59,22 @@ def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     r = cli("parity", "--live-signals", str(bad), *args)
     assert r.returncode == 1
     assert f"open_time {rec['open_time']}): action differs" in r.stderr
+    js = cli("parity", "--live-signals", str(bad), *args, "--json")
+    assert js.returncode == 1
+    doc = orjson.loads(js.stdout)
+    assert doc["ok"] is False and [s["symbol"] for s in doc["symbols"]] == ["BTCUSDT"]
+    first = doc["symbols"][0]["differences"][0]
+    assert (first["open_time"], first["what"]) == (rec["open_time"], "action")
+    ok = orjson.loads(cli("parity", "--live-signals", str(replayed / "signals.jsonl"), *args, "--json").stdout)
+    assert ok["ok"] is True and ok["symbols"][0]["compared"] == len(lines) and ok["symbols"][0]["differences"] == []
 
 
 def test_bench_replay_runs_through_the_node(tmp_path, tiny_artifact) -> None:
-    out = tmp_path / "bench.json"
-    r = cli("bench", "replay", *map(str, FUT), "--artifact", str(tiny_artifact), "--limit", "2000",
-            "--json", str(out))
+    r = cli("bench", "replay", "--bars", *map(str, FUT), "--artifact", str(tiny_artifact), "--limit", "2000",
+            "--json")
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "bars/s" in r.stdout
-    fig = orjson.loads(out.read_bytes())
+    assert "bars/s" in r.stderr  # the text beside the JSON document, which has stdout to itself
+    fig = orjson.loads(r.stdout)
     assert fig["bars"] == 2000 and fig["signals"] > 0 and fig["matmul_ceiling_gflops"] > 0
     assert fig["seconds"]["scoring"] > 0 and fig["fills"] >= 0
 

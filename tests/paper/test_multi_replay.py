@@ -26,7 +26,7 @@ def _replay(tmp: Path, files: dict[str, Path], jobs: int, artifact: Path, name: 
     cfg.write_text('[paper]\nallow_short = true\n[signal]\nlong_threshold = 0.5\nshort_threshold = 0.5\n')
     out = tmp / name
     args = [sys.executable, "-m", "barsignal", "replay", "--config", str(cfg), "--artifact", str(artifact),
-            "--jobs", str(jobs), "--signals", str(out / "signals.jsonl"), "--report", str(out / "report")]
+            "--jobs", str(jobs), "--signals", str(out / "signals.jsonl"), "--out", str(out / "report")]
     for sym, f in files.items():
         args += ["--bars", f"{sym}={f}"]
     out.mkdir()

@@ -80,8 +80,8 @@ def test_a_day_of_feed_faults_misses_nothing_and_matches_a_clean_replay(tmp_path
     assert len({s["id"] for s in sigs}) == len(sigs)
     bars = h.write_slice(rows, first, stop_i, tmp_path / "day.json")
     ref_path = tmp_path / "replay.jsonl"
-    res = subprocess.run([sys.executable, "-m", "barsignal", "replay", str(bars), "--config", str(cfg),
-                          "--artifact", str(artifact), "--signals", str(ref_path)],
+    res = subprocess.run([sys.executable, "-m", "barsignal", "replay", "--bars", str(bars), "--config", str(cfg),
+                          "--artifact", str(artifact), "--signals", str(ref_path), "--out", str(tmp_path / "replay")],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-3000:]
     ref = {s["open_time"]: s for s in h.read_jsonl(ref_path)}
