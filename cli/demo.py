@@ -156,7 +156,7 @@ def _log_event(log: Path, event: str) -> dict[str, Any] | None:
 def _start_feed(out: Path, files: dict[str, Path], start: int, end: int, speed: float) -> tuple[subprocess.Popen, int]:
     log = out / "feed.log"
     args = ["--log-format", "json", "feed", "serve", "--port", "0", "--speed", f"{speed:g}", "--start-index",
-            str(start), "--end-index", str(end), "--intrabar", "1"]
+            str(start), "--end-index", str(end), "--intrabar", "1", "--wait-for-subscriber"]
     for sym, path in files.items():
         args += ["--bars", f"{sym}={path}"]
     with open(log, "ab") as fh:
@@ -319,13 +319,19 @@ def _policy_note(log: Path, threshold: float | None, deadline: float, daemon: su
         if daemon.poll() is not None or time.monotonic() > deadline:
             raise _Failed(f"the daemon did not start:\n{_tail(log)}")
         time.sleep(0.1)
+    over = _log_event(log, "signal_policy_overridden")
+    if over is not None:
+        _say(f"demo: [signal] long_threshold = {over['long_threshold']:g} overrides the artifact's flat policy: "
+             f"the rule goes long when p_up reaches it, and keeps the artifact's hysteresis "
+             f"{over['hysteresis']:g}, cooldown {over['cooldown_bars']} bars and minimum hold "
+             f"{over['min_hold_bars']} bars. No such setting was net-positive on validation: expect losses")
+        return
     if threshold is None:
         _say("demo: the bundled artifact's policy is to stay flat (no setting made money on validation after "
              "costs), so every action below is flat and p_up is for information; `--long-threshold P` overrides "
              "it to show the paper broker trading")
     else:
-        _say(f"demo: [signal] long_threshold = {threshold:g} overrides the artifact's flat policy: the rule goes "
-             "long when p_up rises above it. The override was not net-positive on validation; expect losses")
+        _say(f"demo: [signal] long_threshold = {threshold:g}: the rule goes long when p_up reaches it")
 
 
 def _follow(lines: queue.Queue, symbols: list[str], last: int, deadline: float, daemon: subprocess.Popen,

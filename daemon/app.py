@@ -105,7 +105,9 @@ def _log_policy(loaded: Loaded) -> None:
     else:
         log.warning("signal_policy_overridden", artifact=loaded.model.artifact_hash[:12],
                     long_threshold=rule.long_threshold,
-                    short_threshold=rule.short_threshold if rule.allow_short else None, reason=reason,
+                    short_threshold=rule.short_threshold if rule.allow_short else None,
+                    hysteresis=rule.hysteresis, cooldown_bars=rule.cooldown_bars, min_hold_bars=rule.min_hold_bars,
+                    reason=reason,
                     hint="[signal] thresholds override the artifact's flat policy: actions follow them; "
                          "this setting was not net-positive on validation")
 
