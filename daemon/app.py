@@ -502,12 +502,12 @@ class Daemon:
                                                engine=new_cfg.engine, features=new_cfg.features)
             self._renew_monitors()
             self._set_model(loaded)
-            _log_policy(loaded)
             self.metrics.reloads.labels(result="ok").inc()
             log.info("reloaded", old_artifact=swapped.old_artifact[:12], new_artifact=swapped.new_artifact[:12],
                      changed=swapped.old_artifact != swapped.new_artifact, artifact_from=loaded.source,
                      path=loaded.model.info.get("path"), backend=loaded.model.info.get("backend"),
                      warm_bars=swapped.warm_bars)
+            _log_policy(loaded)
             return True
         except (BarsignalError, OSError, ValueError) as exc:
             self.metrics.reloads.labels(result="refused").inc()
