@@ -297,8 +297,7 @@ def _demo(args: argparse.Namespace, symbols: list[str], out: Path, t_start: floa
     for sym in symbols:
         r = _show(["paper", "report", "--config", str(cfg), "--symbol", sym, "--out", str(out / "report" / sym)], out)
         r.check_returncode()
-        md = Path(r.stdout.strip().splitlines()[-1]) if r.stdout.strip() else None
-        if md is not None and md.is_file():
+        for md in sorted((out / "report" / sym).glob("*.md")):
             for line in _report_summary(md.read_text(encoding="utf-8")):
                 _say("    " + line)
     par = ["parity", "--live-signals", str(state / "signals.jsonl"), "--bars", str(state / "bars"),
