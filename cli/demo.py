@@ -47,20 +47,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--symbols", default=DEFAULT_SYMBOLS,
                    help=f"comma-separated symbols (default {DEFAULT_SYMBOLS}); real bars exist for BTC, ETH, SOL, "
                         "ADA, DOGE, XRP, DOT, LINK, LTC and AVAX against USDT")
-    p.add_argument("--data", default=None, metavar="DIR",
-                   help="the real bars (default: $BARSIGNAL_DATA, else ../shared/data beside the checkout); "
-                        "where they are absent the demo uses synthetic bars")
+    p.add_argument("--data-dir", default=None, metavar="DIR",
+                   help="the real bars' root, holding klines/ and multi/ (default: $BARSIGNAL_DATA, else "
+                        "../shared/data beside the checkout); where they are absent the demo uses synthetic bars")
     p.add_argument("--synthetic", action="store_true", help="use deterministic synthetic bars even where real ones are")
     p.add_argument("--long-threshold", type=float, default=None, metavar="P",
                    help="write [signal] long_threshold = P into the demo's config, so the paper broker goes long "
                         "when p_up > P: an override of the bundled artifact's flat policy, for showing trades "
                         "(no threshold setting made money on validation)")
     p.add_argument("--artifact", default=None, metavar="DIR", help="model artifact (default: the bundled one)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object with the outcome on stdout (the progress lines go to stderr)")
     p.set_defaults(func=_run)
 
 
+_progress = sys.stdout  # stderr with --json
+
+
 def _say(msg: str = "") -> None:
-    print(msg, flush=True)
+    print(msg, file=_progress, flush=True)
 
 
 def _utc(ms: int) -> str:
@@ -189,18 +194,22 @@ def _healthz(url: str) -> str:
         return (body.decode().strip() if body else "") or f"unreachable ({exc})"
 
 
-def _show(cmd: list[str], out: Path) -> subprocess.CompletedProcess[str]:
+def _show(cmd: list[str], out: Path, must: bool = False) -> subprocess.CompletedProcess[str]:
     cmd = ["--log-level", "warning", *cmd]  # the commands' info logs (the scorer loading) are not the point
     _say("$ barsignal " + " ".join(cmd))
     r = subprocess.run(_cli(*cmd), capture_output=True, text=True, env=_env(), cwd=out, timeout=600)
     for line in (r.stdout + r.stderr).splitlines():
         _say("  " + line)
+    if must and r.returncode != 0:
+        raise _Failed(f"barsignal {' '.join(cmd)} exited {r.returncode}")
     return r
 
 
 def _run(args: argparse.Namespace) -> int:
     from barsignal.errors import ConfigError
 
+    global _progress
+    _progress = sys.stderr if args.json else sys.stdout
     t_start = time.monotonic()
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     if not symbols or len(set(symbols)) != len(symbols):
@@ -224,10 +233,10 @@ def _demo(args: argparse.Namespace, symbols: list[str], out: Path, t_start: floa
     from barsignal.errors import ConfigError
     from barsignal.sim import demo_bars as db
 
-    data = _data_dir(args.data)
+    data = _data_dir(args.data_dir)
     real = not args.synthetic and db.real_available(data, symbols)
-    if not real and not args.synthetic and args.data:
-        raise ConfigError(f"demo: --data {data}: no real bars there for {', '.join(symbols)}; known symbols: "
+    if not real and not args.synthetic and args.data_dir:
+        raise ConfigError(f"demo: --data-dir {data}: no real bars there for {', '.join(symbols)}; known symbols: "
                           f"{', '.join(db.REAL_FILES)}")
     if real:
         try:
@@ -293,17 +302,27 @@ def _demo(args: argparse.Namespace, symbols: list[str], out: Path, t_start: floa
         _stop(feed)
 
     _say()
-    _show(["paper", "status", "--config", str(cfg)], out).check_returncode()
+    _show(["paper", "status", "--config", str(cfg)], out, must=True)
+    reports: dict[str, list[str]] = {}
     for sym in symbols:
-        r = _show(["paper", "report", "--config", str(cfg), "--symbol", sym, "--out", str(out / "report" / sym)], out)
-        r.check_returncode()
-        for md in sorted((out / "report" / sym).glob("*.md")):
+        _show(["paper", "report", "--config", str(cfg), "--symbol", sym, "--out", str(out / "report" / sym)], out,
+              must=True)
+        mds = sorted((out / "report" / sym).glob("*.md"))
+        reports[sym] = [str(m) for m in mds]
+        for md in mds:
             for line in _report_summary(md.read_text(encoding="utf-8")):
                 _say("    " + line)
     par = ["parity", "--live-signals", str(state / "signals.jsonl"), "--bars", str(state / "bars"),
            "--config", str(cfg)]
     r = _show(par + (["--artifact", str(Path(args.artifact).resolve())] if args.artifact else []), out)
     took = time.monotonic() - t_start
+    if args.json:
+        counts = {s: 0 for s in symbols}
+        for line in (state / "signals.jsonl").read_bytes().splitlines():
+            counts[orjson.loads(line)["symbol"]] += 1
+        print(orjson.dumps({"parity_ok": r.returncode == 0, "bars": "real" if real else "synthetic",
+                            "symbols": symbols, "signals": counts, "out": str(out), "config": str(cfg),
+                            "state_dir": str(state), "reports": reports, "wall_s": round(took, 1)}).decode())
     if r.returncode != 0:
         print(f"demo: parity FAILED after {took:.0f} s; everything is in {out}", file=sys.stderr)
         return 1

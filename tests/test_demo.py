@@ -70,8 +70,13 @@ def test_demo_without_real_bars_uses_labelled_synthetic_bars_and_a_threshold_ove
         tmp_path: Path) -> None:
     out = tmp_path / "demo"
     r = demo(out, "--symbols", "BTCUSDT,ETHUSDT", "--minutes", "40", "--speed", "8", "--long-threshold", "0.5",
-             env={"BARSIGNAL_DATA": str(tmp_path / "no-data-here")})
-    text = r.stdout
+             "--json", env={"BARSIGNAL_DATA": str(tmp_path / "no-data-here")})
+    # --json: one object on stdout, the progress lines on stderr
+    info = orjson.loads(r.stdout)
+    assert info["parity_ok"] is True and info["bars"] == "synthetic" and info["out"] == str(out)
+    assert info["signals"] == {"BTCUSDT": 41, "ETHUSDT": 41}  # the warm-up's last bar, then the 40 streamed
+    assert all(Path(p).is_file() for ps in info["reports"].values() for p in ps) and len(info["reports"]) == 2
+    text = r.stderr
     assert text.strip().splitlines()[-1] == "parity OK"
     assert "SYNTHETIC bars (a seeded random walk, not market data; no real bars at" in text
     assert sorted(p.name for p in (out / "bars").iterdir()) == ["BTCUSDT-SYNTHETIC-1m.json",
