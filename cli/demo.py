@@ -213,15 +213,14 @@ def _run(args: argparse.Namespace) -> int:
     t_start = time.monotonic()
     symbols = [s.strip().upper() for s in args.symbols.split(",") if s.strip()]
     if not symbols or len(set(symbols)) != len(symbols):
-        raise ConfigError(f"demo: --symbols {args.symbols!r}: name one or more symbols, each once")
+        raise ConfigError(f"--symbols {args.symbols!r}: name one or more symbols, each once")
     if args.minutes < 2 or args.speed <= 0:
-        raise ConfigError("demo: --minutes must be at least 2 and --speed above 0")
+        raise ConfigError("--minutes must be at least 2 and --speed above 0")
     if args.long_threshold is not None and not 0 <= args.long_threshold <= 1:
-        raise ConfigError(f"demo: --long-threshold {args.long_threshold}: a probability, between 0 and 1")
+        raise ConfigError(f"--long-threshold {args.long_threshold}: a probability, between 0 and 1")
     out = Path(args.out).resolve() if args.out else Path(tempfile.mkdtemp(prefix="barsignal-demo-"))
     if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"demo: --out {out} is not empty; name a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
+        raise ConfigError(f"--out {out} is not empty; name a new or empty directory")
     try:
         return _demo(args, symbols, out, t_start)
     except _Failed as exc:
@@ -236,21 +235,24 @@ def _demo(args: argparse.Namespace, symbols: list[str], out: Path, t_start: floa
     data = _data_dir(args.data_dir)
     real = not args.synthetic and db.real_available(data, symbols)
     if not real and not args.synthetic and args.data_dir:
-        raise ConfigError(f"demo: --data-dir {data}: no real bars there for {', '.join(symbols)}; known symbols: "
+        raise ConfigError(f"--data-dir {data}: no real bars there for {', '.join(symbols)}; known symbols: "
                           f"{', '.join(db.REAL_FILES)}")
     if real:
         try:
             files, start, end = db.real_window(data, symbols, WARMUP_BARS, args.minutes)
         except ValueError as exc:
-            raise ConfigError(f"demo: {exc}") from None
+            raise ConfigError(f"{exc}") from None
         first = db.REAL_START_MS
         _say(f"demo: real Binance spot 1m bars from {data}: {', '.join(symbols)}")
     else:
         bars = db.synthetic_bars(symbols, WARMUP_BARS, args.minutes)
+        out.mkdir(parents=True, exist_ok=True)
         files = db.write_bars(bars, out / "bars", "SYNTHETIC")
         start, end, first = WARMUP_BARS, WARMUP_BARS + args.minutes, db.SYNTHETIC_START_MS
-        why = "--synthetic" if args.synthetic else f"no real bars at {data}"
+        lacking = [s for s in symbols if s not in db.REAL_FILES or not (data / db.REAL_FILES[s]).is_file()]
+        why = "--synthetic" if args.synthetic else f"no real bars of {', '.join(lacking)} at {data}"
         _say(f"demo: SYNTHETIC bars (a seeded random walk, not market data; {why}): {', '.join(symbols)}")
+    out.mkdir(parents=True, exist_ok=True)
     last = first + (args.minutes - 1) * db.STEP_MS
     _say(f"demo: {WARMUP_BARS} warm-up bars a symbol over REST, then {args.minutes} bars streamed "
          f"({_utc(first)} to {_utc(last)} UTC) at {args.speed:g} bars/s")

@@ -78,7 +78,7 @@ def test_demo_without_real_bars_uses_labelled_synthetic_bars_and_a_threshold_ove
     assert all(Path(p).is_file() for ps in info["reports"].values() for p in ps) and len(info["reports"]) == 2
     text = r.stderr
     assert text.strip().splitlines()[-1] == "parity OK"
-    assert "SYNTHETIC bars (a seeded random walk, not market data; no real bars at" in text
+    assert "SYNTHETIC bars (a seeded random walk, not market data; no real bars of BTCUSDT, ETHUSDT at" in text
     assert sorted(p.name for p in (out / "bars").iterdir()) == ["BTCUSDT-SYNTHETIC-1m.json",
                                                                   "ETHUSDT-SYNTHETIC-1m.json"]
     assert "parity OK: 2 of 2 symbols with 0 differences" in text
@@ -100,3 +100,18 @@ def test_demo_without_real_bars_uses_labelled_synthetic_bars_and_a_threshold_ove
         tables = {t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         fills = db.execute("SELECT COUNT(*) FROM fills").fetchone()[0] if "fills" in tables else None
     assert fills, f"no paper fills ({tables})"
+
+
+def test_demo_refuses_bad_arguments_with_exit_2_and_makes_nothing(tmp_path: Path) -> None:
+    from tests.conftest import run_cli
+
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    for args, want in ((["--out", str(tmp_path / "used")], "is not empty; name a new or empty directory"),
+                       (["--out", str(tmp_path / "o1"), "--data-dir", str(tmp_path / "nope")],
+                        f"--data-dir {tmp_path / 'nope'}: no real bars there for BTCUSDT, ETHUSDT, SOLUSDT"),
+                       (["--out", str(tmp_path / "o2"), "--symbols", "BTCUSDT,BTCUSDT"], "each once"),
+                       (["--out", str(tmp_path / "o3"), "--long-threshold", "1.5"], "between 0 and 1")):
+        r = run_cli("demo", *args)
+        assert r.returncode == 2 and want in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["used"]
