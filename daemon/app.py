@@ -511,7 +511,8 @@ class Daemon:
             return True
         except (BarsignalError, OSError, ValueError) as exc:
             self.metrics.reloads.labels(result="refused").inc()
-            log.error("reload_refused", error=str(exc), kept_artifact=node.pipeline.model.artifact_hash[:12])
+            log.error("reload_refused", error=str(exc), config=self.config_path,
+                      kept_artifact=node.pipeline.model.artifact_hash[:12])
             return False
         finally:
             self._reloading = False
