@@ -10,7 +10,7 @@ PYTEST_ARGS ?= -n 2 --dist loadfile
 REDIS_DIR := $(CURDIR)/.redis
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: run test lint redis-start redis-stop prometheus promtool-test clean bench install
+.PHONY: run demo test lint redis-start redis-stop prometheus promtool-test clean bench install
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -29,6 +29,11 @@ $(VENV)/.test: pyproject.toml | $(BIN)/python
 
 run: $(VENV)/.core
 	$(BIN)/barsignal run --config config.toml
+
+# Offline: feed serve on recorded bars -> the daemon in paper mode -> paper report -> parity
+# (docs/QUICKSTART.md). DEMO_ARGS="--minutes 240 --long-threshold 0.55" passes options on.
+demo: $(VENV)/.core
+	$(BIN)/barsignal demo $(DEMO_ARGS)
 
 test: $(VENV)/.test
 	@$(MAKE) --no-print-directory prometheus

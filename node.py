@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import tempfile
 import time
 from collections.abc import AsyncIterable, Callable, Iterable, Sequence
@@ -29,6 +28,7 @@ from typing import Any
 
 from barsignal.daemon.barlog import BarLog
 from barsignal.daemon.config import Config
+from barsignal.daemon.config import state_dir as config_state_dir
 from barsignal.daemon.outbox import Outbox, SinkWorker
 from barsignal.daemon.pipeline import Model, Pipeline, Prepared, warm
 from barsignal.engine.signal import RuleState, Signal, SignalRule
@@ -44,9 +44,9 @@ KEEP_EXTRA_BARS = 8  # recent bars kept beyond the warm-up, for a hot swap
 
 
 def state_dir(cfg: Config) -> Path:
-    """``$STATE_DIRECTORY`` (systemd's StateDirectory=) when set, else ``[state] dir``."""
-    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
-    return Path(env or cfg.state.dir)
+    """``$STATE_DIRECTORY`` (systemd's StateDirectory=) when set, else ``[state] dir``, else the user's
+    state directory (:func:`barsignal.daemon.config.state_dir`)."""
+    return config_state_dir(cfg.state)
 
 
 def engine_cache_dir(cfg: Config, state: Path | None = None) -> Path:
@@ -89,7 +89,13 @@ def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None) ->
     from barsignal.features.online import OnlineFeatures
 
     path, source = artifact_choice(cfg, artifact_dir)
-    art = load_artifact(path)
+    try:
+        art = load_artifact(path)
+    except ArtifactError as exc:
+        if source == "bundled":
+            raise
+        fix = "" if source == "--artifact" else " (or leave [model] artifact empty for the bundled artifact)"
+        raise ArtifactError(f"{source}{' ' if source == '--artifact' else ' = '}{path!r}: {exc}{fix}") from None
     normalizer = Normalizer.from_dict(art.normalization)
     window_len = art.window_shape[0]
     try:

@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "replay": "barsignal.cli.replay",
     "parity": "barsignal.cli.parity",
     "outbox": "barsignal.cli.outbox",
+    "demo": "barsignal.cli.demo",
 }
 
 

@@ -55,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--weight-limit", type=int, default=6000,
                    help="REST request weight per minute before 429 (Binance: 6000; 0 = no limit)")
     s.add_argument("--exit-at-end", action="store_true", help="exit once every bar has closed")
+    s.add_argument("--wait-for-subscriber", action="store_true",
+                   help="hold the clock at --start-index until a client subscribes to a stream (a demo or test "
+                        "whose client starts later sees every bar streamed)")
     s.set_defaults(func=_serve)
     p.set_defaults(func=lambda a: (p.print_help(), 2)[1])
 
@@ -126,6 +129,7 @@ def _serve(args: argparse.Namespace) -> int:
             end_index=args.end_index, intrabar=args.intrabar or 0, update_ms=update_ms, jitter_ms=jitter_ms,
             faults=faults, ping_interval_s=args.ping_interval or None, max_incoming_per_s=args.max_messages_per_s,
             weight_limit=args.weight_limit, close_spread_ms=args.close_spread_ms,
+            wait_for_subscriber=args.wait_for_subscriber,
         )
     except ValueError as exc:
         raise ConfigError(f"feed serve: {exc}") from None

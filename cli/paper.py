@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
@@ -54,8 +53,7 @@ def _open(args: argparse.Namespace, must_exist: bool = True, durability: str = "
     if args.ledger:
         path = Path(args.ledger)
     else:
-        state = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or cfg.state.dir  # as the daemon does
-        path = ledger_path(cfg.paper, Path(state))
+        path = ledger_path(cfg.paper, cfgmod.state_dir(cfg.state))  # as the daemon does
     if must_exist and not path.is_file():
         raise ConfigError(f"{path}: no paper ledger here; run the daemon with the paper sink, "
                           "`barsignal replay`, or pass --ledger PATH")

@@ -25,15 +25,22 @@ def _run(args: argparse.Namespace) -> int:
     from barsignal import log as logmod
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.app import run_daemon
-    from barsignal.errors import ConfigError
+    from barsignal.errors import ArtifactError, ConfigError
     from barsignal.node import check_sinks, engine_cache_dir, load_model, load_symbol_models
 
     cfg = cfgmod.load(args.config)
     if args.log_level is None and args.log_format is None:
         logmod.configure(level=cfg.logging.level, fmt=cfg.logging.format)
-    if len({s.upper() for s in cfg.feed.symbols}) != len(cfg.feed.symbols):
-        raise ConfigError(f"[feed] symbols {list(cfg.feed.symbols)}: a symbol is named twice; name each once")
-    check_sinks(cfg)  # the sinks' settings, without opening anything (no directory is made)
-    loaded = load_model(cfg, args.artifact, engine_cache_dir(cfg))
-    own = load_symbol_models(cfg, engine_cache_dir(cfg))  # [model.symbols]: verified like the default
+    source = args.config or "the embedded defaults (no --config)"
+    try:
+        if len({s.upper() for s in cfg.feed.symbols}) != len(cfg.feed.symbols):
+            raise ConfigError(f"[feed] symbols {list(cfg.feed.symbols)}: a symbol is named twice; name each once")
+        check_sinks(cfg)  # the sinks' settings, without opening anything (no directory is made)
+        loaded = load_model(cfg, args.artifact, engine_cache_dir(cfg))
+        own = load_symbol_models(cfg, engine_cache_dir(cfg))  # [model.symbols]: verified like the default
+    except (ConfigError, ArtifactError) as exc:  # what the config said: name the file
+        text = str(exc)
+        if not text.startswith(("[", "sink ", "signal rule")):  # --artifact's or the bundled artifact's: not the file's
+            raise
+        raise type(exc)(f"{source}: {text}") from None
     return run_daemon(cfg, config_path=args.config, artifact_dir=args.artifact, loaded=loaded, symbol_models=own)

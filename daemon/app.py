@@ -90,6 +90,28 @@ def hold_sighup() -> None:
         pass
 
 
+def _log_policy(loaded: Loaded) -> None:
+    """Say what the actions follow when the artifact's policy is to stay flat: the rule as built decides
+    (``[signal]`` thresholds override the flat policy), not the artifact's label."""
+    art = loaded.artifact
+    if not getattr(art, "informational", False):
+        return
+    sig = getattr(art, "signal", {}) or {}
+    reason = sig.get("reason") or "no setting was net-positive after costs"
+    rule = loaded.model.rule
+    if rule.stay_flat:
+        log.warning("signals_informational", artifact=loaded.model.artifact_hash[:12], reason=reason,
+                    hint="every action is flat; p_up is for information, not a trading signal")
+    else:
+        log.warning("signal_policy_overridden", artifact=loaded.model.artifact_hash[:12],
+                    long_threshold=rule.long_threshold,
+                    short_threshold=rule.short_threshold if rule.allow_short else None,
+                    hysteresis=rule.hysteresis, cooldown_bars=rule.cooldown_bars, min_hold_bars=rule.min_hold_bars,
+                    reason=reason,
+                    hint="[signal] thresholds override the artifact's flat policy: actions follow them; "
+                         "this setting was not net-positive on validation")
+
+
 class Daemon:
     """One live daemon. ``await run()`` returns the exit code."""
 
@@ -225,10 +247,7 @@ class Daemon:
                  backend=loaded.model.info.get("backend"), artifact_from=loaded.source,
                  sinks=[s.name for s in node.sinks], state_dir=str(self.state), warmup_bars=warmup,
                  last_signalled=last)
-        if getattr(loaded.artifact, "informational", False):  # the artifact's policy stays flat
-            log.warning("signals_informational", artifact=loaded.model.artifact_hash[:12],
-                        reason=(loaded.artifact.signal.get("reason") or "no setting was net-positive after costs"),
-                        hint="every action is flat; p_up is for information, not a trading signal")
+        _log_policy(loaded)
         self.notifier.status(f"warming up: fetching {warmup} bars")
         if len(nodes) == 1:
             loop_ = consume(node, feed, functools.partial(self._after_bar, node=node), ready_ns=lambda: self.ready_ns)
@@ -488,10 +507,12 @@ class Daemon:
                      changed=swapped.old_artifact != swapped.new_artifact, artifact_from=loaded.source,
                      path=loaded.model.info.get("path"), backend=loaded.model.info.get("backend"),
                      warm_bars=swapped.warm_bars)
+            _log_policy(loaded)
             return True
         except (BarsignalError, OSError, ValueError) as exc:
             self.metrics.reloads.labels(result="refused").inc()
-            log.error("reload_refused", error=str(exc), kept_artifact=node.pipeline.model.artifact_hash[:12])
+            log.error("reload_refused", error=str(exc), config=self.config_path,
+                      kept_artifact=node.pipeline.model.artifact_hash[:12])
             return False
         finally:
             self._reloading = False

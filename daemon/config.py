@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 
 import msgspec
@@ -157,7 +158,17 @@ class LoggingConfig(_Section):
 
 
 class StateConfig(_Section):
-    dir: str = "state"  # ledger, outbox, bar record, engines; systemd sets $STATE_DIRECTORY
+    # Ledger, outbox, bar record, engines. Empty: $STATE_DIRECTORY (systemd's StateDirectory=), else
+    # $XDG_STATE_HOME/barsignal (~/.local/state/barsignal). Absolute or ~/...: a relative one would depend
+    # on the working directory. Relative paths elsewhere in the config ([sinks.jsonl] path, [paper] ledger)
+    # are under this directory.
+    dir: str = ""
+
+    def __post_init__(self) -> None:
+        if self.dir and not Path(self.dir).expanduser().is_absolute():
+            raise ValueError(f"[state] dir = {self.dir!r} is relative, so it would depend on the working directory; "
+                             "give an absolute path (or ~/...), or leave it empty for the default "
+                             "($STATE_DIRECTORY under systemd, else ~/.local/state/barsignal)")
 
 
 class Config(_Section):
@@ -171,6 +182,19 @@ class Config(_Section):
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
+
+
+def state_dir(state: StateConfig) -> Path:
+    """The state directory: ``$STATE_DIRECTORY`` (systemd's StateDirectory=) when set, else ``[state] dir``
+    (``~`` expanded), else ``$XDG_STATE_HOME/barsignal`` (default ``~/.local/state/barsignal``)."""
+    env = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if env:
+        return Path(env)
+    if state.dir:
+        return Path(state.dir).expanduser()
+    xdg = os.environ.get("XDG_STATE_HOME", "")
+    base = Path(xdg) if xdg and Path(xdg).is_absolute() else Path.home() / ".local" / "state"
+    return base / "barsignal"
 
 
 def loads(text: str, source: str = "<config>") -> Config:

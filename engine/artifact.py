@@ -151,7 +151,8 @@ def load_artifact(path: str | os.PathLike[str] | None = None, *, expected_schema
     root = Path(path) if path else default_artifact_dir()
     mpath = root / MANIFEST
     if not root.is_dir():
-        raise ArtifactError(f"artifact directory {root} does not exist; pass --artifact DIR")
+        raise ArtifactError(f"artifact directory {root} does not exist; give the directory that holds "
+                            "the artifact's manifest.json")
     if not mpath.is_file():
         raise ArtifactError(f"{mpath}: missing; an artifact is a directory with a manifest.json")
     raw = mpath.read_bytes()

@@ -139,6 +139,7 @@ class FeedSimulator:
         max_streams: int = MAX_STREAMS,
         weight_limit: int = 6000,
         wall_clock: Callable[[], float] = time.time,
+        wait_for_subscriber: bool = False,
     ) -> None:
         series = _as_series(frame, symbol, extra)
         if speed <= 0:
@@ -183,6 +184,9 @@ class FeedSimulator:
         self.closed_upto = start_index  # ticks [0, closed_upto) are closed
         self._cur = start_index  # the tick being built
         self._cur_started = 0.0
+        # True: the first bar starts when a client first subscribes to a stream, not at start()
+        self.wait_for_subscriber = bool(wait_for_subscriber)
+        self._subscribed = asyncio.Event()
         self._conns: dict[ServerConnection, _Conn] = {}
         self._subs: dict[str, set[ServerConnection]] = {s: set() for s in self._served}
         self._server: Server | None = None
@@ -216,6 +220,8 @@ class FeedSimulator:
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self._cur_started = asyncio.get_running_loop().time()
+        if self.wait_for_subscriber:  # the clock stands at the start tick's open until a stream is subscribed
+            self._cur_started += 1e9
         self._task = asyncio.create_task(self._run(), name="feed-serve")
         self._task.add_done_callback(_log_crash)
         log.info("feed_serve.started", ws_url=self.ws_url, symbols=len(self.tapes),
@@ -341,6 +347,9 @@ class FeedSimulator:
         loop = asyncio.get_running_loop()
         per_bar = 1.0 / self.speed
         held: list[tuple[int, Tape, bytes]] = []  # (send after closing tick, tape, raw closed frame)
+        if self.wait_for_subscriber:
+            await self._subscribed.wait()
+            self._cur_started = loop.time()
         t_next = self._cur_started
         fl = self.faults
         for i in range(self.start_index, self.end_index):
@@ -451,6 +460,8 @@ class FeedSimulator:
     def _subscribe(self, conn: ServerConnection, streams: list[str]) -> None:
         for s in streams:
             self._subs.setdefault(s, set()).add(conn)
+        if streams:
+            self._subscribed.set()
         unknown = [s for s in streams if s not in self._served]
         if unknown:  # allowed, as on Binance, but silent: say so once per subscription
             log.warning("feed_serve.unserved_streams", streams=unknown[:5], count=len(unknown),

@@ -111,3 +111,44 @@ def test_secrets_never_in_the_file_and_never_shown(tmp_path: Path, monkeypatch: 
     assert s is not None and s.reveal() == "from-cred-456" and "from-cred-456" not in repr(s)
     monkeypatch.delenv("BARSIGNAL_WEBHOOK_TOKEN")
     assert read_secret("BARSIGNAL_REDIS_PASSWORD") is None and read_secret("") is None
+
+
+def test_the_state_dir_is_outside_the_checkout_by_default(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("STATE_DIRECTORY", raising=False)
+    monkeypatch.delenv("XDG_STATE_HOME", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert cfg.state_dir(cfg.StateConfig()) == tmp_path / "home" / ".local" / "state" / "barsignal"
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path / "xdg"))
+    assert cfg.state_dir(cfg.StateConfig()) == tmp_path / "xdg" / "barsignal"
+    assert cfg.state_dir(cfg.StateConfig(dir="~/bs")) == tmp_path / "home" / "bs"
+    assert cfg.state_dir(cfg.StateConfig(dir=str(tmp_path / "s"))) == tmp_path / "s"
+    # systemd's StateDirectory= wins over the file, as the unit relies on
+    monkeypatch.setenv("STATE_DIRECTORY", str(tmp_path / "sd"))
+    assert cfg.state_dir(cfg.StateConfig(dir=str(tmp_path / "s"))) == tmp_path / "sd"
+
+
+def test_a_relative_state_dir_exits_2_before_anything_is_made(tmp_path: Path) -> None:
+    p = write(tmp_path, '[state]\ndir = "state"\n[metrics]\nenabled = false\n')
+    proc = run_cli("run", "--config", str(p))
+    assert proc.returncode == 2, proc.stderr
+    assert f"{p}: [state] dir = 'state' is relative" in proc.stderr and "absolute path" in proc.stderr
+    assert "~/.local/state/barsignal" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (REPO / "state").exists() and not (tmp_path / "state").exists()
+
+
+def test_start_errors_from_the_file_name_the_file_and_the_key(tmp_path: Path) -> None:
+    state = tmp_path / "st"
+    sink = write(tmp_path, f'[sinks]\nenabled = ["stdout", "nope"]\n[state]\ndir = "{state}"\n', "sink.toml")
+    proc = run_cli("run", "--config", str(sink))
+    assert proc.returncode == 2
+    assert f"{sink}: [sinks] enabled: unknown sink 'nope'; known sinks:" in proc.stderr, proc.stderr
+    art = write(tmp_path, f'[model]\nartifact = "{tmp_path / "gone"}"\n[state]\ndir = "{state}"\n', "art.toml")
+    proc = run_cli("run", "--config", str(art))
+    assert proc.returncode == 2
+    assert f"{art}: [model] artifact = '{tmp_path / 'gone'}': artifact directory" in proc.stderr, proc.stderr
+    assert "does not exist" in proc.stderr and "pass --artifact" not in proc.stderr
+    # the flag names itself, not the file
+    proc = run_cli("run", "--config", str(art), "--artifact", str(tmp_path / "gone2"))
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"barsignal run: --artifact '{tmp_path / 'gone2'}': artifact directory"), proc.stderr
+    assert not state.exists()

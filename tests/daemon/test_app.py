@@ -153,3 +153,29 @@ def test_hot_swap_keeps_the_old_model_when_the_new_artifact_is_bad(tmp_path: Pat
     assert ots == sorted(set(ots)) and ots[-1] - ots[0] == 60_000 * (len(ots) - 1), "no bar lost in the swap"
     assert d.metrics.reloads.labels(result="refused")._value.get() == 1
     assert d.metrics.reloads.labels(result="ok")._value.get() == 1
+
+
+def test_the_start_log_says_which_policy_the_actions_follow() -> None:
+    # The bundled artifact's policy is to stay flat. Without [signal] thresholds the rule stays flat
+    # and the log says so; with one set, the rule follows it and the log says that instead.
+    from structlog.testing import capture_logs
+
+    from barsignal.daemon.app import _log_policy
+    from barsignal.daemon.config import SignalConfig
+
+    flat = load_model(Config(), None, None)
+    assert flat.artifact.informational and flat.model.rule.stay_flat
+    with capture_logs() as logs:
+        _log_policy(flat)
+    assert [e["event"] for e in logs] == ["signals_informational"]
+    assert "every action is flat" in logs[0]["hint"]
+    assert flat.model.rule.update(0.99) == "flat"
+
+    over = load_model(Config(signal=SignalConfig(long_threshold=0.53)), None, None)
+    assert not over.model.rule.stay_flat
+    with capture_logs() as logs:
+        _log_policy(over)
+    assert [e["event"] for e in logs] == ["signal_policy_overridden"]
+    assert logs[0]["long_threshold"] == 0.53 and logs[0]["short_threshold"] is None
+    assert "every action is flat" not in str(logs)
+    assert over.model.rule.update(0.54) == "long"  # what the log now says: actions follow the threshold

@@ -582,3 +582,28 @@ def test_close_spread_sends_a_minutes_closed_frames_over_the_spread_in_a_random_
     assert len(set(orders)) > 1, orders  # shuffled, not the config's order every minute
     burst, _ = asyncio.run(spans(0.0))
     assert all(s < 50 for s in burst), burst
+
+
+def test_wait_for_subscriber_holds_the_clock_until_a_stream_is_subscribed(fut_day) -> None:
+    # `feed serve --wait-for-subscriber` (the demo's feed): no bar closes before a client subscribes,
+    # however long that takes; then every bar from the start index streams to it, the first one first.
+    async def go() -> list[int]:
+        sim = FeedSimulator(fut_day.frame, speed=50.0, start_index=100, end_index=110, intrabar=1,
+                            ping_interval_s=None, wait_for_subscriber=True)
+        await sim.start()
+        try:
+            await asyncio.sleep(0.5)  # 25 bars' worth of wall time at this speed
+            assert sim.closed_upto == 100 and sim.now_ms() == int(sim.times[100])
+            closed: list[int] = []
+            async with connect(f"{sim.ws_url}/ws/btcusdt@kline_1m") as ws:
+                while len(closed) < 10:
+                    k = orjson.loads(await asyncio.wait_for(ws.recv(), 10))["k"]
+                    if k["x"]:
+                        closed.append(int(k["t"]))
+            await asyncio.wait_for(sim.done.wait(), 10)
+            return closed
+        finally:
+            await sim.stop()
+
+    closed = asyncio.run(go())
+    assert closed == [int(t) for t in fut_day.frame.open_time[100:110]]
