@@ -100,8 +100,16 @@ def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None) ->
                          cfg.engine.spinning, cache_dir)
     features = OnlineFeatures(normalizer, window_len, cfg.features.gap_policy)
     return Loaded(Model(features, scorer, rule, art.hash, art.horizon,
-                        {"backend": getattr(scorer, "name", "?"), "path": str(art.path)}),
+                        {"backend": getattr(scorer, "name", "?"), "path": str(art.path)}, move_forecaster(art)),
                   art, window_len, features.bars_to_fetch, source)
+
+
+def move_forecaster(art: Any) -> Any:
+    """A fresh move forecaster for the artifact's ``move`` section (verified at load), or None."""
+    from barsignal.engine.move_registry import build
+
+    spec = art.move
+    return build(spec) if spec is not None else None
 
 
 def load_symbol_models(cfg: Config, cache_dir: Path | None) -> dict[str, Loaded]:
@@ -123,7 +131,7 @@ def load_symbol_models(cfg: Config, cache_dir: Path | None) -> dict[str, Loaded]
 
 
 def for_symbol(cfg: Config, loaded: Loaded) -> Loaded:
-    """``loaded`` for one more symbol: fresh features and a fresh rule (per-symbol state), the same
+    """``loaded`` for one more symbol: fresh features, move forecaster and rule (per-symbol state), the same
     verified artifact and scorer (a batch-1 scorer keeps no state between windows)."""
     from barsignal.features.normalize import Normalizer
     from barsignal.features.online import OnlineFeatures
@@ -131,7 +139,7 @@ def for_symbol(cfg: Config, loaded: Loaded) -> Loaded:
     art, m = loaded.artifact, loaded.model
     rule = SignalRule.from_config(cfg.signal, art.signal)
     features = OnlineFeatures(Normalizer.from_dict(art.normalization), loaded.window_len, cfg.features.gap_policy)
-    return Loaded(Model(features, m.scorer, rule, m.artifact_hash, m.horizon, dict(m.info)),
+    return Loaded(Model(features, m.scorer, rule, m.artifact_hash, m.horizon, dict(m.info), move_forecaster(art)),
                   art, loaded.window_len, loaded.warmup_bars, loaded.source)
 
 
@@ -413,12 +421,12 @@ class Node:
         snapshot = list(pipe.recent)
         if loaded is None:
             loaded = await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
-        ready = await asyncio.to_thread(warm, loaded.model.features, snapshot)
+        ready = await asyncio.to_thread(warm, loaded.model.features, snapshot, loaded.model.move)
         # back on the loop: the bars that arrived while loading (none are lost)
         last = snapshot[-1].open_time if snapshot else None
         later = [b for b in pipe.recent if last is None or b.open_time > last]
         if later:
-            ready = warm(loaded.model.features, later)
+            ready = warm(loaded.model.features, later, loaded.model.move)
         if not ready and pipe.warm:
             raise ArtifactError("the new model's features did not warm up on the recent bars "
                                 f"({len(snapshot) + len(later)} kept; it needs {loaded.warmup_bars})")
