@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -37,7 +38,8 @@ def test_replay_writes_live_format_signals_and_report(replayed) -> None:
     recs = [orjson.loads(x) for x in (replayed / "signals.jsonl").read_bytes().splitlines()]
     assert len(recs) > 2000
     assert set(recs[0]) == {"id", "symbol", "open_time", "bar_open", "bar_close", "p_up", "action",
-                            "artifact", "source", "latency_us"}
+                            "artifact", "source", "latency_us", "p_move", "sigma_bp", "regime"}
+    assert all(0 < r["p_move"] < 1 and r["sigma_bp"] > 0 and r["regime"] in ("calm", "active") for r in recs)
     assert {r["source"] for r in recs} == {"file"}
     assert all(b["open_time"] - a["open_time"] == 60_000 for a, b in itertools.pairwise(recs))
     md = (replayed / "report" / "report.md").read_text()
@@ -59,6 +61,14 @@ def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     r = cli("parity", "--live-signals", str(bad), *args)
     assert r.returncode == 1
     assert f"open_time {rec['open_time']}): action differs" in r.stderr
+    lines = (replayed / "signals.jsonl").read_bytes().splitlines()
+    rec = orjson.loads(lines[1200])
+    rec["p_move"] = float(np.nextafter(rec["p_move"], 2.0))  # one float64 ulp of the move head
+    lines[1200] = orjson.dumps(rec)
+    bad.write_bytes(b"\n".join(lines) + b"\n")
+    r = cli("parity", "--live-signals", str(bad), *args)
+    assert r.returncode == 1
+    assert f"open_time {rec['open_time']}): p_move differs" in r.stderr
 
 
 def test_bench_replay_runs_through_the_node(tmp_path, tiny_artifact) -> None:
