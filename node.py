@@ -112,6 +112,18 @@ def move_forecaster(art: Any) -> Any:
     return build(spec) if spec is not None else None
 
 
+def warn_informational(loaded: Loaded, logger: Any = log) -> bool:
+    """One ``signals_informational`` warning when the artifact's policy stays flat (the daemon at start,
+    a replay before its first bar): every action is flat and p_up is for information. True if so."""
+    art = loaded.artifact
+    if not getattr(art, "informational", False):
+        return False
+    logger.warning("signals_informational", artifact=loaded.model.artifact_hash[:12],
+                   reason=(art.signal.get("reason") or "no setting was net-positive after costs"),
+                   hint="every action is flat; p_up is for information, not a trading signal")
+    return True
+
+
 def load_symbol_models(cfg: Config, cache_dir: Path | None) -> dict[str, Loaded]:
     """The artifacts of ``[model.symbols]`` (``SYMBOL = "path"``), each verified and its scorer opened
     like the default; a key not in ``[feed] symbols`` is a ConfigError naming it. Touches no state."""

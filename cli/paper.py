@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     common(rp)
     rp.add_argument("--out", default="report", help="output directory (default: ./report)")
     rp.add_argument("--symbol", default=None, help="symbol (default: the first in the ledger)")
+    rp.add_argument("--artifact", default=None, metavar="DIR",
+                    help="the artifact that made the signals: its policy explains a run without trades and its "
+                         "move horizon and threshold score p_move (default: none; the section says so)")
     rp.set_defaults(func=_report)
     ig = cmds.add_parser("ingest", help="apply a signals JSONL (live format) to the ledger, idempotently")
     common(ig)
@@ -82,8 +85,13 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from barsignal.daemon.paper.report import write_report
 
+    art = None
+    if args.artifact:
+        from barsignal.engine.artifact import load_artifact
+
+        art = load_artifact(args.artifact)
     with _open(args) as led:
-        md = write_report(led, args.out, args.symbol)
+        md = write_report(led, args.out, args.symbol, artifact=art)
     print(md)
     return 0
 

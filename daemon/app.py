@@ -62,6 +62,7 @@ from barsignal.node import (
     load_model,
     load_symbol_models,
     state_dir,
+    warn_informational,
 )
 
 __all__ = ["MAX_CATCHUP_BARS", "Daemon", "Loaded", "hold_sighup", "load_model", "run_daemon", "state_dir"]
@@ -225,10 +226,7 @@ class Daemon:
                  backend=loaded.model.info.get("backend"), artifact_from=loaded.source,
                  sinks=[s.name for s in node.sinks], state_dir=str(self.state), warmup_bars=warmup,
                  last_signalled=last)
-        if getattr(loaded.artifact, "informational", False):  # the artifact's policy stays flat
-            log.warning("signals_informational", artifact=loaded.model.artifact_hash[:12],
-                        reason=(loaded.artifact.signal.get("reason") or "no setting was net-positive after costs"),
-                        hint="every action is flat; p_up is for information, not a trading signal")
+        warn_informational(loaded, log)  # the artifact's policy stays flat
         self.notifier.status(f"warming up: fetching {warmup} bars")
         if len(nodes) == 1:
             loop_ = consume(node, feed, functools.partial(self._after_bar, node=node), ready_ns=lambda: self.ready_ns)

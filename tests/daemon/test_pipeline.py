@@ -152,11 +152,10 @@ def test_every_signal_carries_the_move_forecast_of_every_bar_seen(tiny_artifact)
     sigma_bp are those of a forecaster fed all the bars, and its regime is the regime rule's on them."""
     import math
 
+    from barsignal.daemon.config import Config, SignalConfig
     from barsignal.engine.artifact import load_artifact
     from barsignal.engine.move_registry import build
     from barsignal.engine.regime import RegimeRule
-
-    from barsignal.daemon.config import Config, SignalConfig
 
     bars = real_bars(1000)
     cfg = Config(signal=SignalConfig(regime_threshold=0.7, regime_hysteresis=0.02, regime_cooldown_bars=3))

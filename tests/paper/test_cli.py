@@ -44,6 +44,7 @@ def test_replay_writes_live_format_signals_and_report(replayed) -> None:
     assert all(b["open_time"] - a["open_time"] == 60_000 for a, b in itertools.pairwise(recs))
     md = (replayed / "report" / "report.md").read_text()
     assert "| Total return |" in md and "buy-and-hold" in md
+    assert "## Move head: p_move" in md and "| Bars scored |" in md and "| Brier score (lower is better) |" in md
     assert (replayed / "report" / "equity_BTCUSDT.png").is_file()
 
 
