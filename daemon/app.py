@@ -302,7 +302,7 @@ class Daemon:
         c = self.cfg.metrics
         return LiveMonitor(loaded.model.horizon, c.monitor_window, psi_warn=c.drift_psi_warn,
                            reference=_psi_reference(loaded.artifact), symbol=symbol,
-                           artifact=loaded.model.artifact_hash)
+                           artifact=loaded.model.artifact_hash, move=getattr(loaded.artifact, "move", None))
 
     def _renew_monitors(self) -> None:
         """After a reload: a symbol whose artifact changed starts a fresh monitor (the new model's
@@ -383,7 +383,7 @@ class Daemon:
             m.signals.labels(action=sig.action).inc()
             m.count_signal(node.symbol)
             if mon is not None:
-                mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
+                mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window, sig.p_move)
                 if (pipe.stats.signals + self._rank.get(node.symbol, 0)) % 10 == 0:
                     self._export_soon(mon)
         if recv_ns is not None and self.keep_warm is not None and node is self.node:
