@@ -156,10 +156,9 @@ class Pipeline:
         """Run the hot path and discard the results: the features on a synthetic next bar (their own
         state, every value put back: this stream's data is warm too), the move forecaster on the same
         bar (snapshot, update, restore), the scorer on the current window, a copy of the rule and a
-        signal built from both, returned with the copy's
-        state for the node's own rehearsal (:meth:`Node.rehearse`). Keep-warm (``daemon/keepwarm.py``)
-        calls this just before a bar is due, so that the bar finds code and data hot. Nothing the
-        signals depend on changes."""
+        signal built from both, returned with the copy's state for the node's own rehearsal
+        (:meth:`Node.rehearse`). Keep-warm (``daemon/keepwarm.py``) calls this just before a bar is
+        due, so that the bar finds code and data hot. Nothing the signals depend on changes."""
         if self.last_window is None or not self.recent:
             return None
         last = self.recent[-1]
@@ -206,8 +205,7 @@ class Pipeline:
             self.stats.invalid += 1
             return None
         mv = self.model.move
-        if mv is not None:
-            self.move_out = mv.update(bar)
+        self.move_out = mv.update(bar) if mv is not None else _NO_MOVE  # a swap may drop the move head
         self.last_open_time = bar.open_time
         self.stats.bars += 1
         if self.recent.maxlen:

@@ -200,3 +200,21 @@ def test_an_artifact_without_a_move_section_signals_nulls(tmp_path) -> None:
     d = orjson.loads(orjson.dumps(sigs[-1]))
     assert d["p_move"] is None and d["sigma_bp"] is None and d["regime"] is None  # JSON null, never NaN
     assert p.rule_state.regime == "calm"
+
+
+def test_a_swap_to_an_artifact_without_a_move_head_signals_nulls_from_the_next_bar(tiny_artifact, tmp_path) -> None:
+    from barsignal.daemon.config import Config
+    from barsignal.daemon.pipeline import warm
+    from barsignal.node import load_model
+    from tests.tiny_model import write_tiny_artifact
+
+    bars = real_bars(1100)
+    p = _fresh(tiny_artifact)
+    before = [s for b in bars[:1000] if (s := p.process(b)) is not None]
+    assert before and before[-1].p_move is not None
+    new = load_model(Config(), str(write_tiny_artifact(tmp_path / "nomove", real_bars(3000, start=20_000),
+                                                       move=False)), None)
+    assert warm(new.model.features, bars[:1000], new.model.move) and new.model.move is None
+    p.swap(new.model)
+    after = [s for b in bars[1000:] if (s := p.process(b)) is not None]
+    assert len(after) == 100 and all(s.p_move is None and s.sigma_bp is None and s.regime is None for s in after)
