@@ -106,8 +106,41 @@ def load_model(cfg: Config, artifact_dir: str | None, cache_dir: Path | None) ->
                          cfg.engine.spinning, cache_dir)
     features = OnlineFeatures(normalizer, window_len, cfg.features.gap_policy)
     return Loaded(Model(features, scorer, rule, art.hash, art.horizon,
-                        {"backend": getattr(scorer, "name", "?"), "path": str(art.path)}),
+                        {"backend": getattr(scorer, "name", "?"), "path": str(art.path)}, move_forecaster(art)),
                   art, window_len, features.bars_to_fetch, source)
+
+
+def move_forecaster(art: Any) -> Any:
+    """A fresh move forecaster for the artifact's ``move`` section (verified at load), or None."""
+    from barsignal.engine.move_registry import build
+
+    spec = art.move
+    return build(spec) if spec is not None else None
+
+
+def warn_informational(loaded: Loaded, logger: Any = log) -> bool:
+    """Say what the actions follow when the artifact's policy is to stay flat (the daemon at start and
+    after a reload, a replay before its first bar). The rule as built decides, not the artifact's label:
+    ``signals_informational`` when every action is flat (True), ``signal_policy_overridden`` when
+    ``[signal]`` thresholds override the flat policy."""
+    art = loaded.artifact
+    if not getattr(art, "informational", False):
+        return False
+    sig = getattr(art, "signal", {}) or {}
+    reason = sig.get("reason") or "no setting was net-positive after costs"
+    rule = loaded.model.rule
+    if rule.stay_flat:
+        logger.warning("signals_informational", artifact=loaded.model.artifact_hash[:12], reason=reason,
+                       hint="every action is flat; p_up is for information, not a trading signal")
+        return True
+    logger.warning("signal_policy_overridden", artifact=loaded.model.artifact_hash[:12],
+                   long_threshold=rule.long_threshold,
+                   short_threshold=rule.short_threshold if rule.allow_short else None,
+                   hysteresis=rule.hysteresis, cooldown_bars=rule.cooldown_bars, min_hold_bars=rule.min_hold_bars,
+                   reason=reason,
+                   hint="[signal] thresholds override the artifact's flat policy: actions follow them; "
+                        "this setting was not net-positive on validation")
+    return False
 
 
 def load_symbol_models(cfg: Config, cache_dir: Path | None) -> dict[str, Loaded]:
@@ -129,7 +162,7 @@ def load_symbol_models(cfg: Config, cache_dir: Path | None) -> dict[str, Loaded]
 
 
 def for_symbol(cfg: Config, loaded: Loaded) -> Loaded:
-    """``loaded`` for one more symbol: fresh features and a fresh rule (per-symbol state), the same
+    """``loaded`` for one more symbol: fresh features, move forecaster and rule (per-symbol state), the same
     verified artifact and scorer (a batch-1 scorer keeps no state between windows)."""
     from barsignal.features.normalize import Normalizer
     from barsignal.features.online import OnlineFeatures
@@ -137,7 +170,7 @@ def for_symbol(cfg: Config, loaded: Loaded) -> Loaded:
     art, m = loaded.artifact, loaded.model
     rule = SignalRule.from_config(cfg.signal, art.signal)
     features = OnlineFeatures(Normalizer.from_dict(art.normalization), loaded.window_len, cfg.features.gap_policy)
-    return Loaded(Model(features, m.scorer, rule, m.artifact_hash, m.horizon, dict(m.info)),
+    return Loaded(Model(features, m.scorer, rule, m.artifact_hash, m.horizon, dict(m.info), move_forecaster(art)),
                   art, loaded.window_len, loaded.warmup_bars, loaded.source)
 
 
@@ -419,12 +452,12 @@ class Node:
         snapshot = list(pipe.recent)
         if loaded is None:
             loaded = await asyncio.to_thread(load_model, cfg, self.artifact_dir, self.cache_dir)
-        ready = await asyncio.to_thread(warm, loaded.model.features, snapshot)
+        ready = await asyncio.to_thread(warm, loaded.model.features, snapshot, loaded.model.move)
         # back on the loop: the bars that arrived while loading (none are lost)
         last = snapshot[-1].open_time if snapshot else None
         later = [b for b in pipe.recent if last is None or b.open_time > last]
         if later:
-            ready = warm(loaded.model.features, later)
+            ready = warm(loaded.model.features, later, loaded.model.move)
         if not ready and pipe.warm:
             raise ArtifactError("the new model's features did not warm up on the recent bars "
                                 f"({len(snapshot) + len(later)} kept; it needs {loaded.warmup_bars})")

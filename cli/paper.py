@@ -30,6 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     rp.add_argument("--symbol", default=None, help="symbol (default: the first in the ledger). The file is "
                     "report.md for a ledger of one symbol, report_<SYMBOL>.md for a ledger of several")
     conv.add_json(rp, "the report's path and symbol")
+    rp.add_argument("--artifact", default=None, metavar="DIR",
+                    help="the artifact that made the signals: its policy explains a run without trades and its "
+                         "move horizon and threshold score p_move (default: none; the section says so)")
     rp.set_defaults(func=_report)
     ig = cmds.add_parser("ingest", help="apply a signals JSONL (live format) to the ledger, idempotently")
     common(ig)
@@ -106,8 +109,13 @@ def _status(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     from barsignal.daemon.paper.report import write_report
 
+    art = None
+    if args.artifact:
+        from barsignal.engine.artifact import load_artifact
+
+        art = load_artifact(args.artifact)
     with _open(args) as led:
-        md = write_report(led, args.out, args.symbol)
+        md = write_report(led, args.out, args.symbol, artifact=art)
         symbol = args.symbol or led.symbols()[0]
     if args.json:
         conv.print_json({"report": str(md), "symbol": symbol})

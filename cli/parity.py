@@ -97,7 +97,7 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
             at = sw.at
             new = _recorded_rule(load_model(cfg, find_artifact(sw.artifact, sw.path, offered, cfg), cache), sw.rule)
             fed = [b for b in node.pipeline.recent if sw.warm_from is not None and b.open_time >= sw.warm_from]
-            warm(new.model.features, fed)
+            warm(new.model.features, fed, new.model.move)
             if len(fed) != sw.warm_bars:
                 print(f"warning: run {run.id}: the swap at bar {sw.first_bar} warmed its features on "
                       f"{sw.warm_bars} bars live, {len(fed)} here", file=sys.stderr)
@@ -149,7 +149,7 @@ def _print(r: dict[str, Any], prefix: str = "") -> None:
         (f"; {r['invalid']} invalid bar(s) dropped as live dropped them" if r["invalid"] else "")
     if r["ok"]:
         print(f"{prefix}parity OK: {r['compared']} signals compared, 0 differences "
-              f"(p_up float32 bits and actions identical){extra}")
+              f"(p_up float32 and p_move float64 bits, actions and regimes identical){extra}")
         return
     n = len(r["differences"])
     print(f"{prefix}parity FAILED: {n}{'+' if n >= 100 else ''} difference(s) over {r['live']} live and "

@@ -236,7 +236,8 @@ def replay_symbol(job: dict[str, Any]) -> dict[str, Any]:
     from barsignal.daemon import config as cfgmod
     from barsignal.daemon.paper.replay import load_bars, replay_async
     from barsignal.daemon.paper.report import write_report
-    from barsignal.node import build_node, run
+    from barsignal.log import get_logger
+    from barsignal.node import build_node, run, warn_informational
 
     if mp.parent_process() is not None and job.get("log"):  # a spawned worker: log as the parent does
         logmod.configure(level=job["log"][0], fmt=job["log"][1])
@@ -257,12 +258,15 @@ def replay_symbol(job: dict[str, Any]) -> dict[str, Any]:
         sinks = replay_sinks(cfg, state, signals=job["signals"], ledger=ledger)
         node = build_node(cfg, "replay", symbol=sym, state=state, artifact_dir=job["artifact"], sinks=sinks,
                           outbox_sync="OFF")
+        if node.loaded is not None:
+            warn_informational(node.loaded, get_logger("barsignal.daemon.replay"))
         try:
             res = await replay_async(bars, node, close=False)
             md = None
             if job["report"] and res.signals:
                 paper = next(s for s in node.sinks if s.name == "paper")
-                md = write_report(paper.ledger, job["report"], sym, name=f"report_{sym}.md")
+                md = write_report(paper.ledger, job["report"], sym, name=f"report_{sym}.md",
+                                  artifact=node.loaded.artifact if node.loaded else None)
         finally:
             await node.close()
         return {"symbol": sym, "bars": res.bars, "signals": res.signals, "fills": res.fills,
@@ -279,7 +283,7 @@ async def _replay(args: argparse.Namespace) -> int:
     from barsignal.daemon.paper.replay import load_bars, replay_async
     from barsignal.daemon.paper.report import write_report
     from barsignal.log import get_logger
-    from barsignal.node import build_node
+    from barsignal.node import build_node, warn_informational
 
     log = get_logger("barsignal.daemon.replay")
     cfg = with_threads(cfgmod.load(args.config), args.threads)
@@ -304,10 +308,13 @@ async def _replay(args: argparse.Namespace) -> int:
         sinks = replay_sinks(cfg, state, signals=args.signals, ledger=ledger)
         node = build_node(cfg, "replay", symbol=symbol, state=state, artifact_dir=args.artifact, sinks=sinks,
                           outbox_sync="OFF")
+        if node.loaded is not None:
+            warn_informational(node.loaded, log)
         try:
             res = await replay_async(bars, node, close=False)
             paper = next(s for s in node.sinks if s.name == "paper")
-            md = write_report(paper.ledger, args.out, symbol) if args.out and res.signals else None
+            art = node.loaded.artifact if node.loaded else None
+            md = write_report(paper.ledger, args.out, symbol, artifact=art) if args.out and res.signals else None
         finally:
             await node.close()
     finally:

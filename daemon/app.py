@@ -62,6 +62,7 @@ from barsignal.node import (
     load_model,
     load_symbol_models,
     state_dir,
+    warn_informational,
 )
 
 __all__ = ["MAX_CATCHUP_BARS", "Daemon", "Loaded", "hold_sighup", "load_model", "run_daemon", "state_dir"]
@@ -88,28 +89,6 @@ def hold_sighup() -> None:
         signal.signal(signal.SIGHUP, _early_hup)
     except (AttributeError, OSError, ValueError):  # no SIGHUP here / not the main thread
         pass
-
-
-def _log_policy(loaded: Loaded) -> None:
-    """Say what the actions follow when the artifact's policy is to stay flat: the rule as built decides
-    (``[signal]`` thresholds override the flat policy), not the artifact's label."""
-    art = loaded.artifact
-    if not getattr(art, "informational", False):
-        return
-    sig = getattr(art, "signal", {}) or {}
-    reason = sig.get("reason") or "no setting was net-positive after costs"
-    rule = loaded.model.rule
-    if rule.stay_flat:
-        log.warning("signals_informational", artifact=loaded.model.artifact_hash[:12], reason=reason,
-                    hint="every action is flat; p_up is for information, not a trading signal")
-    else:
-        log.warning("signal_policy_overridden", artifact=loaded.model.artifact_hash[:12],
-                    long_threshold=rule.long_threshold,
-                    short_threshold=rule.short_threshold if rule.allow_short else None,
-                    hysteresis=rule.hysteresis, cooldown_bars=rule.cooldown_bars, min_hold_bars=rule.min_hold_bars,
-                    reason=reason,
-                    hint="[signal] thresholds override the artifact's flat policy: actions follow them; "
-                         "this setting was not net-positive on validation")
 
 
 class Daemon:
@@ -247,7 +226,7 @@ class Daemon:
                  backend=loaded.model.info.get("backend"), artifact_from=loaded.source,
                  sinks=[s.name for s in node.sinks], state_dir=str(self.state), warmup_bars=warmup,
                  last_signalled=last)
-        _log_policy(loaded)
+        warn_informational(loaded, log)  # what the actions follow when the artifact's policy is flat
         self.notifier.status(f"warming up: fetching {warmup} bars")
         if len(nodes) == 1:
             loop_ = consume(node, feed, functools.partial(self._after_bar, node=node), ready_ns=lambda: self.ready_ns)
@@ -323,7 +302,7 @@ class Daemon:
         c = self.cfg.metrics
         return LiveMonitor(loaded.model.horizon, c.monitor_window, psi_warn=c.drift_psi_warn,
                            reference=_psi_reference(loaded.artifact), symbol=symbol,
-                           artifact=loaded.model.artifact_hash)
+                           artifact=loaded.model.artifact_hash, move=getattr(loaded.artifact, "move", None))
 
     def _renew_monitors(self) -> None:
         """After a reload: a symbol whose artifact changed starts a fresh monitor (the new model's
@@ -404,7 +383,7 @@ class Daemon:
             m.signals.labels(action=sig.action).inc()
             m.count_signal(node.symbol)
             if mon is not None:
-                mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window)
+                mon.observe_signal(sig.open_time, sig.bar_close, sig.p_up, pipe.last_window, sig.p_move)
                 if (pipe.stats.signals + self._rank.get(node.symbol, 0)) % 10 == 0:
                     self._export_soon(mon)
         if recv_ns is not None and self.keep_warm is not None and node is self.node:
@@ -507,7 +486,7 @@ class Daemon:
                      changed=swapped.old_artifact != swapped.new_artifact, artifact_from=loaded.source,
                      path=loaded.model.info.get("path"), backend=loaded.model.info.get("backend"),
                      warm_bars=swapped.warm_bars)
-            _log_policy(loaded)
+            warn_informational(loaded, log)
             return True
         except (BarsignalError, OSError, ValueError) as exc:
             self.metrics.reloads.labels(result="refused").inc()

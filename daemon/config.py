@@ -96,6 +96,16 @@ class SignalConfig(_Section):
     hysteresis: Annotated[float, Meta(ge=0, le=0.5)] = 0.0
     cooldown_bars: Annotated[int, Meta(ge=0)] = 0
     allow_short: bool = False
+    # The regime rule (engine/regime.py): p_move >= regime_threshold enters "active", which holds down
+    # to regime_threshold - regime_hysteresis; a new regime is held regime_cooldown_bars more bars.
+    regime_threshold: Prob = 0.5
+    regime_hysteresis: Annotated[float, Meta(ge=0, le=0.5)] = 0.05
+    regime_cooldown_bars: Annotated[int, Meta(ge=0)] = 0
+
+    def __post_init__(self) -> None:
+        if self.regime_hysteresis > self.regime_threshold:
+            raise ValueError(f"[signal] regime_hysteresis = {self.regime_hysteresis:g} is above regime_threshold = "
+                             f"{self.regime_threshold:g}; make it at most the threshold")
 
 
 class StdoutSinkConfig(_Section):

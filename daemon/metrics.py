@@ -13,8 +13,15 @@ training distribution. The artifact's normalization makes the training features 
 reference is the manifest's ``features.psi_reference`` (per-feature bin edges and fractions) when the
 artifact ships one, else the standard normal's deciles.
 
+The move head (an artifact with a ``move`` section): once its ``horizon`` bars have passed, a
+p_move's outcome (``|close[t+h] / close[t] - 1| > threshold_bp``) is known; Brier, the Brier of the
+window's own exceedance rate (``brier_base``: a p_move with skill scores below it), calibration, AUC,
+the realized rate and the mean p_move are exported over the last ``monitor_window`` outcomes as
+``barsignal_live_move{symbol,score}`` (:data:`MOVE_SCORES`).
+
 Label cardinality is bounded by the config: every ``symbol`` label is one of ``[feed] symbols``. Per
-symbol: ``barsignal_live_model{symbol,score}`` (5 scores), ``barsignal_feature_psi_max{symbol}``,
+symbol: ``barsignal_live_model{symbol,score}`` (5 scores), ``barsignal_live_move{symbol,score}`` (7),
+``barsignal_feature_psi_max{symbol}``,
 ``barsignal_artifact_score{symbol,score,key}`` (at most 2) and ``barsignal_feature_psi{symbol,feature,name}``
 for the symbol's :data:`PSI_TOP` worst features only (not all 33: 400 symbols make 1,200 series, not 13,200).
 """
@@ -35,6 +42,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from barsignal.daemon.drift import RollingOutcomes, RollingPSI
 from barsignal.engine.metrics import roc_auc
+from barsignal.engine.move import MoveSpec
 from barsignal.features.spec import NAMES
 from barsignal.log import get_logger
 
@@ -46,6 +54,7 @@ LATENCY_BUCKETS = (50e-6, 100e-6, 200e-6, 300e-6, 500e-6, 750e-6, 1e-3, 1.5e-3, 
 _NORMAL_DECILES = np.array([-1.2815516, -0.8416212, -0.5244005, -0.2533471, 0.0,
                             0.2533471, 0.5244005, 0.8416212, 1.2815516])
 LIVE_SCORES = ("accuracy", "brier", "ece", "auc", "n")
+MOVE_SCORES = ("brier", "brier_base", "ece", "auc", "rate", "mean_p", "n")  # barsignal_live_move{score}
 PSI_TOP = 3  # per symbol, the worst features exported with their own PSI series
 PSI_CLEAR = 0.8  # a drift episode ends once the largest PSI is back under this share of the bound
 # Rows before the PSI is measured at all (or the window, if smaller). Fewer rows bias it up by about
@@ -72,7 +81,7 @@ class LiveMonitor:
     def __init__(self, horizon: int, window: int = 1440, step_ms: int = 60_000, n_features: int = 33,
                  psi_warn: float = 0.25, psi_every: int = 60,
                  reference: dict[str, Any] | None = None, symbol: str = "", artifact: str = "",
-                 min_rows: int | None = None) -> None:
+                 min_rows: int | None = None, move: MoveSpec | None = None) -> None:
         self.symbol = symbol
         self.artifact = artifact  # the hash of the model monitored (a reload to another starts a new monitor)
         self.h = max(1, int(horizon))
@@ -101,6 +110,11 @@ class LiveMonitor:
         self.psi_rows = 0  # rows the last PSI was measured on (0: not measured yet)
         self._since_psi = 0
         self.drift_warned = False
+        # -- the move head: (open_time, close, p_move) until its horizon has passed, then (p_move, exceeded)
+        self.move = move
+        mh = move.horizon if move is not None else 1
+        self.move_pending: deque[tuple[int, float, float]] = deque(maxlen=mh + 8)
+        self.move_outcomes = RollingOutcomes(window if move is not None else 1)
 
     def observe_bar(self, open_time: int, close: float) -> None:
         """A closed bar: resolve the prediction made ``h`` bars before it, if any."""
@@ -111,9 +125,25 @@ class LiveMonitor:
             _, c0, p = self.pending.popleft()
             if close != c0:  # the label is the direction; a flat move is no outcome (as in training)
                 self.outcomes.append(p, 1 if close > c0 else 0)
+        if self.move is not None:
+            self._resolve_move(open_time, close)
 
-    def observe_signal(self, open_time: int, close: float, p_up: float, window: np.ndarray | None) -> None:
+    def _resolve_move(self, open_time: int, close: float) -> None:
+        """The p_move made ``move.horizon`` bars before this bar: its outcome is known now."""
+        mv, pend = self.move, self.move_pending
+        assert mv is not None
+        target = open_time - mv.horizon * self.step_ms
+        while pend and pend[0][0] < target:
+            pend.popleft()  # its t+h bar never came (a gap): no outcome
+        if pend and pend[0][0] == target:
+            _, c0, p = pend.popleft()
+            self.move_outcomes.append(p, 1 if abs(close / c0 - 1.0) > mv.threshold_bp / 1e4 else 0)
+
+    def observe_signal(self, open_time: int, close: float, p_up: float, window: np.ndarray | None,
+                       p_move: float | None = None) -> None:
         self.pending.append((open_time, close, p_up))
+        if p_move is not None and self.move is not None:
+            self.move_pending.append((open_time, close, p_move))
         if window is not None:
             self.rows.add(window[-1])
             self._since_psi += 1
@@ -158,6 +188,25 @@ class LiveMonitor:
                 ece += m.mean() * abs(p[m].mean() - y[m].mean())
         return {"accuracy": float(((p >= 0.5) == (y == 1)).mean()), "brier": float(((p - y) ** 2).mean()),
                 "ece": float(ece), "auc": roc_auc(y, p), "n": float(len(p))}
+
+    def move_scores(self) -> dict[str, float]:
+        """The move head's :data:`MOVE_SCORES` over the resolved p_move (NaN and n = 0 before any)."""
+        if self.move is None or not len(self.move_outcomes):
+            return {k: 0.0 if k == "n" else math.nan for k in MOVE_SCORES}
+        p, y = self.move_outcomes.arrays()
+        rate = float(y.mean())
+        return {"brier": float(((p - y) ** 2).mean()), "brier_base": rate * (1.0 - rate), "ece": _ece(p, y),
+                "auc": roc_auc(y, p) if 0.0 < rate < 1.0 else math.nan, "rate": rate, "mean_p": float(p.mean()),
+                "n": float(len(p))}
+
+
+def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error over ``bins`` equal-width bins of ``p``."""
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    m = n > 0
+    gap = np.abs(np.bincount(b, p, bins)[m] / n[m] - np.bincount(b, y, bins)[m] / n[m])
+    return float(np.sum(n[m] / len(p) * gap))
 
 
 def feature_name(j: int) -> str:
@@ -213,6 +262,9 @@ class DaemonMetrics:
         self.reloads = Counter("barsignal_reloads", "SIGHUP reloads, by result", ["result"], registry=r)
         self.live = Gauge("barsignal_live_model", "rolling live model scores once h bars passed, by symbol",
                           ["symbol", "score"], registry=r)
+        self.live_move = Gauge("barsignal_live_move", "rolling live scores of p_move (the move head) once its "
+                               "horizon passed, by symbol (NaN, n = 0: none yet, or no move head)",
+                               ["symbol", "score"], registry=r)
         self.psi = Gauge("barsignal_feature_psi", f"feature drift: PSI vs the symbol's training distribution, "
                          f"its {PSI_TOP} worst features only", ["symbol", "feature", "name"], registry=r)
         self.psi_max = Gauge("barsignal_feature_psi_max", "largest feature PSI, by symbol (NaN: not measured yet)",
@@ -238,6 +290,8 @@ class DaemonMetrics:
         for s in self.symbols:
             for k in LIVE_SCORES:
                 self.live.labels(symbol=s, score=k).set(0.0 if k == "n" else math.nan)
+            for k in MOVE_SCORES:
+                self.live_move.labels(symbol=s, score=k).set(0.0 if k == "n" else math.nan)
             self.psi_max.labels(symbol=s).set(math.nan)
         self.psi_bound.set(math.nan)
         self._sources: dict[str, Callable[[], Any]] = {}
@@ -293,6 +347,8 @@ class DaemonMetrics:
             return
         for k, v in mon.scores().items():
             self.live.labels(symbol=sym, score=k).set(v)
+        for k, v in mon.move_scores().items():
+            self.live_move.labels(symbol=sym, score=k).set(v)
         for labels in self._psi_shown.pop(sym, []):
             self.psi.remove(*labels)
         shown = []

@@ -1,5 +1,9 @@
 """The one pipeline: bar -> online features -> window -> scorer -> signal rule -> ``Signal``.
 
+Beside the features, the model's move forecaster (``engine/move.py``; none when the artifact has no
+``move`` section) sees every bar the features accept, warm-up and already-signalled bars included,
+and gives each signal its ``p_move`` and ``sigma_bp``; the rule turns ``p_move`` into the regime.
+
 Live (``barsignal run``), replay and parity plug different bar sources into the same
 :class:`Pipeline` (assembled by ``barsignal.node.build_node``). ``process(bar)`` handles one bar,
 always through the scorer's batch-1 ``score``: there is no batched path (ONNX Runtime's
@@ -26,10 +30,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from barsignal.daemon.recent import BarRing
+from barsignal.engine.move import MoveForecaster
 from barsignal.engine.scorer import Scorer
 from barsignal.engine.signal import RuleState, Signal, SignalRule, signal_id
 from barsignal.errors import BadMessage
 from barsignal.features.bar import Bar
+
+NAN = float("nan")
+_NO_MOVE = (NAN, NAN)
 
 
 class WindowFeatures(Protocol):
@@ -55,6 +63,7 @@ class Model:
     artifact_hash: str
     horizon: int = 1
     info: dict[str, Any] = field(default_factory=dict)
+    move: MoveForecaster | None = None  # the artifact's move forecaster (per symbol), if it has one
 
 
 @dataclass(slots=True)
@@ -78,6 +87,7 @@ class Prepared:
     t1: int
     p_up: float = 0.0
     score_ns: int = 0
+    move: tuple[float, float] = _NO_MOVE  # the forecaster's (p_move, sigma_bp) for this bar
 
 
 class Pipeline:
@@ -100,6 +110,7 @@ class Pipeline:
         # The last bars seen, so a hot swap can warm up the new model's features (bounded).
         self.recent = BarRing(keep_bars)
         self._rehearsal: tuple[tuple[int, int], Any, int] | None = None  # (bar, rule id), rule copy, time
+        self.move_out: tuple[float, float] = _NO_MOVE  # the forecaster's output for the newest bar
 
     # -- one bar -------------------------------------------------------------------------------
     def process(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
@@ -112,7 +123,7 @@ class Pipeline:
         t1 = self._clock()
         p_up = float(np.float32(self.model.scorer.score(window)))
         t2 = self._clock()
-        sig = self._signal(bar, p_up)
+        sig = self._signal(bar, p_up, self.move_out)
         _stamp(sig, recv_ns, t0, t1, t2 - t1, t2, self._clock())
         return sig
 
@@ -125,7 +136,7 @@ class Pipeline:
         if window is None:
             return None
         t1 = self._clock()
-        return Prepared(bar, np.array(window, dtype=np.float32, copy=True), recv_ns, t0, t1)
+        return Prepared(bar, np.array(window, dtype=np.float32, copy=True), recv_ns, t0, t1, move=self.move_out)
 
     def score_prepared(self, p: Prepared) -> None:
         """The score step: the same batch-1 ``score`` call on the same window as :meth:`process`."""
@@ -136,18 +147,18 @@ class Pipeline:
     def finish(self, p: Prepared) -> Signal:
         """The rule step: the bar's signal, as :meth:`process` returns it (latency fields included)."""
         t2 = self._clock()
-        sig = self._signal(p.bar, p.p_up)
+        sig = self._signal(p.bar, p.p_up, p.move)
         _stamp(sig, p.recv_ns, p.t0, p.t1, p.score_ns, t2, self._clock())
         return sig
 
     # -- keep-warm ------------------------------------------------------------------------------
     def rehearse(self) -> tuple[Signal, RuleState] | None:
         """Run the hot path and discard the results: the features on a synthetic next bar (their own
-        state, every value put back: this stream's data is warm too), the scorer on the current
-        window, a copy of the rule and a signal built from that score, returned with the copy's
-        state for the node's own rehearsal (:meth:`Node.rehearse`). Keep-warm (``daemon/keepwarm.py``)
-        calls this just before a bar is due, so that the bar finds code and data hot. Nothing the
-        signals depend on changes."""
+        state, every value put back: this stream's data is warm too), the move forecaster on the same
+        bar (snapshot, update, restore), the scorer on the current window, a copy of the rule and a
+        signal built from both, returned with the copy's state for the node's own rehearsal
+        (:meth:`Node.rehearse`). Keep-warm (``daemon/keepwarm.py``) calls this just before a bar is
+        due, so that the bar finds code and data hot. Nothing the signals depend on changes."""
         if self.last_window is None or not self.recent:
             return None
         last = self.recent[-1]
@@ -156,18 +167,30 @@ class Pipeline:
             step = last.open_time - self.recent[-2].open_time if len(self.recent) > 1 else 60_000
             self._rehearsal = key, copy.deepcopy(self.model.rule), last.open_time + step
         _, rule, t = self._rehearsal
-        self.model.features.rehearse(Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source))
+        bar = Bar(t, last.open, last.high, last.low, last.close, last.volume, last.source)
+        self.model.features.rehearse(bar)
+        mv = self.model.move
+        p_move, sigma = _NO_MOVE
+        if mv is not None:
+            snap = mv.snapshot()
+            try:
+                p_move, sigma = mv.update(bar)
+            finally:
+                mv.restore(snap)
         p_up = float(np.float32(self.model.scorer.score(self.last_window)))
-        action = rule.update(p_up)
+        action = rule.update(p_up, p_move)
+        known = p_move == p_move
         return Signal(id=signal_id(self.symbol, t, self.model.artifact_hash), symbol=self.symbol,
                       open_time=t, bar_open=last.open, bar_close=last.close, p_up=p_up, action=action,
-                      artifact=self.model.artifact_hash, source=last.source, latency_us={}), rule.state
+                      artifact=self.model.artifact_hash, source=last.source, latency_us={},
+                      p_move=p_move if known else None, sigma_bp=sigma if sigma == sigma else None,
+                      regime=rule.state.regime if known else None), rule.state
 
     # -- hot swap ------------------------------------------------------------------------------
     def swap(self, model: Model) -> None:
-        """Replace features, scorer, rule and artifact hash in one step; the rule resumes from the
-        current rule state. The caller warms the new model's features on ``self.recent`` first
-        (see :func:`warm`)."""
+        """Replace features, move forecaster, scorer, rule and artifact hash in one step; the rule
+        resumes from the current rule state. The caller warms the new model's features and forecaster
+        on ``self.recent`` first (see :func:`warm`)."""
         model.rule.state = self.model.rule.state
         self.model = model
 
@@ -181,6 +204,8 @@ class Pipeline:
         except BadMessage:
             self.stats.invalid += 1
             return None
+        mv = self.model.move
+        self.move_out = mv.update(bar) if mv is not None else _NO_MOVE  # a swap may drop the move head
         self.last_open_time = bar.open_time
         self.stats.bars += 1
         if self.recent.maxlen:
@@ -196,15 +221,19 @@ class Pipeline:
             return None
         return window
 
-    def _signal(self, bar: Bar, p_up: float) -> Signal:
+    def _signal(self, bar: Bar, p_up: float, move: tuple[float, float]) -> Signal:
         m = self.model
-        action = m.rule.update(p_up)
+        p_move, sigma = move
+        action = m.rule.update(p_up, p_move)
         self.last_signalled = bar.open_time
         self.stats.signals += 1
+        known = p_move == p_move  # not NaN: JSON has no NaN, a signal carries None (null) instead
         return Signal(
             id=signal_id(self.symbol, bar.open_time, m.artifact_hash), symbol=self.symbol,
             open_time=bar.open_time, bar_open=bar.open, bar_close=bar.close, p_up=p_up, action=action,
             artifact=m.artifact_hash, source=bar.source, latency_us={},
+            p_move=p_move if known else None, sigma_bp=sigma if sigma == sigma else None,
+            regime=m.rule.state.regime if known else None,
         )
 
     @property
@@ -218,9 +247,12 @@ def _stamp(sig: Signal, recv_ns: int | None, t0: int, t1: int, score_ns: int, t2
                           features=(t1 - t0) / 1e3, score=score_ns / 1e3, emit=(t3 - t2) / 1e3)
 
 
-def warm(features: WindowFeatures, bars: Iterable[Bar]) -> bool:
-    """Feed ``bars`` to fresh features; True when they produce a window (the model is warm)."""
+def warm(features: WindowFeatures, bars: Iterable[Bar], move: MoveForecaster | None = None) -> bool:
+    """Feed ``bars`` to fresh features (and the model's move forecaster, as the pipeline does); True
+    when they produce a window (the model is warm)."""
     ready = False
     for b in bars:
         ready = features.update(b) is not None
+        if move is not None:
+            move.update(b)
     return ready

@@ -3,7 +3,8 @@
 The manifest carries everything needed to run the model and to refuse it when it does not fit:
 format version, model config, the feature-schema hash, normalization statistics, window shape,
 signal thresholds and rule (chosen on validation), horizon, metrics, the variants with their files,
-the sha256 of every file, and the command and versions that created it.
+the sha256 of every file, and the command and versions that created it; optionally the move-size
+forecast (``move``: horizon, threshold_bp, kind, params; see ``engine/move.py``).
 
 ``load_artifact`` verifies every file's sha256 and the schema hash against the code BEFORE any
 backend loads a byte of model, and raises :class:`ArtifactError` naming the file and the mismatch.
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from barsignal.engine.move import MoveSpec
 from barsignal.errors import ArtifactError
 from barsignal.fsutil import file_sha256
 
@@ -86,6 +88,14 @@ class Artifact:
         validation): its p_up is shipped for information, not as a trading signal."""
         sig = self.manifest.get("signal") or {}
         return bool(sig.get("informational")) or sig.get("policy") == "flat"
+
+    @property
+    def move(self) -> MoveSpec | None:
+        """The move-size forecast's spec (manifest ``move``: horizon, threshold_bp, kind, params),
+        verified at load; None when the artifact has no ``move`` section (its signals then carry
+        ``p_move``, ``sigma_bp`` and ``regime`` as null)."""
+        m = self.manifest.get("move")
+        return MoveSpec.from_manifest(m) if m is not None else None
 
     @property
     def baselines(self) -> dict[str, Any] | None:
@@ -204,7 +214,21 @@ def load_artifact(path: str | os.PathLike[str] | None = None, *, expected_schema
             f" {want_schema[:16]}...; the model was trained on other features: retrain or use a matching"
             " barsignal version"
         )
+    if manifest.get("move") is not None:
+        _check_move(mpath, manifest["move"])
     return Artifact(path=root.resolve(), manifest=manifest, hash=hashlib.sha256(raw).hexdigest())
+
+
+def _check_move(mpath: Path, move: Any) -> None:
+    """The ``move`` section parses and names a known kind whose forecaster accepts its params."""
+    from barsignal.engine.move_registry import build
+
+    if not isinstance(move, Mapping):
+        raise ArtifactError(f"{mpath}: 'move' must be an object (horizon, threshold_bp, kind, params), got {move!r}")
+    try:
+        build(MoveSpec.from_manifest(move))
+    except ValueError as exc:
+        raise ArtifactError(f"{mpath}: {exc}") from None
 
 
 def versions() -> dict[str, str]:

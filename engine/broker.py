@@ -100,6 +100,9 @@ class EquityRow:
     qty: float
     cash: float
     equity: float
+    p_move: float | None = None  # the signal's move forecast and regime (None: it had none)
+    sigma_bp: float | None = None
+    regime: str | None = None
 
 
 def new_account(symbol: str, rules: Rules) -> Account:
@@ -183,5 +186,5 @@ def step(acct: Account, sig: Signal, rules: Rules) -> tuple[Account, Fill | None
     acct = Account(a.symbol, a.cash, a.qty, a.avg_price, a.realized, a.fees, a.traded_notional, a.trip_pnl,
                    pending_dir, pending_id, sig.open_time, sig.bar_close, a.bars + 1)
     row = EquityRow(sig.id, sig.symbol, sig.open_time, sig.bar_open, sig.bar_close, sig.p_up, sig.action,
-                    acct.qty, acct.cash, acct.cash + acct.qty * sig.bar_close)
+                    acct.qty, acct.cash, acct.cash + acct.qty * sig.bar_close, sig.p_move, sig.sigma_bp, sig.regime)
     return acct, fill, row

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from barsignal.engine.regime import NEVER, REGIMES, RegimeRule
+
 ACTIONS = ("long", "short", "flat")
 
 
@@ -26,6 +28,12 @@ class Signal:
     artifact: str  # the model artifact's hash
     source: str = "ws"  # where the scored bar came from: ws | rest | file
     latency_us: dict[str, float] = field(default_factory=dict)  # recv_to_bar, features, score, emit
+    # The move-size forecast (engine/move.py), None (JSON null, never NaN) while its forecaster warms up
+    # or when the artifact has none: P(|close[t+h] / close[t] - 1| > threshold_bp), its scale in bp,
+    # and the regime rule's "calm" / "active" for it.
+    p_move: float | None = None
+    sigma_bp: float | None = None
+    regime: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -33,20 +41,27 @@ class Signal:
 
 @dataclass(frozen=True, slots=True)
 class RuleState:
-    """What the rule remembers between bars: the action held and bars since it last changed."""
+    """What the rule remembers between bars: the action held and bars since it last changed, and the
+    same two for the regime (a state stored without them starts "calm", with no cooldown)."""
 
     action: str = "flat"
     held_bars: int = 1 << 30  # bars since the last change (large: no cooldown at start)
+    regime: str = "calm"
+    regime_bars: int = NEVER  # bars since the regime last changed
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "held_bars": self.held_bars}
+        return {"action": self.action, "held_bars": self.held_bars, "regime": self.regime,
+                "regime_bars": self.regime_bars}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RuleState:
         action = str(d.get("action", "flat"))
         if action not in ACTIONS:
             raise ValueError(f"rule state: unknown action {action!r}; expected one of {ACTIONS}")
-        return cls(action, int(d.get("held_bars", 1 << 30)))
+        regime = str(d.get("regime", "calm"))
+        if regime not in REGIMES:
+            raise ValueError(f"rule state: unknown regime {regime!r}; expected one of {REGIMES}")
+        return cls(action, int(d.get("held_bars", 1 << 30)), regime, int(d.get("regime_bars", NEVER)))
 
 
 class SignalRule:
@@ -61,15 +76,19 @@ class SignalRule:
     - ``stay_flat``: every action is flat (the artifact's policy when no setting was net-positive
       after costs on validation; its p_up is then informational).
 
-    Pure and deterministic: the same p_up sequence from the same state gives the same actions.
+    - ``regime`` (:class:`~barsignal.engine.regime.RegimeRule`) turns the bar's p_move into "calm" /
+      "active" beside the action; both live in one :class:`RuleState`.
+
+    Pure and deterministic: the same p_up (and p_move) sequence from the same state gives the same
+    actions (and regimes).
     """
 
     __slots__ = ("allow_short", "cooldown_bars", "hysteresis", "long_threshold", "min_hold_bars",
-                 "short_threshold", "state", "stay_flat")
+                 "regime", "short_threshold", "state", "stay_flat")
 
     def __init__(self, long_threshold: float, short_threshold: float, hysteresis: float = 0.0,
                  cooldown_bars: int = 0, allow_short: bool = False, state: RuleState | None = None,
-                 min_hold_bars: int = 0, stay_flat: bool = False) -> None:
+                 min_hold_bars: int = 0, stay_flat: bool = False, regime: RegimeRule | None = None) -> None:
         if not 0.0 <= short_threshold <= long_threshold <= 1.0:
             raise ValueError(f"signal thresholds: need 0 <= short ({short_threshold}) <= long "
                              f"({long_threshold}) <= 1; fix [signal] or the artifact's thresholds")
@@ -82,6 +101,7 @@ class SignalRule:
         self.allow_short = bool(allow_short)
         self.min_hold_bars = int(min_hold_bars)
         self.stay_flat = bool(stay_flat)
+        self.regime = regime or RegimeRule()
         self.state = state or RuleState()
 
     @classmethod
@@ -110,20 +130,22 @@ class SignalRule:
                 raise ValueError("[signal] allow_short = true, but the artifact has no short_threshold; "
                                  "set [signal] short_threshold")
             short_t = 0.0  # unused: without shorts that zone is flat
-        return cls(long_t, short_t, hysteresis, cooldown, cfg.allow_short, state, min_hold, stay_flat)
+        regime = RegimeRule.from_config(cfg) if hasattr(cfg, "regime_threshold") else None
+        return cls(long_t, short_t, hysteresis, cooldown, cfg.allow_short, state, min_hold, stay_flat, regime)
 
     def params(self) -> dict[str, Any]:
         """The settings (not the state): what the bar record keeps so parity rebuilds this rule."""
         return {"long_threshold": self.long_threshold, "short_threshold": self.short_threshold,
                 "hysteresis": self.hysteresis, "cooldown_bars": self.cooldown_bars, "allow_short": self.allow_short,
-                "min_hold_bars": self.min_hold_bars, "stay_flat": self.stay_flat}
+                "min_hold_bars": self.min_hold_bars, "stay_flat": self.stay_flat, "regime": self.regime.params()}
 
     @classmethod
     def from_params(cls, d: dict[str, Any], state: RuleState | None = None) -> SignalRule:
-        """The rule :meth:`params` described (a bar record's ``rule``)."""
+        """The rule :meth:`params` described (a bar record's ``rule``; one without ``regime``: the
+        regime rule's defaults)."""
         return cls(float(d["long_threshold"]), float(d["short_threshold"]), float(d["hysteresis"]),
                    int(d["cooldown_bars"]), bool(d["allow_short"]), state, int(d["min_hold_bars"]),
-                   bool(d["stay_flat"]))
+                   bool(d["stay_flat"]), RegimeRule.from_params(d.get("regime")))
 
     def target(self, p_up: float, held: str) -> str:
         """The action ``p_up`` asks for, given the action held (hysteresis, no cooldown)."""
@@ -136,14 +158,15 @@ class SignalRule:
             return "short"
         return "flat"
 
-    def update(self, p_up: float) -> str:
-        """Advance one bar and return its action."""
+    def update(self, p_up: float, p_move: float = float("nan")) -> str:
+        """Advance one bar and return its action; the regime for ``p_move`` is then ``state.regime``."""
         st = self.state
         held_bars = st.held_bars + 1
         want = "flat" if self.stay_flat else self.target(p_up, st.action)
+        regime, regime_bars = self.regime.step(st.regime, st.regime_bars, p_move)
         if (want != st.action and held_bars > self.cooldown_bars
                 and (st.action == "flat" or held_bars >= self.min_hold_bars)):
-            self.state = RuleState(want, 0)
+            self.state = RuleState(want, 0, regime, regime_bars)
         else:
-            self.state = RuleState(st.action, min(held_bars, 1 << 30))
+            self.state = RuleState(st.action, min(held_bars, 1 << 30), regime, regime_bars)
         return self.state.action

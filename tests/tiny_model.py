@@ -12,6 +12,7 @@ import numpy as np
 from barsignal.features.bar import Bar
 
 T, F = 30, 33
+MOVE_HORIZON, MOVE_THRESHOLD_BP = 15, 10.0  # the tiny artifact's move forecast: P(|r_15| > 10 bp)
 
 
 def write_tiny_onnx(dest: Path, seed: int = 0, bias: float = 0.0) -> tuple[Path, Path]:
@@ -47,9 +48,11 @@ def write_tiny_onnx(dest: Path, seed: int = 0, bias: float = 0.0) -> tuple[Path,
 
 
 def write_tiny_artifact(dest: Path, fit_bars: Sequence[Bar], *, seed: int = 0, bias: float = 0.0,
-                        signal: dict | None = None, metrics: dict | None = None) -> Path:
-    """A real artifact (``write_artifact``, so it verifies) with the tiny model, variant ``tiny``, and a
-    Normalizer fitted on ``fit_bars``."""
+                        signal: dict | None = None, metrics: dict | None = None, move: bool = True) -> Path:
+    """A real artifact (``write_artifact``, so it verifies) with the tiny model, variant ``tiny``, a
+    Normalizer fitted on ``fit_bars`` and (``move``) the ``rvol_logistic`` move forecast with its a and b
+    fitted on the same bars (``engine.move_persistence.fit``)."""
+    from barsignal.engine import move_persistence
     from barsignal.engine.artifact import write_artifact
     from barsignal.features import batch
     from barsignal.features.bar import BarFrame
@@ -63,5 +66,7 @@ def write_tiny_artifact(dest: Path, fit_bars: Sequence[Bar], *, seed: int = 0, b
                    signal=signal or {"long_threshold": 0.52, "short_threshold": 0.48, "rule": "threshold"},
                    variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
                    default_variant="tiny", horizon=1, metrics=metrics or {},
-                   command="tests/tiny_model.py")
+                   command="tests/tiny_model.py",
+                   extra={"move": move_persistence.fit(fit_bars, MOVE_HORIZON, MOVE_THRESHOLD_BP).to_manifest()}
+                   if move else None)
     return dest

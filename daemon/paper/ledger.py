@@ -42,6 +42,7 @@ CREATE TABLE IF NOT EXISTS equity (
     seq INTEGER PRIMARY KEY, signal_id TEXT NOT NULL UNIQUE, symbol TEXT NOT NULL,
     open_time INTEGER NOT NULL, bar_open REAL NOT NULL, bar_close REAL NOT NULL, p_up REAL NOT NULL,
     action TEXT NOT NULL, qty REAL NOT NULL, cash REAL NOT NULL, equity REAL NOT NULL,
+    p_move REAL, sigma_bp REAL, regime TEXT,
     UNIQUE (symbol, open_time)
 );
 """
@@ -51,7 +52,9 @@ _POS_COLS = ("symbol", "cash", "qty", "avg_price", "realized", "fees", "traded_n
 _UPSERT_POSITION = (f"INSERT OR REPLACE INTO positions ({', '.join(_POS_COLS)}) "
                     f"VALUES ({', '.join('?' * len(_POS_COLS))})")
 _INSERT_EQUITY = ("INSERT OR IGNORE INTO equity (signal_id, symbol, open_time, bar_open, bar_close, p_up, action, "
-                  "qty, cash, equity) VALUES (?,?,?,?,?,?,?,?,?,?)")
+                  "qty, cash, equity, p_move, sigma_bp, regime) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)")
+# Columns added to ``equity`` after its first release: nullable, added in place to an older ledger.
+_EQUITY_ADDED = (("p_move", "REAL"), ("sigma_bp", "REAL"), ("regime", "TEXT"))
 _INSERT_FILL = ("INSERT INTO fills (signal_id, symbol, open_time, side, qty, price, fee, realized, trip_pnl, "
                 "position) VALUES (?,?,?,?,?,?,?,?,?,?)")
 
@@ -105,6 +108,10 @@ class PaperLedger:
             self._db.execute(f"PRAGMA synchronous={durability.upper()}")
             self._db.execute("PRAGMA busy_timeout=5000")
             self._db.executescript(_SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(equity)")}
+            for col, kind in _EQUITY_ADDED:
+                if col not in have:  # a ledger written before the move forecast: its rows read as null
+                    self._db.execute(f"ALTER TABLE equity ADD COLUMN {col} {kind}")
         except sqlite3.DatabaseError as exc:
             raise DataError(f"{self.path}: cannot open the paper ledger ({exc}); move it aside "
                             "or point [paper] ledger at a new file") from None
@@ -194,7 +201,8 @@ class PaperLedger:
         new, fill, row = step(acct, sig, self.rules)
         with self._tx() as db:
             cur = db.execute(_INSERT_EQUITY, (row.signal_id, row.symbol, row.open_time, row.bar_open, row.bar_close,
-                                              row.p_up, row.action, row.qty, row.cash, row.equity))
+                                              row.p_up, row.action, row.qty, row.cash, row.equity, row.p_move,
+                                              row.sigma_bp, row.regime))
             if cur.rowcount == 0:  # another process applied it: re-read, never double-count
                 db.execute("ROLLBACK")
                 self._reload(sig.symbol)
@@ -232,7 +240,7 @@ class PaperLedger:
             new, fill, row = step(acct, sig, self.rules)
             staged[sig.symbol] = new
             eq_rows.append((row.signal_id, row.symbol, row.open_time, row.bar_open, row.bar_close, row.p_up,
-                            row.action, row.qty, row.cash, row.equity))
+                            row.action, row.qty, row.cash, row.equity, row.p_move, row.sigma_bp, row.regime))
             if fill is not None:
                 fill_rows.append((fill.signal_id, fill.symbol, fill.open_time, fill.side, fill.qty,
                                   fill.price, fill.fee, fill.realized, fill.trip_pnl, fill.position))
@@ -278,8 +286,8 @@ class PaperLedger:
 
     def equity_rows(self, symbol: str) -> Iterator[EquityRow]:
         yield from (EquityRow(*r) for r in self._db.execute(
-            "SELECT signal_id, symbol, open_time, bar_open, bar_close, p_up, action, qty, cash, equity "
-            "FROM equity WHERE symbol=? ORDER BY open_time", (symbol,)))
+            "SELECT signal_id, symbol, open_time, bar_open, bar_close, p_up, action, qty, cash, equity, p_move, "
+            "sigma_bp, regime FROM equity WHERE symbol=? ORDER BY open_time", (symbol,)))
 
     def close(self) -> None:
         self._db.close()

@@ -1,4 +1,6 @@
-"""Backtest report: metrics of a paper account beside buy-and-hold on the same bars, Markdown + PNG.
+"""Backtest report: metrics of a paper account beside buy-and-hold on the same bars, Markdown + PNG,
+and the move head scored against what happened (:func:`move_scores`: realized exceedance rate beside
+the mean p_move, Brier, log-loss, AUC, calibration, and the exceedance rate in each regime).
 
 Returns are per bar (1 minute). Sharpe and Sortino are annualized with sqrt(525,600), the number of
 1-minute bars in a 365-day year (crypto trades around the clock), and use a zero risk-free rate.
@@ -9,14 +11,18 @@ to add the chart.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from barsignal.daemon.paper.ledger import PaperLedger
 from barsignal.engine.broker import Fill, Rules
+from barsignal.engine.metrics import roc_auc
+from barsignal.engine.move import MoveSpec
 
 BARS_PER_YEAR = 525_600  # 1-minute bars in 365 days
 ANNUALIZATION = math.sqrt(BARS_PER_YEAR)
@@ -33,14 +39,18 @@ class Series:
     qty: np.ndarray
     equity: np.ndarray
     fills: list[Fill]
+    p_move: np.ndarray | None = None  # the signals' p_move (NaN where a signal had none)
+    active: np.ndarray | None = None  # the signals' regime was "active" (bool)
 
     @classmethod
     def from_ledger(cls, ledger: PaperLedger, symbol: str) -> Series:
         rows = list(ledger.equity_rows(symbol))
         cols = list(zip(*[(r.open_time, r.bar_open, r.bar_close, r.qty, r.equity) for r in rows],
                         strict=True)) or [(), (), (), (), ()]
+        p_move = np.array([math.nan if r.p_move is None else r.p_move for r in rows], np.float64)
+        active = np.array([r.regime == "active" for r in rows], bool)
         return cls(symbol, np.array(cols[0], dtype=np.int64),
-                   *(np.array(c, dtype=np.float64) for c in cols[1:]), ledger.fills(symbol))
+                   *(np.array(c, dtype=np.float64) for c in cols[1:]), ledger.fills(symbol), p_move, active)
 
 
 @dataclass(frozen=True)
@@ -139,6 +149,51 @@ def buy_and_hold(s: Series, rules: Rules) -> tuple[Metrics, np.ndarray]:
     return m, eq
 
 
+@dataclass(frozen=True)
+class MoveScores:
+    """The move head over a replay: each bar with a p_move whose bar ``horizon`` later is in the series."""
+
+    horizon: int
+    threshold_bp: float
+    n: int  # bars scored
+    realized: float  # share of them whose |move| exceeded the threshold
+    mean_p: float  # mean p_move over them
+    brier: float
+    brier_base: float  # Brier of always forecasting ``realized`` (in hindsight): skill needs below this
+    log_loss: float
+    auc: float
+    ece: float  # expected calibration error, 10 equal-width bins
+    active_share: float  # share of the scored bars in the "active" regime
+    realized_active: float  # exceedance rate in the active regime (NaN: none)
+    realized_calm: float
+
+
+def move_scores(s: Series, spec: MoveSpec, step_ms: int = 60_000) -> MoveScores | None:
+    """Score ``s.p_move`` against ``|close[t+h] / close[t] - 1| > threshold`` (None: nothing to score)."""
+    if s.p_move is None or not len(s.open_time):
+        return None
+    later = s.open_time + spec.horizon * step_ms
+    j = np.searchsorted(s.open_time, later)
+    j_ok = j < len(s.open_time)
+    has = np.zeros(len(j), bool)
+    has[j_ok] = s.open_time[j[j_ok]] == later[j_ok]  # the bar h later is there (no gap)
+    ok = has & np.isfinite(s.p_move)
+    if not ok.any():
+        return None
+    p = np.clip(s.p_move[ok], 1e-12, 1 - 1e-12)
+    y = (np.abs(s.bar_close[j[ok]] / s.bar_close[ok] - 1.0) > spec.threshold_bp / 1e4).astype(np.float64)
+    act = s.active[ok] if s.active is not None else np.zeros(len(p), bool)
+    rate = float(y.mean())
+    bins = np.minimum((p * 10).astype(int), 9)
+    ece = sum(float((bins == b).mean()) * abs(float(p[bins == b].mean() - y[bins == b].mean()))
+              for b in range(10) if (bins == b).any())
+    return MoveScores(
+        spec.horizon, spec.threshold_bp, len(p), rate, float(p.mean()), float(((p - y) ** 2).mean()),
+        rate * (1 - rate), float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        roc_auc(y, p) if 0 < rate < 1 else math.nan, ece, float(act.mean()),
+        float(y[act].mean()) if act.any() else math.nan, float(y[~act].mean()) if (~act).any() else math.nan)
+
+
 def _pct(x: float) -> str:
     return "n/a" if math.isnan(x) else f"{x * 100:+.2f} %"
 
@@ -160,15 +215,65 @@ def _settings(rules: Rules) -> str:
             f"fill, sizing {size}, {side}, initial cash {rules.initial_cash:,.2f}")
 
 
-def render_markdown(s: Series, rules: Rules, strat: Metrics, bh: Metrics, png: str | None,
-                    png_note: str = "") -> str:
-    n = len(s.open_time)
-    span = f"{_ts(int(s.open_time[0]))} → {_ts(int(s.open_time[-1]))} UTC" if n else "no bars"
-    verdict = ("**The strategy lost money after fees.**" if strat.total_return < 0 else
-               "The strategy made money after fees.")
+def verdict(strat: Metrics, bh: Metrics, rules: Rules, policy: Mapping[str, Any] | None = None) -> str:
+    """The report's first sentences. No fills: it says so and why (never "made money" or "beat
+    buy-and-hold"); ``policy`` is the artifact's ``signal`` section, when known."""
+    if strat.fills == 0:
+        pol = dict(policy or {})
+        if pol.get("policy") == "flat" or pol.get("informational"):
+            why = pol.get("reason") or "no setting of the rule was net-positive after costs on validation"
+            return (f"**No trades: the artifact's policy is flat** ({why}). Every action was flat, so the "
+                    f"account kept its cash ({_pct(strat.total_return)}); its p_up is informational. "
+                    f"Buy-and-hold returned {_pct(bh.total_return)} over these bars.")
+        return ("**No trades:** no signal reached the rule's thresholds over these bars, so the account "
+                f"kept its cash ({_pct(strat.total_return)}). Buy-and-hold returned {_pct(bh.total_return)}.")
+    if strat.total_return < 0:
+        first = "**The strategy lost money after fees.**"
+    elif strat.total_return == 0:
+        first = "The strategy broke even after fees."
+    else:
+        first = "The strategy made money after fees."
     vs = ("It did worse than buy-and-hold." if strat.total_return < bh.total_return
+          else "It did as well as buy-and-hold." if strat.total_return == bh.total_return
           else "It beat buy-and-hold over these bars.")
     gross = strat.final_equity + strat.fees - rules.initial_cash
+    return (f"{first} {vs} Its trades' price PnL before fees was {gross:+,.2f} "
+            f"({gross / rules.initial_cash * 100:+.2f} % of the initial cash); fees took {strat.fees:,.2f}.")
+
+
+def render_move(ms: MoveScores | None, spec: MoveSpec | None, artifact_known: bool = True) -> list[str]:
+    """The move head's section (Markdown lines)."""
+    head = ["## Move head: p_move", ""]
+    if not artifact_known:
+        return [*head, "Not scored: the artifact that made these signals was not given (its move horizon and "
+                "threshold say what p_move forecasts); pass --artifact DIR.", ""]
+    if spec is None:
+        return [*head, "The artifact has no move forecast (its signals carry p_move = null).", ""]
+    target = f"|close[t+{spec.horizon}] / close[t] − 1| > {spec.threshold_bp:g} bp"
+    if ms is None:
+        return [*head, f"No bar had both a p_move and the bar {spec.horizon} later: nothing scored ({target}).", ""]
+    rows = [
+        ("Bars scored", f"{ms.n:,}"),
+        ("Realized exceedance rate", _pct(ms.realized).lstrip("+")),
+        ("Mean p_move", _pct(ms.mean_p).lstrip("+")),
+        ("Brier score (lower is better)", f"{ms.brier:.4f}"),
+        ("Brier of the realized rate, known in hindsight", f"{ms.brier_base:.4f}"),
+        ("Log-loss", f"{ms.log_loss:.4f}"),
+        ("AUC", _num(ms.auc) if math.isnan(ms.auc) else f"{ms.auc:.3f}"),
+        ("Calibration error (ECE, 10 bins)", f"{ms.ece:.4f}"),
+        ("Bars in the active regime", _pct(ms.active_share).lstrip("+")),
+        ("Exceedance rate when active / calm",
+         f"{_pct(ms.realized_active).lstrip('+')} / {_pct(ms.realized_calm).lstrip('+')}"),
+    ]
+    return [*head, f"p_move forecasts P({target}); scored on every bar whose bar {spec.horizon} later is "
+            "in the replay.", "", "| | |", "|---|---:|", *[f"| {a} | {b} |" for a, b in rows], ""]
+
+
+def render_markdown(s: Series, rules: Rules, strat: Metrics, bh: Metrics, png: str | None,
+                    png_note: str = "", *, policy: Mapping[str, Any] | None = None,
+                    move: MoveSpec | None = None, artifact_known: bool = True) -> str:
+    n = len(s.open_time)
+    span = f"{_ts(int(s.open_time[0]))} → {_ts(int(s.open_time[-1]))} UTC" if n else "no bars"
     rows = [
         ("Total return", _pct(strat.total_return), _pct(bh.total_return)),
         ("Sharpe (annualized, sqrt(525600))", _num(strat.sharpe), _num(bh.sharpe)),
@@ -188,8 +293,7 @@ def render_markdown(s: Series, rules: Rules, strat: Metrics, bh: Metrics, png: s
         "",
         f"{n:,} one-minute bars, {span}.",
         "",
-        f"{verdict} {vs} Its trades' price PnL before fees was {gross:+,.2f} "
-        f"({gross / rules.initial_cash * 100:+.2f} % of the initial cash); fees took {strat.fees:,.2f}.",
+        verdict(strat, bh, rules, policy),
         "",
         "| | strategy | buy-and-hold |",
         "|---|---:|---:|",
@@ -206,6 +310,7 @@ def render_markdown(s: Series, rules: Rules, strat: Metrics, bh: Metrics, png: s
         lines += [f"![equity and drawdown]({png})", ""]
     elif png_note:
         lines += [png_note, ""]
+    lines += render_move(move_scores(s, move) if move is not None else None, move, artifact_known)
     return "\n".join(lines)
 
 
@@ -234,10 +339,12 @@ def plot(s: Series, bh_equity: np.ndarray, path: Path) -> None:
 
 
 def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = None,
-                 png: bool = True, name: str | None = None) -> Path:
+                 png: bool = True, name: str | None = None, *, artifact: Any = None) -> Path:
     """Write the report (and ``equity_<SYMBOL>.png`` when matplotlib is installed) for ``symbol``
     (default: the ledger's first symbol). One rule names the file: ``report.md`` for a ledger of one
-    symbol, ``report_<SYMBOL>.md`` for a ledger of several, whichever is asked for; ``name`` overrides it."""
+    symbol, ``report_<SYMBOL>.md`` for a ledger of several, whichever is asked for; ``name`` overrides it.
+    ``artifact`` (the ``Artifact`` that made the signals): its policy explains a run without trades, and
+    its move spec scores the p_move section."""
     from barsignal.errors import DataError
 
     symbols = ledger.symbols()
@@ -262,7 +369,10 @@ def write_report(ledger: PaperLedger, out_dir: str | Path, symbol: str | None = 
             plot(s, bh_eq, out / f"equity_{sym}.png")
             png_name = f"equity_{sym}.png"
     md = out / (name or ("report.md" if len(symbols) == 1 else f"report_{sym}.md"))
-    md.write_text(render_markdown(s, ledger.rules, strat, bh, png_name, note), encoding="utf-8")
+    policy = artifact.signal if artifact is not None else None
+    move = artifact.move if artifact is not None else None
+    md.write_text(render_markdown(s, ledger.rules, strat, bh, png_name, note, policy=policy, move=move,
+                                  artifact_known=artifact is not None), encoding="utf-8")
     return md
 
 

@@ -131,6 +131,7 @@ def panels() -> list[dict[str, Any]]:
         ], kind="table", desc="Now, one row a symbol: largest PSI, live Brier, live AUC, resolved predictions."),
         panel("Paper equity", [q(f"barsignal_paper_equity{{{SYM}}}", "{{symbol}}")], unit="none",
               desc="The paper account's equity at the last bar's close, quote currency."),
+        *move_panels(),
         row("Process"),
         panel("Restarts and reloads", [
             q(f"changes(process_start_time_seconds{{{SEL}}}[1h])", "restarts (1 h)"),
@@ -142,6 +143,26 @@ def panels() -> list[dict[str, Any]]:
         panel("Model in use", [q(f"barsignal_artifact_info{{{SEL}}}", "{{artifact}} on {{backend}}"),
                                q(f'sum(barsignal_live_model{{{SYM}, score="n"}})', "resolved predictions")],
               kind="stat"),
+    ]
+
+
+def move_panels() -> list[dict[str, Any]]:
+    """The move head (p_move) scored live, per symbol (``barsignal_live_move``)."""
+    return [
+        row("Move head (p_move)"),
+        panel("p_move: live Brier vs the realized rate's, and calibration, per symbol", [
+            q(f'barsignal_live_move{{{SYM}, score="brier"}}', "{{symbol}} live Brier"),
+            q(f'barsignal_live_move{{{SYM}, score="brier_base"}}', "{{symbol}} Brier of the realized rate"),
+            q(f'barsignal_live_move{{{SYM}, score="ece"}}', "{{symbol}} calibration error (ECE)"),
+        ], desc="Over each symbol's last [metrics] monitor_window resolved p_move (|move| over the artifact's "
+                "threshold, its horizon later). A p_move with skill has a Brier below the realized rate's. "
+                "Alerts: BarsignalMoveNoSkill, BarsignalMoveMiscalibrated."),
+        panel("p_move: live AUC, realized exceedance rate and mean p_move, per symbol", [
+            q(f'barsignal_live_move{{{SYM}, score="auc"}}', "{{symbol}} AUC"),
+            q(f'barsignal_live_move{{{SYM}, score="rate"}}', "{{symbol}} realized rate"),
+            q(f'barsignal_live_move{{{SYM}, score="mean_p"}}', "{{symbol}} mean p_move"),
+        ], desc="Mean p_move above the realized rate: moves over-forecast. "
+                "Alert: BarsignalMoveAucLow (needs >= 500 resolved forecasts)."),
     ]
 
 

@@ -160,13 +160,13 @@ def test_the_start_log_says_which_policy_the_actions_follow() -> None:
     # and the log says so; with one set, the rule follows it and the log says that instead.
     from structlog.testing import capture_logs
 
-    from barsignal.daemon.app import _log_policy
     from barsignal.daemon.config import SignalConfig
+    from barsignal.node import warn_informational
 
     flat = load_model(Config(), None, None)
     assert flat.artifact.informational and flat.model.rule.stay_flat
     with capture_logs() as logs:
-        _log_policy(flat)
+        assert warn_informational(flat)
     assert [e["event"] for e in logs] == ["signals_informational"]
     assert "every action is flat" in logs[0]["hint"]
     assert flat.model.rule.update(0.99) == "flat"
@@ -174,7 +174,7 @@ def test_the_start_log_says_which_policy_the_actions_follow() -> None:
     over = load_model(Config(signal=SignalConfig(long_threshold=0.53)), None, None)
     assert not over.model.rule.stay_flat
     with capture_logs() as logs:
-        _log_policy(over)
+        assert not warn_informational(over)
     assert [e["event"] for e in logs] == ["signal_policy_overridden"]
     assert logs[0]["long_threshold"] == 0.53 and logs[0]["short_threshold"] is None
     assert "every action is flat" not in str(logs)

@@ -58,13 +58,13 @@ def test_each_run_carries_the_state_it_started_from(tmp_path: Path) -> None:
         a.record(b)
     a.close()
     b2 = BarLog(tmp_path, "BTCUSDT", run_id="20260101T000000001Z", last_signalled=bars[5].open_time,
-                rule_state=RuleState("short", 3))
+                rule_state=RuleState("short", 3, "active", 7))
     for b in bars[:3000]:
         b2.record(b)
     b2.close()
     first, second = read_run_records(tmp_path, "BTCUSDT")
     assert (first.last_signalled, first.rule_state, len(first.bars)) == (None, None, 10)
-    assert (second.last_signalled, second.rule_state) == (bars[5].open_time, RuleState("short", 3))
+    assert (second.last_signalled, second.rule_state) == (bars[5].open_time, RuleState("short", 3, "active", 7))
     assert second.bars == list(bars) and len(list(tmp_path.glob("*0001Z-*.jsonl"))) >= 3
     ids = [new_run_id() for _ in range(3)]
     assert ids == sorted(ids) and all(len(i) == 19 and i.endswith("Z") and "-" not in i for i in ids)

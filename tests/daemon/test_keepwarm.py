@@ -120,8 +120,8 @@ def test_signals_are_identical_with_keep_warm_on_and_off(tmp_path: Path, tiny_ar
     assert d_on.keep_warm is not None and d_on.keep_warm.calls > 0, "keep-warm never ran"
     # Each run's REST warm-up ends where the feed was when it connected; compare the bars both signalled
     # (the default rule has no hysteresis or cooldown, so an action depends on its p_up only).
-    a = {s["open_time"]: (s["id"], s["p_up"], s["action"]) for s in off}
-    b = {s["open_time"]: (s["id"], s["p_up"], s["action"]) for s in on}
+    a = {s["open_time"]: (s["id"], s["p_up"], s["action"], s["p_move"], s["sigma_bp"], s["regime"]) for s in off}
+    b = {s["open_time"]: (s["id"], s["p_up"], s["action"], s["p_move"], s["sigma_bp"], s["regime"]) for s in on}
     common = sorted(a.keys() & b.keys())
     assert len(common) > 150 and common[-1] == bars[1099].open_time
     assert [a[t] for t in common] == [b[t] for t in common]
@@ -137,18 +137,43 @@ def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
         loaded = load_model(Config(), str(tiny_artifact), None)
         pipes.append(Pipeline("BTCUSDT", loaded.model, min_bars=loaded.warmup_bars, keep_bars=8))
     plain, rehearsed = pipes
-    ran = [0]
+    ran, moved = [0], [0]
     own = rehearsed.model.features.rehearse
     rehearsed.model.features.rehearse = lambda bar: (ran.__setitem__(0, ran[0] + 1), own(bar))[-1]
+    mv = rehearsed.model.move
+    assert mv is not None, "the tiny artifact has a move forecast"
+
+    class Spy:  # the real forecaster, its updates counted while a rehearsal runs
+        spec, rehearsing = mv.spec, False
+
+        def update(self, bar):
+            moved[0] += self.rehearsing
+            return mv.update(bar)
+
+        def snapshot(self):
+            return mv.snapshot()
+
+        def restore(self, snap):
+            mv.restore(snap)
+
+    spy = rehearsed.model.move = Spy()
     a, b = [], []
     for bar in bars:
         a.append(plain.process(bar))
         for _ in range(3):
-            rehearsed.rehearse()  # what keep-warm runs while waiting for the bar
+            before = mv.snapshot()
+            spy.rehearsing = True
+            done = rehearsed.rehearse()  # what keep-warm runs while waiting for the bar
+            spy.rehearsing = False
+            assert mv.snapshot() == before, "a rehearsal changed the move forecaster"
+            if done is not None:
+                assert done[0].p_move is not None and done[0].regime in ("calm", "active")
         b.append(rehearsed.process(bar))
     sigs = [s for s in a if s is not None]
     assert len(sigs) > 200
-    assert [(s.id, s.p_up, s.action) for s in sigs] == [(s.id, s.p_up, s.action) for s in b if s is not None]
+    key = lambda s: (s.id, s.p_up, s.action, s.p_move, s.sigma_bp, s.regime)  # noqa: E731
+    assert [key(s) for s in sigs] == [key(s) for s in b if s is not None]
+    assert moved[0] > 3 * 200, "the rehearsal never ran the move forecaster"
     assert rehearsed._rehearsal is not None and rehearsed._rehearsal[0][0] == bars[-2].open_time
     assert rehearsed._rehearsal[2] == bars[-2].open_time + 60_000  # the bar after the last one
     assert ran[0] > 3 * 200, "the rehearsal never ran the features"

@@ -590,7 +590,8 @@ def test_compute_many_in_passes_gives_the_signals_of_one_bar_at_a_time(tmp_path:
 
     states_a, states_z = run_async(main())
     assert states_a == states_z and [inv for _, inv in states_a] == [0, 0, 1]
-    key = [(s.symbol, s.open_time, s.id, s.p_up, s.action) for s in one]
-    assert key == [(s.symbol, s.open_time, s.id, s.p_up, s.action) for s in many]
+    key = [(s.symbol, s.open_time, s.id, s.p_up, s.action, s.p_move, s.sigma_bp, s.regime) for s in one]
+    assert key == [(s.symbol, s.open_time, s.id, s.p_up, s.action, s.p_move, s.sigma_bp, s.regime) for s in many]
+    assert all(s.p_move is not None for s in many)
     assert len(key) > 3 * 60
     assert all(set(s.latency_us) == {"recv_to_bar", "features", "score", "emit"} for s in many)

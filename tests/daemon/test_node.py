@@ -188,13 +188,14 @@ def test_parity_replays_the_rule_settings_the_record_holds_across_a_reload_that_
 
     state = tmp_path / "state"
 
-    def conf(name: str, long_threshold: float) -> Path:
+    def conf(name: str, long_threshold: float, regime_threshold: float) -> Path:
         p = tmp_path / f"{name}.toml"
         p.write_text(f'[state]\ndir = "{state}"\n[sinks]\nenabled = ["jsonl"]\n[sinks.jsonl]\npath = "signals.jsonl"\n'
-                     f'fsync = "never"\n[signal]\nlong_threshold = {long_threshold}\nshort_threshold = 0.0\n')
+                     f'fsync = "never"\n[signal]\nlong_threshold = {long_threshold}\nshort_threshold = 0.0\n'
+                     f'regime_threshold = {regime_threshold}\n')
         return p
 
-    cfg_a, cfg_b = conf("a", 0.0), conf("b", 1.0)  # A: always long; B: never long
+    cfg_a, cfg_b = conf("a", 0.0, 0.1), conf("b", 1.0, 0.99)  # A: always long, active; B: never long, calm
     bars = real_bars(900)
 
     async def live() -> None:
@@ -204,7 +205,7 @@ def test_parity_replays_the_rule_settings_the_record_holds_across_a_reload_that_
             node.handle(b)
         new = load_model(cfgmod.load(str(cfg_b)), str(tiny_artifact), None)  # the reload, by hand
         recent = list(node.pipeline.recent)
-        assert warm(new.model.features, recent)
+        assert warm(new.model.features, recent, new.model.move)  # features and move forecaster, as reload does
         node.swap(new, recent[0].open_time, len(recent))
         for b in bars[850:]:
             node.handle(b)
@@ -213,8 +214,8 @@ def test_parity_replays_the_rule_settings_the_record_holds_across_a_reload_that_
 
     asyncio.run(live())
     sigs = [orjson.loads(x) for x in (state / "signals.jsonl").read_bytes().splitlines()]
-    acts = {s["open_time"]: s["action"] for s in sigs}
-    assert acts[bars[849].open_time] == "long" and acts[bars[899].open_time] == "flat"  # the settings differ
+    acts = {s["open_time"]: (s["action"], s["regime"]) for s in sigs}
+    assert acts[bars[849].open_time] == ("long", "active") and acts[bars[899].open_time] == ("flat", "calm")
     r = subprocess.run([sys.executable, "-m", "barsignal", "parity", "--live-signals", str(state / "signals.jsonl"),
                         "--bars", str(state / "bars"), "--config", str(cfg_b), "--artifact", str(tiny_artifact)],
                        cwd=REPO, capture_output=True, text=True, timeout=180)

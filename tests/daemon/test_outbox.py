@@ -12,7 +12,8 @@ from barsignal.engine.signal import RuleState, Signal
 
 def sig(i: int) -> Signal:
     return Signal(id=f"BTCUSDT-{i}-abc", symbol="BTCUSDT", open_time=i * 60_000, bar_open=1.0, bar_close=2.0,
-                  p_up=0.5, action="flat", artifact="abc")
+                  p_up=0.5, action="flat", artifact="abc", p_move=None if i % 4 == 0 else 0.3 + i / 1e6,
+                  sigma_bp=None if i % 4 == 0 else 12.25, regime=None if i % 4 == 0 else "calm")
 
 
 class ListSink:
@@ -45,9 +46,10 @@ def test_add_is_idempotent_and_remembers_rule_state(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.sqlite", ["a", "b"])
     assert ob.add(sig(1), RuleState("flat", 3)) == 1
     assert ob.add(sig(1), RuleState("flat", 3)) is None
-    ob.add(sig(2), RuleState("long", 0))
-    assert ob.last("BTCUSDT") == (120_000, RuleState("long", 0))
+    ob.add(sig(2), RuleState("long", 0, "active", 5))
+    assert ob.last("BTCUSDT") == (120_000, RuleState("long", 0, "active", 5))
     assert ob.depth("a") == 2 and ob.depth() == 2
+    assert [s for _, s in ob.pending("b")] == [sig(1), sig(2)]  # the rows decode to the signals, both heads
     ob.ack("a", 1)
     assert [s.id for _, s in ob.pending("a")] == ["BTCUSDT-2-abc"]
     assert [s.id for _, s in ob.pending("b")] == ["BTCUSDT-1-abc", "BTCUSDT-2-abc"]
@@ -57,7 +59,7 @@ def test_add_is_idempotent_and_remembers_rule_state(tmp_path: Path) -> None:
     assert db.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 3
     db.close()
     again = Outbox(tmp_path / "o.sqlite", ["a", "b"])
-    assert again.last("BTCUSDT") == (120_000, RuleState("long", 0)) and again.depth() == 2
+    assert again.last("BTCUSDT") == (120_000, RuleState("long", 0, "active", 5)) and again.depth() == 2
     assert again.add(sig(2), RuleState("long", 0)) is None, "an id stored before the restart is a duplicate"
     again.close()
 

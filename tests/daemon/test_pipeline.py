@@ -80,7 +80,7 @@ def test_an_invalid_bar_is_dropped_and_counted_without_touching_state(tiny_artif
         if (s := p.process(b)) is not None:
             got.append(s)
     assert p.stats.invalid == 4 and p.stats.bars == 1000
-    assert [(s.id, s.p_up, s.action) for s in got] == [(s.id, s.p_up, s.action) for s in ref]
+    assert [_key(s) for s in got] == [_key(s) for s in ref]  # the move forecaster never saw a bad bar either
 
 
 def test_swap_carries_the_rule_state_and_applies_from_the_next_bar(tiny_scorer) -> None:
@@ -127,5 +127,94 @@ def test_compute_many_equals_process_bar_by_bar(tiny_artifact, tmp_path) -> None
         for k in range(0, len(bars), 97):  # chunks that do not line up with anything
             got += [g for g in compute_many([(node, b, None) for b in bars[k:k + 97]]) if g is not None]
         assert len(ref) > 200 and many.stats.invalid == 1 and many.stats == one.stats
-        assert [(s.id, s.p_up, s.action, st) for s, st in got] == [(s.id, s.p_up, s.action, st) for s, st in ref]
+        assert [(*_key(s), st) for s, st in got] == [(*_key(s), st) for s, st in ref]
+        assert all(s.p_move is not None for s, _ in got)
         assert len({s.p_up for s, _ in got}) > 100, "distinct windows must give distinct scores"
+
+
+def _key(s) -> tuple:
+    """What a signal says: its id, both heads and both rule outputs."""
+    return (s.id, s.p_up, s.action, s.p_move, s.sigma_bp, s.regime)
+
+
+def _fresh(tiny_artifact, last_signalled=None, state=None, cfg=None) -> Pipeline:
+    from barsignal.daemon.config import Config
+    from barsignal.node import load_model
+
+    loaded = load_model(cfg or Config(), str(tiny_artifact), None)
+    if state is not None:
+        loaded.model.rule.state = state
+    return Pipeline("BTCUSDT", loaded.model, min_bars=loaded.warmup_bars, last_signalled=last_signalled)
+
+
+def test_every_signal_carries_the_move_forecast_of_every_bar_seen(tiny_artifact) -> None:
+    """The forecaster sees every bar the features accept, the warm-up's included: each signal's p_move and
+    sigma_bp are those of a forecaster fed all the bars, and its regime is the regime rule's on them."""
+    import math
+
+    from barsignal.daemon.config import Config, SignalConfig
+    from barsignal.engine.artifact import load_artifact
+    from barsignal.engine.move_registry import build
+    from barsignal.engine.regime import RegimeRule
+
+    bars = real_bars(1000)
+    cfg = Config(signal=SignalConfig(regime_threshold=0.7, regime_hysteresis=0.02, regime_cooldown_bars=3))
+    p = _fresh(tiny_artifact, cfg=cfg)
+    sigs = {s.open_time: s for b in bars if (s := p.process(b)) is not None}
+    ref, rule = build(load_artifact(tiny_artifact).move), RegimeRule(0.7, 0.02, 3)
+    regime, held, seen = "calm", 1 << 30, []
+    for b in bars:
+        pm, sg = ref.update(b)
+        s = sigs.get(b.open_time)
+        if s is not None:
+            regime, held = rule.step(regime, held, pm)
+            seen.append(s.regime)
+            assert (s.p_move, s.sigma_bp, s.regime) == (pm, sg, regime)
+            assert 0 < s.p_move < 1 and s.sigma_bp > 0 and math.isfinite(s.sigma_bp)
+    assert len(sigs) > 200 and set(seen) == {"calm", "active"}, "the real bars should visit both regimes"
+
+
+def test_a_restart_resumes_the_move_forecast_and_the_regime_exactly(tiny_artifact) -> None:
+    bars = real_bars(1200)
+    one = _fresh(tiny_artifact)
+    whole = [s for b in bars if (s := one.process(b)) is not None]
+    first = _fresh(tiny_artifact)
+    head = [s for b in bars[:800] if (s := first.process(b)) is not None]
+    warmup = first.min_bars
+    second = _fresh(tiny_artifact, head[-1].open_time, first.rule_state)
+    tail = [s for b in bars[800 - warmup:] if (s := second.process(b)) is not None]  # the live warm-up
+    assert second.stats.already_signalled == warmup
+    assert [_key(s) for s in head + tail] == [_key(s) for s in whole]
+
+
+def test_an_artifact_without_a_move_section_signals_nulls(tmp_path) -> None:
+    import orjson
+
+    from tests.tiny_model import write_tiny_artifact
+
+    art = write_tiny_artifact(tmp_path / "nomove", real_bars(3000, start=20_000), move=False)
+    p = _fresh(art)
+    sigs = [s for b in real_bars(1000) if (s := p.process(b)) is not None]
+    assert sigs and p.model.move is None
+    assert all(s.p_move is None and s.sigma_bp is None and s.regime is None for s in sigs)
+    d = orjson.loads(orjson.dumps(sigs[-1]))
+    assert d["p_move"] is None and d["sigma_bp"] is None and d["regime"] is None  # JSON null, never NaN
+    assert p.rule_state.regime == "calm"
+
+
+def test_a_swap_to_an_artifact_without_a_move_head_signals_nulls_from_the_next_bar(tiny_artifact, tmp_path) -> None:
+    from barsignal.daemon.config import Config
+    from barsignal.daemon.pipeline import warm
+    from barsignal.node import load_model
+    from tests.tiny_model import write_tiny_artifact
+
+    bars = real_bars(1100)
+    p = _fresh(tiny_artifact)
+    before = [s for b in bars[:1000] if (s := p.process(b)) is not None]
+    assert before and before[-1].p_move is not None
+    new = load_model(Config(), str(write_tiny_artifact(tmp_path / "nomove", real_bars(3000, start=20_000),
+                                                       move=False)), None)
+    assert warm(new.model.features, bars[:1000], new.model.move) and new.model.move is None
+    p.swap(new.model)
+    after = [s for b in bars[1000:] if (s := p.process(b)) is not None]
+    assert len(after) == 100 and all(s.p_move is None and s.sigma_bp is None and s.regime is None for s in after)

@@ -6,7 +6,9 @@ closed bar) is tests/paper/test_parity_e2e.py, which also proves parity on the s
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -77,4 +79,16 @@ def test_bad_config_or_artifact_exits_2_before_touching_anything(tmp_path: Path,
     r = subprocess.run([sys.executable, "-m", "barsignal", "run", "--config", str(cfg), "--artifact",
                         str(broken)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "manifest.json" in r.stderr and "Traceback" not in r.stderr
+    for name, move, says in (("garch", {"horizon": 15, "threshold_bp": 10.0, "kind": "garch", "params": {}},
+                              "unknown kind 'garch'"),
+                             ("nob", {"horizon": 15, "threshold_bp": 10.0, "kind": "rvol_logistic", "params": {"a": 1}},
+                              "needs params a and b")):
+        art = tmp_path / f"move-{name}"
+        shutil.copytree(tiny_artifact, art)
+        m = json.loads((art / "manifest.json").read_text())
+        m["move"] = move
+        (art / "manifest.json").write_text(json.dumps(m))
+        r = subprocess.run([sys.executable, "-m", "barsignal", "run", "--config", str(cfg), "--artifact", str(art)],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "'move'" in r.stderr and says in r.stderr and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "state").exists()

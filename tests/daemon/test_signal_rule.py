@@ -5,6 +5,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from barsignal.daemon.config import SignalConfig
+from barsignal.engine.regime import RegimeRule
 from barsignal.engine.signal import RuleState, SignalRule
 
 
@@ -114,3 +115,83 @@ def test_stay_flat_artifact_policy_and_artifact_rule_settings() -> None:
     # the config's non-zero hysteresis / cooldown override the artifact's
     r = SignalRule.from_config(SignalConfig(hysteresis=0.05, cooldown_bars=4), {**art, "policy": "trade"})
     assert (r.hysteresis, r.cooldown_bars, r.stay_flat) == (0.05, 4, False)
+
+
+# -- the regime rule: p_move -> calm / active, beside the action ------------------------------------
+
+NAN = float("nan")
+
+
+def regimes(rule: SignalRule, pm: list[float], p_up: float = 0.5) -> list[str]:
+    out = []
+    for p in pm:
+        rule.update(p_up, p)
+        out.append(rule.state.regime)
+    return out
+
+
+def test_regime_threshold_and_hysteresis() -> None:
+    rule = SignalRule(0.6, 0.4, regime=RegimeRule(0.5, 0.1))
+    assert regimes(rule, [0.3, 0.5, 0.41, 0.4, 0.399, 0.45, 0.6]) == \
+        ["calm", "active", "active", "active", "calm", "calm", "active"]
+
+
+def test_regime_cooldown_and_nan_holds() -> None:
+    rule = SignalRule(0.6, 0.4, regime=RegimeRule(0.5, 0.0, cooldown_bars=2))
+    # change at bar 0 -> bars 1, 2 locked -> bar 3 may change; bar 5's 0.9 falls in the next cooldown,
+    # and NaN (no forecast) changes nothing, however long it lasts
+    assert regimes(rule, [0.9, 0.1, 0.1, 0.1, NAN, 0.9, NAN, NAN, NAN, 0.9]) == \
+        ["active", "active", "active", "calm", "calm", "calm", "calm", "calm", "calm", "active"]
+
+
+def test_regime_leaves_the_action_alone() -> None:
+    ps = [0.7, 0.3, 0.55, 0.62, 0.2, 0.45, 0.9, 0.1]
+    plain = run(SignalRule(0.6, 0.4, 0.05, 2, True), ps)
+    both = SignalRule(0.6, 0.4, 0.05, 2, True, regime=RegimeRule(0.5, 0.05, 1))
+    assert [both.update(p, pm) for p, pm in zip(ps, [0.9, 0.1] * 4, strict=True)] == plain
+
+
+@given(st.lists(st.tuples(st.floats(0, 1), st.one_of(st.floats(0, 1), st.just(NAN))), max_size=120),
+       st.integers(0, 119), st.floats(0, 0.2), st.integers(0, 5))
+def test_regime_state_round_trip_resumes_identically(seq: list[tuple[float, float]], cut: int, hyst: float,
+                                                     cool: int) -> None:
+    """The outbox's rule-state row (to_dict, JSON, from_dict) resumes the action and the regime exactly."""
+    import orjson
+
+    def make(state: RuleState | None = None) -> SignalRule:
+        return SignalRule(0.6, 0.4, 0.02, 1, True, state, regime=RegimeRule(0.5, hyst, cool))
+
+    whole = make()
+    want = [(whole.update(p, m), whole.state.regime) for p, m in seq]
+    first = make()
+    got = [(first.update(p, m), first.state.regime) for p, m in seq[:cut]]
+    resumed = make(RuleState.from_dict(orjson.loads(orjson.dumps(first.state.to_dict()))))
+    got += [(resumed.update(p, m), resumed.state.regime) for p, m in seq[cut:]]
+    assert got == want
+
+
+@given(st.lists(st.one_of(st.floats(0, 1), st.just(NAN)), max_size=200), st.floats(0, 0.3), st.integers(0, 5))
+def test_regime_changes_only_outside_cooldown_and_past_its_thresholds(pm: list[float], hyst: float,
+                                                                      cool: int) -> None:
+    rs = regimes(SignalRule(0.6, 0.4, regime=RegimeRule(0.5, hyst, cool)), pm)
+    last, prev = -10**9, "calm"
+    for i, (r, p) in enumerate(zip(rs, pm, strict=True)):
+        if r != prev:
+            assert i - last > cool and p == p  # never on a NaN
+            assert (p >= 0.5) if r == "active" else (p < 0.5 - hyst)
+            last = i
+        prev = r
+
+
+def test_regime_from_config_params_and_an_old_state_row() -> None:
+    cfg = SignalConfig(regime_threshold=0.6, regime_hysteresis=0.1, regime_cooldown_bars=3)
+    r = SignalRule.from_config(cfg, {"long_threshold": 0.58, "short_threshold": 0.42})
+    assert r.regime == RegimeRule(0.6, 0.1, 3)
+    assert SignalRule.from_params(r.params()).regime == r.regime
+    old = {k: v for k, v in r.params().items() if k != "regime"}  # a bar record written before the regime
+    assert SignalRule.from_params(old).regime == RegimeRule()
+    assert RuleState.from_dict({"action": "long", "held_bars": 3}) == RuleState("long", 3, "calm", 1 << 30)
+    with pytest.raises(ValueError, match="unknown regime"):
+        RuleState.from_dict({"action": "long", "regime": "wild"})
+    with pytest.raises(ValueError, match="regime_hysteresis"):
+        SignalConfig(regime_threshold=0.1, regime_hysteresis=0.2)

@@ -20,8 +20,11 @@ from tests.conftest import free_port
 
 
 def sig(i: int = 1) -> Signal:
+    """Both heads: every third signal without a move forecast (null p_move, sigma_bp and regime)."""
+    move = {} if i % 3 == 0 else {"p_move": 0.1 + (i % 7) / 10 + 1e-13, "sigma_bp": 17.0 + i / 3,
+                                  "regime": ("calm", "active")[i % 2]}
     return Signal(id=f"BTCUSDT-{i}-abc", symbol="BTCUSDT", open_time=i * 60_000, bar_open=1.5, bar_close=2.5,
-                  p_up=0.625, action="long", artifact="abc", source="ws", latency_us={"score": 12.5})
+                  p_up=0.625, action="long", artifact="abc", source="ws", latency_us={"score": 12.5}, **move)
 
 
 async def _nosleep(_: float) -> None:

@@ -12,7 +12,14 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from barsignal.daemon.config import JsonlSinkConfig, PaperConfig
-from barsignal.daemon.metrics import PSI_TOP, DaemonMetrics, LiveMonitor, paper_equity_reader, reference_scores
+from barsignal.daemon.metrics import (
+    MOVE_SCORES,
+    PSI_TOP,
+    DaemonMetrics,
+    LiveMonitor,
+    paper_equity_reader,
+    reference_scores,
+)
 from barsignal.daemon.sinks import build_sink
 from barsignal.engine.metrics import roc_auc
 from tests.paper.conftest import _make_signals, _spot_bars
@@ -41,6 +48,9 @@ def test_the_series_alerts_watch_exist_from_the_first_scrape() -> None:
     assert all(math.isnan(s[("barsignal_live_model", (("score", k), ("symbol", "BTCUSDT")))])
                for k in ("brier", "auc", "ece", "accuracy"))
     assert math.isnan(s[("barsignal_feature_psi_max", (("symbol", "BTCUSDT"),))])
+    assert s[("barsignal_live_move", (("score", "n"), ("symbol", "BTCUSDT")))] == 0  # the move head's too
+    assert all(math.isnan(s[("barsignal_live_move", (("score", k), ("symbol", "BTCUSDT")))])
+               for k in MOVE_SCORES if k != "n")
     assert s[("barsignal_last_bar_age_seconds", (("symbol", "BTCUSDT"),))] == -1.0
     start = s[("process_start_time_seconds", ())]
     assert 1.7e9 < start and math.isnan(s[("barsignal_feature_psi_bound", ())])
@@ -158,3 +168,35 @@ def test_paper_equity_reads_the_paper_sink_s_ledger(tmp_path: Path) -> None:
         want = db.execute("SELECT symbol, equity FROM equity ORDER BY seq DESC LIMIT 1").fetchone()
     assert got == {want[0]: want[1]} and want[1] != 10_000.0
     assert paper_equity_reader([sink]) is not None and paper_equity_reader([]) is None
+
+
+def test_live_move_scores_are_those_of_the_resolved_p_move_by_hand() -> None:
+    """p_move resolved ``horizon`` bars later against |move| > threshold; a gap leaves no outcome; a
+    monitor of an artifact without a move head exports NaN and n = 0."""
+    from barsignal.engine.move import MoveSpec
+
+    spec = MoveSpec(3, 10.0, "rvol_logistic", {"a": 0.0, "b": 0.0})
+    mon = LiveMonitor(horizon=1, window=250, move=spec)
+    rng = np.random.default_rng(1)
+    closes = 100 * np.exp(np.cumsum(rng.normal(0, 0.0012, 400)))
+    p = np.round(rng.random(400), 2)
+    times = [i * 60_000 for i in range(400) if not 200 <= i < 205]  # a 5-bar hole
+    idx = {t: i for i, t in enumerate(times)}
+    for t in times:
+        i = t // 60_000
+        mon.observe_bar(t, float(closes[i]))
+        mon.observe_signal(t, float(closes[i]), 0.5, None, None if i % 7 == 0 else float(p[i]))
+    pairs = [(p[t // 60_000], float(abs(closes[(t + 180_000) // 60_000] / closes[t // 60_000] - 1) > 1e-3))
+             for t in times if (t // 60_000) % 7 and t + 180_000 in idx]
+    pp, yy = np.array(pairs[-250:]).T  # the window's last 250 outcomes
+    sc = mon.move_scores()
+    assert sc["n"] == 250 and sc["rate"] == yy.mean() and sc["auc"] == roc_auc(yy, pp)
+    assert math.isclose(sc["brier"], float(((pp - yy) ** 2).mean())) and math.isclose(sc["mean_p"], pp.mean())
+    bins = np.minimum((pp * 10).astype(int), 9)
+    ece = sum((bins == b).mean() * abs(pp[bins == b].mean() - yy[bins == b].mean()) for b in range(10)
+              if (bins == b).any())
+    assert math.isclose(sc["ece"], ece)
+    none = LiveMonitor(horizon=1, window=50)
+    none.observe_signal(0, 1.0, 0.5, None, 0.7)
+    none.observe_bar(60_000, 1.1)
+    assert none.move_scores()["n"] == 0 and math.isnan(none.move_scores()["brier"])

@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_props import bar_frames
 
+from barsignal.engine.move import MoveSpec
+from barsignal.engine.move_registry import build
 from barsignal.errors import BadMessage
 from barsignal.features.bar import INTERVAL_MS, Bar
 from barsignal.features.normalize import Normalizer
@@ -109,3 +111,34 @@ def test_rehearse_runs_the_update_on_the_real_state():
     del f.engine._compute
     assert seen == [249.5, 1.5]  # the real close deque took the rehearsed close, then got it back
     assert list(f.engine._c99)[-1] == 249.5
+
+
+# Arbitrary (not fitted) parameters: the property holds for any a and b.
+_MOVE = MoveSpec(15, 10.0, "rvol_logistic", {"a": 1.5, "b": 0.25})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(frame=st.one_of(bar_frames(min_size=1, max_size=60), bar_frames(min_size=60, max_size=160)),
+       every=st.integers(1, 7), kind=st.sampled_from(["next", "gap", "stale"]), times=st.integers(1, 3))
+def test_rehearsing_the_move_forecaster_changes_nothing(frame, every, kind, times):
+    """The pipeline's rehearsal of the move forecaster (snapshot, update on the rehearsed bar, restore),
+    any number of times at any point: every later forecast is bit-identical to a plain run's."""
+    plain, rehearsed = build(_MOVE), build(_MOVE)
+    got, want = [], []
+    last = None
+    for i, bar in enumerate(frame.bars()):
+        if i % every == 0 and last is not None:
+            t = last.open_time
+            fake = {"next": Bar(t + INTERVAL_MS, bar.open, bar.high, bar.low, bar.close, bar.volume),
+                    "gap": Bar(t + 5 * INTERVAL_MS, bar.open, bar.high, bar.low, bar.close, bar.volume),
+                    "stale": Bar(t, bar.open, bar.high, bar.low, bar.close, bar.volume)}[kind]
+            before = rehearsed.snapshot()
+            for _ in range(times):
+                snap = rehearsed.snapshot()
+                rehearsed.update(fake)
+                rehearsed.restore(snap)
+            assert rehearsed.snapshot() == before
+        want.append(plain.update(bar))
+        got.append(rehearsed.update(bar))
+        last = bar
+    assert np.array_equal(np.array(got), np.array(want), equal_nan=True)

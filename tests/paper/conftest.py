@@ -71,12 +71,19 @@ def make_pipeline(tmp_path_factory) -> Callable[..., object]:
 
     static, dynamic = write_tiny_onnx(tmp_path_factory.mktemp("onnx"))
     scorer = OnnxRuntimeScorer(static, dynamic)
+    from barsignal.engine import move_persistence
+    from barsignal.engine.move_registry import build
+    from barsignal.engine.regime import RegimeRule
+    from tests.tiny_model import MOVE_HORIZON, MOVE_THRESHOLD_BP
+
     X, ready = batch.compute_with_ready(BarFrame.from_bars(list(_spot_bars(3000, 0))))
     norm = Normalizer.fit(X[ready])
+    move = move_persistence.fit(list(_spot_bars(3000, 0)), MOVE_HORIZON, MOVE_THRESHOLD_BP)  # the same bars
 
     def make(last_signalled: int | None = None) -> Pipeline:
-        rule = SignalRule(0.52, 0.48, hysteresis=0.01, cooldown_bars=2, allow_short=True)
-        return Pipeline("BTCUSDT", Model(OnlineFeatures(norm, T), scorer, rule, "cd" * 32),
+        rule = SignalRule(0.52, 0.48, hysteresis=0.01, cooldown_bars=2, allow_short=True,
+                          regime=RegimeRule(0.75, 0.02, 2))
+        return Pipeline("BTCUSDT", Model(OnlineFeatures(norm, T), scorer, rule, "cd" * 32, move=build(move)),
                         last_signalled=last_signalled)
 
     return make

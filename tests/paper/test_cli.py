@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import orjson
 import pytest
 
@@ -37,11 +38,13 @@ def test_replay_writes_live_format_signals_and_report(replayed) -> None:
     recs = [orjson.loads(x) for x in (replayed / "signals.jsonl").read_bytes().splitlines()]
     assert len(recs) > 2000
     assert set(recs[0]) == {"id", "symbol", "open_time", "bar_open", "bar_close", "p_up", "action",
-                            "artifact", "source", "latency_us"}
+                            "artifact", "source", "latency_us", "p_move", "sigma_bp", "regime"}
+    assert all(0 < r["p_move"] < 1 and r["sigma_bp"] > 0 and r["regime"] in ("calm", "active") for r in recs)
     assert {r["source"] for r in recs} == {"file"}
     assert all(b["open_time"] - a["open_time"] == 60_000 for a, b in itertools.pairwise(recs))
     md = (replayed / "report" / "report.md").read_text()
     assert "| Total return |" in md and "buy-and-hold" in md
+    assert "## Move head: p_move" in md and "| Bars scored |" in md and "| Brier score (lower is better) |" in md
     assert (replayed / "report" / "equity_BTCUSDT.png").is_file()
 
 
@@ -67,6 +70,14 @@ def test_parity_cli_ok_then_first_difference(replayed, tiny_artifact) -> None:
     assert (first["open_time"], first["what"]) == (rec["open_time"], "action")
     ok = orjson.loads(cli("parity", "--live-signals", str(replayed / "signals.jsonl"), *args, "--json").stdout)
     assert ok["ok"] is True and ok["symbols"][0]["compared"] == len(lines) and ok["symbols"][0]["differences"] == []
+    lines = (replayed / "signals.jsonl").read_bytes().splitlines()
+    rec = orjson.loads(lines[1200])
+    rec["p_move"] = float(np.nextafter(rec["p_move"], 2.0))  # one float64 ulp of the move head
+    lines[1200] = orjson.dumps(rec)
+    bad.write_bytes(b"\n".join(lines) + b"\n")
+    r = cli("parity", "--live-signals", str(bad), *args)
+    assert r.returncode == 1
+    assert f"open_time {rec['open_time']}): p_move differs" in r.stderr
 
 
 def test_bench_replay_runs_through_the_node(tmp_path, tiny_artifact) -> None:

@@ -156,3 +156,28 @@ def test_sigkill_at_random_points_loses_and_duplicates_nothing(tmp_path, spot_ba
     assert proc2.returncode == 0, proc2.stderr[-2000:]
     assert kills >= 5
     assert dump(victim) == dump(ref)
+
+
+def test_equity_rows_carry_the_move_forecast_and_an_older_ledger_gains_its_columns(tmp_path, spot_bars,
+                                                                                   make_signals) -> None:
+    import dataclasses
+
+    sigs = make_signals(spot_bars(300), seed=3)
+    moved = [dataclasses.replace(s, p_move=0.25 + i / 1e4, sigma_bp=11.5 + i, regime=("calm", "active")[i % 2])
+             if i % 5 else s for i, s in enumerate(sigs)]  # every fifth without a forecast
+    path = tmp_path / "old.sqlite"
+    with PaperLedger(path, RULES) as led:
+        led.apply_many(moved[:100])
+    db = sqlite3.connect(path)  # the ledger as it was before the move columns: drop them
+    for col in ("p_move", "sigma_bp", "regime"):
+        db.execute(f"ALTER TABLE equity DROP COLUMN {col}")
+    db.commit()
+    db.close()
+    with PaperLedger(path, RULES) as led:  # opened again: the columns come back, the old rows read null
+        led.apply_many(moved[100:])
+        rows = list(led.equity_rows("BTCUSDT"))
+    assert [r.signal_id for r in rows] == [s.id for s in moved]
+    assert all(r.p_move is None and r.regime is None for r in rows[:100])
+    assert [(r.p_move, r.sigma_bp, r.regime) for r in rows[100:]] == [(s.p_move, s.sigma_bp, s.regime)
+                                                                       for s in moved[100:]]
+    assert any(r.p_move is None for r in rows[100:]) and any(r.p_move is not None for r in rows[100:])

@@ -113,6 +113,14 @@ def test_parity_zero_differences_and_catches_one_ulp(tmp_path, spot_bars, make_p
     d = compare([*live_sigs[:k], dataclasses.replace(live_sigs[k], action=flipped)], reference).differences
     assert d[0].what == "action" and d[0].index == k
     assert {x.what for x in d[1:]} == {"extra in replay"}
+    # the move head: one ulp of p_move or sigma_bp (float64), a null, a flipped regime
+    assert len({s.regime for s in live_sigs}) == 2 and all(s.p_move is not None for s in live_sigs)
+    s = live_sigs[k]
+    for change, what in ((dict(p_move=float(np.nextafter(s.p_move, 2.0))), "p_move"), (dict(p_move=None), "p_move"),
+                         (dict(sigma_bp=float(np.nextafter(s.sigma_bp, 0.0))), "sigma_bp"),
+                         (dict(regime={"calm": "active", "active": "calm"}[s.regime]), "regime")):
+        d = compare([*live_sigs[:k], dataclasses.replace(s, **change), *live_sigs[k + 1:]], reference).differences
+        assert [(x.what, x.open_time) for x in d] == [(what, s.open_time)], change
     d = compare(live_sigs[1:] + live_sigs[:1], reference[:-1]).differences  # order-free, tail missing
     assert [x.what for x in d] == ["missing in replay"] and d[0].open_time == live_sigs[-1].open_time
 
