@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from barsignal.engine import move_har
 from barsignal.engine.move import MoveForecaster, MoveSpec
 
 # kind -> class; one explicit import per kind, no string imports.
-REGISTRY: dict[str, Callable[[MoveSpec], MoveForecaster]] = {}
+REGISTRY: dict[str, Callable[[MoveSpec], MoveForecaster]] = {
+    move_har.KIND: move_har.HarSeasonal,  # HAR-RV with an intraday and weekly seasonal factor
+}
 
 
 def build(spec: MoveSpec) -> MoveForecaster:
