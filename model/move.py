@@ -276,6 +276,15 @@ def fit(mb: MoveBars, train: WindowSet, val: WindowSet | None, h: int, threshold
     return out
 
 
+def from_manifest(move: Mapping[str, Any]) -> dict[str, Any]:
+    """The ``fit`` result an artifact's ``move`` section holds (``compression/move.py`` writes it)."""
+    if move.get("kind") != move_har.KIND or "baselines" not in move:
+        raise ValueError(f"artifact manifest 'move': kind {move.get('kind')!r} with baselines is needed to "
+                         f"evaluate it; this barsignal evaluates {move_har.KIND!r}")
+    return {"horizon": int(move["horizon"]), "threshold_bp": float(move["threshold_bp"]),
+            "forecaster": dict(move["params"]), "baselines": dict(move["baselines"])}
+
+
 def predict(fitted: Mapping[str, Any], mb: MoveBars, ws: WindowSet, h: int, threshold_bp: float
             ) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
     """``{name: (p, sigma_h**2 or None)}`` at the windows of ``ws``; the shipped one is ``har_seasonal``."""

@@ -1,0 +1,167 @@
+"""The move-size research: every forecaster of ``model/move.py`` on every period, and what each input buys.
+
+    python -m barsignal.model.move_research --data FUTURES_DIR... --spot SPOT_FILE --out DIR
+
+On the chronological splits of ``--data`` (``model.dataset``, horizon 15): the choices of the
+shipped forecaster measured on the VALIDATION split (seasonal smoothing, day of week, spans,
+calibration); then, for each threshold, every forecaster fitted on the training split and scored on
+validation, test, the test split's walk-forward folds, ``--spot`` (another market, later) and its
+folds; and an expanding-window walk-forward by calendar month (refitted on every bar before the
+month, less a purge of window + horizon bars). Writes ``move_research.md`` and ``.json`` in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from barsignal.engine import metrics as em
+from barsignal.model import move as mv
+from barsignal.model.dataset import DatasetSpec, all_windows, build, load_segments
+
+
+def _day(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).strftime("%Y-%m-%d")
+
+
+def ablations(mb: mv.MoveBars, train: Any, val: Any, h: int, c: float) -> list[dict[str, Any]]:
+    """Point estimates on validation of each variant of the HAR forecaster (fitted on train)."""
+    y = mv.exceed(val, c)
+    yt = mv.exceed(train, c)
+    rv = mb.forward_rv(val.ends, h)
+    rows = []
+    variants: list[tuple[str, dict[str, Any]]] = [
+        ("no seasonality", {"seasonal": False}),
+        ("minute of day, smoothed 15 min, no day of week", {"weekly": False}),
+        ("minute of day unsmoothed + day of week", {"smooth": 1}),
+        ("minute of day smoothed 5 min + day of week", {"smooth": 5}),
+        ("minute of day smoothed 15 min + day of week (shipped)", {}),
+        ("minute of day smoothed 61 min + day of week", {"smooth": 61}),
+        ("spans 30 only", {"spans": (30,)}),
+        ("spans 30/60/240", {"spans": (30, 60, 240)}),
+        ("spans 30/60/240/1440 (shipped)", {}),
+    ]
+    for name, kw in variants:
+        par = mv.fit_har(mb, train.ends, h, **kw)
+        _, st = mv.har_predict(par, h, c, mb, train.ends)
+        _, sv = mv.har_predict(par, h, c, mb, val.ends)
+        ok = np.isfinite(sv)
+        var = (sv[ok] / 1e4) ** 2
+        ratio = np.maximum(rv[ok], mv.RV_FLOOR) / var
+        row = {"variant": name, "qlike": float(np.mean(ratio - np.log(ratio) - 1))}
+        for kind in ("logistic", "normal"):
+            cal = mv.fit_calib(st, yt, kind)
+            p = mv.apply_calib(cal, sv, c)[ok]
+            row[f"log_loss_{kind}"] = em.log_loss(y[ok], p)
+            row[f"ece_{kind}"] = _ece(y[ok], p)
+        row["roc_auc"] = em.roc_auc(y[ok], sv[ok])
+        rows.append(row)
+    return rows
+
+
+def _ece(y: np.ndarray, p: np.ndarray) -> float:
+    b = np.clip((p * mv.ECE_BINS).astype(np.int64), 0, mv.ECE_BINS - 1)
+    return float(np.abs(np.bincount(b, weights=p - y, minlength=mv.ECE_BINS)).sum() / len(y))
+
+
+def monthly(mb: mv.MoveBars, every: Any, h: int, c: float, purge: int, n_boot: int, first: int = 4
+            ) -> list[dict[str, Any]]:
+    """Expanding-window walk-forward: for each calendar month from the ``first``-th on, fit on every
+    window ending before the month (less ``purge`` bars) and score the month."""
+    month = every.times.astype("datetime64[ms]").astype("datetime64[M]")
+    out = []
+    for k in np.unique(month)[first:]:
+        t0 = int(k.astype("datetime64[ms]").astype(np.int64))
+        tr = every.subset(np.flatnonzero(every.times < t0 - purge * 60_000))
+        te = every.subset(np.flatnonzero(month == k))
+        fitted = mv.fit(mb, tr, None, h, c, calib="logistic")
+        rep = mv.compare(mv.predict(fitted, mb, te, h, c), mv.exceed(te, c), mb.forward_rv(te.ends, h), te.days,
+                         n_boot=n_boot)
+        out.append({"month": str(k), "train_windows": len(tr), **rep})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", nargs="+", required=True, help="the training bars (split chronologically)")
+    ap.add_argument("--spot", nargs="*", default=[], help="other bars scored with the fitted forecasters")
+    ap.add_argument("--horizon", type=int, default=15)
+    ap.add_argument("--thresholds", type=float, nargs="+", default=[10.0, 20.0], metavar="BP")
+    ap.add_argument("--bootstrap", type=int, default=500)
+    ap.add_argument("--folds", type=int, default=3, help="walk-forward folds of the test split and of --spot")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    t_start = time.monotonic()
+    h = args.horizon
+    segs = load_segments(args.data)
+    sp = build(segs, DatasetSpec(window=30, horizon=h))
+    assert sp.val_all is not None and sp.test_all is not None
+    mb = mv.MoveBars.of(segs)
+    every = all_windows(segs, sp.normalizer, 30, h)
+    spot = []
+    for path in args.spot:
+        ss = load_segments([path])
+        spot.append((Path(path).name, mv.MoveBars.of(ss), all_windows(ss, sp.normalizer, 30, h)))
+    res: dict[str, Any] = {"data": args.data, "spot": args.spot, "horizon": h, "bootstrap": args.bootstrap,
+                           "splits": {k: sp.info[k] for k in ("train", "val", "test", "val_start_ms",
+                                                             "test_start_ms", "purge_bars")},
+                           "thresholds": {}}
+    for c in args.thresholds:
+        r: dict[str, Any] = {"ablations_val": ablations(mb, sp.train, sp.val_all, h, c)}
+        fitted = mv.fit(mb, sp.train, sp.val_all, h, c)
+        r["calib_choice"] = fitted.get("calib_choice")
+        r["val"] = mv.report(fitted, mb, sp.val_all, n_boot=args.bootstrap)
+        r["test"] = mv.report(fitted, mb, sp.test_all, n_boot=args.bootstrap, walk_forward=args.folds)
+        r["spot"] = {name: mv.report(fitted, m, w, n_boot=args.bootstrap, walk_forward=args.folds)
+                     for name, m, w in spot}
+        r["monthly"] = monthly(mb, every, h, c, sp.spec.purge_bars, args.bootstrap)
+        res["thresholds"][str(c)] = r
+        print(f"[{time.monotonic() - t_start:6.0f}s] threshold {c:g} bp done", file=sys.stderr, flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "move_research.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    (out / "move_research.md").write_text(to_markdown(res))
+    sys.stdout.write(to_markdown(res))
+    return 0
+
+
+def to_markdown(res: dict[str, Any]) -> str:
+    lines: list[str] = []
+    for c, r in res["thresholds"].items():
+        lines += [f"# Threshold {float(c):g} bp", "", "## Choices, on the validation split", "",
+                  "| variant | QLIKE | log-loss (logistic) | log-loss (normal) | ECE (logistic) | ECE (normal) | AUC |",
+                  "|---|---|---|---|---|---|---|"]
+        for a in r["ablations_val"]:
+            lines.append(f"| {a['variant']} | {a['qlike']:.4f} | {a['log_loss_logistic']:.4f} | "
+                         f"{a['log_loss_normal']:.4f} | {a['ece_logistic']:.4f} | {a['ece_normal']:.4f} | "
+                         f"{a['roc_auc']:.4f} |")
+        lines += ["", f"Calibration chosen: {r['calib_choice']}", ""]
+        for name, rep in (("Validation", r["val"]), ("Test", r["test"]),
+                          *((f"Spot {n}", v) for n, v in r["spot"].items())):
+            lines += [f"## {name}", "", *mv.to_markdown(rep), ""]
+        heads = " | ".join(f"{n} log-loss / AUC / ECE" for n in r["monthly"][0]["scores"])
+        lines += ["## Walk-forward by month (refitted on everything before the month)", "",
+                  f"| month | days | rate | {heads} | har_seasonal vs best other (log-loss) |",
+                  "|---" * (4 + len(r["monthly"][0]["scores"])) + "|"]
+        for m in r["monthly"]:
+            sc = m["scores"]
+            others = [n for n in sc if n != m["reference"]]
+            best = min(others, key=lambda n: sc[n]["log_loss"]["value"])
+            d = sc[best]["log_loss_diff"]
+            ci = d["ci95"] or [float("nan")] * 2
+            lines.append(f"| {m['month']} | {m['days']} | {m['rate']:.3f} | " + " | ".join(
+                f"{sc[n]['log_loss']['value']:.4f} / {sc[n]['roc_auc']['value']:.4f} / {sc[n]['ece']['value']:.4f}"
+                for n in sc) + f" | {d['verdict']} {best} ({d['value']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]) |")
+        lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
