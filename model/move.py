@@ -401,13 +401,13 @@ def _cell(s: Mapping[str, Any]) -> str:
 
 def to_markdown(rep: Mapping[str, Any]) -> list[str]:
     """The move tables of one report (and its folds)."""
-    lines = _md(rep, f"Move: P(|r_{rep['horizon']}| > {rep['threshold_bp']:g} bp)")
+    lines = report_md(rep, f"Move: P(|r_{rep['horizon']}| > {rep['threshold_bp']:g} bp)")
     for f in rep.get("walk_forward", []):
-        lines += ["", *_md(f, f"Move, fold {f['fold']}")]
+        lines += ["", *report_md(f, f"Move, fold {f['fold']}")]
     return lines
 
 
-def _md(rep: Mapping[str, Any], title: str) -> list[str]:
+def report_md(rep: Mapping[str, Any], title: str) -> list[str]:
     sc = rep["scores"]
     names = list(sc)
     ref = rep["reference"]

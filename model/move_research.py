@@ -88,6 +88,28 @@ def monthly(mb: mv.MoveBars, every: Any, h: int, c: float, purge: int, n_boot: i
     return out
 
 
+def stacked(mb: mv.MoveBars, train: Any, evals: list[tuple[str, mv.MoveBars, Any]], h: int, c: float,
+            n_boot: int) -> dict[str, Any]:
+    """What the 30 x 33 window's features add to the shipped forecaster: a logistic on [log sigma_bp of
+    har_seasonal, the 33 normalized features of the window's last bar], fitted on train, against
+    har_seasonal alone on each evaluated period. A student head sees only those features (no time of
+    day, no span over 30 bars), so this bounds what it could add."""
+    from barsignal.model.baselines import Logistic
+
+    fitted = mv.fit(mb, train, None, h, c, calib="logistic")
+    _, st = mv.har_predict(fitted["forecaster"], h, c, mb, train.ends)
+    ok = np.isfinite(st)
+    xt = np.hstack([np.log(st[ok])[:, None], train.last_rows()[ok].astype(np.float64)])
+    lr = Logistic.fit(xt, mv.exceed(train, c)[ok], 1e-3)
+    out: dict[str, Any] = {}
+    for name, m, ws in evals:
+        p, sig = mv.har_predict(fitted["forecaster"], h, c, m, ws.ends)
+        x = np.hstack([np.log(sig)[:, None], ws.last_rows().astype(np.float64)])
+        fc = {"har_seasonal": (p, (sig / 1e4) ** 2), "har_seasonal+33 features": (lr.predict(x), None)}
+        out[name] = mv.compare(fc, mv.exceed(ws, c), m.forward_rv(ws.ends, h), ws.days, n_boot=n_boot)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", required=True, help="the training bars (split chronologically)")
@@ -96,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--thresholds", type=float, nargs="+", default=[10.0, 20.0], metavar="BP")
     ap.add_argument("--bootstrap", type=int, default=500)
     ap.add_argument("--folds", type=int, default=3, help="walk-forward folds of the test split and of --spot")
+    ap.add_argument("--stacking-only", action="store_true",
+                    help="only what the 33 features add to har_seasonal (validation, test, --spot)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     t_start = time.monotonic()
@@ -113,6 +137,16 @@ def main(argv: list[str] | None = None) -> int:
                            "splits": {k: sp.info[k] for k in ("train", "val", "test", "val_start_ms",
                                                              "test_start_ms", "purge_bars")},
                            "thresholds": {}}
+    if args.stacking_only:
+        evals = [("validation", mb, sp.val_all), ("test", mb, sp.test_all), *spot]
+        res["stacking"] = {str(c): stacked(mb, sp.train, evals, h, c, args.bootstrap) for c in args.thresholds}
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "move_stacking.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        for c, per in res["stacking"].items():
+            for name, rep in per.items():
+                sys.stdout.write("\n".join(mv.report_md(rep, f"{name}, {float(c):g} bp")) + "\n\n")
+        return 0
     for c in args.thresholds:
         r: dict[str, Any] = {"ablations_val": ablations(mb, sp.train, sp.val_all, h, c)}
         fitted = mv.fit(mb, sp.train, sp.val_all, h, c)
