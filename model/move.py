@@ -41,6 +41,7 @@ RV_FLOOR = 1e-12  # realized variance floor for QLIKE (a run of h unchanged clos
 ECE_BINS = 10
 EWMA_LAMBDA = 0.94
 PERSISTENCE_SPAN = 30
+SEASON_FLOOR = 0.05  # a seasonal scale of |d| is at least this fraction of its mean (no zero factor)
 
 
 @dataclass(frozen=True)
@@ -128,7 +129,9 @@ def fit_season(mb: MoveBars, ends: np.ndarray, smooth: int = 15, weekly: bool = 
                ) -> tuple[list[float], list[float]]:
     """(minute_factor (1440,), dow_factor (7,)) from the one-bar returns of the bars ``ends``
     (training): the scale of d**2 by minute of day, as (mean |d|)**2 smoothed over ``smooth`` minutes
-    (circular), then by day of week on what is left; each normalized to mean 1 over the bars."""
+    (circular), then by day of week on what is left; each normalized to mean 1 over the bars. A
+    minute or a day of the week with no training bar gets the mean; no factor is below
+    ``SEASON_FLOOR**2`` of the mean (a minute that never moved)."""
     d = mb.returns()[ends]
     w = _mow(mb.open_time[ends])
     ok = np.isfinite(d)
@@ -136,19 +139,22 @@ def fit_season(mb: MoveBars, ends: np.ndarray, smooth: int = 15, weekly: bool = 
     mod = w % move_har.MINUTES_PER_DAY
     dow = w // move_har.MINUTES_PER_DAY
     cnt = np.bincount(mod, minlength=1440).astype(np.float64)
-    mean_abs = np.bincount(mod, weights=d, minlength=1440) / np.maximum(cnt, 1)
+    overall = float(d.mean()) if len(d) and d.mean() > 0 else 1.0
+    mean_abs = np.where(cnt > 0, np.bincount(mod, weights=d, minlength=1440) / np.maximum(cnt, 1), overall)
     if smooth > 1:
         k = np.ones(smooth) / smooth
         pad = smooth // 2
         ext = np.concatenate([mean_abs[-pad:], mean_abs, mean_abs[:pad]]) if pad else mean_abs
         mean_abs = np.convolve(ext, k, mode="valid")[:1440]
-    mf = mean_abs ** 2
+    mf = np.maximum(mean_abs, SEASON_FLOOR * overall) ** 2  # a minute never seen or never moving
     mf = mf / mf[mod].mean()
     df = np.ones(7)
     if weekly:
         r = d / np.sqrt(mf[mod])
         c7 = np.bincount(dow, minlength=7).astype(np.float64)
-        df = (np.bincount(dow, weights=r, minlength=7) / np.maximum(c7, 1)) ** 2
+        mr = float(r.mean()) if len(r) and r.mean() > 0 else 1.0
+        df = np.maximum(np.where(c7 > 0, np.bincount(dow, weights=r, minlength=7) / np.maximum(c7, 1), mr),
+                        SEASON_FLOOR * mr) ** 2  # a day of the week absent from the training bars: 1
         df = df / df[dow].mean()
     return [float(v) for v in mf], [float(v) for v in df]
 
@@ -196,7 +202,7 @@ def fit_har(mb: MoveBars, train_ends: np.ndarray, h: int, *, seasonal: bool = Tr
                               "min_bars": min_bars, "var_scale": 1.0, "minute_factor": mf, "dow_factor": df,
                               "calib": {"kind": "normal"}, "seasonal": {"smooth_minutes": smooth,
                                                                          "weekly": weekly, "on": seasonal}}
-    _, sig = har_predict(params, h, 20.0, mb, e)
+    _, sig = har_predict(params, h, 20.0, mb, e)  # sigma does not depend on the threshold
     rv = mb.forward_rv(e, h)
     params["var_scale"] = float(np.mean(rv / (sig / 1e4) ** 2))
     return params
@@ -320,23 +326,24 @@ class _MoveScorer:
         self.gap = self.p - y
 
     def values(self, boot: em.DayBootstrap) -> dict[str, tuple[float, np.ndarray]]:
-        """Each metric's value and its bootstrap samples (n,)."""
-        n = np.full(1, np.nan) if boot.n_days < em.MIN_DAYS else None
+        """Each metric's value and its bootstrap samples (NaN when there are too few days for a CI)."""
+        enough = boot.n_days >= em.MIN_DAYS
+        none = np.full(1, np.nan)
         ones = boot.sums(np.ones(len(self.y)))
         out: dict[str, tuple[float, np.ndarray]] = {}
 
         def mean(v: np.ndarray) -> tuple[float, np.ndarray]:
-            return float(v.mean()), (boot.sums(v) / ones if n is None else n)
+            return float(v.mean()), (boot.sums(v) / ones if enough else none)
 
         out["log_loss"] = mean(self.base.ll)
         out["brier"] = mean(self.base.sq)
-        out["qlike"] = mean(self.qlike) if self.qlike is not None else (float("nan"), np.full(1, np.nan))
+        out["qlike"] = mean(self.qlike) if self.qlike is not None else (float("nan"), none)
         out["roc_auc"] = (self.base.metric("roc_auc"),
-                          np.array([self.base.metric("roc_auc", w) for w in boot]) if n is None else n)
+                          np.array([self.base.metric("roc_auc", w) for w in boot]) if enough else none)
         gap_db = np.stack([np.bincount(boot.inv, weights=self.gap * (self.bin == b), minlength=boot.n_days)
-                           for b in range(ECE_BINS)], axis=1)  # (D, B)
+                           for b in range(ECE_BINS)], axis=1)  # (D, B): sum of p - y per day and bin
         ece = float(np.abs(gap_db.sum(axis=0)).sum() / len(self.y))
-        out["ece"] = (ece, np.abs(boot.counts @ gap_db).sum(axis=1) / ones if n is None else n)
+        out["ece"] = (ece, np.abs(boot.counts @ gap_db).sum(axis=1) / ones if enough else none)
         return out
 
 
@@ -371,9 +378,9 @@ def compare(fc: Mapping[str, tuple[np.ndarray, np.ndarray | None]], y: np.ndarra
 
 
 def report(fitted: Mapping[str, Any], mb: MoveBars, ws: WindowSet, *, walk_forward: int = 0,
-           n_boot: int = 500, thresholds: Sequence[float] | None = None) -> dict[str, Any]:
-    """The move evaluation of ``ws`` at the fitted threshold (and at ``thresholds``, refitting only the
-    calibrations is NOT done: other thresholds use the same sigma with the normal tail)."""
+           n_boot: int = 500) -> dict[str, Any]:
+    """Every forecaster of ``fitted`` on the windows of ``ws`` at its horizon and threshold, with CIs
+    (``compare``), and on ``walk_forward`` consecutive folds when > 1."""
     h, c = int(fitted["horizon"]), float(fitted["threshold_bp"])
     fc = predict(fitted, mb, ws, h, c)
     y = exceed(ws, c)

@@ -57,3 +57,13 @@ def test_compress_move_writes_a_verified_idempotent_section(tmp_path, capsys) ->
     assert main(argv) == 0
     assert (art / "manifest.json").read_bytes() == first
     assert sum(r["what"].startswith("move:") for r in load_artifact(art).manifest["revisions"]) == 1
+
+    # eval scores the shipped section beside the direction metrics
+    capsys.readouterr()
+    assert main(["eval", "--model", str(art), "--bars", *files[-6:], "--json", "--bootstrap", "20"]) == 0
+    rep = json.loads(capsys.readouterr().out)["move"]
+    assert rep["fitted_on"].startswith("shipped in the artifact") and rep["days"] == 6
+    assert set(rep["scores"]) == {"har_seasonal", "har", "persistence", "ewma", "logistic33"}
+    hs = rep["scores"]["har_seasonal"]
+    assert 0.5 < hs["roc_auc"]["value"] < 1 and hs["ece"]["ci95"] is not None and hs["qlike"]["value"] > 0
+    assert rep["scores"]["har"]["log_loss_diff"]["verdict"] in ("beats", "loses to", "no difference")
