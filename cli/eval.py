@@ -3,7 +3,9 @@
 Direction AUC (non-tied windows), log-loss and Brier for the model and every baseline, each with a
 95 % CI from resampling whole days, and a verdict per baseline that says "beats" only when the CI of
 the difference excludes 0; then the trading figures of the artifact's policy on the same consecutive
-bars (``SignalRule`` + the paper broker: net PnL after costs, round trips, t-statistic).
+bars (``SignalRule`` + the paper broker: net PnL after costs, round trips, t-statistic). When the
+artifact has a ``move`` section, the size of the move beside it: QLIKE, log-loss, Brier, AUC and ECE
+of its ``har_seasonal`` forecast and of its shipped move baselines, with CIs (``model/move.py``).
 
 Baselines: an artifact ships its own, fitted on its training split, so any bars are compared with
 the same baselines. For a checkpoint (or an older artifact without them) they are fitted on the
