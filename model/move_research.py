@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from barsignal.engine import metrics as em
+from barsignal.engine import move_har
+from barsignal.engine.move import MoveSpec
 from barsignal.model import move as mv
 from barsignal.model.dataset import DatasetSpec, all_windows, build, load_segments
 
@@ -110,6 +112,25 @@ def stacked(mb: mv.MoveBars, train: Any, evals: list[tuple[str, mv.MoveBars, Any
     return out
 
 
+def restart_cost(mb: mv.MoveBars, train: Any, val: Any, ws: Any, h: int, c: float, warm: int, n_boot: int
+                 ) -> dict[str, Any]:
+    """What a start costs: every day of ``ws`` scored by a forecaster started afresh ``warm`` bars
+    before the day (the daemon's start-up fetch), against the uninterrupted forecaster."""
+    fitted = mv.fit(mb, train, val, h, c)
+    f = move_har.HarSeasonal(MoveSpec(h, c, move_har.KIND, fitted["forecaster"]))
+    p_cont, _ = mv.har_predict(fitted["forecaster"], h, c, mb, ws.ends)
+    p_fresh = np.full(len(ws), np.nan)
+    for d in np.unique(ws.days):
+        idx = np.flatnonzero(ws.days == d)
+        e = ws.ends[idx]
+        a = next(a for a, b in mb.bounds if a <= e.min() < b)
+        start = max(a, int(e.min()) - warm)
+        p_fresh[idx] = move_har.batch(f, mb.open_time[start:e.max() + 1], mb.close[start:e.max() + 1],
+                                      e - start)[0]
+    fc = {"har_seasonal": (p_cont, None), f"started {warm} bars before each day": (p_fresh, None)}
+    return mv.compare(fc, mv.exceed(ws, c), np.ones(len(ws)), ws.days, n_boot=n_boot)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", nargs="+", required=True, help="the training bars (split chronologically)")
@@ -120,6 +141,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--folds", type=int, default=3, help="walk-forward folds of the test split and of --spot")
     ap.add_argument("--stacking-only", action="store_true",
                     help="only what the 33 features add to har_seasonal (validation, test, --spot)")
+    ap.add_argument("--restart-only", type=int, default=0, metavar="BARS",
+                    help="only what a start BARS bars before each test day costs (the daemon's warm-up)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     t_start = time.monotonic()
@@ -137,6 +160,11 @@ def main(argv: list[str] | None = None) -> int:
                            "splits": {k: sp.info[k] for k in ("train", "val", "test", "val_start_ms",
                                                              "test_start_ms", "purge_bars")},
                            "thresholds": {}}
+    if args.restart_only:
+        for c in args.thresholds:
+            rep = restart_cost(mb, sp.train, sp.val_all, sp.test_all, h, c, args.restart_only, args.bootstrap)
+            sys.stdout.write("\n".join(mv.report_md(rep, f"test split, {c:g} bp")) + "\n\n")
+        return 0
     if args.stacking_only:
         evals = [("validation", mb, sp.val_all), ("test", mb, sp.test_all), *spot]
         res["stacking"] = {str(c): stacked(mb, sp.train, evals, h, c, args.bootstrap) for c in args.thresholds}
