@@ -2,7 +2,9 @@
 
 ``barsignal compress --config compression.toml`` runs every stage; ``barsignal compress STAGE`` runs
 one (distill, prune, export, quantize, report, engine); ``barsignal compress serving`` rewrites an
-existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``).
+existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``);
+``barsignal compress move --bars FILE...`` fits the move-size forecast into an existing artifact
+(``compression/move.py``).
 ``--set section.key=value`` overrides a config key for one run. No torch at import time: the handler
 imports the pipeline.
 """
@@ -26,7 +28,9 @@ STAGE_HELP = {
     "engine": "TensorRT engines from the ONNX variants (needs tensorrt and an NVIDIA GPU)",
     "serving": "rewrite an artifact's FP32 static graph as the batch-1 serving graph (from its weights), "
                "measured against the exported one on real windows",
-    "all": "every stage but engine, in order (the default)",
+    "move": "fit the move-size forecast (P(|r_h| > c)) and its baselines on the training split of --bars "
+            "and write the manifest's move section into an existing artifact",
+    "all": "every stage but engine, serving and move, in order (the default)",
 }
 
 
@@ -56,6 +60,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "serving":
             conv.add_bars(sp, "a bar file whose windows the graphs are compared on", required=True,
                           aliases=("--data",))
+            conv.add_out(sp, "write the rewritten artifact here (default: in place)", default=None)
+        if name == "move":
+            conv.add_bars(sp, "bar files or directories split as the model's were (default: [data] bars)",
+                          required=False)
             conv.add_out(sp, "write the rewritten artifact here (default: in place)", default=None)
     p.set_defaults(func=_run, stage=None)
 
@@ -125,6 +133,23 @@ def _run(args: argparse.Namespace) -> int:
               f"max |dp| {info['max_abs_dp_vs_exported']:.3g} over {info['windows']} windows "
               f"({info['identical_fraction']:.1%} identical), batch-1 p50 {info['latency_p50_us']:.1f} us "
               f"vs {info['exported_latency_p50_us']:.1f} us, batch drift {info['batch_drift']:.3g}")
+        return 0
+    if stage == "move":
+        from pathlib import Path
+
+        from barsignal.compression import move
+        from barsignal.errors import ConfigError
+
+        src = Path(args.artifact or cfg.output.artifact)
+        bars = args.bars or list(cfg.data.bars)
+        if not bars:
+            raise ConfigError("compress move: give --bars FILE... (the bars the model was trained on) or [data] bars")
+        art, sec = move.write(src, Path(args.out or src), bars, cfg.move, command=command)
+        v = sec["validation"]["scores"]
+        print(f"move: {sec['kind']} P(|r_{sec['horizon']}| > {sec['threshold_bp']:g} bp), calibration "
+              f"{sec['params']['calib']['kind']}; validation log-loss {v['har_seasonal']['log_loss']:.4f}, "
+              f"AUC {v['har_seasonal']['roc_auc']:.4f}, ECE {v['har_seasonal']['ece']:.4f}; artifact {art.path} "
+              f"manifest {art.hash[:12]}")
         return 0
     if stage == "engine":
         ctx = pipeline.Context(cfg, progress)

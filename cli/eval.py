@@ -3,7 +3,9 @@
 Direction AUC (non-tied windows), log-loss and Brier for the model and every baseline, each with a
 95 % CI from resampling whole days, and a verdict per baseline that says "beats" only when the CI of
 the difference excludes 0; then the trading figures of the artifact's policy on the same consecutive
-bars (``SignalRule`` + the paper broker: net PnL after costs, round trips, t-statistic).
+bars (``SignalRule`` + the paper broker: net PnL after costs, round trips, t-statistic). When the
+artifact has a ``move`` section, the size of the move beside it: QLIKE, log-loss, Brier, AUC and ECE
+of its ``har_seasonal`` forecast and of its shipped move baselines, with CIs (``model/move.py``).
 
 Baselines: an artifact ships its own, fitted on its training split, so any bars are compared with
 the same baselines. For a checkpoint (or an older artifact without them) they are fitted on the
@@ -53,6 +55,7 @@ def _run(args: argparse.Namespace) -> int:
     scored = open_model(args.artifact)
     segments = load_segments(args.bars)
     spec = DatasetSpec(window=scored.window, horizon=scored.horizon, flat_band=scored.flat_band)
+    splits = None
     if args.split == "test":
         splits = build(segments, spec, scored.normalizer)
         assert splits.test_all is not None
@@ -74,6 +77,7 @@ def _run(args: argparse.Namespace) -> int:
     rep = evaluate.report(ev, p, params, policy=policy, walk_forward=args.walk_forward, n_boot=args.bootstrap,
                           model_path=scored.path, kind=scored.kind, split=args.split, horizon=scored.horizon,
                           flat_band=scored.flat_band, baselines_fitted_on=fitted_on)
+    rep["move"] = _move(manifest, segments, ev, splits, scored.horizon, args)
     best = (manifest.get("signal") or {}).get("best_candidate")
     if policy is not None and policy.policy == "flat" and best:
         rep["trading_best_candidate"] = evaluate.trading(ev, p, Policy(**best["policy"]))
@@ -89,3 +93,21 @@ def _run(args: argparse.Namespace) -> int:
             sys.stdout.write("\nNot shipped, for reference - the best validation candidate on these bars: "
                              + evaluate.trading_md(rep["trading_best_candidate"])[0] + "\n")
     return 0
+
+
+def _move(manifest: dict, segments: list, ev: object, splits: object, horizon: int,
+          args: argparse.Namespace) -> dict | None:
+    """The move-size forecasts on the evaluated windows: the artifact's ``move`` section, or fitted on
+    the train split of these bars (``--split test``, threshold 20 bp); None without either."""
+    from barsignal.model import move as mv
+
+    mb = mv.MoveBars.of(segments)
+    if manifest.get("move"):
+        fitted, on = mv.from_manifest(manifest["move"]), "shipped in the artifact (fitted on its training split)"
+    elif splits is not None:
+        fitted = mv.fit(mb, splits.train, splits.val_all, horizon, 20.0)  # type: ignore[attr-defined]
+        on = "fitted on the train split of these bars (the model has no move section)"
+    else:
+        return None
+    return {"fitted_on": on, **mv.report(fitted, mb, ev, walk_forward=args.walk_forward,  # type: ignore[arg-type]
+                                         n_boot=args.bootstrap)}

@@ -66,11 +66,19 @@ class EvalSection(_Section):
     slippage_bps: Annotated[float, Meta(ge=0)] = 1.0  # against the trader, on every next-open fill
     allow_short: bool = True  # shorts in the policy grid (USD-M futures can short)
     min_trades: Annotated[int, Meta(ge=1)] = 5  # round trips a setting needs on validation to be chosen
+    min_val_days: Annotated[int, Meta(ge=1)] = 10  # fewer validation days (or no finite CI): never "trade"
     latency_iters: Annotated[int, Meta(ge=10)] = 2000
     latency_threads: Annotated[int, Meta(ge=1)] = 1
     min_signal_agreement: Annotated[float, Meta(ge=0, le=1)] = 0.99  # for the deployed variant
     # the deployed variant's dynamic-batch ONNX (replay) must match its batch-1 ONNX (live) this closely
     max_batch_drift: Annotated[float, Meta(ge=0)] = 1e-5
+
+
+class MoveSection(_Section):
+    """``barsignal compress move``: the move-size forecast fitted on the training split."""
+
+    threshold_bp: Annotated[float, Meta(gt=0)] = 20.0  # c: p_move = P(|close[t+h] / close[t] - 1| > c)
+    calibration: Literal["auto", "logistic", "normal"] = "auto"  # auto: the lower validation log-loss
 
 
 class OutputSection(_Section):
@@ -84,6 +92,7 @@ class CompressionConfig(_Section):
     prune: PruneSection = PruneSection()
     quantize: QuantizeSection = QuantizeSection()
     eval: EvalSection = EvalSection()
+    move: MoveSection = MoveSection()
     output: OutputSection = OutputSection()
 
 

@@ -355,7 +355,8 @@ def stage_quantize(ctx: Context) -> dict[str, Any]:
         }
     if qc.sensitivity:
         ctx.progress("per-layer-group sensitivity")
-        out["sensitivity"] = q.sensitivity(base, calib, x, ctx.workdir / "sensitivity", long_t, short_t)
+        # a recommendation (a choice): measured on validation windows, never test
+        out["sensitivity"] = q.sensitivity(base, calib, data.val.x, ctx.workdir / "sensitivity", long_t, short_t)
     ctx.write_json("quantize.json", out)
     return out
 
@@ -390,7 +391,8 @@ def choose_policy(ctx: Context, p_val: np.ndarray) -> dict[str, Any]:
 
     horizon = int(ctx.data.meta.get("horizon", 1))
     return search(Bars.of(ctx.data.sets["val_all"], p_val), horizon, broker_rules(ctx.cfg),
-                  min_trades=ctx.cfg.eval.min_trades, allow_short=ctx.cfg.eval.allow_short)
+                  min_trades=ctx.cfg.eval.min_trades, allow_short=ctx.cfg.eval.allow_short,
+                  min_days=ctx.cfg.eval.min_val_days)
 
 
 def reference_policy(pol: dict[str, Any]) -> Any:

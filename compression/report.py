@@ -10,7 +10,9 @@ fee and slippage) with the row's own policy, chosen the same way on the validati
 
 The artifact's default variant is the fastest of the pruned family (FP32, FP16, INT8 dynamic,
 INT8 static, QAT) whose rule agreement with the pruned FP32 model (same action bar by bar through
-``SignalRule`` at the reference setting) is at least ``[eval] min_signal_agreement``; its policy is
+``SignalRule`` at the reference setting, on every VALIDATION bar) is at least ``[eval]
+min_signal_agreement`` and whose batch drift (on validation windows) is within bounds; the test split
+never takes part in a choice, it only reports. Its policy is
 chosen on validation with that variant, and is ``flat`` when nothing is net-positive after costs.
 The manifest also ships the train-fitted baselines (``model.baselines``), the label, and the
 training distribution's per-feature deciles for the daemon's drift PSI.
@@ -239,17 +241,21 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
         r["dp_vs_fp32_mean"] = None if same else float(dp.mean())
         r["dp_vs_fp32_max"] = None if same else float(dp.max())
         r["dp_vs_fp32_p99"] = None if same else float(np.quantile(dp, 0.99))
-        r["signal_agreement_vs_fp32"] = rule_agreement(bars[r["ref"]][1], bars[r["name"]][1],
+        # selection uses the validation bars; the test bars' agreement is reported only
+        r["signal_agreement_vs_fp32"] = rule_agreement(bars[r["ref"]][0], bars[r["name"]][0],
                                                        reference_policy(pol))
+        r["signal_agreement_vs_fp32_test"] = rule_agreement(bars[r["ref"]][1], bars[r["name"]][1],
+                                                            reference_policy(pol))
     ctx.progress(f"report: latency ({ev.latency_iters} iterations x {len(spec)} rows, interleaved)")
-    _latency(spec, x[0], ev.latency_iters, ev.latency_threads)
+    _latency(spec, xv[0], ev.latency_iters, ev.latency_threads)
 
     # the default variant: fastest of the pruned family that keeps signal agreement and whose
-    # replay path (dynamic batch) gives live's (batch 1) probabilities
+    # replay path (dynamic batch) gives live's (batch 1) probabilities, both measured on VALIDATION
+    # windows and bars (never test: the test split only reports)
     fam = [r for r in spec if r.get("variant")]
     ctx.progress("report: batch drift (static batch 1 vs dynamic batch 512)")
     for r in fam:
-        r["batch_drift"] = _batch_drift(r["path"], d / f"{r['file']}.dynamic.onnx", x[:1000])
+        r["batch_drift"] = _batch_drift(r["path"], d / f"{r['file']}.dynamic.onnx", xv[:1000])
     ok = [r for r in fam if r["signal_agreement_vs_fp32"] >= ev.min_signal_agreement
           and r["batch_drift"] <= ev.max_batch_drift]
     best = min(ok or fam[:1], key=lambda r: r["latency_p50_us"])
@@ -282,7 +288,7 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
         "fastest": fastest["name"], "selected": best["name"],
         "selected_variant": "fp32" if best["variant"] == "pruned" else best["variant"],  # artifact name
         "selection_rule": (f"fastest p50 of the pruned family with rule agreement >= "
-                           f"{ev.min_signal_agreement:g} vs pruned FP32 (SignalRule actions on every test bar "
+                           f"{ev.min_signal_agreement:g} vs pruned FP32 (SignalRule actions on every validation bar "
                            "at the reference setting) and "
                            f"batch drift <= {ev.max_batch_drift:g} (max |p| difference between the "
                            "dynamic-batch ONNX at batch 512, used by replay, and the batch-1 ONNX, used live)"),

@@ -316,3 +316,33 @@ def write_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_artifact(dest, expected_schema_hash=schema_hash)
+
+
+def rewrite_artifact(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+                     files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
+                     variants: Mapping[str, Mapping[str, Any]] | None = None,
+                     sections: Mapping[str, Any] | None = None, revision: Mapping[str, Any] | None = None,
+                     replaces: str = "") -> Artifact:
+    """Write a verified artifact ``src`` again to ``dest`` (may be ``src``) through :func:`write_artifact`,
+    with ``files`` replaced or added, ``variants`` replaced, and the top-level manifest ``sections``
+    set (e.g. ``move``). ``revision`` (``command``, ``what``) is appended to ``revisions``; an earlier
+    revision whose ``what`` starts with ``replaces`` is dropped first, so a stage that rewrites its own
+    section is idempotent. Every file is re-hashed and the result re-verified before it is published."""
+    art = load_artifact(src)
+    m = dict(art.manifest)
+    all_files: dict[str, str | os.PathLike[str] | bytes] = {
+        rel: art.path / rel for rel in m["files"] if rel != MANIFEST}
+    all_files.update(files or {})
+    standard = {"format_version", "model", "features", "window_shape", "signal", "horizon", "metrics",
+                "variants", "default_variant", "files"}
+    extra = {k: v for k, v in m.items() if k not in standard}
+    extra.update(sections or {})
+    if revision is not None:
+        kept = [r for r in m.get("revisions", []) if not (replaces and str(r.get("what", "")).startswith(replaces))]
+        extra["revisions"] = [*kept, dict(revision)]
+    feats = m["features"]
+    return write_artifact(dest, files=all_files, model_config=m["model"], schema_hash=feats["schema_hash"],
+                          normalization=feats["normalization"], psi_reference=feats.get("psi_reference"),
+                          signal=m["signal"], variants={**m["variants"], **(variants or {})},
+                          default_variant=m["default_variant"], horizon=m["horizon"], metrics=m["metrics"],
+                          command=m["created_by"]["command"], extra=extra, overwrite=True)

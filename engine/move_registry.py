@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from barsignal.engine import move_persistence
+from barsignal.engine import move_har, move_persistence
 from barsignal.engine.move import MoveForecaster, MoveSpec
 
 # kind -> class; one explicit import per kind, no string imports.
 REGISTRY: dict[str, Callable[[MoveSpec], MoveForecaster]] = {
     move_persistence.KIND: move_persistence.RvolLogistic,
+    move_har.KIND: move_har.HarSeasonal,  # HAR-RV with an intraday and weekly seasonal factor
 }
 
 

@@ -27,6 +27,7 @@ from barsignal.engine.metrics import sum_ci
 from barsignal.engine.signal import Signal, SignalRule
 
 DAY_MS = 86_400_000
+MIN_VAL_DAYS = 10  # a "trade" policy needs at least this many validation days (and a finite CI)
 
 
 @dataclass(frozen=True)
@@ -146,9 +147,13 @@ def grid(p_val: np.ndarray, horizon: int, quantiles: tuple[float, ...] = (0.95, 
 
 
 def search(bars: Bars, horizon: int, rules: Rules = Rules(), *, min_trades: int = 5,
-           candidates: list[Policy] | None = None, allow_short: bool = True) -> dict[str, Any]:
+           candidates: list[Policy] | None = None, allow_short: bool = True,
+           min_days: int = MIN_VAL_DAYS) -> dict[str, Any]:
     """The best setting on ``bars`` (validation) by net PnL after costs, or ``flat`` when none is
-    net-positive with at least ``min_trades`` round trips. Every candidate's figures are returned."""
+    net-positive with at least ``min_trades`` round trips. A "trade" policy is also refused (``flat``,
+    with the reason) when the validation bars span fewer than ``min_days`` UTC days or the chosen
+    setting's day-bootstrap CI is not finite: a figure with no CI is not evidence. Every candidate's
+    figures are returned."""
     cands = grid(bars.p, horizon, allow_short=allow_short) if candidates is None else candidates
     results = []
     for pol in cands:
@@ -167,7 +172,17 @@ def search(bars: Bars, horizon: int, rules: Rules = Rules(), *, min_trades: int 
             reason = (f"no candidate is net-positive after costs on validation (best {results[best]['net_pnl']:.2f} "
                       f"on {rules.initial_cash:g} initial cash): stay flat, signals are informational")
     best_replay = replay(bars, cands[best], rules) if best is not None else None
+    days = len(np.unique(bars.open_time // DAY_MS))
+    if chosen.policy == "trade" and best_replay is not None:
+        ci = best_replay.get("net_pnl_ci95")
+        why = (f"{days} validation days < {min_days}" if days < min_days else
+               "its validation net PnL has no finite day-bootstrap CI" if not ci or
+               not all(math.isfinite(v) for v in ci) else "")
+        if why:
+            chosen = Policy("flat", min_hold_bars=horizon)
+            reason = (f"refused: the best candidate is net-positive on validation ({results[best]['net_pnl']:.2f}) "
+                      f"but {why}: too little evidence to trade; stay flat, signals are informational")
     return {"policy": chosen.to_dict(), "reason": reason, "min_trades": min_trades,
             "candidates": results, "best_candidate": None if best is None else
             {"policy": cands[best].to_dict(), **(best_replay or {})},
-            "chosen_val": replay(bars, chosen, rules)}
+            "validation_days": days, "min_days": min_days, "chosen_val": replay(bars, chosen, rules)}

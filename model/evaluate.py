@@ -148,6 +148,11 @@ def to_markdown(rep: dict[str, Any]) -> str:
         lines += [f"## Fold {f['fold']} ({_day(f['start_ms'])} .. {_day(f['end_ms'])})", "", *_compare_md(f), ""]
         if "trading" in f:
             lines += [*trading_md(f["trading"]), ""]
+    if rep.get("move"):
+        from barsignal.model.move import to_markdown as move_md
+
+        lines += [f"Move-size forecasts ({rep['move']['fitted_on']}; reference: the shipped har_seasonal):", "",
+                  *move_md(rep["move"]), ""]
     lines += ["Calibration (model):", "", "| bin | mean p | up rate | count |", "|---|---|---|---|"]
     for c in rep["calibration"]:
         lines.append(f"| {c['lo']:.1f}-{c['hi']:.1f} | {c['mean_p']:.4f} | {c['up_rate']:.4f} | {c['count']} |")

@@ -32,7 +32,7 @@ OLD = {"--model", "--data", "--report", "--workdir"}
 # directory, which its stages read back (not an output directory only).
 OLD_ALLOWED = {("compress",): {"--workdir"}} | {("compress", s): {"--workdir"} for s in
                                                  ("distill", "prune", "export", "quantize", "report", "engine",
-                                                  "serving", "all")}
+                                                  "serving", "move", "drift-bounds", "all")}
 
 
 def leaves(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...],

@@ -17,7 +17,7 @@ def test_cli_module_imports_without_torch():
 def test_compress_help_lists_every_stage():
     proc = run_cli("compress", "--help", timeout=60)
     assert proc.returncode == 0, proc.stderr
-    for stage in ("distill", "prune", "export", "quantize", "report", "engine"):
+    for stage in ("distill", "prune", "export", "quantize", "report", "engine", "serving", "move"):
         assert stage in proc.stdout
 
 

@@ -119,6 +119,9 @@ def test_report_has_one_table_with_every_row(done):
         assert f"| {name} |" in md
     assert rep["selected_variant"] in ("fp32", "fp16", "int8_dynamic", "int8_static", "qat")
     assert rep["batch_drift"]["pruned (ONNX FP32)"] <= 1e-5  # FP32: replay scores as live does
+    assert "every validation bar" in rep["selection_rule"] and "test bar" not in rep["selection_rule"]
+    for r in rep["rows"]:  # chosen on validation bars; the test bars' agreement is reported beside it
+        assert 0.0 <= r["signal_agreement_vs_fp32"] <= 1.0 and 0.0 <= r["signal_agreement_vs_fp32_test"] <= 1.0
     for r in rep["rows"]:
         assert r["policy_name"] in ("trade", "flat") and r["trading"]["bars"] > 0
         if r["policy_name"] == "flat":
@@ -201,9 +204,11 @@ def test_eval_of_the_artifact_uses_its_shipped_baselines_and_policy(done, capsys
     assert [f["fold"] for f in rep["walk_forward"]] == [1, 2]
     assert sum(f["windows"] for f in rep["walk_forward"]) == rep["windows"]
     assert all("trading" in f for f in rep["walk_forward"])
+    assert rep["move"] is None  # no move section, and --split all has no train split to fit one on
     rc = main(["eval", "--artifact", str(work / "artifact"), "--bars", *days, "--split", "test", "--bootstrap", "20"])
     text = capsys.readouterr().out
     assert rc == 0 and "(test, label: direction" in text and "Trading (" in text
+    assert "Move: P(|r_" in text and "fitted on the train split of these bars" in text
 
 
 def test_engine_stage_says_tensorrt_is_absent(done):

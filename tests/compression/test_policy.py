@@ -60,9 +60,57 @@ def test_search_stays_flat_when_nothing_pays_the_costs() -> None:
     assert all(c["net_pnl"] <= 0 for c in res["candidates"])
 
 
+def _leaky(days: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """30 bp bar moves and a p_up that knows the next bar: a big (impossible) edge."""
+    rng = np.random.default_rng(2)
+    n = days * 1440
+    r = rng.normal(0, 3e-3, n)
+    c = 100 * np.exp(np.cumsum(r))
+    o = np.r_[c[0], c[:-1]]
+    nxt = np.r_[c[2:] / c[1:-1] - 1, 0, 0]  # the move of the bar after the fill bar (open t+1 .. close t+1)
+    return np.clip(0.5 + 50 * nxt, 0.01, 0.99), o, c
+
+
+def test_search_refuses_to_trade_on_too_few_validation_days() -> None:
+    p, o, c = _leaky(3)
+    res = search(_bars(p, o, c), horizon=1)
+    assert res["best_candidate"]["net_pnl"] > 0  # it would have made money on these bars
+    assert res["policy"]["policy"] == "flat" and res["chosen_val"]["trades"] == 0
+    days = len(np.unique((T0 + 60_000 * np.arange(len(p))) // 86_400_000))  # 3 days of bars over 4 UTC days
+    assert res["validation_days"] == days == 4
+    assert "refused" in res["reason"] and "4 validation days < 10" in res["reason"]
+
+
+def test_search_refuses_a_policy_without_a_finite_ci() -> None:
+    p, o, c = _leaky(3)  # 3 days: the day bootstrap gives no CI below 5 days
+    res = search(_bars(p, o, c), horizon=1, min_days=1)
+    assert res["best_candidate"]["net_pnl"] > 0 and res["best_candidate"]["net_pnl_ci95"] is None
+    assert res["policy"]["policy"] == "flat" and res["chosen_val"]["trades"] == 0
+    assert "refused" in res["reason"] and "no finite day-bootstrap CI" in res["reason"]
+
+
+def test_a_small_research_run_on_real_bars_never_ships_trade() -> None:
+    """As a new user would: a few days of real futures bars, the chronological splits, a p_up that
+    knows the future (it makes money on validation): the policy search refuses it, naming why."""
+    from barsignal.model.dataset import DatasetSpec, build, load_segments
+    from tests.conftest import DATA
+
+    files = sorted((DATA / "klines" / "um_futures_1m_daily").glob("*.csv"))[:5]
+    sp = build(load_segments(files), DatasetSpec(window=30, horizon=15))
+    val = sp.val_all
+    assert val is not None
+    assert val.ret is not None
+    p = np.clip(0.5 + 100 * val.ret, 0.01, 0.99)  # knows close[t + 15] / close[t] - 1
+    bars = Bars.of(val, p)
+    res = search(bars, horizon=15)
+    assert res["best_candidate"]["net_pnl"] > 0 and len(val) > 500  # it would have shipped "trade"
+    assert res["policy"]["policy"] == "flat" and "refused" in res["reason"]
+    assert f"{res['validation_days']} validation days < 10" in res["reason"]
+
+
 def test_search_trades_when_a_setting_is_net_positive() -> None:
     rng = np.random.default_rng(2)
-    n = 3 * 1440
+    n = 12 * 1440
     r = rng.normal(0, 3e-3, n)  # 30 bp bar moves
     c = 100 * np.exp(np.cumsum(r))
     o = np.r_[c[0], c[:-1]]
