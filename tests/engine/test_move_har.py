@@ -89,8 +89,19 @@ def test_online_correction_learns_the_level_from_known_outcomes(real: tuple[list
             assert f.delta == 0.0
     assert deltas[-1] < -1.0 and deltas[-1] < deltas[len(bars) // 2] < 0.0
     kept = f.delta
-    assert math.isnan(f.update(Bar(bars[-1].open_time + 10 * 60_000, 1.0, 1.0, 1.0, bars[-1].close, 1.0))[0])
+    after_gap = Bar(bars[-1].open_time + 10 * 60_000, 1.0, 1.0, 1.0, bars[-1].close, 1.0)
+    assert math.isnan(f.update(after_gap)[0])
     assert f.delta == kept  # a gap keeps what was learned
+    # ... and forgets the forecasts whose outcome spans it: after the gap it runs as a fresh
+    # forecaster holding the same correction
+    g = _forecaster(p)
+    g._delta = kept
+    g.update(after_gap)
+    later = [Bar(b.open_time + (after_gap.open_time - bars[0].open_time), b.open, b.high, b.low, b.close, b.volume)
+             for b in bars[:200]]
+    assert np.array_equal(np.array([f.update(b) for b in later[1:]]), np.array([g.update(b) for b in later[1:]]),
+                          equal_nan=True)
+    assert f.delta == g.delta != kept
     f.reset()
     assert f.delta == 0.0
 
