@@ -147,7 +147,8 @@ def _run(args: argparse.Namespace) -> int:
         art, sec = move.write(src, Path(args.out or src), bars, cfg.move, command=command)
         v = sec["validation"]["scores"]
         print(f"move: {sec['kind']} P(|r_{sec['horizon']}| > {sec['threshold_bp']:g} bp), calibration "
-              f"{sec['params']['calib']['kind']}; validation log-loss {v['har_seasonal']['log_loss']:.4f}, "
+              f"{sec['params']['calib']['kind']}, online rate {sec['params']['calib'].get('eta', 0.0):g}; "
+              f"validation log-loss {v['har_seasonal']['log_loss']:.4f}, "
               f"AUC {v['har_seasonal']['roc_auc']:.4f}, ECE {v['har_seasonal']['ece']:.4f}; artifact {art.path} "
               f"manifest {art.hash[:12]}")
         return 0

@@ -2,7 +2,8 @@
 
 The bars are split exactly as ``model.dataset`` splits them (the artifact's window and horizon, its
 normalizer), every move forecaster of ``model/move.py`` is fitted on the training split, the shipped
-one's calibration is chosen on validation (``[move] calibration = "auto"``), and the artifact is
+one's calibration is chosen on validation (``[move] calibration = "auto"``; then the rate of its
+online intercept correction, ``model.move.ETA_GRID``, by validation log-loss), and the artifact is
 written again through ``engine.artifact.rewrite_artifact`` with the manifest's ``move`` section:
 
     "move": {"horizon": h, "threshold_bp": c, "kind": "har_seasonal", "params": {...},
@@ -56,7 +57,8 @@ def fit_section(art: Artifact, bars: Sequence[str | os.PathLike[str]], cfg: Move
             "baselines": fitted["baselines"],
             "fitted_on": {"split": "train", "windows": len(sp.train), "bars": [Path(b).name for b in bars],
                           "val_start_ms": sp.info["val_start_ms"], "test_start_ms": sp.info["test_start_ms"],
-                          "calibration": fitted.get("calib_choice") or cfg.calibration},
+                          "calibration": fitted.get("calib_choice") or cfg.calibration,
+                          "online_rate": fitted.get("eta_choice")},
             "validation": {"windows": val["windows"], "days": val["days"], "rate": val["rate"], "scores": brief},
             "warmup_bars": int(fitted["forecaster"]["min_bars"]) + 1,
             "full_history_bars": max(fitted["forecaster"]["spans"]) + 1}

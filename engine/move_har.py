@@ -13,8 +13,16 @@ week]`` the training split's seasonal scale of ``d_i**2``:
   the training split, ``model/move.py``);
 - ``sigma_h**2 = var_scale * F(w) * xhat`` with ``F(w) = sum_{j=1..h} s(w + j)``: the variance of the
   coming h-bar move, the seasonal factor of the minutes it spans; ``sigma_bp = 1e4 * sigma_h``;
-- ``p_move``: ``1 / (1 + exp(-(a + b * log sigma_bp)))`` (``calib.kind = "logistic"``, fitted on the
-  training split) or ``erfc(c / (sigma_h * sqrt 2))`` (``"normal"``).
+- ``p_move``: ``1 / (1 + exp(-(a + b * log sigma_bp + delta)))`` (``calib.kind = "logistic"``, ``a``
+  and ``b`` fitted on the training split) or ``erfc(c / (sigma_h * sqrt 2))`` (``"normal"``).
+
+Online recalibration (``calib.eta`` > 0, logistic only): ``delta`` follows the level of the
+exceedance rate with outcomes already known. At every bar the outcome of the forecast made h bars
+earlier is known from the closes (``y = |close_t / close_{t-h} - 1| > c``), and ``delta += eta * (y -
+p_{t-h})``: one step of online logistic regression on the intercept, with a fixed learning rate. The
+forecaster keeps a ring of its last h closes and forecasts for it. ``delta`` starts at 0 (the
+training-split calibration) and is kept across gaps (only the forecasts whose outcome spans a gap
+are dropped); ``reset`` sets it back to 0. With ``eta = 0`` the map is the static one.
 
 Warm-up: NaN until ``min_bars`` returns are seen (31 bars by default); until a span has k returns
 its x_k is the mean over the returns seen (exact and identical in batch). Gaps: any bar whose
@@ -23,8 +31,9 @@ non-positive close) starts the forecaster afresh: the return across a gap is nev
 forecaster warms up again (``min_bars`` returns). The seasonal factor needs no history.
 
 ``batch`` is the research computation over one gap-free run of bars: the same integers by a
-cumulative sum, then the same scalar map (``_forecast``) bar by bar, so it equals ``update`` bit for
-bit (tested on real bars). numpy and the standard library only.
+cumulative sum, then the same scalar map (``_forecast``) and the same online step (``_learn``) bar by
+bar, so it equals ``update`` bit for bit (tested on real bars); ``delta`` carries the correction from
+one run to the next. numpy and the standard library only.
 """
 
 from __future__ import annotations
@@ -91,6 +100,7 @@ class HarSeasonal:
             self.calib_kind = str(cal["kind"])
             self.calib_a = float(cal.get("a", 0.0))
             self.calib_b = float(cal.get("b", 1.0))
+            self.eta = float(cal.get("eta", 0.0))
             self.season = season_table(p["minute_factor"], p["dow_factor"])
         except (KeyError, TypeError) as e:
             raise ValueError(f"artifact manifest 'move' params for {KIND!r}: {e!r}; rebuild with "
@@ -100,6 +110,9 @@ class HarSeasonal:
                              f"got {len(self.coef)}")
         if self.calib_kind not in ("logistic", "normal"):
             raise ValueError(f"move params: calib.kind {self.calib_kind!r}; expected 'logistic' or 'normal'")
+        if not (math.isfinite(self.eta) and 0.0 <= self.eta < 1.0) or (self.eta and self.calib_kind != "logistic"):
+            raise ValueError(f"move params: calib.eta {self.eta!r} must be in [0, 1), and > 0 only with the "
+                             "'logistic' calibration")
         self.spec = spec
         self.eps = 1.0 / self.scale
         self.threshold = spec.threshold_bp / 1e4
@@ -110,35 +123,56 @@ class HarSeasonal:
         self._ring = [0] * self.ring_len
         self._span_idx = tuple(enumerate(self.spans))
         self._dens = tuple(k * self.scale for k in self.spans)  # min(n, k) * scale once n >= k
+        self.h = spec.horizon
+        self._pend_c = [0.0] * self.h  # close and forecast of the last h bars of the run (online only)
+        self._pend_p = [NAN] * self.h
         self.reset()
 
     def _terms_of(self, sums: Sequence[int]) -> zip[tuple[float, int, int, float]]:
         return zip(self.coef[1:], sums, self.spans, self._dens, strict=True)
 
     def reset(self) -> None:
+        self._delta = 0.0  # the online intercept correction
+        self._restart()
+
+    def _restart(self) -> None:
+        """A start or a gap: forget the run (the online correction stays)."""
         self._pos = 0
         self._n = 0  # returns seen since the last (re)start
         self._sums = [0] * len(self.spans)
         self._last_time: int | None = None
         self._last_close = 0.0
+        if self.eta:
+            self._pend_p[:] = [NAN] * self.h
 
     def snapshot(self) -> object:
         """Every value ``update`` may change (the ring is copied: any number of rehearsed bars, gaps
         included, is undone by ``restore``)."""
-        return (self._pos, self._n, tuple(self._sums), self._last_time, self._last_close, self._ring.copy())
+        return (self._pos, self._n, tuple(self._sums), self._last_time, self._last_close, self._ring.copy(),
+                self._delta, tuple(self._pend_c), tuple(self._pend_p))
 
     def restore(self, snap: object) -> None:
-        pos, n, sums, last_time, last_close, ring = snap  # type: ignore[misc]
+        pos, n, sums, last_time, last_close, ring, delta, pend_c, pend_p = snap  # type: ignore[misc]
         self._pos, self._n, self._sums = pos, n, list(sums)
         self._last_time, self._last_close = last_time, last_close
         self._ring[:] = ring
+        self._delta = delta
+        self._pend_c[:] = pend_c
+        self._pend_p[:] = pend_p
+
+    @property
+    def delta(self) -> float:
+        """The online intercept correction (0 with ``eta = 0``)."""
+        return self._delta
 
     def update(self, bar: Bar) -> tuple[float, float]:
         t, c = bar.open_time, bar.close
         if self._last_time is None or t != self._last_time + INTERVAL_MS or not c > 0.0:
-            self.reset()  # a start, a gap or a bad close: no return across it
+            self._restart()  # a start, a gap or a bad close: no return across it
             if c > 0.0:
                 self._last_time, self._last_close = t, c
+                if self.eta:
+                    self._pend_c[0] = c
             return NAN, NAN
         minute = t // 60_000
         w = ((minute // MINUTES_PER_DAY + 3) % 7) * MINUTES_PER_DAY + minute % MINUTES_PER_DAY
@@ -155,13 +189,30 @@ class HarSeasonal:
         self._pos = 0 if pos == r else pos
         self._n = n = n + 1
         self._last_time, self._last_close = t, c
-        if n < self.min_bars:
-            return NAN, NAN
-        return _forecast(self, sums, n, w)
+        if not self.eta:
+            if n < self.min_bars:
+                return NAN, NAN
+            return _forecast(self, sums, n, w, 0.0)
+        slot = n % self.h
+        pend_c, pend_p = self._pend_c, self._pend_p
+        if n >= self.h:
+            self._delta = _learn(self, self._delta, c, pend_c[slot], pend_p[slot])
+        out = _forecast(self, sums, n, w, self._delta) if n >= self.min_bars else (NAN, NAN)
+        pend_c[slot], pend_p[slot] = c, out[0]
+        return out
 
 
-def _forecast(f: HarSeasonal, sums: Sequence[int], n: int, w: int) -> tuple[float, float]:
-    """(p_move, sigma_bp) from the integer sums: the one scalar map of ``update`` and ``batch``."""
+def _learn(f: HarSeasonal, delta: float, close: float, close_then: float, p_then: float) -> float:
+    """One online step: the forecast ``p_then`` made h bars ago at ``close_then`` meets its outcome."""
+    if p_then != p_then:  # no forecast then (warming up)
+        return delta
+    y = 1.0 if abs(close / close_then - 1.0) > f.threshold else 0.0
+    return delta + f.eta * (y - p_then)
+
+
+def _forecast(f: HarSeasonal, sums: Sequence[int], n: int, w: int, delta: float) -> tuple[float, float]:
+    """(p_move, sigma_bp) from the integer sums and the online correction: the one scalar map of
+    ``update`` and ``batch``."""
     lx = f.coef[0]
     log = math.log
     eps = f.eps
@@ -171,7 +222,7 @@ def _forecast(f: HarSeasonal, sums: Sequence[int], n: int, w: int) -> tuple[floa
     sigma = math.sqrt(var)
     sigma_bp = 1e4 * sigma
     if f.calib_kind == "logistic":
-        z = f.calib_a + f.calib_b * log(sigma_bp)
+        z = f.calib_a + f.calib_b * log(sigma_bp) + delta
         p = 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
     else:
         p = math.erfc(f.threshold / (sigma * math.sqrt(2.0)))
@@ -200,17 +251,38 @@ def span_sums(q: np.ndarray, spans: Sequence[int]) -> tuple[np.ndarray, np.ndarr
 
 
 def batch(forecaster: HarSeasonal, open_time: np.ndarray, close: np.ndarray,
-          at: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+          at: np.ndarray | None = None, delta: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
     """(p_move, sigma_bp) of every bar (or of the bars ``at``) of ONE gap-free run of bars with
-    positive closes, fed from its first bar: what ``update`` returns, bit for bit."""
+    positive closes, fed from its first bar with the online correction ``delta`` (what the
+    forecaster holds before the run): what ``update`` returns, bit for bit."""
+    return batch_run(forecaster, open_time, close, at, delta)[:2]
+
+
+def batch_run(forecaster: HarSeasonal, open_time: np.ndarray, close: np.ndarray,
+              at: np.ndarray | None = None, delta: float = 0.0) -> tuple[np.ndarray, np.ndarray, float]:
+    """``batch`` and the online correction after the run's last bar (the next run's ``delta``)."""
     f = forecaster
     q, w = deseasonalized_q(open_time, close, f.season, f.scale)
     sums, n = span_sums(q, f.spans)
     idx = np.arange(len(n)) if at is None else np.asarray(at, np.int64)
     p = np.full(len(idx), np.nan)
     sig = np.full(len(idx), np.nan)
-    s_l, n_l, w_l = sums[idx].tolist(), n[idx].tolist(), w[idx].tolist()
-    for r in range(len(idx)):
-        if n_l[r] >= f.min_bars:
-            p[r], sig[r] = _forecast(f, s_l[r], n_l[r], w_l[r])
-    return p, sig
+    if not f.eta:
+        s_l, n_l, w_l = sums[idx].tolist(), n[idx].tolist(), w[idx].tolist()
+        for r in range(len(idx)):
+            if n_l[r] >= f.min_bars:
+                p[r], sig[r] = _forecast(f, s_l[r], n_l[r], w_l[r], 0.0)
+        return p, sig, delta
+    # online: every bar of the run in order (the correction at a bar depends on every earlier one)
+    s_l, w_l, c_l = sums.tolist(), w.tolist(), np.asarray(close, np.float64).tolist()
+    h, mb = f.h, f.min_bars
+    p_all = [NAN] * len(s_l)
+    s_all = [NAN] * len(s_l)
+    for r in range(len(s_l)):
+        if r >= h:
+            delta = _learn(f, delta, c_l[r], c_l[r - h], p_all[r - h])
+        if r >= mb:
+            p_all[r], s_all[r] = _forecast(f, s_l[r], r, w_l[r], delta)
+    p[:] = np.asarray(p_all)[idx]
+    sig[:] = np.asarray(s_all)[idx]
+    return p, sig, delta

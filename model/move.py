@@ -11,7 +11,10 @@ Forecasters (each gives sigma_h, the scale of the h-bar move, and p = P(|r_h| > 
 
 Each sigma is mapped to p by a calibration fitted on the training split: a logistic on log sigma_bp
 (``logistic``) or the normal tail erfc(c / (sigma sqrt 2)) (``normal``); ``barsignal compress move``
-picks the one with the lower validation log-loss for the shipped forecaster.
+picks the one with the lower validation log-loss for the shipped forecaster, and then the learning
+rate ``eta`` of its online intercept correction (``engine/move_har.py``; 0 = static) from
+``ETA_GRID``, again by validation log-loss. ``har_seasonal_static`` is the shipped forecaster with
+``eta = 0``, reported beside it.
 
 Metrics: QLIKE of sigma_h**2 against the realized variance of the coming h bars (sum of squared
 one-bar returns), and log-loss, Brier, ROC-AUC and ECE (10 equal-width bins) of p against the
@@ -41,6 +44,7 @@ RV_FLOOR = 1e-12  # realized variance floor for QLIKE (a run of h unchanged clos
 ECE_BINS = 10
 EWMA_LAMBDA = 0.94
 PERSISTENCE_SPAN = 30
+ETA_GRID = (0.0, 0.0001, 0.0002, 0.0005, 0.001, 0.002)  # online recalibration rates tried on validation
 SEASON_FLOOR = 0.05  # a seasonal scale of |d| is at least this fraction of its mean (no zero factor)
 
 
@@ -210,14 +214,17 @@ def fit_har(mb: MoveBars, train_ends: np.ndarray, h: int, *, seasonal: bool = Tr
 
 def har_predict(params: Mapping[str, Any], h: int, threshold_bp: float, mb: MoveBars, ends: np.ndarray
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """(p, sigma_bp) at ``ends`` through ``engine.move_har.batch`` (what the daemon computes)."""
+    """(p, sigma_bp) at ``ends`` through ``engine.move_har.batch`` (what the daemon computes): one
+    forecaster fed every segment in order from the first (its online correction, if any, starts at 0
+    and is carried across the gaps between segments)."""
     f = move_har.HarSeasonal(MoveSpec(h, threshold_bp, move_har.KIND, dict(params)))
     p = np.full(len(ends), np.nan)
     sig = np.full(len(ends), np.nan)
+    delta = 0.0
     for a, b in mb.bounds:
         m = (ends >= a) & (ends < b)
-        if m.any():
-            p[m], sig[m] = move_har.batch(f, mb.open_time[a:b], mb.close[a:b], ends[m] - a)
+        if m.any() or f.eta:
+            p[m], sig[m], delta = move_har.batch_run(f, mb.open_time[a:b], mb.close[a:b], ends[m] - a, delta)
     return p, sig
 
 
@@ -244,10 +251,12 @@ def apply_calib(cal: Mapping[str, Any], sigma_bp: np.ndarray, threshold_bp: floa
 
 
 def fit(mb: MoveBars, train: WindowSet, val: WindowSet | None, h: int, threshold_bp: float,
-        calib: str | None = None) -> dict[str, Any]:
+        calib: str | None = None, eta: float | None = None) -> dict[str, Any]:
     """Every forecaster's params fitted on ``train`` (its windows' last bars). The shipped
     ``har_seasonal`` calibration is ``calib`` or, when None, the one with the lower log-loss on
-    ``val`` (logistic without ``val``). Returns ``{"forecaster": params, "baselines": {...}, ...}``."""
+    ``val`` (logistic without ``val``); a logistic one's online rate is ``eta`` or, when None, the
+    one of ``ETA_GRID`` with the lowest log-loss on ``val`` (0 without ``val``). Returns
+    ``{"forecaster": params, "baselines": {...}, ...}``."""
     e = train.ends
     y = exceed(train, threshold_bp)
     out: dict[str, Any] = {"fitted_on": "train", "windows": len(train), "horizon": h,
@@ -272,7 +281,18 @@ def fit(mb: MoveBars, train: WindowSet, val: WindowSet | None, h: int, threshold
               for k, c in choices.items()}
         calib = min(ll, key=lambda k: ll[k])
         out["calib_choice"] = {"on": "validation log-loss", **{k: float(v) for k, v in ll.items()}}
-    seas["calib"] = choices[calib or "logistic"]
+    seas["calib"] = dict(choices[calib or "logistic"])
+    if seas["calib"]["kind"] == "logistic":
+        if eta is None and val is not None:
+            yv = exceed(val, threshold_bp)
+            ll_eta = {}
+            for e_ in ETA_GRID:
+                pv, _ = har_predict({**seas, "calib": {**seas["calib"], "eta": e_}}, h, threshold_bp, mb, val.ends)
+                ok = np.isfinite(pv)
+                ll_eta[e_] = em.log_loss(yv[ok], pv[ok])
+            eta = min(ll_eta, key=lambda k: (ll_eta[k], k))
+            out["eta_choice"] = {"on": "validation log-loss", **{f"{k:g}": float(v) for k, v in ll_eta.items()}}
+        seas["calib"]["eta"] = float(eta or 0.0)
     x = train.last_rows().astype(np.float64)
     idx = np.linspace(0, len(x) - 1, min(len(x), MAX_FIT_WINDOWS)).round().astype(np.int64)
     lr = Logistic.fit(x[idx], y[idx], 1e-3)
@@ -297,8 +317,12 @@ def predict(fitted: Mapping[str, Any], mb: MoveBars, ws: WindowSet, h: int, thre
     e = ws.ends
     base = fitted["baselines"]
     out: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
-    p, sig = har_predict(fitted["forecaster"], h, threshold_bp, mb, e)
+    fc = fitted["forecaster"]
+    p, sig = har_predict(fc, h, threshold_bp, mb, e)
     out["har_seasonal"] = (p, (sig / 1e4) ** 2)
+    if float(fc["calib"].get("eta", 0.0)):
+        p, _ = har_predict({**fc, "calib": {**fc["calib"], "eta": 0.0}}, h, threshold_bp, mb, e)
+        out["har_seasonal_static"] = (p, (sig / 1e4) ** 2)
     p, sig = har_predict(base["har"], h, threshold_bp, mb, e)
     out["har"] = (p, (sig / 1e4) ** 2)
     for name, fn in (("persistence", persistence_var), ("ewma", ewma_var)):

@@ -73,17 +73,17 @@ def _ece(y: np.ndarray, p: np.ndarray) -> float:
     return float(np.abs(np.bincount(b, weights=p - y, minlength=mv.ECE_BINS)).sum() / len(y))
 
 
-def monthly(mb: mv.MoveBars, every: Any, h: int, c: float, purge: int, n_boot: int, first: int = 4
-            ) -> list[dict[str, Any]]:
+def monthly(mb: mv.MoveBars, every: Any, h: int, c: float, purge: int, n_boot: int, first: int = 4,
+            eta: float = 0.0) -> list[dict[str, Any]]:
     """Expanding-window walk-forward: for each calendar month from the ``first``-th on, fit on every
-    window ending before the month (less ``purge`` bars) and score the month."""
+    window ending before the month (less ``purge`` bars) and score the month (online rate ``eta``)."""
     month = every.times.astype("datetime64[ms]").astype("datetime64[M]")
     out = []
     for k in np.unique(month)[first:]:
         t0 = int(k.astype("datetime64[ms]").astype(np.int64))
         tr = every.subset(np.flatnonzero(every.times < t0 - purge * 60_000))
         te = every.subset(np.flatnonzero(month == k))
-        fitted = mv.fit(mb, tr, None, h, c, calib="logistic")
+        fitted = mv.fit(mb, tr, None, h, c, calib="logistic", eta=eta)
         rep = mv.compare(mv.predict(fitted, mb, te, h, c), mv.exceed(te, c), mb.forward_rv(te.ends, h), te.days,
                          n_boot=n_boot)
         out.append({"month": str(k), "train_windows": len(tr), **rep})
@@ -143,6 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="only what the 33 features add to har_seasonal (validation, test, --spot)")
     ap.add_argument("--restart-only", type=int, default=0, metavar="BARS",
                     help="only what a start BARS bars before each test day costs (the daemon's warm-up)")
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="only the shipped forecaster with its online calibration against the static one "
+                         "(validation, test, --spot, walk-forward by month, a start before each test day)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     t_start = time.monotonic()
@@ -175,10 +178,32 @@ def main(argv: list[str] | None = None) -> int:
             for name, rep in per.items():
                 sys.stdout.write("\n".join(mv.report_md(rep, f"{name}, {float(c):g} bp")) + "\n\n")
         return 0
+    if args.calibration_only:
+        res["calibration"] = {}
+        for c in args.thresholds:
+            fitted = mv.fit(mb, sp.train, sp.val_all, h, c)
+            eta = float(fitted["forecaster"]["calib"].get("eta", 0.0))
+            r = {"calib_choice": fitted.get("calib_choice"), "eta_choice": fitted.get("eta_choice"), "eta": eta,
+                 "val": mv.report(fitted, mb, sp.val_all, n_boot=args.bootstrap),
+                 "test": mv.report(fitted, mb, sp.test_all, n_boot=args.bootstrap, walk_forward=args.folds),
+                 "spot": {name: mv.report(fitted, m, w, n_boot=args.bootstrap, walk_forward=args.folds)
+                          for name, m, w in spot},
+                 "monthly": monthly(mb, every, h, c, sp.spec.purge_bars, args.bootstrap, eta=eta),
+                 "restart": restart_cost(mb, sp.train, sp.val_all, sp.test_all, h, c, 130, args.bootstrap)}
+            res["calibration"][str(c)] = r
+            print(f"[{time.monotonic() - t_start:6.0f}s] threshold {c:g} bp done", file=sys.stderr, flush=True)
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "move_calibration.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+        text = calibration_markdown(res)
+        (out / "move_calibration.md").write_text(text)
+        sys.stdout.write(text)
+        return 0
     for c in args.thresholds:
-        r: dict[str, Any] = {"ablations_val": ablations(mb, sp.train, sp.val_all, h, c)}
+        r = {"ablations_val": ablations(mb, sp.train, sp.val_all, h, c)}
         fitted = mv.fit(mb, sp.train, sp.val_all, h, c)
         r["calib_choice"] = fitted.get("calib_choice")
+        r["eta_choice"] = fitted.get("eta_choice")
         r["val"] = mv.report(fitted, mb, sp.val_all, n_boot=args.bootstrap)
         r["test"] = mv.report(fitted, mb, sp.test_all, n_boot=args.bootstrap, walk_forward=args.folds)
         r["spot"] = {name: mv.report(fitted, m, w, n_boot=args.bootstrap, walk_forward=args.folds)
@@ -192,6 +217,38 @@ def main(argv: list[str] | None = None) -> int:
     (out / "move_research.md").write_text(to_markdown(res))
     sys.stdout.write(to_markdown(res))
     return 0
+
+
+def calibration_markdown(res: dict[str, Any]) -> str:
+    """The ``--calibration-only`` tables: online against static calibration on every period."""
+    lines: list[str] = []
+    for c, r in res["calibration"].items():
+        lines += [f"# Threshold {float(c):g} bp: online rate {r['eta']:g}", "",
+                  f"Rate chosen: {r['eta_choice']}", ""]
+        for name, rep in (("Validation", r["val"]), ("Test", r["test"]),
+                          *((f"Spot {n}", v) for n, v in r["spot"].items())):
+            lines += [f"## {name}", "", *mv.to_markdown(rep), ""]
+        lines += _monthly_md(r["monthly"])
+        lines += ["## Started 130 bars before each test day", "",
+                  *mv.report_md(r["restart"], "test split"), ""]
+    return "\n".join(lines) + "\n"
+
+
+def _monthly_md(months: list[dict[str, Any]]) -> list[str]:
+    heads = " | ".join(f"{n} log-loss / AUC / ECE" for n in months[0]["scores"])
+    lines = ["## Walk-forward by month (refitted on everything before the month)", "",
+             f"| month | days | rate | {heads} | har_seasonal vs best other (log-loss) |",
+             "|---" * (4 + len(months[0]["scores"])) + "|"]
+    for m in months:
+        sc = m["scores"]
+        others = [n for n in sc if n != m["reference"]]
+        best = min(others, key=lambda n: sc[n]["log_loss"]["value"])
+        d = sc[best]["log_loss_diff"]
+        ci = d["ci95"] or [float("nan")] * 2
+        lines.append(f"| {m['month']} | {m['days']} | {m['rate']:.3f} | " + " | ".join(
+            f"{sc[n]['log_loss']['value']:.4f} / {sc[n]['roc_auc']['value']:.4f} / {sc[n]['ece']['value']:.4f}"
+            for n in sc) + f" | {d['verdict']} {best} ({d['value']:+.4f} [{ci[0]:+.4f}, {ci[1]:+.4f}]) |")
+    return [*lines, ""]
 
 
 def to_markdown(res: dict[str, Any]) -> str:

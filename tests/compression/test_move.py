@@ -38,6 +38,10 @@ def test_compress_move_writes_a_verified_idempotent_section(tmp_path, capsys) ->
     move = m["move"]
     assert move["fitted_on"]["split"] == "train" and move["fitted_on"]["windows"] > 10_000
     assert move["fitted_on"]["calibration"]["on"] == "validation log-loss"
+    rates = move["fitted_on"]["online_rate"]  # the online recalibration rate, chosen on validation too
+    assert rates["on"] == "validation log-loss" and set(rates) - {"on"} == {f"{e:g}" for e in mv.ETA_GRID}
+    eta = move["params"]["calib"]["eta"]
+    assert rates[f"{eta:g}"] == min(v for k, v in rates.items() if k != "on")
     assert set(move["baselines"]) == {"persistence", "ewma", "har", "logistic33"}
     spec = MoveSpec.from_manifest(move)
     assert (spec.horizon, spec.threshold_bp, spec.kind) == (15, 20.0, "har_seasonal")
@@ -63,7 +67,8 @@ def test_compress_move_writes_a_verified_idempotent_section(tmp_path, capsys) ->
     assert main(["eval", "--model", str(art), "--bars", *files[-6:], "--json", "--bootstrap", "20"]) == 0
     rep = json.loads(capsys.readouterr().out)["move"]
     assert rep["fitted_on"].startswith("shipped in the artifact") and rep["days"] == 6
-    assert set(rep["scores"]) == {"har_seasonal", "har", "persistence", "ewma", "logistic33"}
+    assert set(rep["scores"]) == {"har_seasonal", "har", "persistence", "ewma", "logistic33"} | (
+        {"har_seasonal_static"} if eta else set())  # the same forecaster without its online correction
     hs = rep["scores"]["har_seasonal"]
     assert 0.5 < hs["roc_auc"]["value"] < 1 and hs["ece"]["ci95"] is not None and hs["qlike"]["value"] > 0
     assert rep["scores"]["har"]["log_loss_diff"]["verdict"] in ("beats", "loses to", "no difference")

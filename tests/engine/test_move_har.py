@@ -45,27 +45,65 @@ def _forecaster(params: dict, threshold_bp: float = 20.0) -> move_har.HarSeasona
     return f
 
 
-def test_incremental_equals_batch_bit_for_bit_on_real_bars(real: tuple[list, dict]) -> None:
-    segs, params = real
-    for kind in ("logistic", "normal"):
-        p = {**params, "calib": {**params["calib"], "kind": kind}}
-        f = _forecaster(p)
-        inc_p, inc_s, bat_p, bat_s = [], [], [], []
-        for seg in segs:  # the segments one after another: the forecaster restarts at each gap
-            fr = seg.frame
-            for bar in fr.bars():
-                pm, sb = f.update(bar)
-                inc_p.append(pm)
-                inc_s.append(sb)
-            bp, bs = move_har.batch(_forecaster(p), fr.open_time, fr.close)
-            bat_p += bp.tolist()
-            bat_s += bs.tolist()
-        inc = np.array([inc_p, inc_s])
-        bat = np.array([bat_p, bat_s])
-        assert inc.shape[1] == sum(len(s.frame) for s in segs) > 40_000
-        assert np.array_equal(inc, bat, equal_nan=True)  # bit for bit, NaN where warming
-        ok = np.isfinite(inc[0])
-        assert ok.mean() > 0.99 and np.all((inc[0][ok] > 0) & (inc[0][ok] < 1)) and np.all(inc[1][ok] > 0)
+@pytest.mark.parametrize(("kind", "eta"), [("logistic", 0.0), ("normal", 0.0), ("logistic", 0.002)])
+def test_incremental_equals_batch_bit_for_bit_on_real_bars(real: tuple[list, dict], kind: str, eta: float) -> None:
+    params = real[1]
+    frames = [fr.slice(a, min(a + 20_000, len(fr)) - 7) for fr in (s.frame for s in real[0])
+              for a in range(0, len(fr), 20_000)]  # gaps of 7 bars every 20,000 bars, and the file's own
+    p = {**params, "calib": {**params["calib"], "kind": kind, "eta": eta}}
+    f = _forecaster(p)
+    inc_p, inc_s, bat_p, bat_s = [], [], [], []
+    delta = 0.0
+    for fr in frames:  # the runs one after another: the forecaster restarts at each gap
+        for bar in fr.bars():
+            pm, sb = f.update(bar)
+            inc_p.append(pm)
+            inc_s.append(sb)
+        bp, bs, delta = move_har.batch_run(_forecaster(p), fr.open_time, fr.close, delta=delta)
+        bat_p += bp.tolist()
+        bat_s += bs.tolist()
+        assert delta == f.delta  # the online correction, carried across the gap, bit for bit
+    inc = np.array([inc_p, inc_s])
+    bat = np.array([bat_p, bat_s])
+    assert len(frames) > 2 and inc.shape[1] == sum(len(fr) for fr in frames) > 40_000
+    assert np.array_equal(inc, bat, equal_nan=True)  # bit for bit, NaN where warming
+    ok = np.isfinite(inc[0])
+    assert ok.mean() > 0.99 and np.all((inc[0][ok] > 0) & (inc[0][ok] < 1)) and np.all(inc[1][ok] > 0)
+    if eta:
+        assert f.delta != 0.0  # it learned; the static map with the same sigma differs
+        static = _forecaster({**p, "calib": {**p["calib"], "eta": 0.0}})
+        st_p = np.array([static.update(b)[0] for fr in frames for b in fr.bars()])
+        assert np.array_equal(np.isnan(st_p), np.isnan(inc[0])) and not np.array_equal(st_p[ok], inc[0][ok])
+
+
+def test_online_correction_learns_the_level_from_known_outcomes(real: tuple[list, dict], bars: list[Bar]) -> None:
+    """An intercept far too high is pulled down by outcomes h bars old; a gap keeps it, reset clears it."""
+    params = real[1]
+    p = {**params, "calib": {**params["calib"], "a": params["calib"]["a"] + 3.0, "eta": 0.01}}
+    f = _forecaster(p)
+    deltas = []
+    for i, b in enumerate(bars):
+        f.update(b)
+        deltas.append(f.delta)
+        if i < 15 + f.min_bars:  # nothing forecast h bars ago yet: nothing learned
+            assert f.delta == 0.0
+    assert deltas[-1] < -1.0 and deltas[-1] < deltas[len(bars) // 2] < 0.0
+    kept = f.delta
+    after_gap = Bar(bars[-1].open_time + 10 * 60_000, 1.0, 1.0, 1.0, bars[-1].close, 1.0)
+    assert math.isnan(f.update(after_gap)[0])
+    assert f.delta == kept  # a gap keeps what was learned
+    # ... and forgets the forecasts whose outcome spans it: after the gap it runs as a fresh
+    # forecaster holding the same correction
+    g = _forecaster(p)
+    g._delta = kept
+    g.update(after_gap)
+    later = [Bar(b.open_time + (after_gap.open_time - bars[0].open_time), b.open, b.high, b.low, b.close, b.volume)
+             for b in bars[:200]]
+    assert np.array_equal(np.array([f.update(b) for b in later[1:]]), np.array([g.update(b) for b in later[1:]]),
+                          equal_nan=True)
+    assert f.delta == g.delta != kept
+    f.reset()
+    assert f.delta == 0.0
 
 
 def test_warm_up_and_gaps(real: tuple[list, dict], bars: list[Bar]) -> None:
@@ -97,7 +135,7 @@ def test_warm_up_and_gaps(real: tuple[list, dict], bars: list[Bar]) -> None:
                                                    min_size=1, max_size=4))
 def test_snapshot_restore_leaves_it_unchanged(real: tuple[list, dict], bars: list[Bar], cut: int,
                                               rehearse: list[tuple[int, float]]) -> None:
-    params = real[1]
+    params = {**real[1], "calib": {**real[1]["calib"], "eta": 0.002}}  # the online state too
     bars = bars[:cut + 40]
     a, b = _forecaster(params), _forecaster(params)
     for bar in bars[:cut]:
@@ -115,9 +153,11 @@ def test_snapshot_restore_leaves_it_unchanged(real: tuple[list, dict], bars: lis
     assert a.snapshot() == b.snapshot()
 
 
-def test_bad_params_are_named() -> None:
+def test_bad_params_are_named(real: tuple[list, dict]) -> None:
     with pytest.raises(ValueError, match=r"move.*params"):
         move_registry.build(MoveSpec(15, 20.0, move_har.KIND, {"coef": [0.0]}))
+    with pytest.raises(ValueError, match=r"calib.eta"):
+        move_registry.build(MoveSpec(15, 20.0, move_har.KIND, {**real[1], "calib": {"kind": "normal", "eta": 0.01}}))
     with pytest.raises(ValueError, match="unknown kind"):
         move_registry.build(MoveSpec(15, 20.0, "nope", {}))
 
