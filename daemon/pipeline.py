@@ -17,6 +17,14 @@ replay alike, so parity skips it exactly as live did.
 No I/O and no sockets here: the clock is injected (only for the latency breakdown, never for a
 decision). Bars at or before ``last_signalled`` (a restart's warm-up) only feed the features: they
 are neither scored nor signalled again, and the rule state is restored from the outbox instead.
+
+The move forecaster's learned state (its online correction: ``MoveForecaster.persisted``) is stored
+with the rule state (:attr:`Pipeline.rule_state` carries it in ``RuleState.move``). A restart
+restores it in this order (``Node.restore``, live and in replay/parity alike): it is resumed before
+the first warm-up bar, and resumed again after every bar at or before ``last_signalled``, so the
+warm-up bars (already learned from by the run that stored it) rebuild the forecaster's window
+without learning twice; after the last of them the correction is exactly the stored one, and the
+bars after it learn as an uninterrupted run would.
 """
 
 from __future__ import annotations
@@ -24,13 +32,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from barsignal.daemon.recent import BarRing
-from barsignal.engine.move import MoveForecaster
+from barsignal.engine.move import MoveForecaster, tag_state
 from barsignal.engine.scorer import Scorer
 from barsignal.engine.signal import RuleState, Signal, SignalRule, signal_id
 from barsignal.errors import BadMessage
@@ -111,6 +119,7 @@ class Pipeline:
         self.recent = BarRing(keep_bars)
         self._rehearsal: tuple[tuple[int, int], Any, int] | None = None  # (bar, rule id), rule copy, time
         self.move_out: tuple[float, float] = _NO_MOVE  # the forecaster's output for the newest bar
+        self.move_hold: dict[str, Any] | None = None  # the restored move state, held through the warm-up
 
     # -- one bar -------------------------------------------------------------------------------
     def process(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
@@ -193,6 +202,7 @@ class Pipeline:
         on ``self.recent`` first (see :func:`warm`)."""
         model.rule.state = self.model.rule.state
         self.model = model
+        self.move_hold = None
 
     # -- internals -----------------------------------------------------------------------------
     def _features(self, bar: Bar) -> np.ndarray | None:
@@ -215,6 +225,8 @@ class Pipeline:
             self.warm = True
         if self.last_signalled is not None and bar.open_time <= self.last_signalled:
             self.stats.already_signalled += 1
+            if self.move_hold is not None and mv is not None:
+                mv.resume(self.move_hold)  # a warm-up bar: learned from before the restart
             return None
         if window is None or self.stats.bars < self.min_bars:
             self.stats.warmup += 1
@@ -238,7 +250,12 @@ class Pipeline:
 
     @property
     def rule_state(self) -> RuleState:
-        return self.model.rule.state
+        """The rule's state, with the move forecaster's persisted state tagged with the artifact
+        (``RuleState.move``: one float for ``har_seasonal``), as the outbox and the bar record store it."""
+        st = self.model.rule.state
+        mv = self.model.move
+        d = mv.persisted() if mv is not None else None
+        return st if d is None else replace(st, move=tag_state(self.model.artifact_hash, d))
 
 
 def _stamp(sig: Signal, recv_ns: int | None, t0: int, t1: int, score_ns: int, t2: int, t3: int) -> None:
