@@ -494,9 +494,10 @@ class Node:
         pipe = self.pipeline
         old = pipe.model.artifact_hash
         was, mv = pipe.model.move, loaded.model.move
-        kept = was.persisted() if was is not None and mv is not None and loaded.model.artifact_hash == old else None
-        if kept is not None:  # the same artifact again: its learned state carries over (another: fresh)
-            mv.resume(kept)  # type: ignore[union-attr]
+        if was is not None and mv is not None and loaded.model.artifact_hash == old:
+            kept = was.persisted()  # the same artifact again: its learned state carries over (another: fresh)
+            if kept is not None:
+                mv.resume(kept)
         pipe.swap(loaded.model)  # one assignment: the next bar uses the new model
         self.loaded = loaded
         self._pending_swap = {"artifact": loaded.model.artifact_hash, "path": loaded.model.info.get("path"),

@@ -200,8 +200,10 @@ class Pipeline:
         """Replace features, move forecaster, scorer, rule and artifact hash in one step; the rule
         resumes from the current rule state. The caller warms the new model's features and forecaster
         on ``self.recent`` first (see :func:`warm`)."""
-        model.rule.state = self.model.rule.state
+        st = self.model.rule.state
         self.model = model
+        move = self._move_state()  # the new forecaster's state, tagged with its artifact
+        model.rule.state = st if move is None and st.move is None else replace(st, move=move)
         self.move_hold = None
 
     # -- internals -----------------------------------------------------------------------------
@@ -236,7 +238,7 @@ class Pipeline:
     def _signal(self, bar: Bar, p_up: float, move: tuple[float, float]) -> Signal:
         m = self.model
         p_move, sigma = move
-        action = m.rule.update(p_up, p_move)
+        action = m.rule.update(p_up, p_move, self._move_state())
         self.last_signalled = bar.open_time
         self.stats.signals += 1
         known = p_move == p_move  # not NaN: JSON has no NaN, a signal carries None (null) instead
@@ -251,11 +253,14 @@ class Pipeline:
     @property
     def rule_state(self) -> RuleState:
         """The rule's state, with the move forecaster's persisted state tagged with the artifact
-        (``RuleState.move``: one float for ``har_seasonal``), as the outbox and the bar record store it."""
-        st = self.model.rule.state
+        (``RuleState.move``: one float for ``har_seasonal``, handed to the rule at each signal), as the
+        outbox and the bar record store it."""
+        return self.model.rule.state
+
+    def _move_state(self) -> dict[str, Any] | None:
         mv = self.model.move
         d = mv.persisted() if mv is not None else None
-        return st if d is None else replace(st, move=tag_state(self.model.artifact_hash, d))
+        return None if d is None else tag_state(self.model.artifact_hash, d)
 
 
 def _stamp(sig: Signal, recv_ns: int | None, t0: int, t1: int, score_ns: int, t2: int, t3: int) -> None:

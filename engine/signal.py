@@ -169,15 +169,16 @@ class SignalRule:
             return "short"
         return "flat"
 
-    def update(self, p_up: float, p_move: float = float("nan")) -> str:
-        """Advance one bar and return its action; the regime for ``p_move`` is then ``state.regime``."""
+    def update(self, p_up: float, p_move: float = float("nan"), move: dict[str, Any] | None = None) -> str:
+        """Advance one bar and return its action; the regime for ``p_move`` is then ``state.regime``.
+        ``move``: the move forecaster's state after this bar, carried in the new state unread."""
         st = self.state
         held_bars = st.held_bars + 1
         want = "flat" if self.stay_flat else self.target(p_up, st.action)
         regime, regime_bars = self.regime.step(st.regime, st.regime_bars, p_move)
         if (want != st.action and held_bars > self.cooldown_bars
                 and (st.action == "flat" or held_bars >= self.min_hold_bars)):
-            self.state = RuleState(want, 0, regime, regime_bars)
+            self.state = RuleState(want, 0, regime, regime_bars, move)
         else:
-            self.state = RuleState(st.action, min(held_bars, 1 << 30), regime, regime_bars)
+            self.state = RuleState(st.action, min(held_bars, 1 << 30), regime, regime_bars, move)
         return self.state.action
