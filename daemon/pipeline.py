@@ -24,7 +24,8 @@ restores it in this order (``Node.restore``, live and in replay/parity alike): i
 the first warm-up bar, and resumed again after every bar at or before ``last_signalled``, so the
 warm-up bars (already learned from by the run that stored it) rebuild the forecaster's window
 without learning twice; after the last of them the correction is exactly the stored one, and the
-bars after it learn as an uninterrupted run would.
+bars after it learn from there (their first h outcomes are scored against forecasts the warm-up
+recomputed with the stored correction: only the correction is stored, not the last h forecasts).
 """
 
 from __future__ import annotations
