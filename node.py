@@ -31,6 +31,7 @@ from barsignal.daemon.config import Config
 from barsignal.daemon.config import state_dir as config_state_dir
 from barsignal.daemon.outbox import Outbox, SinkWorker
 from barsignal.daemon.pipeline import Model, Pipeline, Prepared, warm
+from barsignal.engine.move import untag_state
 from barsignal.engine.signal import RuleState, Signal, SignalRule
 from barsignal.errors import ArtifactError, ConfigError, DataError
 from barsignal.features.bar import Bar
@@ -251,10 +252,31 @@ class Node:
     # -- the rule state: restored here and only here ----------------------------------------------
     def restore(self, start: Start) -> None:
         """Resume from ``start``: bars at or before its last signalled bar only feed the features,
-        and the rule continues from its state (a daemon restart, or one run of a bar record)."""
-        self.pipeline.last_signalled = start.last_signalled
+        and the rule continues from its state (a daemon restart, or one run of a bar record). The move
+        forecaster resumes the state stored with it (``RuleState.move``) when it belongs to this
+        artifact, before any warm-up bar, and holds it through the warm-up (see ``daemon/pipeline.py``);
+        a state of another artifact, or a bad one, is ignored (one log line): the forecaster starts
+        fresh."""
+        pipe = self.pipeline
+        pipe.last_signalled = start.last_signalled
         if start.rule_state is not None:
-            self.pipeline.model.rule.state = start.rule_state
+            pipe.model.rule.state = start.rule_state
+        mv, stored = pipe.model.move, start.rule_state.move if start.rule_state is not None else None
+        pipe.move_hold = None
+        if mv is None or stored is None:
+            return
+        mine = untag_state(stored, pipe.model.artifact_hash)
+        if mine is None:
+            log.info("move_state_ignored", symbol=self.symbol, stored_artifact=str(stored.get("artifact"))[:12],
+                     artifact=pipe.model.artifact_hash[:12], hint="another artifact's: the forecaster starts fresh")
+            return
+        try:
+            mv.resume(mine)
+        except (TypeError, ValueError) as e:
+            log.warning("move_state_ignored", symbol=self.symbol, error=str(e), hint="the forecaster starts fresh")
+            mv.reset()
+            return
+        pipe.move_hold = mine
 
     # -- start and stop ----------------------------------------------------------------------------
     async def start(self, *, on_delivered: Callable[[str, Signal], None] | None = None,
@@ -466,9 +488,16 @@ class Node:
 
     def swap(self, loaded: Loaded, warm_from: int | None, warm_bars: int) -> Swapped:
         """Swap ``loaded`` in (its features already warmed on ``warm_bars`` bars from ``warm_from``);
-        the rule carries its state over. The bar record gets a ``swap`` line before the next bar."""
+        the rule carries its state over, and so does the move forecaster's learned state when the
+        artifact is the same (another artifact's forecaster keeps what it learned on the warm-up bars,
+        from a fresh start). The bar record gets a ``swap`` line before the next bar."""
         pipe = self.pipeline
         old = pipe.model.artifact_hash
+        was, mv = pipe.model.move, loaded.model.move
+        if was is not None and mv is not None and loaded.model.artifact_hash == old:
+            kept = was.persisted()  # the same artifact again: its learned state carries over (another: fresh)
+            if kept is not None:
+                mv.resume(kept)
         pipe.swap(loaded.model)  # one assignment: the next bar uses the new model
         self.loaded = loaded
         self._pending_swap = {"artifact": loaded.model.artifact_hash, "path": loaded.model.info.get("path"),

@@ -17,6 +17,15 @@ replay alike, so parity skips it exactly as live did.
 No I/O and no sockets here: the clock is injected (only for the latency breakdown, never for a
 decision). Bars at or before ``last_signalled`` (a restart's warm-up) only feed the features: they
 are neither scored nor signalled again, and the rule state is restored from the outbox instead.
+
+The move forecaster's learned state (its online correction: ``MoveForecaster.persisted``) is stored
+with the rule state (:attr:`Pipeline.rule_state` carries it in ``RuleState.move``). A restart
+restores it in this order (``Node.restore``, live and in replay/parity alike): it is resumed before
+the first warm-up bar, and resumed again after every bar at or before ``last_signalled``, so the
+warm-up bars (already learned from by the run that stored it) rebuild the forecaster's window
+without learning twice; after the last of them the correction is exactly the stored one, and the
+bars after it learn from there (their first h outcomes are scored against forecasts the warm-up
+recomputed with the stored correction: only the correction is stored, not the last h forecasts).
 """
 
 from __future__ import annotations
@@ -24,13 +33,13 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
 
 from barsignal.daemon.recent import BarRing
-from barsignal.engine.move import MoveForecaster
+from barsignal.engine.move import MoveForecaster, tag_state
 from barsignal.engine.scorer import Scorer
 from barsignal.engine.signal import RuleState, Signal, SignalRule, signal_id
 from barsignal.errors import BadMessage
@@ -111,6 +120,7 @@ class Pipeline:
         self.recent = BarRing(keep_bars)
         self._rehearsal: tuple[tuple[int, int], Any, int] | None = None  # (bar, rule id), rule copy, time
         self.move_out: tuple[float, float] = _NO_MOVE  # the forecaster's output for the newest bar
+        self.move_hold: dict[str, Any] | None = None  # the restored move state, held through the warm-up
 
     # -- one bar -------------------------------------------------------------------------------
     def process(self, bar: Bar, recv_ns: int | None = None) -> Signal | None:
@@ -191,8 +201,11 @@ class Pipeline:
         """Replace features, move forecaster, scorer, rule and artifact hash in one step; the rule
         resumes from the current rule state. The caller warms the new model's features and forecaster
         on ``self.recent`` first (see :func:`warm`)."""
-        model.rule.state = self.model.rule.state
+        st = self.model.rule.state
         self.model = model
+        move = self._move_state()  # the new forecaster's state, tagged with its artifact
+        model.rule.state = st if move is None and st.move is None else replace(st, move=move)
+        self.move_hold = None
 
     # -- internals -----------------------------------------------------------------------------
     def _features(self, bar: Bar) -> np.ndarray | None:
@@ -215,6 +228,8 @@ class Pipeline:
             self.warm = True
         if self.last_signalled is not None and bar.open_time <= self.last_signalled:
             self.stats.already_signalled += 1
+            if self.move_hold is not None and mv is not None:
+                mv.resume(self.move_hold)  # a warm-up bar: learned from before the restart
             return None
         if window is None or self.stats.bars < self.min_bars:
             self.stats.warmup += 1
@@ -224,7 +239,7 @@ class Pipeline:
     def _signal(self, bar: Bar, p_up: float, move: tuple[float, float]) -> Signal:
         m = self.model
         p_move, sigma = move
-        action = m.rule.update(p_up, p_move)
+        action = m.rule.update(p_up, p_move, self._move_state())
         self.last_signalled = bar.open_time
         self.stats.signals += 1
         known = p_move == p_move  # not NaN: JSON has no NaN, a signal carries None (null) instead
@@ -238,7 +253,15 @@ class Pipeline:
 
     @property
     def rule_state(self) -> RuleState:
+        """The rule's state, with the move forecaster's persisted state tagged with the artifact
+        (``RuleState.move``: one float for ``har_seasonal``, handed to the rule at each signal), as the
+        outbox and the bar record store it."""
         return self.model.rule.state
+
+    def _move_state(self) -> dict[str, Any] | None:
+        mv = self.model.move
+        d = mv.persisted() if mv is not None else None
+        return None if d is None else tag_state(self.model.artifact_hash, d)
 
 
 def _stamp(sig: Signal, recv_ns: int | None, t0: int, t1: int, score_ns: int, t2: int, t3: int) -> None:

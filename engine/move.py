@@ -5,6 +5,12 @@ through ``update``, and returns ``(p_move, sigma_bp)`` for that bar, NaN while i
 Its parameters come from the artifact's manifest (``"move": {"horizon": h, "threshold_bp": c,
 "kind": ..., "params": {...}}``); ``kind`` names a class in ``engine/move_registry.py``. ``snapshot``/``restore``
 let keep-warm rehearse a bar and put every value back.
+
+``persisted``/``resume`` are the small part of the state that outlives the process (the learned
+online correction of ``har_seasonal``: ``{"delta": float}``; None for a forecaster that learns
+nothing). The pipeline stores it with the rule state (``RuleState.move``, tagged with the artifact
+hash, see :func:`tag_state`), and a restart resumes it (``Node.restore``; a state tagged with another
+artifact is ignored).
 """
 
 from __future__ import annotations
@@ -65,3 +71,23 @@ class MoveForecaster(Protocol):
     def reset(self) -> None:
         """Forget every bar seen."""
         ...
+
+    def persisted(self) -> dict[str, Any] | None:
+        """What a restart resumes (JSON numbers; float64 round-trips bit for bit), or None."""
+        ...
+
+    def resume(self, d: Mapping[str, Any]) -> None:
+        """Take back what ``persisted`` returned; a ValueError names a bad value."""
+        ...
+
+
+def tag_state(artifact_hash: str, persisted: Mapping[str, Any]) -> dict[str, Any]:
+    """``persisted`` tagged with the artifact it belongs to: the form ``RuleState.move`` stores."""
+    return {"artifact": artifact_hash, **persisted}
+
+
+def untag_state(stored: Mapping[str, Any] | None, artifact_hash: str) -> dict[str, Any] | None:
+    """The persisted state in ``stored`` when it belongs to ``artifact_hash``, else None."""
+    if stored is None or stored.get("artifact") != artifact_hash:
+        return None
+    return {k: v for k, v in stored.items() if k != "artifact"}

@@ -23,6 +23,7 @@ p_{t-h})``: one step of online logistic regression on the intercept, with a fixe
 forecaster keeps a ring of its last h closes and forecasts for it. ``delta`` starts at 0 (the
 training-split calibration) and is kept across gaps (only the forecasts whose outcome spans a gap
 are dropped); ``reset`` sets it back to 0. With ``eta = 0`` the map is the static one.
+``persisted``/``resume`` carry ``delta`` (a float64, exact through JSON) across a daemon restart.
 
 Warm-up: NaN until ``min_bars`` returns are seen (31 bars by default); until a span has k returns
 its x_k is the mean over the returns seen (exact and identical in batch). Gaps: any bar whose
@@ -159,6 +160,17 @@ class HarSeasonal:
         self._delta = delta
         self._pend_c[:] = pend_c
         self._pend_p[:] = pend_p
+
+    def persisted(self) -> dict[str, Any] | None:
+        """``{"delta": delta}`` with the online correction on, else None (nothing is learned)."""
+        return {"delta": self._delta} if self.eta else None
+
+    def resume(self, d: Mapping[str, Any]) -> None:
+        """Set ``delta`` to the persisted one (the run's bars stay as they are)."""
+        delta = d.get("delta")
+        if not isinstance(delta, float | int) or isinstance(delta, bool) or not math.isfinite(delta):
+            raise ValueError(f"move state: delta {delta!r} is not a finite number")
+        self._delta = float(delta)
 
     @property
     def delta(self) -> float:

@@ -17,7 +17,8 @@ that warms up on the last bars forecasts as an uninterrupted run does).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -72,6 +73,13 @@ class RvolLogistic:
         z = self.a + self.b * math.log(rv if rv > RV_FLOOR else RV_FLOOR)
         p = 1.0 / (1.0 + math.exp(-z)) if z > -700.0 else 0.0
         return p, self._sigma_scale * math.sqrt(rv)
+
+    def persisted(self) -> dict[str, Any] | None:
+        """Nothing outlives a restart: every value comes from the bars."""
+        return None
+
+    def resume(self, d: Mapping[str, Any]) -> None:
+        """Nothing to take back."""
 
     def snapshot(self) -> object:
         return (tuple(self._ring), self._head, self._n, self._last)

@@ -42,16 +42,25 @@ class Signal:
 @dataclass(frozen=True, slots=True)
 class RuleState:
     """What the rule remembers between bars: the action held and bars since it last changed, and the
-    same two for the regime (a state stored without them starts "calm", with no cooldown)."""
+    same two for the regime (a state stored without them starts "calm", with no cooldown).
+
+    ``move``: the move forecaster's persisted state, tagged with its artifact (``engine/move.py``
+    ``tag_state``), carried beside the rule's state so it is stored and restored with it; the rule
+    never reads it (and it takes no part in equality). None: nothing stored (an older row, or a
+    forecaster that learns nothing)."""
 
     action: str = "flat"
     held_bars: int = 1 << 30  # bars since the last change (large: no cooldown at start)
     regime: str = "calm"
     regime_bars: int = NEVER  # bars since the regime last changed
+    move: dict[str, Any] | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"action": self.action, "held_bars": self.held_bars, "regime": self.regime,
-                "regime_bars": self.regime_bars}
+        d = {"action": self.action, "held_bars": self.held_bars, "regime": self.regime,
+             "regime_bars": self.regime_bars}
+        if self.move is not None:
+            d["move"] = self.move
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RuleState:
@@ -61,7 +70,9 @@ class RuleState:
         regime = str(d.get("regime", "calm"))
         if regime not in REGIMES:
             raise ValueError(f"rule state: unknown regime {regime!r}; expected one of {REGIMES}")
-        return cls(action, int(d.get("held_bars", 1 << 30)), regime, int(d.get("regime_bars", NEVER)))
+        move = d.get("move")
+        return cls(action, int(d.get("held_bars", 1 << 30)), regime, int(d.get("regime_bars", NEVER)),
+                   dict(move) if isinstance(move, dict) else None)
 
 
 class SignalRule:
@@ -158,15 +169,16 @@ class SignalRule:
             return "short"
         return "flat"
 
-    def update(self, p_up: float, p_move: float = float("nan")) -> str:
-        """Advance one bar and return its action; the regime for ``p_move`` is then ``state.regime``."""
+    def update(self, p_up: float, p_move: float = float("nan"), move: dict[str, Any] | None = None) -> str:
+        """Advance one bar and return its action; the regime for ``p_move`` is then ``state.regime``.
+        ``move``: the move forecaster's state after this bar, carried in the new state unread."""
         st = self.state
         held_bars = st.held_bars + 1
         want = "flat" if self.stay_flat else self.target(p_up, st.action)
         regime, regime_bars = self.regime.step(st.regime, st.regime_bars, p_move)
         if (want != st.action and held_bars > self.cooldown_bars
                 and (st.action == "flat" or held_bars >= self.min_hold_bars)):
-            self.state = RuleState(want, 0, regime, regime_bars)
+            self.state = RuleState(want, 0, regime, regime_bars, move)
         else:
-            self.state = RuleState(st.action, min(held_bars, 1 << 30), regime, regime_bars)
+            self.state = RuleState(st.action, min(held_bars, 1 << 30), regime, regime_bars, move)
         return self.state.action

@@ -48,10 +48,12 @@ def write_tiny_onnx(dest: Path, seed: int = 0, bias: float = 0.0) -> tuple[Path,
 
 
 def write_tiny_artifact(dest: Path, fit_bars: Sequence[Bar], *, seed: int = 0, bias: float = 0.0,
-                        signal: dict | None = None, metrics: dict | None = None, move: bool = True) -> Path:
+                        signal: dict | None = None, metrics: dict | None = None, move: bool = True,
+                        move_spec: dict | None = None) -> Path:
     """A real artifact (``write_artifact``, so it verifies) with the tiny model, variant ``tiny``, a
     Normalizer fitted on ``fit_bars`` and (``move``) the ``rvol_logistic`` move forecast with its a and b
-    fitted on the same bars (``engine.move_persistence.fit``)."""
+    fitted on the same bars (``engine.move_persistence.fit``), or the ``move_spec`` given (e.g.
+    :func:`har_move_spec`)."""
     from barsignal.engine import move_persistence
     from barsignal.engine.artifact import write_artifact
     from barsignal.features import batch
@@ -67,6 +69,19 @@ def write_tiny_artifact(dest: Path, fit_bars: Sequence[Bar], *, seed: int = 0, b
                    variants={"tiny": {"onnx": "static.onnx", "onnx_dynamic": "dynamic.onnx"}},
                    default_variant="tiny", horizon=1, metrics=metrics or {},
                    command="tests/tiny_model.py",
-                   extra={"move": move_persistence.fit(fit_bars, MOVE_HORIZON, MOVE_THRESHOLD_BP).to_manifest()}
+                   extra={"move": move_spec or move_persistence.fit(fit_bars, MOVE_HORIZON,
+                                                                    MOVE_THRESHOLD_BP).to_manifest()}
                    if move else None)
     return dest
+
+
+def har_move_spec(eta: float = 0.01) -> dict:
+    """A ``har_seasonal`` move section with its online correction on (``eta``): short spans (30 and 60
+    bars, so a restart's warm-up refills them), no seasonality, a logistic map set by hand so that
+    p_move on the 2021-11 bars sits between 0 and 1 (not fitted: the tests check state, not skill)."""
+    from barsignal.engine.move import MoveSpec
+    from barsignal.engine.move_har import KIND
+
+    params = {"spans": [30, 60], "coef": [0.0, 0.5, 0.5], "var_scale": 1.0, "minute_factor": [1.0] * 1440,
+              "dow_factor": [1.0] * 7, "calib": {"kind": "logistic", "a": -5.2, "b": 1.9, "eta": eta}}
+    return MoveSpec(MOVE_HORIZON, MOVE_THRESHOLD_BP, KIND, params).to_manifest()

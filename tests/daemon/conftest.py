@@ -74,11 +74,17 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory):
     srv.stop()
 
 
-def write_tiny_artifact(dest: Path, *, bias: float = 0.0, n_fit: int = 3000) -> Path:
+def write_tiny_artifact(dest: Path, *, bias: float = 0.0, n_fit: int = 3000, move_spec: dict | None = None) -> Path:
     """The shared tiny artifact (tests/tiny_model.py), its Normalizer fitted on real bars."""
-    return tiny_model.write_tiny_artifact(dest, real_bars(n_fit, start=20_000), bias=bias)
+    return tiny_model.write_tiny_artifact(dest, real_bars(n_fit, start=20_000), bias=bias, move_spec=move_spec)
 
 
 @pytest.fixture(scope="session")
 def tiny_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_artifact(tmp_path_factory.mktemp("artifact") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def har_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny artifact with a ``har_seasonal`` move head that learns online (``tiny_model.har_move_spec``)."""
+    return write_tiny_artifact(tmp_path_factory.mktemp("artifact") / "har", move_spec=tiny_model.har_move_spec())

@@ -156,6 +156,9 @@ def test_rehearsals_between_bars_change_no_signal(tiny_artifact: Path) -> None:
         def restore(self, snap):
             mv.restore(snap)
 
+        def persisted(self):
+            return mv.persisted()
+
     spy = rehearsed.model.move = Spy()
     a, b = [], []
     for bar in bars:

@@ -11,6 +11,7 @@ import re
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -221,3 +222,143 @@ def test_parity_replays_the_rule_settings_the_record_holds_across_a_reload_that_
                        cwd=REPO, capture_output=True, text=True, timeout=180)
     assert r.returncode == 0 and "0 differences" in r.stdout and "1 model swap(s) replayed" in r.stdout, \
         r.stdout + r.stderr[-2000:]
+
+
+def _har_cfg(tmp_path: Path) -> tuple[Path, Path]:
+    state = tmp_path / "state"
+    p = tmp_path / "har.toml"
+    p.write_text(f'[state]\ndir = "{state}"\n[sinks]\nenabled = ["jsonl"]\n[sinks.jsonl]\npath = "signals.jsonl"\n'
+                 'fsync = "never"\n')
+    return p, state
+
+
+def _live_run(cfg: Config, artifact: Path, bars: list, seen: list | None = None) -> tuple[Any, ...]:
+    """One live run of a node over ``bars`` (the restart's warm-up first, as the feed fetches them):
+    the delta it resumed before any bar, the delta after each bar, and the forecaster's final delta."""
+
+    async def main() -> tuple[Any, ...]:
+        node = build_node(cfg, "live", artifact_dir=str(artifact))
+        mv = node.pipeline.model.move
+        resumed = mv.delta
+        await node.start()
+        deltas = []
+        for b in bars:
+            node.handle(b)
+            deltas.append(mv.delta)
+        await node.drain(10)
+        await node.close()
+        return resumed, deltas, node.pipeline.model.artifact_hash
+
+    return asyncio.run(main())
+
+
+def test_a_restart_resumes_the_move_correction_and_parity_replays_it_bit_for_bit(tmp_path, har_artifact) -> None:
+    """har_seasonal's online correction (delta) is stored with each outbox row and the run_start line:
+    a restart resumes it before its warm-up and holds it through the already-signalled bars, so after
+    them it is the delta stored with the last row, bit for bit; the p_move that follows tracks an
+    uninterrupted run far closer than a fresh start does; and parity replays both runs with 0
+    differences."""
+    import subprocess
+
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.outbox import Outbox
+
+    cfg_path, state = _har_cfg(tmp_path)
+    cfg = cfgmod.load(str(cfg_path))
+    bars = real_bars(2000)
+    cut, warmup = 1500, load_model(cfg, str(har_artifact), None).warmup_bars
+    resumed0, d1, art = _live_run(cfg, har_artifact, bars[:cut])
+    assert resumed0 == 0.0 and d1[-1] != 0.0
+    ob = Outbox(state / "outbox.sqlite", ("jsonl",))
+    try:
+        last = ob.last("BTCUSDT")
+    finally:
+        ob.close()
+    assert last is not None and last[0] == bars[cut - 1].open_time
+    assert last[1].move == {"artifact": art, "delta": d1[-1]}  # exact through orjson and sqlite
+
+    resumed, d2, _ = _live_run(cfg, har_artifact, bars[cut - warmup:])  # the live warm-up, then new bars
+    assert resumed == d1[-1]  # before the first warm-up bar
+    assert d2[:warmup] == [d1[-1]] * warmup  # held through the warm-up: after it, the stored delta exactly
+    assert len(set(d2[warmup:])) > 100  # and learning again from the first new bar
+    heads = [orjson.loads(f.read_bytes().splitlines()[0])["run_start"]
+             for f in sorted((state / "bars").glob("*.jsonl"))]
+    assert heads[-1]["rule_state"]["move"] == {"artifact": art, "delta": d1[-1]}
+
+    sigs = [orjson.loads(x) for x in (state / "signals.jsonl").read_bytes().splitlines()]
+    after = [s for s in sigs if s["open_time"] > bars[cut - 1].open_time]
+    assert len(after) == len(bars) - cut and all(s["p_move"] is not None for s in after)
+    loaded = load_model(cfg, str(har_artifact), None)
+    whole = {b.open_time: loaded.model.move.update(b)[0] for b in bars}  # uninterrupted
+    fresh = load_model(cfg, str(har_artifact), None).model.move  # a restart that forgot the correction
+    cold = {b.open_time: fresh.update(b)[0] for b in bars[cut - warmup:]}
+    near = sum(abs(s["p_move"] - whole[s["open_time"]]) for s in after[:100])
+    far = sum(abs(cold[s["open_time"]] - whole[s["open_time"]]) for s in after[:100])
+    assert near < far / 10, (near, far)
+
+    r = subprocess.run([sys.executable, "-m", "barsignal", "parity", "--live-signals", str(state / "signals.jsonl"),
+                        "--bars", str(state / "bars"), "--config", str(cfg_path), "--artifact", str(har_artifact)],
+                       cwd=REPO, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0 and f"parity OK: {len(sigs)} signals compared, 0 differences" in r.stdout, \
+        r.stdout + r.stderr[-2000:]
+
+
+def test_a_move_state_of_another_artifact_is_ignored_and_an_old_row_without_one_still_loads(tmp_path,
+                                                                                          har_artifact) -> None:
+    from barsignal.daemon import config as cfgmod
+    from barsignal.daemon.outbox import Outbox
+    from barsignal.engine.signal import Signal
+    from tests.daemon.conftest import write_tiny_artifact
+    from tests.tiny_model import har_move_spec
+
+    cfg = cfgmod.load(str(_har_cfg(tmp_path)[0]))
+    bars = real_bars(900)
+    _, d1, art = _live_run(cfg, har_artifact, bars[:850])
+    other = write_tiny_artifact(tmp_path / "other", bias=0.1, move_spec=har_move_spec())
+    with structlog.testing.capture_logs() as logs:
+        resumed, _, art2 = _live_run(cfg, other, bars[850:])
+    assert art2 != art and d1[-1] != 0.0 and resumed == 0.0  # fresh: the stored delta was another artifact's
+    ignored = [e for e in logs if e["event"] == "move_state_ignored"]
+    assert len(ignored) == 1 and ignored[0]["stored_artifact"] == art[:12]
+
+    old = tmp_path / "old"  # a row stored before the move state was: no "move" in its rule state
+    ob = Outbox(old / "outbox.sqlite", ("jsonl",))
+    b = bars[10]
+    ob.add(Signal(id=f"BTCUSDT-{b.open_time}-x", symbol="BTCUSDT", open_time=b.open_time, bar_open=b.open,
+                  bar_close=b.close, p_up=0.6, action="long", artifact="x", source="file"), RuleState("long", 3))
+    ob.close()
+    node = build_node(cfg, "replay", artifact_dir=str(har_artifact), state=old, start=None)
+    try:
+        assert node.pipeline.last_signalled == b.open_time and node.pipeline.rule_state.action == "long"
+        assert node.pipeline.model.move.delta == 0.0 and node.pipeline.move_hold is None
+    finally:
+        asyncio.run(node.close())
+
+
+def test_a_swap_keeps_the_move_correction_for_the_same_artifact_and_resets_it_for_another(tmp_path,
+                                                                                        har_artifact) -> None:
+    from barsignal.daemon.pipeline import warm
+    from tests.daemon.conftest import write_tiny_artifact
+    from tests.tiny_model import har_move_spec
+
+    bars = real_bars(1000)
+    other = write_tiny_artifact(tmp_path / "other", bias=0.1, move_spec=har_move_spec())
+    node = build_node(Config(), "replay", artifact_dir=str(har_artifact), state=tmp_path / "s")
+    try:
+        for b in bars[:800]:
+            node.handle(b)
+        recent = list(node.pipeline.recent)
+        for path, same in ((har_artifact, True), (other, False)):
+            was = node.pipeline.model.move.delta
+            new = load_model(Config(), str(path), None)
+            ref = load_model(Config(), str(path), None).model.move  # a fresh forecaster warmed the same way
+            assert warm(new.model.features, recent, new.model.move)
+            for b in recent:
+                ref.update(b)
+            node.swap(new, recent[0].open_time, len(recent))
+            assert node.pipeline.model.move.delta == (was if same else ref.delta) and ref.delta != was
+            for b in bars[800:900] if same else bars[900:]:
+                node.handle(b)
+            recent = list(node.pipeline.recent)
+    finally:
+        asyncio.run(node.close())

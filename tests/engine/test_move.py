@@ -114,6 +114,17 @@ def test_deterministic(spec: MoveSpec, train: list[Bar]) -> None:
                           equal_nan=True)
 
 
+def test_rvol_logistic_has_nothing_to_persist(spec: MoveSpec, train: list[Bar]) -> None:
+    """Every value comes from the bars: nothing is stored across a restart, and resume changes nothing."""
+    a, b = build(spec), build(spec)
+    for x in train[:200]:
+        a.update(x), b.update(x)
+    assert a.persisted() is None
+    a.resume({"delta": 1.0})
+    assert np.array_equal(np.array([a.update(x) for x in train[200:300]]),
+                          np.array([b.update(x) for x in train[200:300]]), equal_nan=True)
+
+
 def test_bad_params_are_refused() -> None:
     with pytest.raises(ValueError, match="params a and b"):
         build(MoveSpec(H, C, mp.KIND, {"a": 1.0}))

@@ -165,3 +165,28 @@ def test_bad_params_are_named(real: tuple[list, dict]) -> None:
 def test_minute_of_week() -> None:
     assert move_har.minute_of_week(0) == 3 * 1440  # 1970-01-01 00:00 UTC, a Thursday
     assert move_har.minute_of_week(1_669_593_600_000) == 0  # 2022-11-28 00:00 UTC, a Monday
+
+
+def test_persisted_state_round_trips_bit_for_bit_and_a_bad_one_is_refused(real: tuple[list, dict],
+                                                                         bars: list[Bar]) -> None:
+    """``persisted`` is the learned delta alone (a float64 exact through orjson); ``resume`` sets it and
+    nothing else; without the online correction there is nothing to persist."""
+    import orjson
+
+    params = real[1]
+    p = {**params, "calib": {**params["calib"], "eta": 0.01}}
+    f, g = _forecaster(p), _forecaster(p)
+    for b in bars[:1200]:
+        f.update(b)
+    for b in bars[1000:1200]:
+        g.update(b)
+    d = orjson.loads(orjson.dumps(f.persisted()))
+    assert set(d) == {"delta"} and d["delta"] == f.delta != 0.0 and g.delta != f.delta
+    before = g.snapshot()
+    g.resume(d)
+    assert g.delta == f.delta and g.snapshot()[:6] == before[:6]  # the run's bars untouched
+    for bad in ({}, {"delta": None}, {"delta": float("nan")}, {"delta": "0.1"}, {"delta": True}):
+        with pytest.raises(ValueError, match="move state: delta"):
+            g.resume(bad)
+    assert g.delta == f.delta
+    assert _forecaster({**params, "calib": {**params["calib"], "eta": 0.0}}).persisted() is None

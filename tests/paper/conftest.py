@@ -15,7 +15,7 @@ import pytest
 
 from barsignal.engine.signal import Signal, SignalRule, signal_id
 from barsignal.features.bar import Bar
-from tests.tiny_model import T, write_tiny_artifact, write_tiny_onnx
+from tests.tiny_model import T, har_move_spec, write_tiny_artifact, write_tiny_onnx
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("BARSIGNAL_SHARED", REPO.parent / "shared")).resolve()
@@ -93,3 +93,11 @@ def make_pipeline(tmp_path_factory) -> Callable[..., object]:
 def tiny_artifact(tmp_path_factory) -> Path:
     """A real, verified model artifact around the tiny ONNX model (normalizer fit on real bars)."""
     return write_tiny_artifact(tmp_path_factory.mktemp("art") / "artifact", _spot_bars(3000, 0), seed=1)
+
+
+@pytest.fixture(scope="session")
+def har_artifact(tmp_path_factory) -> Path:
+    """The same artifact with a ``har_seasonal`` move head that learns online (its correction is stored
+    with the rule state and resumed by a restart)."""
+    return write_tiny_artifact(tmp_path_factory.mktemp("art") / "har", _spot_bars(3000, 0), seed=1,
+                               move_spec=har_move_spec())

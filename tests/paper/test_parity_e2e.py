@@ -3,7 +3,8 @@
 missing, so the daemon reconnects and backfills them over REST. Then: one signal per closed bar, none
 missing or duplicated; ``barsignal parity`` replays the daemon's bar record with zero differences; the
 paper sink traded every signal once; a daemon restart resumes from the ledger without signalling a bar
-twice, and parity still holds across the restart."""
+twice, and parity still holds across the restart. The artifact's move head is ``har_seasonal`` with
+its online correction on: p_move is compared bit for bit too, across the restart that resumes it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from tests import e2e as h
@@ -35,13 +37,13 @@ def _equity_times(tmp: Path) -> list[int]:
 
 @pytest.mark.slow
 def test_feed_killed_and_restarted_gives_one_signal_per_bar_and_zero_parity_differences(
-        tmp_path: Path, tiny_artifact: Path) -> None:
+        tmp_path: Path, har_artifact: Path) -> None:
     times = [int(r[0]) for r in h.rows()]
     signals = lambda: h.read_jsonl(tmp_path / "state" / "signals.jsonl")  # noqa: E731
     port = free_port()
     cfg = h.write_config(tmp_path, port, sinks=("jsonl", "paper"))
     feed, _ = h.start_feed(tmp_path, h.SPOT_NOV, 2000, 2600, speed=10, port=port)
-    run = h.start_daemon(tmp_path, cfg, tiny_artifact)
+    run = h.start_daemon(tmp_path, cfg, har_artifact)
     feed2 = None
     try:
         h.wait_for(lambda: sum(s["source"] == "ws" for s in signals()) >= 4, 90, "live signals", [run],
@@ -71,14 +73,14 @@ def test_feed_killed_and_restarted_gives_one_signal_per_bar_and_zero_parity_diff
     hole = [s for s in got if last_ws < idx[s["open_time"]] < k + 30]
     assert hole and all(s["source"] == "rest" for s in hole) and len(hole) == k + 29 - last_ws
 
-    res = _parity(tmp_path, cfg, tiny_artifact)
+    res = _parity(tmp_path, cfg, har_artifact)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert f"parity OK: {len(got)} signals compared, 0 differences" in res.stdout
     assert _equity_times(tmp_path) == ots  # the paper sink traded every signal once
 
     # A restart resumes from the ledger and the outbox: no bar is signalled or traded twice.
     feed3, _ = h.start_feed(tmp_path, h.SPOT_NOV, k + 45, k + 400, speed=10, port=port, name="feed3")
-    run2 = h.start_daemon(tmp_path, cfg, tiny_artifact, name="daemon2")
+    run2 = h.start_daemon(tmp_path, cfg, har_artifact, name="daemon2")
     try:
         h.wait_for(lambda: sum(s["source"] == "ws" for s in signals()[len(got):]) >= 3, 90,
                    "live signals after restart", [run2], h.LOGS[-2:])
@@ -93,7 +95,13 @@ def test_feed_killed_and_restarted_gives_one_signal_per_bar_and_zero_parity_diff
     st = subprocess.run([sys.executable, "-m", "barsignal", "paper", "status", "--config", str(cfg)],
                         cwd=REPO, capture_output=True, text=True, timeout=60)
     assert st.returncode == 0 and st.stdout.startswith("BTCUSDT: "), st.stderr
+    # The restart resumed the move head's learned correction from the outbox (its run_start line says so) ...
+    heads = [orjson.loads(f.read_bytes().splitlines()[0])["run_start"]
+             for f in sorted((tmp_path / "state" / "bars").glob("*.jsonl"))]
+    moved = heads[-1]["rule_state"]["move"]
+    assert moved["artifact"] == got[-1]["artifact"] and moved["delta"] != 0.0
+    assert all(s["p_move"] is not None for s in again[len(got):])
     # ... and the replay of the whole bar record, across the restart, still matches bit for bit.
-    res = _parity(tmp_path, cfg, tiny_artifact)
+    res = _parity(tmp_path, cfg, har_artifact)
     assert res.returncode == 0, res.stdout + res.stderr[-3000:]
     assert f"parity OK: {len(again)} signals compared, 0 differences" in res.stdout

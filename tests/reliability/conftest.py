@@ -11,6 +11,7 @@ import pytest
 
 from tests import e2e as h
 from tests.daemon.conftest import write_tiny_artifact
+from tests.tiny_model import har_move_spec
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -26,6 +27,13 @@ def no_secret_in_any_log() -> Iterator[None]:
 @pytest.fixture(scope="session")
 def artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_tiny_artifact(tmp_path_factory.mktemp("artifact") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def har_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny artifact with a ``har_seasonal`` move head that learns online: its correction is stored
+    with each outbox row and resumed by every restart."""
+    return write_tiny_artifact(tmp_path_factory.mktemp("artifact") / "har", move_spec=har_move_spec())
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ bar from the first signalled one on is signalled exactly once in the outbox (res
 the bars missed while down); the jsonl sink has every signal at least once and exactly once after
 de-duplication by id; the paper ledger has one equity row per signal and its fills and equity
 equal a fresh ledger fed those signals once each; ``barsignal parity`` finds the signals equal
-to a replay of the daemon's bar record.
+to a replay of the daemon's bar record (p_move included: the artifact's ``har_seasonal`` move head
+learns online, and every restart resumes its correction from the outbox).
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tests.conftest import REPO, free_port
 START, SPEED, KILLS = 3000, 40.0, 7
 
 
-def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, artifact: Path) -> None:
+def test_kill_9_at_random_points_loses_and_duplicates_nothing(tmp_path: Path, har_artifact: Path) -> None:
+    artifact = har_artifact
     rows = h.rows()
     times = [int(r[0]) for r in rows]
     port = free_port()
