@@ -55,9 +55,11 @@ from barsignal.daemon.binance.ws import (
     decode,
     decode_reply,
     groups,
+    resubscribe_messages,
 )
 from barsignal.daemon.config import FeedConfig
 from barsignal.daemon.feed.backoff import KLINES_WEIGHT, AttemptLimiter, Backoff, RestGate, WeightLimiter
+from barsignal.daemon.feed.clock import ExchangeClock
 from barsignal.daemon.feed.sequencer import Emit, FeedStats, Fetch, Output, Sequencer
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import Bar
@@ -111,6 +113,8 @@ class _Link:
     send_at: float = 0.0
     awaiting: set[int] = field(default_factory=set)  # SUBSCRIBE ids not answered yet
     connects: int = 0
+    next_id: int = 0  # the id of the next control message beyond the start's SUBSCRIBEs
+    symbols_checked_at: float = 0.0  # when its symbols' own staleness was last looked at
 
     def tag(self) -> dict[str, Any]:
         return {"connection": self.index, "streams": len(self.symbols)}
@@ -175,6 +179,11 @@ class FeedClient:
         self.stats = FeedStats(connections_wanted=len(self.links))
         self.seq = Sequencer(self.symbols, step_ms=self.step_ms, warmup_bars=self.warmup_bars,
                              close_grace_ms=close_grace_ms, stats=self.stats)
+        # The exchange's clock against the local one (perf_counter: real time, whatever ``clock`` is).
+        self.exchange_clock = ExchangeClock(tolerance_ms=cfg.clock_tolerance_s * 1000.0)
+        self.symbol_progress_at: dict[str, float] = {}  # ``clock()`` of each symbol's last NEW closed bar
+        self._resync_after: dict[str, tuple[float, int]] = {}  # symbol -> (next resync due, resyncs so far)
+        self._resynced: list[tuple[str, Bar, int]] = []  # bars a resync released, handed out next
         self._queue: deque[Fetch] = deque()  # fetches the sequencer asked for, not yet running
         self._rest_tasks: set[asyncio.Task[tuple[Fetch, KlinePage | Exception]]] = set()
         self._failing_since: dict[Fetch, float] = {}
@@ -228,11 +237,16 @@ class FeedClient:
                 for link in links:
                     if link.ws is None or await self._due(link, now):
                         continue
-                    deadline = min(deadline, link.rollover_at, link.progress_at + self.stale_after_s)
+                    deadline = min(deadline, link.rollover_at, link.progress_at + self.stale_after_s,
+                                   link.symbols_checked_at + self._symbol_check_s())
                     if link.to_send:
                         deadline = min(deadline, link.send_at)
                     if link.recv is None:
                         link.recv = asyncio.ensure_future(link.ws.recv(decode=False))
+                if self._resynced:
+                    items, self._resynced = self._resynced, []
+                    for item in items:
+                        yield self._hand_out(item)
                 self._pump_rest()
                 waiters: set[asyncio.Future[Any]] = set(self._rest_tasks)
                 for link in links:
@@ -342,6 +356,40 @@ class FeedClient:
         link.awaiting = set()
         self._count_connections()
 
+    def _symbol_check_s(self) -> float:
+        return max(0.05, min(1.0, self.stale_after_s / 4))
+
+    def _stale_symbols(self, link: _Link, now: float) -> list[str]:
+        """The symbols of a live connection with no NEW closed bar for ``stale_after_s`` (the connection
+        itself is fresh: other symbols' bars keep it so), whose resync is due: each one backs off,
+        doubling from ``stale_after_s`` up to 16 times that, until its stream brings a bar again."""
+        link.symbols_checked_at = now
+        since = link.up_since
+        out = []
+        for sym in link.symbols:
+            if now - max(self.symbol_progress_at.get(sym, since), since) < self.stale_after_s:
+                continue
+            due, n = self._resync_after.get(sym, (0.0, 0))
+            if now >= due:
+                out.append(sym)
+                self._resync_after[sym] = (now + self.stale_after_s * 2 ** min(n, 4), n + 1)
+        return out
+
+    def _resync(self, link: _Link, symbols: list[str]) -> list[tuple[str, Bar, int]]:
+        """Resubscribe ``symbols`` on ``link`` (UNSUBSCRIBE then SUBSCRIBE, paced with the others) and
+        backfill each over REST up to the exchange's current minute."""
+        first = max(link.next_id, len(link.subscribes) + 1)
+        msgs = resubscribe_messages(symbols, self.cfg.interval, first)
+        link.next_id = first + len(msgs)
+        link.to_send.extend(msgs)
+        log.warning("feed.symbol_stale", symbols=symbols[:10], count=len(symbols),
+                    no_new_closed_bar_for_s=round(self.stale_after_s, 3),
+                    action="resubscribing and backfilling over REST", **link.tag())
+        outs: list[Output] = []
+        for sym in symbols:
+            outs += self.seq.resync(sym)
+        return self._outputs(outs)
+
     def _count_connections(self) -> None:
         up = sum(1 for link in self.links if link.ws is not None)
         self.stats.connections, self.stats.connected = up, up == len(self.links)
@@ -356,6 +404,10 @@ class FeedClient:
             link.end_reason = "stale"
             log.warning("feed.stale", no_new_closed_bar_for_s=round(now - link.progress_at, 3), **link.tag())
         else:
+            if now - link.symbols_checked_at >= self._symbol_check_s() and self.seq.ready:
+                stale = self._stale_symbols(link, now)
+                if stale:
+                    self._resynced.extend(self._resync(link, stale))
             if not (link.to_send and now >= link.send_at):
                 return False
             rid, msg = link.to_send.popleft()
@@ -414,7 +466,8 @@ class FeedClient:
                 self._on_reply(link, reply.id, reply.ok, reply.error)
                 return []
         try:
-            ev = decode(frame, symbols=self._symbol_set, max_bytes=self.cfg.max_frame_bytes)
+            ev = decode(frame, symbols=self._symbol_set, max_bytes=self.cfg.max_frame_bytes,
+                        interval=self.cfg.interval)
         except BadMessage as exc:
             reason = getattr(exc, "reason", "bad")
             self.stats.bad_frames += 1
@@ -425,15 +478,22 @@ class FeedClient:
             return []
         if ev is None:
             return []
+        clock = self.exchange_clock
+        local_ms = recv_ns / 1e6
+        clock.observe(ev.event_time, local_ms)
+        limit = clock.limit_ms(local_ms)
         if isinstance(ev, ServerShutdown):
-            self.seq.server_time(ev.event_time)
+            self.seq.server_time(ev.event_time, limit)
             link.end_reason = "server_shutdown"
             log.warning("feed.server_shutdown", event_time=ev.event_time, **link.tag())
             return []
         progress = self.seq.progress
-        outs = self.seq.kline(ev)
+        outs = self.seq.kline(ev, limit)
         if self.seq.progress != progress:  # a NEW closed bar: this connection is alive and healthy
             link.progress_at, link.healthy = self._clock(), True
+            self.symbol_progress_at[ev.symbol] = link.progress_at
+            if ev.symbol in self._resync_after:
+                del self._resync_after[ev.symbol]
         live = ev.open_time if ev.closed else None
         return self._outputs(outs, recv_ns, live)
 
@@ -489,7 +549,7 @@ class FeedClient:
         fetch = self._fetch or _default_fetch()
         try:
             got = await fetch(self.cfg.rest_url, f.symbol, f.since_ms, f.until_ms, interval=self.cfg.interval,
-                              timeout_s=self.cfg.rest_timeout_s, now_ms=self.seq.now_ms)
+                              timeout_s=self.cfg.rest_timeout_s, now_ms=self.seq.trusted_now())
         except Exception as exc:  # the REST boundary: any failure; the caller sorts them
             return f, exc
         page = got if isinstance(got, KlinePage) else KlinePage(list(got))
