@@ -10,7 +10,8 @@ what every real exchange runs at), the offset the upper quartile of ``E - rate *
 read late, behind a busy loop, lies below it, so honest frames are not judged by the late ones). A
 forged ``E`` is one outlier among ``window`` samples: it moves neither (up to about a quarter of the
 window may lie). Until ``min_samples`` have arrived the clock is unknown (``limit_ms`` is None) and nothing
-is believed. The limit is the estimate plus ``tolerance_ms`` of LOCAL time (``rate * tolerance_ms``
+is believed; so it is until the samples spread over enough local time to measure the rate (frames
+read in one burst, behind a busy start, cannot tell it). The limit is the estimate plus ``tolerance_ms`` of LOCAL time (``rate * tolerance_ms``
 of exchange time: a simulator replaying faster than real time gets the same slack in wall time).
 """
 
@@ -37,6 +38,7 @@ class ExchangeClock:
         self._n = 0  # samples seen in all
         self._fresh = 0  # samples since the last fit
         self.rate = 1.0
+        self._rated = False  # a rate was measured (samples spread over enough local time)
         self.offset: float | None = None  # exchange ms at local 0, once fitted
 
     @property
@@ -73,6 +75,9 @@ class ExchangeClock:
         if len(slopes) >= max(3, h // 2):  # enough spread in local time to see a rate
             rate = _median(slopes)
             self.rate = 1.0 if 0.9 <= rate <= 1.1 else max(rate, 1e-3)
+            self._rated = True
+        if not self._rated:
+            return  # frames read in a burst (a busy start): no rate yet, so no clock
         r = self.rate
         offsets = sorted(e - r * lo for lo, e in xs)
         self.offset = offsets[(3 * len(offsets)) // 4]  # a frame read late (a busy loop) lies below it
