@@ -3,16 +3,22 @@
 Sans I/O: the driver passes each frame's event time ``E`` with the local (monotonic) time it
 arrived, and asks :meth:`ExchangeClock.limit_ms` for the latest exchange time it may believe now.
 
-The model is ``exchange = rate * local + offset``. Both are fitted robustly on the last ``window``
-samples, whatever symbol they came from: the rate is the median slope between each sample and the one half a window
-later (pairs at least ``min_span_ms`` of local time apart; a rate within 10 % of 1 is taken as exactly 1,
-what every real exchange runs at), the offset the upper quartile of ``E - rate * local`` (a frame
-read late, behind a busy loop, lies below it, so honest frames are not judged by the late ones). A
-forged ``E`` is one outlier among ``window`` samples: it moves neither (up to about a quarter of the
-window may lie). Until ``min_samples`` have arrived the clock is unknown (``limit_ms`` is None) and nothing
-is believed; so it is until the samples spread over enough local time to measure the rate (frames
-read in one burst, behind a busy start, cannot tell it). The limit is the estimate plus ``tolerance_ms`` of LOCAL time (``rate * tolerance_ms``
-of exchange time: a simulator replaying faster than real time gets the same slack in wall time).
+The model is ``exchange = rate * local + offset``, fitted robustly, whatever symbol a sample came
+from:
+
+- the rate: the samples are grouped into buckets of ``bucket_ms`` of local time and each bucket is
+  represented by its sample of median ``E``; the rate is the median slope between each of the last
+  ``buckets`` representatives and the one half of them later. A rate within 10 % of 1 is taken as
+  exactly 1, what every real exchange runs at; a simulator replaying faster gets its own.
+- the offset: the upper quartile of ``E - rate * local`` over the last ``window`` samples (a frame
+  read late, behind a busy loop, lies below it, so honest frames are not judged by the late ones).
+
+A forged ``E`` is one outlier among many: it moves neither (up to about a quarter of the samples
+may lie). Until the rate is measured (``min_buckets`` representatives spread over time) the clock
+is unknown: ``limit_ms`` is None and nothing is believed. The limit is the estimate plus
+``tolerance_ms`` of LOCAL time (``rate * tolerance_ms`` of exchange time: a simulator replaying
+faster than real time gets the same slack in wall time). Every call is O(1) but a refit, at most
+once per ``refresh_ms``, which sorts ``window`` numbers.
 """
 
 from __future__ import annotations
@@ -25,21 +31,21 @@ __all__ = ["ExchangeClock"]
 class ExchangeClock:
     """A robust fit of the exchange's clock on the local one (see the module doc)."""
 
-    def __init__(self, *, tolerance_ms: float = 5_000.0, window: int = 48, min_samples: int = 8,
-                 min_span_ms: float = 100.0, refresh_every: int = 4, refresh_ms: float = 50.0) -> None:
-        if window < min_samples or min_samples < 3:
-            raise ValueError(f"an exchange clock needs window >= min_samples >= 3, got {window}, {min_samples}")
-        self.tolerance_ms = float(tolerance_ms)
-        self.window, self.min_samples = int(window), int(min_samples)
-        self.min_span_ms, self.refresh_every = float(min_span_ms), max(1, int(refresh_every))
-        self.refresh_ms = float(refresh_ms)  # at most one fit per this much local time (a burst is one)
+    def __init__(self, *, tolerance_ms: float = 5_000.0, window: int = 48, bucket_ms: float = 250.0,
+                 buckets: int = 16, min_buckets: int = 6, refresh_ms: float = 50.0) -> None:
+        if not 4 <= min_buckets <= buckets or window < 4:
+            raise ValueError(f"an exchange clock needs buckets >= min_buckets >= 4 and window >= 4, got "
+                             f"{buckets}, {min_buckets}, {window}")
+        self.tolerance_ms, self.bucket_ms, self.refresh_ms = float(tolerance_ms), float(bucket_ms), float(refresh_ms)
+        self.min_buckets = int(min_buckets)
+        self._samples: deque[tuple[float, float]] = deque(maxlen=int(window))  # (local ms, exchange ms)
+        self._reps: deque[tuple[float, float]] = deque(maxlen=int(buckets))  # one per bucket of local time
+        self._bucket: list[tuple[float, float]] = []
+        self._bucket_end = -float("inf")
         self._fit_at = -float("inf")
-        self._samples: deque[tuple[float, float]] = deque(maxlen=self.window)  # (local ms, exchange ms)
-        self._n = 0  # samples seen in all
-        self._fresh = 0  # samples since the last fit
+        self._dirty = False
         self.rate = 1.0
-        self._rated = False  # a rate was measured (samples spread over enough local time)
-        self.offset: float | None = None  # exchange ms at local 0, once fitted
+        self.offset: float | None = None  # exchange ms at local 0, once the rate is measured
 
     @property
     def known(self) -> bool:
@@ -47,11 +53,14 @@ class ExchangeClock:
 
     def observe(self, exchange_ms: int, local_ms: float) -> None:
         """One frame's event time ``E`` and the local time it arrived."""
-        self._samples.append((float(local_ms), float(exchange_ms)))
-        self._n += 1
-        self._fresh += 1
-        if self._n >= self.min_samples and (self.offset is None or (
-                self._fresh >= self.refresh_every and local_ms - self._fit_at >= self.refresh_ms)):
+        x = (float(local_ms), float(exchange_ms))
+        self._samples.append(x)
+        if local_ms >= self._bucket_end:
+            self._close_bucket()
+            self._bucket_end = local_ms + self.bucket_ms
+        self._bucket.append(x)
+        self._dirty = True
+        if self.offset is not None and local_ms - self._fit_at >= self.refresh_ms:
             self._fit(local_ms)
 
     def now_ms(self, local_ms: float) -> int | None:
@@ -64,23 +73,33 @@ class ExchangeClock:
         """The latest exchange time believable at ``local_ms``: the estimate plus the tolerance."""
         if self.offset is None:
             return None
+        if self._dirty and local_ms - self._fit_at >= self.refresh_ms:
+            self._fit(local_ms)
         return int(self.rate * (local_ms + self.tolerance_ms) + self.offset)
 
-    def _fit(self, local_ms: float) -> None:
-        self._fresh, self._fit_at = 0, local_ms
-        xs = self._samples  # oldest first
-        h = len(xs) // 2
-        slopes = [(xs[i + h][1] - xs[i][1]) / d for i in range(h)
-                  if (d := xs[i + h][0] - xs[i][0]) >= self.min_span_ms]
-        if len(slopes) >= max(3, h // 2):  # enough spread in local time to see a rate
+    def _close_bucket(self) -> None:
+        b = self._bucket
+        if not b:
+            return
+        b.sort(key=lambda x: x[1])
+        self._reps.append(b[len(b) // 2])
+        self._bucket = []
+        reps = self._reps
+        h = len(reps) // 2
+        if len(reps) < self.min_buckets:
+            return
+        slopes = [(reps[i + h][1] - reps[i][1]) / d for i in range(h) if (d := reps[i + h][0] - reps[i][0]) > 0]
+        if len(slopes) >= 3:
             rate = _median(slopes)
             self.rate = 1.0 if 0.9 <= rate <= 1.1 else max(rate, 1e-3)
-            self._rated = True
-        if not self._rated:
-            return  # frames read in a burst (a busy start): no rate yet, so no clock
+            if self.offset is None:
+                self._fit(reps[-1][0])
+
+    def _fit(self, local_ms: float) -> None:
+        self._fit_at, self._dirty = local_ms, False
         r = self.rate
-        offsets = sorted(e - r * lo for lo, e in xs)
-        self.offset = offsets[(3 * len(offsets)) // 4]  # a frame read late (a busy loop) lies below it
+        offsets = sorted(e - r * lo for lo, e in self._samples)
+        self.offset = offsets[(3 * len(offsets)) // 4]
 
 
 def _median(v: list[float]) -> float:
