@@ -178,7 +178,7 @@ class FeedClient:
         self.weight = weight or WeightLimiter(cfg.rest_weight_per_minute, clock=clock, wall=wall_clock)
         self.stats = FeedStats(connections_wanted=len(self.links))
         self.seq = Sequencer(self.symbols, step_ms=self.step_ms, warmup_bars=self.warmup_bars,
-                             close_grace_ms=close_grace_ms, stats=self.stats)
+                             close_grace_ms=close_grace_ms, stats=self.stats, bounded=True)
         # The exchange's clock against the local one (perf_counter: real time, whatever ``clock`` is).
         self.exchange_clock = ExchangeClock(tolerance_ms=cfg.clock_tolerance_s * 1000.0)
         self.symbol_progress_at: dict[str, float] = {}  # ``clock()`` of each symbol's last NEW closed bar

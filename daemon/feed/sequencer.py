@@ -18,12 +18,14 @@ The exchange's clock is the newest trusted event time. The driver bounds it: eac
 to the exchange, and a small tolerance: :class:`~barsignal.daemon.feed.clock.ExchangeClock`). An
 event time past the limit is not believed (``clock_ahead``), however many frames agree, and the
 current minute never passes the limit; so one symbol's forged ``E`` moves no other symbol's state
-and asks REST for nothing. Without a limit (``limit_ms`` None on every call: the pure tests), a frame
-can move the clock forward by at most ``max_clock_jump_ms`` on its own and a bigger jump is believed
-once a second, later frame agrees with it. A bar whose open time is after the exchange's current
-minute is dropped, counted (``future_bars``, and by symbol) and logged at warning level, rate-limited. So is a bar that is not finite, consistent and in range (the
-features' own check, ``invalid_bars``). ``progress`` counts NEW closed bars only: re-sent old ones
-do not keep a stale stream alive (issue 13 #9). ``ready`` says every symbol finished its warm-up
+and asks REST for nothing; until the driver's clock is known (``limit_ms`` None) nothing is believed.
+Without a driver's clock (``bounded=False``, the pure tests), a frame can move the clock forward by
+at most ``max_clock_jump_ms`` on its own and a bigger jump is believed once a second, later frame
+agrees with it. A bar whose open time is after the exchange's current minute is dropped, counted
+(``future_bars``, and by symbol) and logged at warning level, rate-limited. So is a bar that is not
+finite, consistent and in range (the features' own check, ``invalid_bars``). ``progress`` counts NEW
+closed bars only: re-sent old ones do not keep a stale stream alive (issue 13 #9). ``ready`` says
+every symbol finished its warm-up
 from REST: the feed can signal.
 """
 
@@ -123,7 +125,7 @@ class Sequencer:
 
     def __init__(self, symbols: tuple[str, ...], *, step_ms: int, warmup_bars: int = 0,
                  close_grace_ms: int = 5_000, max_clock_jump_ms: int | None = None,
-                 max_pending: int = 10_000, stats: FeedStats | None = None) -> None:
+                 max_pending: int = 10_000, stats: FeedStats | None = None, bounded: bool = False) -> None:
         self.step_ms = int(step_ms)
         self.warmup_bars = max(0, int(warmup_bars))
         # A closed kline arrives 0.2-2 s after its close time (WS_RULES.md); past this point into the
@@ -135,7 +137,7 @@ class Sequencer:
         self._syms = {s: _Symbol() for s in symbols}
         self.now_ms: int | None = None  # the exchange's clock: newest trusted event time
         self.limit_ms: int | None = None  # the latest exchange time the driver's clock allows (bounded mode)
-        self._bounded = False  # the driver gives limits: the two-frame jump rule is off
+        self._bounded = bounded  # the driver gives limits (None: no clock yet): the two-frame jump rule is off
         self._jump: int | None = None  # an event time too far ahead, waiting for a second opinion
         self.progress = 0  # NEW closed bars seen (not duplicates, late, future or invalid ones)
 
