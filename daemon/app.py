@@ -159,6 +159,17 @@ class Daemon:
         ref = self.last_bar_at if self.last_bar_at is not None else self.started_at
         return self._clock() - ref <= self.stale_after_s()
 
+    def long_stale_symbols(self) -> list[str]:
+        """The symbols with no bar for longer than ``[health] stale_symbol_watchdog_s`` (none when 0): they
+        withhold the watchdog. A symbol the exchange no longer trades is not waited for."""
+        limit = self.cfg.health.stale_symbol_watchdog_s
+        if not limit:
+            return []
+        now = self._clock()
+        halted = getattr(self.feed, "halted", None) or ()
+        return [s for s in self.symbols
+                if s not in halted and now - self.last_bar_by.get(s, self.started_at) > limit]
+
     def stale_symbols(self) -> list[str]:
         """The configured symbols with no bar for longer than interval + grace (since start if none)."""
         now, limit = self._clock(), self.stale_after_s()
@@ -433,8 +444,13 @@ class Daemon:
             return
         while True:
             await asyncio.sleep(period / 3)
-            if self.data_fresh():
+            long_stale = self.long_stale_symbols()
+            if self.data_fresh() and not long_stale:
                 self.notifier.watchdog()
+            elif long_stale:
+                log.warning("watchdog_withheld", reason="symbols stale past [health] stale_symbol_watchdog_s",
+                            symbols=long_stale[:10], count=len(long_stale),
+                            stale_symbol_watchdog_s=self.cfg.health.stale_symbol_watchdog_s)
             else:
                 log.warning("watchdog_withheld", reason="no fresh bar", stale_after_s=self.stale_after_s())
 
