@@ -56,6 +56,9 @@ class FeedConfig(_Section):
     # A frame's event time more than this past the local clock plus the measured offset to the
     # exchange is not believed, and its bar is dropped and counted (daemon/feed/clock.py).
     clock_tolerance_s: Pos = 5.0
+    # Each symbol's status is read from exchangeInfo at start (unknown or not TRADING: exit 2) and
+    # again this often; a symbol that stops trading stops only its own node. 0: only at start.
+    exchange_info_every_s: NonNeg = 300.0
 
     def __post_init__(self) -> None:
         for s in self.symbols:

@@ -46,7 +46,15 @@ from typing import Any, Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from barsignal.daemon.binance.rest import MAX_LIMIT, KlinePage, RateLimited, retry_after_s
+from barsignal.daemon.binance.rest import (
+    EXCHANGE_INFO_WEIGHT,
+    MAX_LIMIT,
+    UNKNOWN,
+    KlinePage,
+    RateLimited,
+    SymbolStatuses,
+    retry_after_s,
+)
 from barsignal.daemon.binance.ws import (
     INTERVAL_MS,
     MAX_SUBSCRIBE_STREAMS,
@@ -149,6 +157,7 @@ class FeedClient:
         backfill_give_up_s: float = 600.0,
         wall_clock: Callable[[], float] = time.time,
         max_subscribe_streams: int = MAX_SUBSCRIBE_STREAMS,
+        symbol_info: Callable[..., Awaitable[SymbolStatuses | None]] | None = None,
     ) -> None:
         if not cfg.symbols:
             raise ConfigError("[feed] symbols is empty; name at least one, e.g. symbols = [\"BTCUSDT\"]")
@@ -160,6 +169,12 @@ class FeedClient:
         self.step_ms = INTERVAL_MS[cfg.interval]
         self.warmup_bars = max(0, int(warmup_bars))
         self._fetch = fetch
+        # exchangeInfo: the real one with the real REST client; a client given its own fetch checks
+        # symbols only when it is given symbol_info too.
+        self._symbol_info = symbol_info
+        self._check_symbols = symbol_info is not None or fetch is None
+        self._watch: asyncio.Task[None] | None = None
+        self.halted: set[str] = set()  # symbols the exchange does not trade now: their nodes are stopped
         self._clock, self._sleep, self._wall = clock, sleep, wall_clock
         default_stale = self.step_ms / 1000 + cfg.stale_grace_s
         self.stale_after_s = stale_after_s if stale_after_s is not None else default_stale
@@ -229,6 +244,8 @@ class FeedClient:
             self._fetch = _default_fetch()  # import the HTTP client before the stream starts
         links = self.links
         try:
+            if self._check_symbols:
+                self._watch = asyncio.ensure_future(self._watch_symbols())
             for link in links:
                 link.opening = asyncio.ensure_future(self._connect(link))
             while not self._stopped:
@@ -249,6 +266,12 @@ class FeedClient:
                         yield self._hand_out(item)
                 self._pump_rest()
                 waiters: set[asyncio.Future[Any]] = set(self._rest_tasks)
+                if self._watch is not None:
+                    if self._watch.done():
+                        watch, self._watch = self._watch, None
+                        watch.result()  # an unknown or non-trading symbol at start: ConfigError
+                    else:
+                        waiters.add(self._watch)
                 for link in links:
                     for fut in (link.recv, link.opening):
                         if fut is not None:
@@ -288,6 +311,9 @@ class FeedClient:
             self.stats.connected = False
             self.stats.connections = 0
             pending: list[asyncio.Future[Any]] = [*self._rest_tasks]
+            if self._watch is not None:
+                pending.append(self._watch)
+                self._watch = None
             for link in links:
                 pending += [f for f in (link.recv, link.opening) if f is not None]
                 link.recv = link.opening = None
@@ -367,7 +393,7 @@ class FeedClient:
         since = link.up_since
         out = []
         for sym in link.symbols:
-            if now - max(self.symbol_progress_at.get(sym, since), since) < self.stale_after_s:
+            if sym in self.halted or now - max(self.symbol_progress_at.get(sym, since), since) < self.stale_after_s:
                 continue
             due, n = self._resync_after.get(sym, (0.0, 0))
             if now >= due:
@@ -513,9 +539,82 @@ class FeedClient:
             if isinstance(o, Fetch):
                 self._queue.append(o)
             elif isinstance(o, Emit):
+                if self.halted and o.symbol in self.halted:
+                    self.stats.halted_bars += 1
+                    continue
                 own = o.bar.source == "ws" and o.bar.open_time == live
                 bars.append((o.symbol, o.bar, recv_ns if own else time.perf_counter_ns()))
         return bars
+
+    # -- exchangeInfo: is each symbol listed and trading? --------------------------------------------
+
+    async def _watch_symbols(self) -> None:
+        """Each symbol's status at start (unknown or not TRADING: ConfigError, exit 2) and every
+        ``[feed] exchange_info_every_s`` after. A transient failure is retried with the REST backoff,
+        never taken for an unknown symbol, and never holds up the stream meanwhile."""
+        first = True
+        while True:
+            got = await self._read_statuses()
+            if got is None:
+                log.warning("feed.exchange_info_unavailable", rest_url=self.cfg.rest_url,
+                            action="symbols not checked: the server does not serve /api/v3/exchangeInfo")
+                return
+            self._apply_statuses(got.status, first=first)
+            first = False
+            if not self.cfg.exchange_info_every_s:
+                return
+            await self._sleep(self.cfg.exchange_info_every_s)
+
+    async def _read_statuses(self) -> SymbolStatuses | None:
+        info = self._symbol_info
+        if info is None:
+            from barsignal.daemon.binance.rest import fetch_symbol_status as info
+        while True:
+            wait = max(self.rest_gate.wait_s(), self.weight.wait_s(EXCHANGE_INFO_WEIGHT))
+            if wait > 0:
+                await self._sleep(wait)
+                continue
+            try:
+                got = await info(self.cfg.rest_url, list(self.symbols), timeout_s=self.cfg.rest_timeout_s)
+            except RateLimited as exc:
+                self.stats.rest_rate_limited += 1
+                delay = self.rest_gate.rate_limited(exc.status, exc.retry_after_s)
+                log.warning("feed.exchange_info_failed", status=exc.status, retry_in_s=round(delay, 3))
+                continue
+            except Exception as exc:  # the REST boundary: the network, 5xx, an unreadable answer
+                if isinstance(exc, ConfigError):
+                    raise
+                self.stats.rest_failures += 1
+                delay = self.rest_gate.failed()
+                log.warning("feed.exchange_info_failed", error=_short(exc), retry_in_s=round(delay, 3),
+                            hint="cannot read exchangeInfo; retrying with backoff (symbols are not assumed unknown)")
+                continue
+            cost = EXCHANGE_INFO_WEIGHT * max(1, got.requests if got is not None else 1)
+            self.weight.spend(cost)
+            self.stats.rest_weight_spent += cost
+            if got is not None and got.used_weight is not None:
+                self.weight.observe(got.used_weight, got.server_time_ms)
+            return got
+
+    def _apply_statuses(self, status: dict[str, str], *, first: bool) -> None:
+        bad = {s: status.get(s, UNKNOWN) for s in self.symbols if status.get(s, UNKNOWN) != "TRADING"}
+        if first and bad:
+            why = ", ".join(f"{s} ({'not listed: HTTP 400 code -1121 Invalid symbol' if st == UNKNOWN else st})"
+                            for s, st in bad.items())
+            raise ConfigError(f"[feed] symbols: {self.cfg.rest_url} exchangeInfo does not trade {why}; "
+                              "fix [feed] symbols")
+        known = self.stats.symbol_status
+        for s in self.symbols:
+            st = status.get(s, UNKNOWN)
+            if not first and known.get(s) != st:
+                if st == "TRADING":
+                    log.warning("feed.symbol_status", symbol=s, status=st, was=known.get(s),
+                                action="trading again: its node resumes")
+                else:
+                    log.error("feed.symbol_status", symbol=s, status="DELISTED" if st == UNKNOWN else st,
+                              was=known.get(s), action="its node stops: no bars until it trades again")
+            known[s] = st
+        self.halted = {s for s in self.symbols if known[s] != "TRADING"}
 
     # -- REST, beside the websockets ----------------------------------------------------------------
 
@@ -558,7 +657,7 @@ class FeedClient:
             self.weight.spend(more)
             self.stats.rest_weight_spent += more
         if page.used_weight is not None:
-            self.weight.observe(page.used_weight)
+            self.weight.observe(page.used_weight, page.server_time_ms)
             self.stats.rest_server_weight = page.used_weight
         return f, page
 

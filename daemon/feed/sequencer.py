@@ -61,6 +61,8 @@ class FeedStats:
     future_by_symbol: dict[str, int] = field(default_factory=dict)
     clock_ahead: int = 0  # frames whose event time was past the exchange clock's limit: not believed
     symbol_resyncs: int = 0  # stale symbols resubscribed and backfilled while their connection lived on
+    symbol_status: dict[str, str] = field(default_factory=dict)  # exchangeInfo's status of each symbol, once read
+    halted_bars: int = 0  # bars of a symbol the exchange does not trade now, not handed on
     invalid_bars: int = 0  # bars (ws or REST) not finite, consistent and in range, dropped
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     connects: int = 0
