@@ -197,6 +197,7 @@ class FeedSimulator:
         self._refused = 0
         self._weight: tuple[int, int] = (0, 0)  # (minute, weight used in it)
         self.connections_total = 0
+        self.status: dict[str, str] = {}  # symbol -> exchangeInfo status other than TRADING (BREAK, HALT, DELISTED)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -495,7 +496,7 @@ class FeedSimulator:
         if path == "/api/v3/time":
             return _json(200, {"serverTime": self.now_ms()}, h)
         if path == "/api/v3/exchangeInfo":
-            return _json(*exchange_info(self.tapes, q, server_time=self.now_ms()), h)
+            return _json(*exchange_info(self.tapes, q, server_time=self.now_ms(), status=self.status), h)
         if path in ("/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"):
             return _json(200, no_markets(server_time=self.now_ms()), h)
         self.rest_requests += 1
