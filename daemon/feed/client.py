@@ -506,7 +506,7 @@ class FeedClient:
             return []
         clock = self.exchange_clock
         local_ms = recv_ns / 1e6
-        clock.observe(ev.event_time, local_ms)
+        clock.observe(ev.event_time, local_ms, getattr(ev, "symbol", None))
         limit = clock.limit_ms(local_ms)
         if isinstance(ev, ServerShutdown):
             self.seq.server_time(ev.event_time, limit)

@@ -93,7 +93,7 @@ class World:
 
     def frame(self, e: KlineEvent, local: float | None = None) -> None:
         loc = self.local_ms() if local is None else local
-        self.clock.observe(e.event_time, loc)
+        self.clock.observe(e.event_time, loc, e.symbol)
         self.handle(self.seq.kline(e, self.clock.limit_ms(loc)))
 
     def tick(self, i: int, order: list[str], forge: dict[str, tuple[str, int]]) -> None:
@@ -175,9 +175,8 @@ def test_the_forged_pair_moves_neither_the_clock_nor_another_symbol_nor_rest() -
 
 @pytest.mark.parametrize("rate", [1.0, 60.0, 2400.0])
 def test_the_clock_fits_the_rate_and_ignores_outliers(rate: float) -> None:
-    """Honest samples with latency jitter: the fitted clock is within the tolerance of the truth, a
-    run of forged samples (a quarter of the window) does not move it, and nothing is believed before
-    the rate is measured."""
+    """Honest samples of one symbol with latency jitter: the fitted clock is within the tolerance of the
+    truth, runs of forged samples do not move it, and nothing is believed before the rate is measured."""
     c = ExchangeClock(tolerance_ms=5_000.0)
     rng = random.Random(1)
     t0 = 1_679_061_360_000
@@ -186,15 +185,34 @@ def test_the_clock_fits_the_rate_and_ignores_outliers(rate: float) -> None:
     for k in range(300):
         loc = k * step_local + rng.uniform(0, 30)
         e = int(t0 + rate * k * step_local)
-        if 100 <= k < 112:  # twelve forged frames in a row
+        if k in (100, 101, 102, 150, 151, 200):  # three forged frames in a row, then two, then one
             e += YEARS_5
         if c.limit_ms(loc) is None:
             unknown_at = k
         c.observe(e, loc)
-        if c.known and not 100 <= k < 112:
+        if c.known and e < t0 + YEARS_5:
             est = c.now_ms(loc)
             assert est is not None and abs(est - (t0 + rate * loc)) <= rate * 100, (k, est)
             lim = c.limit_ms(loc)
             assert lim is not None and e <= lim < t0 + rate * (loc + 6_000), (k, lim)
     assert unknown_at is not None and unknown_at < max(8, 2_000 / step_local)  # known within 8 frames or 2 s
     assert c.rate == rate if rate == 1.0 else abs(c.rate / rate - 1) < 0.02
+
+
+def test_frames_read_in_a_burst_behind_a_busy_loop_do_not_make_honest_frames_look_ahead() -> None:
+    """Three symbols at 120x real time; the loop is blocked for 8 s (twice the tolerance) and reads the
+    frames queued meanwhile at once: every honest frame after it is believed."""
+    c = ExchangeClock(tolerance_ms=5_000.0)
+    t0, rate = 1_679_061_360_000, 120.0
+    rejected = []
+    for k in range(400):  # a frame of each symbol every 250 ms of local time
+        sent = k * 250.0
+        read = 20_000.0 if 20_000.0 - 8_000.0 <= sent < 20_000.0 else sent  # blocked from 12 s to 20 s
+        for j, s in enumerate(SYMS):
+            e = int(t0 + rate * sent)
+            loc = read + 0.1 * j + (0.05 * k if read != sent else 0.0)
+            c.observe(e, loc, s)
+            lim = c.limit_ms(loc)
+            if lim is not None and e > lim:
+                rejected.append(k)
+    assert c.known and not rejected
