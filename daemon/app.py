@@ -173,7 +173,9 @@ class Daemon:
     def stale_symbols(self) -> list[str]:
         """The configured symbols with no bar for longer than interval + grace (since start if none)."""
         now, limit = self._clock(), self.stale_after_s()
-        return [s for s in self.symbols if now - self.last_bar_by.get(s, self.started_at) > limit]
+        halted = getattr(self.feed, "halted", None) or ()
+        return [s for s in self.symbols
+                if s not in halted and now - self.last_bar_by.get(s, self.started_at) > limit]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         age = None if self.last_bar_at is None else round(self._clock() - self.last_bar_at, 3)
@@ -183,7 +185,8 @@ class Daemon:
         info: dict[str, Any] = {"status": st, "ready": self.ready, "last_bar_age_s": age,
                                 "last_signalled": self.pipeline.last_signalled if self.pipeline else None,
                                 "outbox_depth": self.outbox.depth() if self.outbox else None,
-                                "stale_symbols": stale}
+                                "stale_symbols": stale,
+                                "halted_symbols": sorted(getattr(self.feed, "halted", None) or ())}
         if len(self.nodes) > 1:
             info["last_signalled_by_symbol"] = {n.symbol: n.pipeline.last_signalled for n in self.nodes}
         return ok, info

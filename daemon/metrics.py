@@ -348,6 +348,14 @@ class _Collector:
                  "connection", getattr(st, "symbol_resyncs", 0)),
             ):
                 yield CounterMetricFamily(name, doc, value=val)
+            status = getattr(st, "symbol_status", None)
+            if status:
+                trading = GaugeMetricFamily("barsignal_symbol_trading", "1 while exchangeInfo says the symbol "
+                                            "is TRADING, 0 when it is not (its node is stopped)", labels=["symbol"])
+                for sym in self.m.symbols:
+                    if sym in status:
+                        trading.add_metric([sym], float(status[sym] == "TRADING"))
+                yield trading
             by_sym = getattr(st, "future_by_symbol", None)
             if by_sym is not None:
                 fut = CounterMetricFamily("barsignal_symbol_future_bars", "closed bars dated after the "

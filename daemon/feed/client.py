@@ -10,7 +10,11 @@ The driver:
    streams as fit in :data:`~barsignal.daemon.binance.ws.MAX_URL_CHARS`; the rest are subscribed with
    SUBSCRIBE messages, at most 3 a second so that with a ping and a pong Binance's 5 incoming
    messages a second per connection still hold;
-2. hands every decoded frame to the one sequencer and yields the bars it emits;
+2. hands every decoded frame to the one sequencer and yields the bars it emits; each frame's event
+   time first goes to the :class:`~barsignal.daemon.feed.clock.ExchangeClock` (the exchange's clock
+   fitted on the local one), whose limit bounds what the sequencer may believe (``[feed]
+   clock_tolerance_s``); a kline of another interval than ``[feed] interval`` is a bad frame
+   (``wrong_interval``): counted and dropped, as a wrong symbol is;
 3. runs the REST fetches the sequencer asks for (up to :data:`REST_PARALLEL` at once) in tasks of
    their own, beside the websockets: a REST failure never closes a healthy websocket (issue 12 #4).
    Every call waits for the weight budget (:class:`~barsignal.daemon.feed.backoff.WeightLimiter`,
@@ -27,6 +31,18 @@ back off with capped exponential delays and jitter; only a healthy connection (i
 closed bar, or lived ``healthy_reset_s``) resets its backoff or reconnects at once after a rollover
 or ``serverShutdown``, so a server that shuts every connection down at once cannot cause a reconnect
 storm. One connection down never holds up the others' bars. Pings are answered by ``websockets``.
+
+One symbol with no NEW closed bar for interval + grace while its connection lives on (the other
+symbols keep it fresh) is resubscribed on that connection (UNSUBSCRIBE + SUBSCRIBE, paced with the
+rest) and backfilled over REST up to the exchange's current minute, backing off from interval +
+grace to 16 times that while it stays stale (``feed.symbol_stale``, ``symbol_resyncs``).
+
+``exchangeInfo`` is read beside the stream at start: a symbol it does not list (HTTP 400 -1121) or
+does not trade raises ConfigError (exit 2) naming it; a transient failure is retried with the REST
+backoff and never taken for an unknown symbol. It is read again every ``[feed]
+exchange_info_every_s``: a symbol whose status leaves TRADING (BREAK, HALT, delisted) is logged,
+its status exported, and its bars are no longer handed on (its node stops; the others go on) until
+it trades again.
 """
 
 from __future__ import annotations
