@@ -446,7 +446,7 @@ class FeedClient:
             link.end_reason = "stale"
             log.warning("feed.stale", no_new_closed_bar_for_s=round(now - link.progress_at, 3), **link.tag())
         else:
-            if now - link.symbols_checked_at >= self._symbol_check_s() and self.seq.ready:
+            if now - link.symbols_checked_at >= self._symbol_check_s() and self.seq.current_minute() is not None:
                 stale = self._stale_symbols(link, now)
                 if stale:
                     self._resynced.extend(self._resync(link, stale))

@@ -295,13 +295,13 @@ class Sequencer:
 
     def resync(self, symbol: str) -> list[Output]:
         """``symbol`` went stale while its connection lived on and was resubscribed: ask REST for every
-        bar its stream should have brought, up to the exchange's current minute; its next frame
-        re-syncs it as a reconnect does."""
+        bar its stream should have brought, up to the exchange's current minute (a symbol that never had
+        a frame: its warm-up, ending there); its next frame re-syncs it as a reconnect does."""
         s = self._syms[symbol]
         s.synced = False
         self.stats.symbol_resyncs += 1
         now_min = self.current_minute()
-        if now_min is not None and s.warm and s.last is not None:
+        if now_min is not None and (s.last is not None or not s.warm):
             self._want(s, now_min)
         return self._drain(symbol, s)
 
