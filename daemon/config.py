@@ -59,6 +59,8 @@ class FeedConfig(_Section):
     # Each symbol's status is read from exchangeInfo at start (unknown or not TRADING: exit 2) and
     # again this often; a symbol that stops trading stops only its own node. 0: only at start.
     exchange_info_every_s: NonNeg = 300.0
+    # Check the symbols against exchangeInfo at all (false: a klines-only server that lists none).
+    check_symbols: bool = True
 
     def __post_init__(self) -> None:
         for s in self.symbols:

@@ -363,8 +363,9 @@ class SymbolStatuses:
 async def fetch_symbol_status(rest_url: str, symbols: list[str], *, timeout_s: float = 10.0) -> SymbolStatuses | None:
     """Each symbol's status from ``GET /api/v3/exchangeInfo?symbols=[...]`` (``EXCHANGE_INFO_BATCH`` a
     call). Binance answers HTTP 400 code -1121 for the whole call when one symbol is unknown and does
-    not say which: the batch is split in halves until each unknown one stands alone (about two calls
-    per level). None when the server does not serve exchangeInfo (HTTP 404: a klines-only mirror).
+    not say which: then the whole listing is read once (no parameters, the same weight) and a symbol
+    it does not hold is :data:`UNKNOWN`. None when the server does not serve exchangeInfo (HTTP 404: a
+    klines-only mirror).
     Network trouble, 5xx and unreadable answers raise TransientError; 429/418 raise RateLimited.
     """
     import aiohttp
@@ -372,13 +373,16 @@ async def fetch_symbol_status(rest_url: str, symbols: list[str], *, timeout_s: f
     base = rest_url.rstrip("/")
     url = f"{base}/api/v3/exchangeInfo"
     out = SymbolStatuses({})
+    everything: dict[str, str] | None = None  # the whole listing, read at most once
     connector = aiohttp.TCPConnector(ssl=_ssl_context() if base.startswith("https://") else False, limit=1)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
                                      headers={"Accept": "application/json"}) as http:
 
-        async def one(batch: list[str]) -> bool:
-            """Statuses of ``batch`` into ``out``; False when exchangeInfo is not served."""
-            params = {"symbols": orjson.dumps(batch).decode()} if len(batch) > 1 else {"symbol": batch[0]}
+        async def one(batch: list[str] | None) -> dict[str, str] | None:
+            """``{symbol: status}`` listed for ``batch`` (None: all); None when exchangeInfo is not served,
+            {} for -1121 (an unknown symbol in ``batch``)."""
+            params = ({} if batch is None else {"symbols": orjson.dumps(batch).decode()} if len(batch) > 1
+                      else {"symbol": batch[0]})
             out.requests += 1
             try:
                 async with http.get(url, params=params) as resp:
@@ -394,26 +398,29 @@ async def fetch_symbol_status(rest_url: str, symbols: list[str], *, timeout_s: f
                 wait = retry_after_s(headers)
                 raise RateLimited(f"{base}: HTTP {code} on exchangeInfo (Retry-After {wait:.0f} s)", wait, code)
             if code == 404:
-                return False
-            if code == 400 and _binance_code(body) == -1121:
-                if len(batch) == 1:
-                    out.status[batch[0]] = UNKNOWN
-                    return True
-                half = len(batch) // 2
-                return await one(batch[:half]) and await one(batch[half:])
+                return None
+            if code == 400 and _binance_code(body) == -1121 and batch is not None:
+                return {}
             if code != 200:
                 raise TransientError(f"{base}: HTTP {code} from exchangeInfo: {body[:200]!r}; will retry")
             try:
-                listed = {str(x["symbol"]).upper(): str(x["status"]) for x in orjson.loads(body)["symbols"]}
+                return {str(x["symbol"]).upper(): str(x["status"]) for x in orjson.loads(body)["symbols"]}
             except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
                 raise TransientError(f"{base}: exchangeInfo answer is unreadable ({exc}); will retry") from None
-            for sym in batch:
-                out.status[sym] = listed.get(sym, UNKNOWN)
-            return True
 
         for i in range(0, len(symbols), EXCHANGE_INFO_BATCH):
-            if not await one([s.upper() for s in symbols[i:i + EXCHANGE_INFO_BATCH]]):
+            batch = [s.upper() for s in symbols[i:i + EXCHANGE_INFO_BATCH]]
+            listed = await one(batch)
+            if listed is None:
                 return None
+            if not listed:  # an unknown symbol among them: which, the whole listing says
+                if everything is None:
+                    everything = await one(None)
+                    if everything is None:
+                        return None
+                listed = everything
+            for sym in batch:
+                out.status[sym] = listed.get(sym, UNKNOWN)
     return out
 
 

@@ -188,7 +188,7 @@ class FeedClient:
         # exchangeInfo: the real one with the real REST client; a client given its own fetch checks
         # symbols only when it is given symbol_info too.
         self._symbol_info = symbol_info
-        self._check_symbols = symbol_info is not None or fetch is None
+        self._check_symbols = cfg.check_symbols and (symbol_info is not None or fetch is None)
         self._watch: asyncio.Task[None] | None = None
         self.halted: set[str] = set()  # symbols the exchange does not trade now: their nodes are stopped
         self._clock, self._sleep, self._wall = clock, sleep, wall_clock
@@ -579,7 +579,7 @@ class FeedClient:
             first = False
             if not self.cfg.exchange_info_every_s:
                 return
-            await self._sleep(self.cfg.exchange_info_every_s)
+            await asyncio.sleep(self.cfg.exchange_info_every_s)  # a period, not a backoff: real time
 
     async def _read_statuses(self) -> SymbolStatuses | None:
         info = self._symbol_info

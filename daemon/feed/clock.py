@@ -6,13 +6,15 @@ believe now.
 
 The model is ``exchange = rate * local + offset``, fitted on votes, not frames:
 
-- the samples are grouped into buckets of ``bucket_ms`` of local time; in each, every source
+- the samples are grouped into buckets of ``bucket_ms`` (25 ms) of local time; in each, every source
   (symbol) keeps its sample of highest ``E`` (its frame read least late: frames read in a burst,
   behind a busy loop, are all late but the last), and the bucket's vote is the lower median of
   those. A symbol that sends a thousand frames in a bucket still has one vote in it.
 - the rate is the median slope between each of the last ``buckets`` votes and the one half of them
-  later; within 10 % of 1 it is taken as exactly 1, what every real exchange runs at (a simulator
-  replaying faster gets its own). The offset is the median of ``E - rate * local`` over the votes.
+  later; once votes a second or more apart (``anchors``) span long enough, between those instead,
+  which sees the rate over tens of seconds. Within 10 % of 1 it is taken as exactly 1, what every
+  real exchange runs at (a simulator replaying faster gets its own). The offset is the median of
+  ``E - rate * local`` over the last ``buckets`` votes.
 
 A forged ``E`` moves neither unless the liars carry most of the votes of most of the last
 ``buckets`` buckets: with several symbols, most of the symbols; with one, most of the last
@@ -33,13 +35,15 @@ __all__ = ["ExchangeClock"]
 class ExchangeClock:
     """A robust fit of the exchange's clock on the local one (see the module doc)."""
 
-    def __init__(self, *, tolerance_ms: float = 5_000.0, bucket_ms: float = 250.0, buckets: int = 16,
-                 min_buckets: int = 6) -> None:
+    def __init__(self, *, tolerance_ms: float = 5_000.0, bucket_ms: float = 25.0, buckets: int = 16,
+                 min_buckets: int = 6, anchor_ms: float = 1_000.0) -> None:
         if not 4 <= min_buckets <= buckets:
             raise ValueError(f"an exchange clock needs buckets >= min_buckets >= 4, got {buckets}, {min_buckets}")
         self.tolerance_ms, self.bucket_ms = float(tolerance_ms), float(bucket_ms)
         self.min_buckets = int(min_buckets)
         self._votes: deque[tuple[float, float]] = deque(maxlen=int(buckets))  # (local ms, exchange ms)
+        self._anchors: deque[tuple[float, float]] = deque(maxlen=int(buckets))  # votes >= anchor_ms apart
+        self.anchor_ms = float(anchor_ms)
         self._bucket: dict[object, tuple[float, float]] = {}  # source -> its sample of highest E
         self._bucket_end = -float("inf")
         self.rate = 1.0
@@ -74,18 +78,28 @@ class ExchangeClock:
         if not self._bucket:
             return
         b = sorted(self._bucket.values(), key=lambda x: x[1])
-        self._votes.append(b[(len(b) - 1) // 2])  # the lower median: an even split never picks the liar
+        vote = b[(len(b) - 1) // 2]  # the lower median: an even split never picks the liar
+        self._votes.append(vote)
         self._bucket = {}
+        if not self._anchors or vote[0] - self._anchors[-1][0] >= self.anchor_ms:
+            self._anchors.append(vote)
         votes = self._votes
         if len(votes) < self.min_buckets:
             return
-        h = len(votes) // 2
-        slopes = [(votes[i + h][1] - votes[i][1]) / d for i in range(h) if (d := votes[i + h][0] - votes[i][0]) > 0]
+        slopes = _slopes(self._anchors) if len(self._anchors) >= self.min_buckets else []
+        if len(slopes) < 3:
+            slopes = _slopes(votes)
         if len(slopes) < 3:
             return
         rate = _lower_median(slopes)
         self.rate = r = 1.0 if 0.9 <= rate <= 1.1 else max(rate, 1e-3)
         self.offset = _lower_median([e - r * lo for lo, e in votes])
+
+
+def _slopes(votes: deque[tuple[float, float]]) -> list[float]:
+    """The slope between each vote and the one half of them later."""
+    h = len(votes) // 2
+    return [(votes[i + h][1] - votes[i][1]) / d for i in range(h) if (d := votes[i + h][0] - votes[i][0]) > 0]
 
 
 def _lower_median(v: list[float]) -> float:

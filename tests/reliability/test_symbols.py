@@ -63,8 +63,8 @@ def test_an_unknown_symbol_exits_2_naming_it_within_the_rest_timeout(tmp_path: P
     print(f"\n[symbols] FOOUSDT: exit {res.returncode} after {took:.2f} s: {err}")
 
 
-def test_statuses_from_the_simulator_split_a_batch_to_name_the_unknown_ones(frame) -> None:
-    """Binance's -1121 names no symbol: the batch is halved until each unknown one stands alone."""
+def test_statuses_from_the_simulator_name_the_unknown_ones_from_the_whole_listing(frame) -> None:
+    """Binance's -1121 names no symbol: the whole listing is read once, and says which."""
     async def main() -> Any:
         series = [Series(s, frame) for s in ("BTCUSDT", "ETHUSDT", "SOLUSDT")]
         async with FeedSimulator(series, speed=2, start_index=2000, end_index=2100) as sim:
@@ -74,7 +74,7 @@ def test_statuses_from_the_simulator_split_a_batch_to_name_the_unknown_ones(fram
     got = asyncio.run(main())
     assert got is not None and got.status == {"BTCUSDT": "TRADING", "FOOUSDT": UNKNOWN, "ETHUSDT": "BREAK",
                                               "BARUSDT": UNKNOWN, "SOLUSDT": "TRADING"}
-    assert 1 < got.requests <= 2 * 5  # about two calls per level of halving, per unknown symbol
+    assert got.requests == 2  # the batch (refused with -1121), then the whole listing
 
 
 def test_a_non_trading_symbol_at_start_is_a_config_error_naming_it(frame) -> None:
