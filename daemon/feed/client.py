@@ -212,6 +212,9 @@ class FeedClient:
                              close_grace_ms=close_grace_ms, stats=self.stats, bounded=True)
         # The exchange's clock against the local one (perf_counter: real time, whatever ``clock`` is).
         self.exchange_clock = ExchangeClock(tolerance_ms=cfg.clock_tolerance_s * 1000.0)
+        # (E, local ms, symbol) of the frames handled since the loop last waited: fed to the clock then,
+        # off the path from a frame to its bar (a bucket's close sorts and refits: ~10 us)
+        self._clock_samples: list[tuple[int, float, str | None]] = []
         self.symbol_progress_at: dict[str, float] = {}  # ``clock()`` of each symbol's last NEW closed bar
         self._resync_after: dict[str, tuple[float, int]] = {}  # symbol -> (next resync due, resyncs so far)
         self._resynced: list[tuple[str, Bar, int]] = []  # bars a resync released, handed out next
@@ -265,6 +268,10 @@ class FeedClient:
             for link in links:
                 link.opening = asyncio.ensure_future(self._connect(link))
             while not self._stopped:
+                if self._clock_samples:
+                    samples, self._clock_samples = self._clock_samples, []
+                    for e, loc, src in samples:
+                        self.exchange_clock.observe(e, loc, src)
                 now = self._clock()
                 deadline = math.inf
                 for link in links:
@@ -520,10 +527,9 @@ class FeedClient:
             return []
         if ev is None:
             return []
-        clock = self.exchange_clock
         local_ms = recv_ns / 1e6
-        clock.observe(ev.event_time, local_ms, getattr(ev, "symbol", None))
-        limit = clock.limit_ms(local_ms)
+        limit = self.exchange_clock.limit_ms(local_ms)  # this frame is observed once the loop is free
+        self._clock_samples.append((ev.event_time, local_ms, getattr(ev, "symbol", None)))
         if isinstance(ev, ServerShutdown):
             self.seq.server_time(ev.event_time, limit)
             link.end_reason = "server_shutdown"
