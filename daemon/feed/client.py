@@ -270,8 +270,15 @@ class FeedClient:
             while not self._stopped:
                 if self._clock_samples:
                     samples, self._clock_samples = self._clock_samples, []
+                    known = self.exchange_clock.known
                     for e, loc, src in samples:
                         self.exchange_clock.observe(e, loc, src)
+                    if not known and self.exchange_clock.known:  # release what was held meanwhile
+                        loc = time.perf_counter_ns() / 1e6
+                        lim, est = self.exchange_clock.limit_ms(loc), self.exchange_clock.now_ms(loc)
+                        held = self.seq.clock_known(est, lim) if lim is not None and est is not None else []
+                        for item in self._outputs(held):
+                            yield self._hand_out(item)
                 now = self._clock()
                 deadline = math.inf
                 for link in links:

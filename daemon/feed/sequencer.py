@@ -293,6 +293,25 @@ class Sequencer:
         out += self._drain(fetch.symbol, s)
         return out
 
+    def clock_known(self, now_ms: int, limit_ms: int) -> list[Output]:
+        """The driver's clock became known between frames (``now_ms``: its estimate): the closed bars held
+        while it was not go out now (after their warm-ups), as the next frame would release them; a
+        stream that ended meanwhile leaves none behind."""
+        self.limit_ms, self._bounded = limit_ms, True
+        if self.now_ms is None or self.now_ms < min(now_ms, limit_ms):
+            self.now_ms = min(now_ms, limit_ms)
+        now_min = self.current_minute()
+        out: list[Output] = []
+        if now_min is None:
+            return out
+        for symbol, s in self._syms.items():
+            if s.pending and not s.synced and min(s.pending) <= now_min:
+                s.synced = True
+                self._want(s, min(s.pending))
+            if s.pending:
+                out += self._drain(symbol, s)
+        return out
+
     def resync(self, symbol: str) -> list[Output]:
         """``symbol`` went stale while its connection lived on and was resubscribed: ask REST for every
         bar its stream should have brought, up to the exchange's current minute (a symbol that never had

@@ -216,3 +216,19 @@ def test_frames_read_in_a_burst_behind_a_busy_loop_do_not_make_honest_frames_loo
             if lim is not None and e > lim:
                 rejected.append(k)
     assert c.known and not rejected
+
+
+def test_bars_held_before_the_clock_was_known_go_out_when_it_is_even_if_no_frame_follows() -> None:
+    """A stream that ends before the clock is known (a fast simulator): its held bars are not stranded."""
+    bars = real_bars()
+    seq = Sequencer(SYMS, step_ms=STEP, warmup_bars=0, bounded=True)
+    now = 0
+    for i in range(5):
+        for s in SYMS:
+            b = bars[s][i]
+            now = b.open_time + STEP + 250
+            assert seq.kline(kev(s, b, closed=True, e=now), None) == []  # no clock yet: held
+    out = seq.clock_known(now, now + 5_000)
+    got = {s: [o.bar.open_time for o in out if isinstance(o, Emit) and o.symbol == s] for s in SYMS}
+    assert all(got[s] == [b.open_time for b in bars[s][:5]] for s in SYMS), got
+    assert not [o for o in out if isinstance(o, (Fetch, Gap))]
