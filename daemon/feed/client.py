@@ -268,12 +268,14 @@ class FeedClient:
             for link in links:
                 link.opening = asyncio.ensure_future(self._connect(link))
             while not self._stopped:
+                known = self.exchange_clock.known
                 if self._clock_samples:
                     samples, self._clock_samples = self._clock_samples, []
-                    known = self.exchange_clock.known
                     for e, loc, src in samples:
                         self.exchange_clock.observe(e, loc, src)
-                    if not known and self.exchange_clock.known:  # release what was held meanwhile
+                if not known:
+                    self.exchange_clock.tick(time.perf_counter_ns() / 1e6)
+                    if self.exchange_clock.known:  # release what was held meanwhile
                         loc = time.perf_counter_ns() / 1e6
                         lim, est = self.exchange_clock.limit_ms(loc), self.exchange_clock.now_ms(loc)
                         held = self.seq.clock_known(est, lim) if lim is not None and est is not None else []
@@ -309,6 +311,8 @@ class FeedClient:
                 if not waiters:
                     break  # stopped while every connection was ending
                 timeout = None if deadline == math.inf else max(0.0, deadline - now)
+                if not self.exchange_clock.known and self.exchange_clock.waiting:
+                    timeout = 0.03 if timeout is None else min(timeout, 0.03)  # the vote of the last frames
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for task in [t for t in self._rest_tasks if t in done]:
                     self._rest_tasks.discard(task)

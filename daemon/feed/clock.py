@@ -62,6 +62,16 @@ class ExchangeClock:
         if best is None or exchange_ms > best[1]:
             self._bucket[source] = (float(local_ms), float(exchange_ms))
 
+    def tick(self, local_ms: float) -> None:
+        """Local time passed with no frame: a bucket whose time is up is closed (its vote counts)."""
+        if self._bucket and local_ms >= self._bucket_end:
+            self._close_bucket()
+
+    @property
+    def waiting(self) -> bool:
+        """A bucket holds samples that vote once its time is up."""
+        return bool(self._bucket)
+
     def now_ms(self, local_ms: float) -> int | None:
         """The exchange's time at ``local_ms`` (None before the clock is known)."""
         if self.offset is None:
