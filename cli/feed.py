@@ -64,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _series(args: argparse.Namespace) -> list[Series]:
     from barsignal.data import load_many
+    from barsignal.data.intervals import INTERVAL_MS, check_interval
     from barsignal.errors import ConfigError
     from barsignal.sim.series import Series, common_window, shifted_copies, symbol_from_path
 
@@ -88,6 +89,7 @@ def _series(args: argparse.Namespace) -> list[Series]:
     out = []
     for sym, paths in specs:
         loaded = load_many(paths)
+        check_interval(loaded.frame.open_time, INTERVAL_MS["1m"], f"feed serve: {', '.join(paths)}", "the feed")
         try:
             out.append(Series(sym, loaded.frame, loaded.extra))
         except ValueError as exc:

@@ -78,6 +78,8 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
     """One bar-record run through a fresh node, swaps included; its signals appended to ``out``.
     Returns the bars dropped as invalid."""
     from barsignal.daemon.pipeline import warm
+    from barsignal.data.intervals import check_interval
+    from barsignal.features.bar import INTERVAL_MS
     from barsignal.node import Start, build_node, engine_cache_dir, load_model
 
     cache = engine_cache_dir(cfg)
@@ -89,6 +91,7 @@ async def replay_run(cfg: Any, run: Any, symbol: str, offered: list[str], out: l
     loaded = _recorded_rule(load_model(cfg, first, cache), run.rule)
     node = build_node(cfg, "replay", symbol=symbol, loaded=loaded, start=Start(run.last_signalled, run.rule_state),
                       keep_bars=2 * loaded.keep_bars, on_signal=out.append)
+    check_interval([b.open_time for b in run.bars], INTERVAL_MS, f"the bar record of {symbol}")
     await node.start()
     try:
         at = 0

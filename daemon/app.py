@@ -160,10 +160,23 @@ class Daemon:
         ref = self.last_bar_at if self.last_bar_at is not None else self.started_at
         return self._clock() - ref <= self.stale_after_s()
 
+    def long_stale_symbols(self) -> list[str]:
+        """The symbols with no bar for longer than ``[health] stale_symbol_watchdog_s`` (none when 0): they
+        withhold the watchdog. A symbol the exchange no longer trades is not waited for."""
+        limit = self.cfg.health.stale_symbol_watchdog_s
+        if not limit:
+            return []
+        now = self._clock()
+        halted = getattr(self.feed, "halted", None) or ()
+        return [s for s in self.symbols
+                if s not in halted and now - self.last_bar_by.get(s, self.started_at) > limit]
+
     def stale_symbols(self) -> list[str]:
         """The configured symbols with no bar for longer than interval + grace (since start if none)."""
         now, limit = self._clock(), self.stale_after_s()
-        return [s for s in self.symbols if now - self.last_bar_by.get(s, self.started_at) > limit]
+        halted = getattr(self.feed, "halted", None) or ()
+        return [s for s in self.symbols
+                if s not in halted and now - self.last_bar_by.get(s, self.started_at) > limit]
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         age = None if self.last_bar_at is None else round(self._clock() - self.last_bar_at, 3)
@@ -173,7 +186,8 @@ class Daemon:
         info: dict[str, Any] = {"status": st, "ready": self.ready, "last_bar_age_s": age,
                                 "last_signalled": self.pipeline.last_signalled if self.pipeline else None,
                                 "outbox_depth": self.outbox.depth() if self.outbox else None,
-                                "stale_symbols": stale}
+                                "stale_symbols": stale,
+                                "halted_symbols": sorted(getattr(self.feed, "halted", None) or ())}
         if len(self.nodes) > 1:
             info["last_signalled_by_symbol"] = {n.symbol: n.pipeline.last_signalled for n in self.nodes}
         return ok, info
@@ -431,8 +445,13 @@ class Daemon:
             return
         while True:
             await asyncio.sleep(period / 3)
-            if self.data_fresh():
+            long_stale = self.long_stale_symbols()
+            if self.data_fresh() and not long_stale:
                 self.notifier.watchdog()
+            elif long_stale:
+                log.warning("watchdog_withheld", reason="symbols stale past [health] stale_symbol_watchdog_s",
+                            symbols=long_stale[:10], count=len(long_stale),
+                            stale_symbol_watchdog_s=self.cfg.health.stale_symbol_watchdog_s)
             else:
                 log.warning("watchdog_withheld", reason="no fresh bar", stale_after_s=self.stale_after_s())
 

@@ -54,6 +54,14 @@ class FeedConfig(_Section):
     # REST request weight a minute for warm-ups and backfills (klines cost 2 a call); Binance allows
     # 6000 an IP, so this leaves room for other clients on the same IP.
     rest_weight_per_minute: Annotated[int, Meta(ge=2, le=6000)] = 2400
+    # A frame's event time more than this past the local clock plus the measured offset to the
+    # exchange is not believed, and its bar is dropped and counted (daemon/feed/clock.py).
+    clock_tolerance_s: Pos = 5.0
+    # Each symbol's status is read from exchangeInfo at start (unknown or not TRADING: exit 2) and
+    # again this often; a symbol that stops trading stops only its own node. 0: only at start.
+    exchange_info_every_s: NonNeg = 300.0
+    # Check the symbols against exchangeInfo at all (false: a klines-only server that lists none).
+    check_symbols: bool = True
 
     def __post_init__(self) -> None:
         for s in self.symbols:
@@ -162,6 +170,13 @@ class MetricsConfig(_Section):
     monitor_window: Annotated[int, Meta(ge=10)] = 1440
 
 
+class HealthConfig(_Section):
+    # A symbol with no new bar for this long (it resubscribes and backfills by itself meanwhile)
+    # withholds the systemd watchdog, so systemd restarts the daemon; 0: never (only the whole feed
+    # going stale withholds it).
+    stale_symbol_watchdog_s: NonNeg = 0.0
+
+
 class LoggingConfig(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -190,6 +205,7 @@ class Config(_Section):
     sinks: SinksConfig = msgspec.field(default_factory=SinksConfig)
     paper: PaperConfig = msgspec.field(default_factory=PaperConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    health: HealthConfig = msgspec.field(default_factory=HealthConfig)
     logging: LoggingConfig = msgspec.field(default_factory=LoggingConfig)
     state: StateConfig = msgspec.field(default_factory=StateConfig)
 

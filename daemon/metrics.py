@@ -397,8 +397,28 @@ class _Collector:
                  getattr(st, "rest_weight_spent", 0)),
                 ("barsignal_rest_paced", "REST calls that waited for the [feed] rest_weight_per_minute budget",
                  getattr(st, "rest_paced", 0)),
+                ("barsignal_clock_ahead_frames", "frames whose event time was past the local clock plus the "
+                 "measured offset to the exchange (and [feed] clock_tolerance_s): not believed",
+                 getattr(st, "clock_ahead", 0)),
+                ("barsignal_symbol_resyncs", "stale symbols resubscribed and backfilled over REST on a live "
+                 "connection", getattr(st, "symbol_resyncs", 0)),
             ):
                 yield CounterMetricFamily(name, doc, value=val)
+            status = getattr(st, "symbol_status", None)
+            if status:
+                trading = GaugeMetricFamily("barsignal_symbol_trading", "1 while exchangeInfo says the symbol "
+                                            "is TRADING, 0 when it is not (its node is stopped)", labels=["symbol"])
+                for sym in self.m.symbols:
+                    if sym in status:
+                        trading.add_metric([sym], float(status[sym] == "TRADING"))
+                yield trading
+            by_sym = getattr(st, "future_by_symbol", None)
+            if by_sym is not None:
+                fut = CounterMetricFamily("barsignal_symbol_future_bars", "closed bars dated after the "
+                                          "exchange's current minute, dropped, by symbol", labels=["symbol"])
+                for sym in self.m.symbols:
+                    fut.add_metric([sym], by_sym.get(sym, 0))
+                yield fut
             banned = getattr(st, "rest_banned_until", 0.0)
             yield GaugeMetricFamily("barsignal_rest_ban_remaining_seconds",
                                     "seconds until a REST 418 ban ends (0: not banned)",

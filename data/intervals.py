@@ -1,6 +1,12 @@
-"""Binance kline interval names and their lengths in milliseconds."""
+"""Binance kline interval names and their lengths in milliseconds; the interval of a bar series."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from barsignal.errors import ConfigError
 
 # Binance kline interval names -> length in ms (months are not fixed-length and are left out).
 INTERVAL_MS: dict[str, int] = {
@@ -25,3 +31,32 @@ def interval_name(ms: int) -> str | None:
         if value == ms:
             return name
     return None
+
+
+def common_step(open_times: Sequence[int] | np.ndarray) -> int | None:
+    """The interval of a series: the most common step between consecutive open times, sorted (what
+    ``barsignal data inspect`` reports; gaps do not change it). None for fewer than two bars."""
+    t = np.sort(np.asarray(open_times, dtype=np.int64))
+    d = np.diff(t)
+    d = d[d > 0]
+    if not len(d):
+        return None
+    steps, counts = np.unique(d, return_counts=True)
+    return int(steps[np.argmax(counts)])
+
+
+class IntervalMismatch(ConfigError):
+    """Bars of another interval than the model's (or the feed's): a usage error, exit 2."""
+
+
+def check_interval(open_times: Sequence[int] | np.ndarray, expected_ms: int, source: str,
+                   expected_what: str = "the model") -> None:
+    """Raise :class:`IntervalMismatch` naming both intervals when ``open_times`` are not ``expected_ms``
+    apart (their :func:`common_step`); a series of one bar or none passes."""
+    got = common_step(open_times)
+    if got is None or got == expected_ms:
+        return
+    raise IntervalMismatch(
+        f"{source}: the bars are {interval_name(got) or '?'} bars ({got} ms apart), but {expected_what} "
+        f"works on {interval_name(expected_ms) or '?'} bars ({expected_ms} ms); give it "
+        f"{interval_name(expected_ms) or f'{expected_ms} ms'} bars (barsignal data inspect shows a file's interval)")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from barsignal.data.intervals import interval_name
+from barsignal.data.intervals import common_step, interval_name
 from barsignal.errors import DataError
 
 OHLCV = ("open", "high", "low", "close", "volume")
@@ -142,11 +142,7 @@ def validate(cols: dict[str, np.ndarray], sources: list[str], src_idx: np.ndarra
     rep.ohlc_errors = int(rep.rows - np.count_nonzero(ok))
 
     d = np.diff(ts)
-    if len(d):
-        steps, counts = np.unique(d, return_counts=True)
-        rep.interval_ms = int(steps[np.argmax(counts)])
-    else:
-        rep.interval_ms = interval_hint
+    rep.interval_ms = common_step(ts) if len(d) else interval_hint
     iv = rep.interval_ms
     if iv and len(d):
         off = np.nonzero(d != iv)[0]

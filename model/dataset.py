@@ -162,6 +162,7 @@ def split_at_gaps(frame: BarFrame, name: str, interval_ms: int = INTERVAL_MS) ->
 def load_segments(paths: Iterable[str | os.PathLike[str]]) -> list[Segment]:
     """Load bar files with the data layer: one series per directory (source), cut at gaps."""
     from barsignal.data import load_many
+    from barsignal.data.intervals import check_interval
 
     groups: dict[Path, list[Path]] = {}
     for f in expand_paths(paths):
@@ -170,6 +171,7 @@ def load_segments(paths: Iterable[str | os.PathLike[str]]) -> list[Segment]:
     for parent, files in groups.items():
         loaded = load_many(files)
         name = parent.name if len(files) > 1 else files[0].name
+        check_interval(loaded.frame.open_time, INTERVAL_MS, str(parent if len(files) > 1 else files[0]))
         segs = split_at_gaps(loaded.frame, name)
         log.info("bars loaded", source=name, files=len(files), bars=len(loaded.frame), segments=len(segs))
         segments += segs

@@ -29,12 +29,12 @@ def _step(decimals: int) -> str:
     return f"{10.0 ** -decimals:.8f}"
 
 
-def symbol_info(tape: Tape) -> dict[str, Any]:
-    """One ``symbols[]`` entry, as Binance lists a trading spot pair."""
+def symbol_info(tape: Tape, status: str = "TRADING") -> dict[str, Any]:
+    """One ``symbols[]`` entry, as Binance lists a spot pair (``status``: TRADING, BREAK, HALT...)."""
     base, quote = split_symbol(tape.symbol)
     tick, lot = _step(tape.tick_decimals), _step(tape.lot_decimals)
     return {
-        "symbol": tape.symbol, "status": "TRADING",
+        "symbol": tape.symbol, "status": status,
         "baseAsset": base, "baseAssetPrecision": 8, "quoteAsset": quote, "quotePrecision": 8,
         "quoteAssetPrecision": 8, "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
         "orderTypes": ORDER_TYPES, "icebergAllowed": True, "ocoAllowed": True, "otoAllowed": True,
@@ -54,9 +54,13 @@ def symbol_info(tape: Tape) -> dict[str, Any]:
     }
 
 
-def exchange_info(tapes: Sequence[Tape], params: Mapping[str, str], *, server_time: int) -> tuple[int, Any]:
+def exchange_info(tapes: Sequence[Tape], params: Mapping[str, str], *, server_time: int,
+                  status: Mapping[str, str] | None = None) -> tuple[int, Any]:
     """``(status, body)`` for ``/api/v3/exchangeInfo``; ``symbol=X`` or ``symbols=["X","Y"]`` narrow it
-    (an unknown one is Binance's 400 ``-1121 Invalid symbol.``)."""
+    (an unknown one is Binance's 400 ``-1121 Invalid symbol.``, which does not say which).
+    ``status`` overrides a symbol's TRADING (a halt or a break); ``DELISTED`` unlists it."""
+    st = dict(status or {})
+    tapes = [t for t in tapes if st.get(t.symbol) != "DELISTED"]
     by_symbol = {t.symbol: t for t in tapes}
     wanted: Iterable[str] = list(by_symbol)
     try:
@@ -70,7 +74,7 @@ def exchange_info(tapes: Sequence[Tape], params: Mapping[str, str], *, server_ti
     if missing:
         return 400, {"code": -1121, "msg": "Invalid symbol."}
     return 200, {"timezone": "UTC", "serverTime": server_time, "rateLimits": RATE_LIMITS,
-                 "exchangeFilters": [], "symbols": [symbol_info(by_symbol[s]) for s in wanted]}
+                 "exchangeFilters": [], "symbols": [symbol_info(by_symbol[s], st.get(s, "TRADING")) for s in wanted]}
 
 
 def no_markets(*, server_time: int) -> dict[str, Any]:

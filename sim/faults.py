@@ -13,7 +13,9 @@ the stream and REST
 (an exchange halt: nothing can fill it); ``drop`` loses a closed frame on the stream only
 (REST still has it). ``stall`` silences the connections open at that bar (pings go on, data
 stops) until they close. ``disconnect`` drops every connection; ``shutdown`` sends
-``serverShutdown`` first. ``symbols=ETHUSDT+SOLUSDT`` narrows the per-frame and REST faults to those
+``serverShutdown`` first. ``forge=I:N`` sends, right after each symbol's closed frame of tick I,
+N more closed frames (default 2: the forged pair) dated five years ahead, their event times forged
+to match. ``symbols=ETHUSDT+SOLUSDT`` narrows the per-frame and REST faults to those
 symbols (the others stay clean: one symbol's trouble must not touch another's bars).
 """
 
@@ -47,6 +49,7 @@ class Faults:
     disconnect: tuple[int, ...] = ()
     shutdown: tuple[int, ...] = ()
     stall: tuple[int, ...] = ()
+    forge: tuple[tuple[int, int], ...] = ()  # (tick, frames): closed frames five years ahead, E forged too
     symbols: tuple[str, ...] = ()  # frame and REST faults hit only these symbols (empty: every symbol)
     seed: int = 0
 
@@ -60,8 +63,8 @@ class Faults:
         if not spec:
             return cls()
         kw: dict[str, object] = {}
-        lists: dict[str, list] = {"gaps": [], "disconnect": [], "shutdown": [], "stall": []}
-        allowed = [*_PROBS, *_EVENTS, "gap", "delay_s", "rest_timeout_s", "retry_after_s", "refuse", "symbols",
+        lists: dict[str, list] = {"gaps": [], "disconnect": [], "shutdown": [], "stall": [], "forge": []}
+        allowed = [*_PROBS, *_EVENTS, "gap", "forge", "delay_s", "rest_timeout_s", "retry_after_s", "refuse", "symbols",
                    "seed"]
         for item in filter(None, (p.strip() for p in spec.split(","))):
             key, sep, value = item.partition("=")
@@ -81,6 +84,9 @@ class Faults:
                 elif key == "gap":
                     start, _, n = value.partition(":")
                     lists["gaps"].append((int(start), int(n or 1)))
+                elif key == "forge":
+                    tick, _, n = value.partition(":")
+                    lists["forge"].append((int(tick), int(n or 2)))
                 elif key in _EVENTS:
                     lists[key].append(int(value))
                 elif key == "symbols":

@@ -43,6 +43,7 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import msgspec
 import numpy as np
 import orjson
 from websockets.asyncio.server import Server, ServerConnection, broadcast, serve
@@ -65,6 +66,7 @@ log = get_logger(__name__)
 
 WEIGHTS = {"/api/v3/klines": 2, "/api/v3/exchangeInfo": 20, "/api/v3/time": 1, "/api/v3/ping": 1,
            "/fapi/v1/exchangeInfo": 1, "/dapi/v1/exchangeInfo": 1}
+_YEARS_5 = 5 * 365 * 86_400_000
 _COUNTED = (Opcode.TEXT, Opcode.BINARY, Opcode.PING, Opcode.PONG)
 
 
@@ -201,6 +203,8 @@ class FeedSimulator:
         self._refused = 0
         self._weight: tuple[int, int] = (0, 0)  # (minute, weight used in it)
         self.connections_total = 0
+        self.forged = 0  # closed frames sent dated years ahead (the forge fault)
+        self.status: dict[str, str] = {}  # symbol -> exchangeInfo status other than TRADING (BREAK, HALT, DELISTED)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -394,6 +398,18 @@ class FeedSimulator:
                         await asyncio.sleep(delay)
                 delay_ms = tp.close_delay_ms + (int(self._jit_rng.uniform(0, self.jitter_ms)) if self.jitter_ms else 0)
                 closed = encode_kline(tp.event(row, close_delay_ms=delay_ms), combined=False)
+                forged = [n for tick, n in fl.forge if tick == i] if fl.hits(tp.symbol) else []
+                if forged:
+                    self._send(tp.stream, closed)
+                    self._closed_sent(tp.symbol, int(self.times[i]))
+                    ev = tp.event(row, close_delay_ms=delay_ms)
+                    for k in range(sum(forged)):  # the forged pair: years ahead, E forged to match
+                        ahead = _YEARS_5 + (k + 1) * self.step_ms
+                        self._send(tp.stream, encode_kline(msgspec.structs.replace(
+                            ev, open_time=ev.open_time + ahead, close_time=ev.close_time + ahead,
+                            event_time=ev.event_time + ahead), combined=False))
+                    self.forged += sum(forged)
+                    continue
                 if not fl.hits(tp.symbol):
                     self._send(tp.stream, closed)
                     self._closed_sent(tp.symbol, int(self.times[i]))
@@ -506,7 +522,7 @@ class FeedSimulator:
         if path == "/api/v3/time":
             return _json(200, {"serverTime": self.now_ms()}, h)
         if path == "/api/v3/exchangeInfo":
-            return _json(*exchange_info(self.tapes, q, server_time=self.now_ms()), h)
+            return _json(*exchange_info(self.tapes, q, server_time=self.now_ms(), status=self.status), h)
         if path in ("/fapi/v1/exchangeInfo", "/dapi/v1/exchangeInfo"):
             return _json(200, no_markets(server_time=self.now_ms()), h)
         self.rest_requests += 1

@@ -344,6 +344,86 @@ def _binance_code(body: Any) -> int | None:
     return code if type(code) is int else None
 
 
+EXCHANGE_INFO_WEIGHT = 20  # GET /api/v3/exchangeInfo, with or without symbols (Binance REST docs)
+EXCHANGE_INFO_BATCH = 100  # symbols per exchangeInfo call (the URL stays short)
+UNKNOWN = "UNKNOWN"  # the status given to a symbol the exchange does not list (HTTP 400 code -1121)
+
+
+@dataclass
+class SymbolStatuses:
+    """What ``GET /api/v3/exchangeInfo`` says of some symbols: ``{symbol: status}`` (``TRADING``,
+    ``BREAK``, ``HALT``..., or :data:`UNKNOWN`), the calls it took and the server's weight count."""
+
+    status: dict[str, str]
+    requests: int = 0
+    used_weight: int | None = None
+    server_time_ms: int | None = None
+
+
+async def fetch_symbol_status(rest_url: str, symbols: list[str], *, timeout_s: float = 10.0) -> SymbolStatuses | None:
+    """Each symbol's status from ``GET /api/v3/exchangeInfo?symbols=[...]`` (``EXCHANGE_INFO_BATCH`` a
+    call). Binance answers HTTP 400 code -1121 for the whole call when one symbol is unknown and does
+    not say which: then the whole listing is read once (no parameters, the same weight) and a symbol
+    it does not hold is :data:`UNKNOWN`. None when the server does not serve exchangeInfo (HTTP 404: a
+    klines-only mirror).
+    Network trouble, 5xx and unreadable answers raise TransientError; 429/418 raise RateLimited.
+    """
+    import aiohttp
+
+    base = rest_url.rstrip("/")
+    url = f"{base}/api/v3/exchangeInfo"
+    out = SymbolStatuses({})
+    everything: dict[str, str] | None = None  # the whole listing, read at most once
+    connector = aiohttp.TCPConnector(ssl=_ssl_context() if base.startswith("https://") else False, limit=1)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout_s),
+                                     headers={"Accept": "application/json"}) as http:
+
+        async def one(batch: list[str] | None) -> dict[str, str] | None:
+            """``{symbol: status}`` listed for ``batch`` (None: all); None when exchangeInfo is not served,
+            {} for -1121 (an unknown symbol in ``batch``)."""
+            params = ({} if batch is None else {"symbols": orjson.dumps(batch).decode()} if len(batch) > 1
+                      else {"symbol": batch[0]})
+            out.requests += 1
+            try:
+                async with http.get(url, params=params) as resp:
+                    code, headers, body = resp.status, dict(resp.headers), await resp.read()
+            except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+                raise TransientError(f"{base}: exchangeInfo request failed ({type(exc).__name__}: {exc}); "
+                                     "will retry") from None
+            w = used_weight(headers)
+            if w is not None:
+                out.used_weight = w
+            out.server_time_ms = date_header_ms(headers) or out.server_time_ms
+            if code in (418, 429):
+                wait = retry_after_s(headers)
+                raise RateLimited(f"{base}: HTTP {code} on exchangeInfo (Retry-After {wait:.0f} s)", wait, code)
+            if code == 404:
+                return None
+            if code == 400 and _binance_code(body) == -1121 and batch is not None:
+                return {}
+            if code != 200:
+                raise TransientError(f"{base}: HTTP {code} from exchangeInfo: {body[:200]!r}; will retry")
+            try:
+                return {str(x["symbol"]).upper(): str(x["status"]) for x in orjson.loads(body)["symbols"]}
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                raise TransientError(f"{base}: exchangeInfo answer is unreadable ({exc}); will retry") from None
+
+        for i in range(0, len(symbols), EXCHANGE_INFO_BATCH):
+            batch = [s.upper() for s in symbols[i:i + EXCHANGE_INFO_BATCH]]
+            listed = await one(batch)
+            if listed is None:
+                return None
+            if not listed:  # an unknown symbol among them: which, the whole listing says
+                if everything is None:
+                    everything = await one(None)
+                    if everything is None:
+                        return None
+                listed = everything
+            for sym in batch:
+                out.status[sym] = listed.get(sym, UNKNOWN)
+    return out
+
+
 def fetch_bars_sync(rest_url: str, symbol: str, since_ms: int, until_ms: int, **kwargs: Any) -> list[Bar]:
     """``fetch_bars`` for synchronous callers (runs its own event loop)."""
     return asyncio.run(fetch_bars(rest_url, symbol, since_ms, until_ms, **kwargs))

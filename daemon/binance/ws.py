@@ -112,6 +112,14 @@ def connection_plan(base: str, symbols: Sequence[str], interval: str = "1m", *, 
     return url, msgs
 
 
+def resubscribe_messages(symbols: Sequence[str], interval: str, first_id: int) -> list[tuple[int, bytes]]:
+    """``[(id, UNSUBSCRIBE), (id + 1, SUBSCRIBE)]`` of ``symbols``' kline streams: a stale stream
+    asked for again on a connection that stays up."""
+    streams = [stream_name(s, interval) for s in symbols]
+    return [(first_id + k, orjson.dumps({"method": m, "params": streams, "id": first_id + k}))
+            for k, m in enumerate(("UNSUBSCRIBE", "SUBSCRIBE"))]
+
+
 class Reply(msgspec.Struct, frozen=True):
     """The answer to a control message: ``{"result": ..., "id": N}`` or an error with ``code``/``msg``."""
 
@@ -202,7 +210,7 @@ _COMBINED = msgspec.json.Decoder(_Combined)
 _RAW = msgspec.json.Decoder(_Kline)
 
 
-def _fast(frame: str | bytes, symbols: Collection[str] | None) -> KlineEvent | None:
+def _fast(frame: str | bytes, symbols: Collection[str] | None, interval: str | None = None) -> KlineEvent | None:
     """The common case, typed by msgspec: a well-formed kline frame, or None (then the slow path
     below decides what the frame is, and why it is bad). It accepts only what the slow path accepts."""
     try:
@@ -216,6 +224,7 @@ def _fast(frame: str | bytes, symbols: Collection[str] | None) -> KlineEvent | N
     k = msg.k
     step = INTERVAL_MS.get(k.i)
     if (msg.e != "kline" or k.s != msg.s or step is None or (symbols is not None and msg.s not in symbols)
+            or (interval is not None and k.i != interval)
             or (stream is not None and stream != stream_name(msg.s, k.i))):
         return None
     t = k.t
@@ -241,21 +250,24 @@ def decode(
     *,
     symbols: Collection[str] | None = None,
     max_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+    interval: str | None = None,
 ) -> KlineEvent | ServerShutdown | None:
     """Decode one websocket text frame.
 
     Returns a :class:`KlineEvent`, a :class:`ServerShutdown`, or ``None`` for frames that are
     valid but not ours (other event types, subscription replies). ``symbols`` (upper case), when
-    given, is the set of symbols subscribed to: a kline for another symbol is a bad frame.
+    given, is the set of symbols subscribed to: a kline for another symbol is a bad frame; so is a
+    kline of another ``interval`` than the one subscribed to (reason ``wrong_interval``).
     Raises :class:`BadMessage` (with ``.reason``) for anything malformed.
     """
     if len(frame) > max_bytes:
         raise _bad("oversized", f"{len(frame)} bytes > {max_bytes}")
-    ev = _fast(frame, symbols)
-    return ev if ev is not None else _slow(frame, symbols)
+    ev = _fast(frame, symbols, interval)
+    return ev if ev is not None else _slow(frame, symbols, interval)
 
 
-def _slow(frame: str | bytes, symbols: Collection[str] | None) -> KlineEvent | ServerShutdown | None:
+def _slow(frame: str | bytes, symbols: Collection[str] | None,
+          interval_wanted: str | None = None) -> KlineEvent | ServerShutdown | None:
     """Any frame, checked field by field: says what a frame is, or exactly why it is bad."""
     try:
         msg = orjson.loads(frame)
@@ -295,6 +307,8 @@ def _slow(frame: str | bytes, symbols: Collection[str] | None) -> KlineEvent | S
     step = INTERVAL_MS.get(interval) if type(interval) is str else None
     if step is None:
         raise _bad("wrong_type", f"unknown interval {str(interval)[:10]!r}")
+    if interval_wanted is not None and interval != interval_wanted:
+        raise _bad("wrong_interval", f"a {interval} kline on a {interval_wanted} feed")
     if stream is not None and stream != stream_name(symbol, interval):
         raise _bad("wrong_symbol", f"stream {stream[:40]!r} does not carry {symbol} {interval}")
     closed = k.get("x")

@@ -8,6 +8,8 @@
   ``client.ready`` says the warm-up is done (the daemon can signal).
   One connection per up to ``[feed] max_streams_per_connection`` symbols (``client.links``), each with
   its own reconnect/rollover/stale lifecycle.
+- ``clock.ExchangeClock``: the exchange's clock fitted on the local one (rate and offset from one vote
+  per symbol per quarter second); its limit is what the sequencer may believe.
 - ``backoff``: capped exponential backoff with jitter, the connection-attempt limit, the REST gate
   (Retry-After, 418 bans) and the REST weight budget (``WeightLimiter``).
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import statistics
 from collections import deque
 from collections.abc import Callable
 
@@ -103,8 +104,12 @@ class WeightLimiter:
     Binance's wall-clock minutes, carries more than ``per_minute`` of our own. The server's count
     (``X-MBX-USED-WEIGHT-1M``: this IP's weight in the current minute, other clients included) is
     passed to :meth:`observe`; when it is more than we spent, the difference counts against the
-    budget until that minute ends. ``clock`` (monotonic) and ``wall`` (unix seconds: Binance's
-    minutes) are injectable; sans I/O.
+    budget until that minute ends. That minute is the exchange's: the response's ``Date`` header
+    (1 s resolution) gives the offset of the exchange's clock to ``wall``, the median of the last
+    15, so a local clock that is off by seconds still starts and ends Binance's minutes when Binance
+    does. A ``Date`` more than an hour away from ``wall`` is not a skewed clock but a replaying
+    simulator's (its weight minutes are wall-clock ones): it is not used. ``clock`` (monotonic) and
+    ``wall`` (unix seconds) are injectable; sans I/O.
     """
 
     def __init__(self, per_minute: int = 2400, *, burst: int | None = None, clock: Callable[[], float],
@@ -123,13 +128,18 @@ class WeightLimiter:
         self._others = 0  # weight the server counted beyond ours in that minute
         self.spent = 0  # all weight spent, for metrics
         self.server_used = 0  # the last X-MBX-USED-WEIGHT-1M seen
+        self._skew: deque[float] = deque(maxlen=15)  # exchange clock - wall, seconds, from Date headers
+
+    def exchange_wall(self) -> float:
+        """Unix seconds on the exchange's clock: ``wall`` plus the offset the Date headers measured."""
+        return self._wall() + (statistics.median(self._skew) if self._skew else 0.0)
 
     def _refill(self) -> None:
         now = self._clock()
         self._tokens = min(float(self.burst), self._tokens + (now - self._at) * self.rate)
         self._at = now
-        minute = int(self._wall() // 60)
-        if minute != self._minute:
+        minute = int(self.exchange_wall() // 60)
+        if minute > self._minute:
             self._minute, self._ours, self._others = minute, 0, 0
 
     def wait_s(self, cost: int = KLINES_WEIGHT) -> float:
@@ -139,7 +149,7 @@ class WeightLimiter:
         short = cost - self._tokens
         wait = 0.0 if short <= 1e-6 else short / self.rate  # (float dust is not worth a wait)
         if self._others and self._ours + self._others + cost > self.per_minute:
-            wall = self._wall()
+            wall = self.exchange_wall()
             wait = max(wait, (self._minute + 1) * 60 - wall + 0.05)  # the server's minute must end first
         return wait
 
@@ -150,8 +160,12 @@ class WeightLimiter:
         self._ours += cost
         self.spent += cost
 
-    def observe(self, used: int | None) -> None:
-        """The server's ``X-MBX-USED-WEIGHT-1M`` of a response that arrived just now."""
+    def observe(self, used: int | None, server_time_ms: int | None = None) -> None:
+        """The server's ``X-MBX-USED-WEIGHT-1M`` of a response that arrived just now, and its ``Date``."""
+        if server_time_ms is not None:
+            skew = server_time_ms / 1000 + 0.5 - self._wall()  # Date is truncated to the second
+            if abs(skew) <= 3600:
+                self._skew.append(skew)
         if used is None:
             return
         self._refill()

@@ -10,7 +10,11 @@ The driver:
    streams as fit in :data:`~barsignal.daemon.binance.ws.MAX_URL_CHARS`; the rest are subscribed with
    SUBSCRIBE messages, at most 3 a second so that with a ping and a pong Binance's 5 incoming
    messages a second per connection still hold;
-2. hands every decoded frame to the one sequencer and yields the bars it emits;
+2. hands every decoded frame to the one sequencer and yields the bars it emits; each frame's event
+   time first goes to the :class:`~barsignal.daemon.feed.clock.ExchangeClock` (the exchange's clock
+   fitted on the local one), whose limit bounds what the sequencer may believe (``[feed]
+   clock_tolerance_s``); a kline of another interval than ``[feed] interval`` is a bad frame
+   (``wrong_interval``): counted and dropped, as a wrong symbol is;
 3. runs the REST fetches the sequencer asks for (up to :data:`REST_PARALLEL` at once) in tasks of
    their own, beside the websockets: a REST failure never closes a healthy websocket (issue 12 #4).
    Every call waits for the weight budget (:class:`~barsignal.daemon.feed.backoff.WeightLimiter`,
@@ -27,6 +31,18 @@ back off with capped exponential delays and jitter; only a healthy connection (i
 closed bar, or lived ``healthy_reset_s``) resets its backoff or reconnects at once after a rollover
 or ``serverShutdown``, so a server that shuts every connection down at once cannot cause a reconnect
 storm. One connection down never holds up the others' bars. Pings are answered by ``websockets``.
+
+One symbol with no NEW closed bar for interval + grace while its connection lives on (the other
+symbols keep it fresh) is resubscribed on that connection (UNSUBSCRIBE + SUBSCRIBE, paced with the
+rest) and backfilled over REST up to the exchange's current minute, backing off from interval +
+grace to 16 times that while it stays stale (``feed.symbol_stale``, ``symbol_resyncs``).
+
+``exchangeInfo`` is read beside the stream at start: a symbol it does not list (HTTP 400 -1121) or
+does not trade raises ConfigError (exit 2) naming it; a transient failure is retried with the REST
+backoff and never taken for an unknown symbol. It is read again every ``[feed]
+exchange_info_every_s``: a symbol whose status leaves TRADING (BREAK, HALT, delisted) is logged,
+its status exported, and its bars are no longer handed on (its node stops; the others go on) until
+it trades again.
 """
 
 from __future__ import annotations
@@ -46,7 +62,15 @@ from typing import Any, Protocol
 import websockets
 from websockets.asyncio.client import ClientConnection, connect
 
-from barsignal.daemon.binance.rest import MAX_LIMIT, KlinePage, RateLimited, retry_after_s
+from barsignal.daemon.binance.rest import (
+    EXCHANGE_INFO_WEIGHT,
+    MAX_LIMIT,
+    UNKNOWN,
+    KlinePage,
+    RateLimited,
+    SymbolStatuses,
+    retry_after_s,
+)
 from barsignal.daemon.binance.ws import (
     INTERVAL_MS,
     MAX_SUBSCRIBE_STREAMS,
@@ -55,9 +79,11 @@ from barsignal.daemon.binance.ws import (
     decode,
     decode_reply,
     groups,
+    resubscribe_messages,
 )
 from barsignal.daemon.config import FeedConfig
 from barsignal.daemon.feed.backoff import KLINES_WEIGHT, AttemptLimiter, Backoff, RestGate, WeightLimiter
+from barsignal.daemon.feed.clock import ExchangeClock
 from barsignal.daemon.feed.sequencer import Emit, FeedStats, Fetch, Output, Sequencer
 from barsignal.errors import BadMessage, ConfigError
 from barsignal.features.bar import Bar
@@ -111,6 +137,8 @@ class _Link:
     send_at: float = 0.0
     awaiting: set[int] = field(default_factory=set)  # SUBSCRIBE ids not answered yet
     connects: int = 0
+    next_id: int = 0  # the id of the next control message beyond the start's SUBSCRIBEs
+    symbols_checked_at: float = 0.0  # when its symbols' own staleness was last looked at
 
     def tag(self) -> dict[str, Any]:
         return {"connection": self.index, "streams": len(self.symbols)}
@@ -145,6 +173,7 @@ class FeedClient:
         backfill_give_up_s: float = 600.0,
         wall_clock: Callable[[], float] = time.time,
         max_subscribe_streams: int = MAX_SUBSCRIBE_STREAMS,
+        symbol_info: Callable[..., Awaitable[SymbolStatuses | None]] | None = None,
     ) -> None:
         if not cfg.symbols:
             raise ConfigError("[feed] symbols is empty; name at least one, e.g. symbols = [\"BTCUSDT\"]")
@@ -156,6 +185,12 @@ class FeedClient:
         self.step_ms = INTERVAL_MS[cfg.interval]
         self.warmup_bars = max(0, int(warmup_bars))
         self._fetch = fetch
+        # exchangeInfo: the real one with the real REST client; a client given its own fetch checks
+        # symbols only when it is given symbol_info too.
+        self._symbol_info = symbol_info
+        self._check_symbols = cfg.check_symbols and (symbol_info is not None or fetch is None)
+        self._watch: asyncio.Task[None] | None = None
+        self.halted: set[str] = set()  # symbols the exchange does not trade now: their nodes are stopped
         self._clock, self._sleep, self._wall = clock, sleep, wall_clock
         default_stale = self.step_ms / 1000 + cfg.stale_grace_s
         self.stale_after_s = stale_after_s if stale_after_s is not None else default_stale
@@ -174,7 +209,15 @@ class FeedClient:
         self.weight = weight or WeightLimiter(cfg.rest_weight_per_minute, clock=clock, wall=wall_clock)
         self.stats = FeedStats(connections_wanted=len(self.links))
         self.seq = Sequencer(self.symbols, step_ms=self.step_ms, warmup_bars=self.warmup_bars,
-                             close_grace_ms=close_grace_ms, stats=self.stats)
+                             close_grace_ms=close_grace_ms, stats=self.stats, bounded=True)
+        # The exchange's clock against the local one (perf_counter: real time, whatever ``clock`` is).
+        self.exchange_clock = ExchangeClock(tolerance_ms=cfg.clock_tolerance_s * 1000.0)
+        # (E, local ms, symbol) of the frames handled since the loop last waited: fed to the clock then,
+        # off the path from a frame to its bar (a bucket's close sorts and refits: ~10 us)
+        self._clock_samples: list[tuple[int, float, str | None]] = []
+        self.symbol_progress_at: dict[str, float] = {}  # ``clock()`` of each symbol's last NEW closed bar
+        self._resync_after: dict[str, tuple[float, int]] = {}  # symbol -> (next resync due, resyncs so far)
+        self._resynced: list[tuple[str, Bar, int]] = []  # bars a resync released, handed out next
         self._queue: deque[Fetch] = deque()  # fetches the sequencer asked for, not yet running
         self._rest_tasks: set[asyncio.Task[tuple[Fetch, KlinePage | Exception]]] = set()
         self._failing_since: dict[Fetch, float] = {}
@@ -220,21 +263,47 @@ class FeedClient:
             self._fetch = _default_fetch()  # import the HTTP client before the stream starts
         links = self.links
         try:
+            if self._check_symbols:
+                self._watch = asyncio.ensure_future(self._watch_symbols())
             for link in links:
                 link.opening = asyncio.ensure_future(self._connect(link))
             while not self._stopped:
+                known = self.exchange_clock.known
+                if self._clock_samples:
+                    samples, self._clock_samples = self._clock_samples, []
+                    for e, loc, src in samples:
+                        self.exchange_clock.observe(e, loc, src)
+                if not known:
+                    self.exchange_clock.tick(time.perf_counter_ns() / 1e6)
+                    if self.exchange_clock.known:  # release what was held meanwhile
+                        loc = time.perf_counter_ns() / 1e6
+                        lim, est = self.exchange_clock.limit_ms(loc), self.exchange_clock.now_ms(loc)
+                        held = self.seq.clock_known(est, lim) if lim is not None and est is not None else []
+                        for item in self._outputs(held):
+                            yield self._hand_out(item)
                 now = self._clock()
                 deadline = math.inf
                 for link in links:
                     if link.ws is None or await self._due(link, now):
                         continue
-                    deadline = min(deadline, link.rollover_at, link.progress_at + self.stale_after_s)
+                    deadline = min(deadline, link.rollover_at, link.progress_at + self.stale_after_s,
+                                   link.symbols_checked_at + self._symbol_check_s())
                     if link.to_send:
                         deadline = min(deadline, link.send_at)
                     if link.recv is None:
                         link.recv = asyncio.ensure_future(link.ws.recv(decode=False))
+                if self._resynced:
+                    items, self._resynced = self._resynced, []
+                    for item in items:
+                        yield self._hand_out(item)
                 self._pump_rest()
                 waiters: set[asyncio.Future[Any]] = set(self._rest_tasks)
+                if self._watch is not None:
+                    if self._watch.done():
+                        watch, self._watch = self._watch, None
+                        watch.result()  # an unknown or non-trading symbol at start: ConfigError
+                    else:
+                        waiters.add(self._watch)
                 for link in links:
                     for fut in (link.recv, link.opening):
                         if fut is not None:
@@ -242,6 +311,8 @@ class FeedClient:
                 if not waiters:
                     break  # stopped while every connection was ending
                 timeout = None if deadline == math.inf else max(0.0, deadline - now)
+                if not self.exchange_clock.known and self.exchange_clock.waiting:
+                    timeout = 0.03 if timeout is None else min(timeout, 0.03)  # the vote of the last frames
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for task in [t for t in self._rest_tasks if t in done]:
                     self._rest_tasks.discard(task)
@@ -274,6 +345,9 @@ class FeedClient:
             self.stats.connected = False
             self.stats.connections = 0
             pending: list[asyncio.Future[Any]] = [*self._rest_tasks]
+            if self._watch is not None:
+                pending.append(self._watch)
+                self._watch = None
             for link in links:
                 pending += [f for f in (link.recv, link.opening) if f is not None]
                 link.recv = link.opening = None
@@ -342,6 +416,40 @@ class FeedClient:
         link.awaiting = set()
         self._count_connections()
 
+    def _symbol_check_s(self) -> float:
+        return max(0.05, min(1.0, self.stale_after_s / 4))
+
+    def _stale_symbols(self, link: _Link, now: float) -> list[str]:
+        """The symbols of a live connection with no NEW closed bar for ``stale_after_s`` (the connection
+        itself is fresh: other symbols' bars keep it so), whose resync is due: each one backs off,
+        doubling from ``stale_after_s`` up to 16 times that, until its stream brings a bar again."""
+        link.symbols_checked_at = now
+        since = link.up_since
+        out = []
+        for sym in link.symbols:
+            if sym in self.halted or now - max(self.symbol_progress_at.get(sym, since), since) < self.stale_after_s:
+                continue
+            due, n = self._resync_after.get(sym, (0.0, 0))
+            if now >= due:
+                out.append(sym)
+                self._resync_after[sym] = (now + self.stale_after_s * 2 ** min(n, 4), n + 1)
+        return out
+
+    def _resync(self, link: _Link, symbols: list[str]) -> list[tuple[str, Bar, int]]:
+        """Resubscribe ``symbols`` on ``link`` (UNSUBSCRIBE then SUBSCRIBE, paced with the others) and
+        backfill each over REST up to the exchange's current minute."""
+        first = max(link.next_id, len(link.subscribes) + 1)
+        msgs = resubscribe_messages(symbols, self.cfg.interval, first)
+        link.next_id = first + len(msgs)
+        link.to_send.extend(msgs)
+        log.warning("feed.symbol_stale", symbols=symbols[:10], count=len(symbols),
+                    no_new_closed_bar_for_s=round(self.stale_after_s, 3),
+                    action="resubscribing and backfilling over REST", **link.tag())
+        outs: list[Output] = []
+        for sym in symbols:
+            outs += self.seq.resync(sym)
+        return self._outputs(outs)
+
     def _count_connections(self) -> None:
         up = sum(1 for link in self.links if link.ws is not None)
         self.stats.connections, self.stats.connected = up, up == len(self.links)
@@ -356,6 +464,10 @@ class FeedClient:
             link.end_reason = "stale"
             log.warning("feed.stale", no_new_closed_bar_for_s=round(now - link.progress_at, 3), **link.tag())
         else:
+            if now - link.symbols_checked_at >= self._symbol_check_s() and self.seq.current_minute() is not None:
+                stale = self._stale_symbols(link, now)
+                if stale:
+                    self._resynced.extend(self._resync(link, stale))
             if not (link.to_send and now >= link.send_at):
                 return False
             rid, msg = link.to_send.popleft()
@@ -414,7 +526,8 @@ class FeedClient:
                 self._on_reply(link, reply.id, reply.ok, reply.error)
                 return []
         try:
-            ev = decode(frame, symbols=self._symbol_set, max_bytes=self.cfg.max_frame_bytes)
+            ev = decode(frame, symbols=self._symbol_set, max_bytes=self.cfg.max_frame_bytes,
+                        interval=self.cfg.interval)
         except BadMessage as exc:
             reason = getattr(exc, "reason", "bad")
             self.stats.bad_frames += 1
@@ -425,15 +538,21 @@ class FeedClient:
             return []
         if ev is None:
             return []
+        local_ms = recv_ns / 1e6
+        limit = self.exchange_clock.limit_ms(local_ms)  # this frame is observed once the loop is free
+        self._clock_samples.append((ev.event_time, local_ms, getattr(ev, "symbol", None)))
         if isinstance(ev, ServerShutdown):
-            self.seq.server_time(ev.event_time)
+            self.seq.server_time(ev.event_time, limit)
             link.end_reason = "server_shutdown"
             log.warning("feed.server_shutdown", event_time=ev.event_time, **link.tag())
             return []
         progress = self.seq.progress
-        outs = self.seq.kline(ev)
+        outs = self.seq.kline(ev, limit)
         if self.seq.progress != progress:  # a NEW closed bar: this connection is alive and healthy
             link.progress_at, link.healthy = self._clock(), True
+            self.symbol_progress_at[ev.symbol] = link.progress_at
+            if ev.symbol in self._resync_after:
+                del self._resync_after[ev.symbol]
         live = ev.open_time if ev.closed else None
         return self._outputs(outs, recv_ns, live)
 
@@ -453,9 +572,82 @@ class FeedClient:
             if isinstance(o, Fetch):
                 self._queue.append(o)
             elif isinstance(o, Emit):
+                if self.halted and o.symbol in self.halted:
+                    self.stats.halted_bars += 1
+                    continue
                 own = o.bar.source == "ws" and o.bar.open_time == live
                 bars.append((o.symbol, o.bar, recv_ns if own else time.perf_counter_ns()))
         return bars
+
+    # -- exchangeInfo: is each symbol listed and trading? --------------------------------------------
+
+    async def _watch_symbols(self) -> None:
+        """Each symbol's status at start (unknown or not TRADING: ConfigError, exit 2) and every
+        ``[feed] exchange_info_every_s`` after. A transient failure is retried with the REST backoff,
+        never taken for an unknown symbol, and never holds up the stream meanwhile."""
+        first = True
+        while True:
+            got = await self._read_statuses()
+            if got is None:
+                log.warning("feed.exchange_info_unavailable", rest_url=self.cfg.rest_url,
+                            action="symbols not checked: the server does not serve /api/v3/exchangeInfo")
+                return
+            self._apply_statuses(got.status, first=first)
+            first = False
+            if not self.cfg.exchange_info_every_s:
+                return
+            await asyncio.sleep(self.cfg.exchange_info_every_s)  # a period, not a backoff: real time
+
+    async def _read_statuses(self) -> SymbolStatuses | None:
+        info = self._symbol_info
+        if info is None:
+            from barsignal.daemon.binance.rest import fetch_symbol_status as info
+        while True:
+            wait = max(self.rest_gate.wait_s(), self.weight.wait_s(EXCHANGE_INFO_WEIGHT))
+            if wait > 0:
+                await self._sleep(wait)
+                continue
+            try:
+                got = await info(self.cfg.rest_url, list(self.symbols), timeout_s=self.cfg.rest_timeout_s)
+            except RateLimited as exc:
+                self.stats.rest_rate_limited += 1
+                delay = self.rest_gate.rate_limited(exc.status, exc.retry_after_s)
+                log.warning("feed.exchange_info_failed", status=exc.status, retry_in_s=round(delay, 3))
+                continue
+            except Exception as exc:  # the REST boundary: the network, 5xx, an unreadable answer
+                if isinstance(exc, ConfigError):
+                    raise
+                self.stats.rest_failures += 1
+                delay = self.rest_gate.failed()
+                log.warning("feed.exchange_info_failed", error=_short(exc), retry_in_s=round(delay, 3),
+                            hint="cannot read exchangeInfo; retrying with backoff (symbols are not assumed unknown)")
+                continue
+            cost = EXCHANGE_INFO_WEIGHT * max(1, got.requests if got is not None else 1)
+            self.weight.spend(cost)
+            self.stats.rest_weight_spent += cost
+            if got is not None and got.used_weight is not None:
+                self.weight.observe(got.used_weight, got.server_time_ms)
+            return got
+
+    def _apply_statuses(self, status: dict[str, str], *, first: bool) -> None:
+        bad = {s: status.get(s, UNKNOWN) for s in self.symbols if status.get(s, UNKNOWN) != "TRADING"}
+        if first and bad:
+            why = ", ".join(f"{s} ({'not listed: HTTP 400 code -1121 Invalid symbol' if st == UNKNOWN else st})"
+                            for s, st in bad.items())
+            raise ConfigError(f"[feed] symbols: {self.cfg.rest_url} exchangeInfo does not trade {why}; "
+                              "fix [feed] symbols")
+        known = self.stats.symbol_status
+        for s in self.symbols:
+            st = status.get(s, UNKNOWN)
+            if not first and known.get(s) != st:
+                if st == "TRADING":
+                    log.warning("feed.symbol_status", symbol=s, status=st, was=known.get(s),
+                                action="trading again: its node resumes")
+                else:
+                    log.error("feed.symbol_status", symbol=s, status="DELISTED" if st == UNKNOWN else st,
+                              was=known.get(s), action="its node stops: no bars until it trades again")
+            known[s] = st
+        self.halted = {s for s in self.symbols if known[s] != "TRADING"}
 
     # -- REST, beside the websockets ----------------------------------------------------------------
 
@@ -489,7 +681,7 @@ class FeedClient:
         fetch = self._fetch or _default_fetch()
         try:
             got = await fetch(self.cfg.rest_url, f.symbol, f.since_ms, f.until_ms, interval=self.cfg.interval,
-                              timeout_s=self.cfg.rest_timeout_s, now_ms=self.seq.now_ms)
+                              timeout_s=self.cfg.rest_timeout_s, now_ms=self.seq.trusted_now())
         except Exception as exc:  # the REST boundary: any failure; the caller sorts them
             return f, exc
         page = got if isinstance(got, KlinePage) else KlinePage(list(got))
@@ -498,7 +690,7 @@ class FeedClient:
             self.weight.spend(more)
             self.stats.rest_weight_spent += more
         if page.used_weight is not None:
-            self.weight.observe(page.used_weight)
+            self.weight.observe(page.used_weight, page.server_time_ms)
             self.stats.rest_server_weight = page.used_weight
         return f, page
 

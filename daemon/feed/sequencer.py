@@ -13,13 +13,19 @@ decides what they mean:
   (closed bars ``since_ms <= open_time < until_ms`` wanted from REST; at most one in flight per
   symbol). Drops are counted in :class:`FeedStats` by reason.
 
-The exchange's clock is the newest trusted event time. A frame can move it forward by at most
-``max_clock_jump_ms`` on its own; a bigger jump (a reconnect after a long outage) is believed once a
-second, later frame agrees with it, so one frame stamped years ahead cannot drag it along. A bar
-whose open time is after the exchange's current minute is dropped, counted (``future_bars``) and
-logged at warning level (issue 13 #1). So is a bar that is not finite, consistent and in range (the
-features' own check, ``invalid_bars``). ``progress`` counts NEW closed bars only: re-sent old ones
-do not keep a stale stream alive (issue 13 #9). ``ready`` says every symbol finished its warm-up
+The exchange's clock is the newest trusted event time. The driver bounds it: each frame comes with
+``limit_ms``, the latest exchange time it may believe now (the local clock plus the measured offset
+to the exchange, and a small tolerance: :class:`~barsignal.daemon.feed.clock.ExchangeClock`). An
+event time past the limit is not believed (``clock_ahead``), however many frames agree, and the
+current minute never passes the limit; so one symbol's forged ``E`` moves no other symbol's state
+and asks REST for nothing; until the driver's clock is known (``limit_ms`` None) nothing is believed.
+Without a driver's clock (``bounded=False``, the pure tests), a frame can move the clock forward by
+at most ``max_clock_jump_ms`` on its own and a bigger jump is believed once a second, later frame
+agrees with it. A bar whose open time is after the exchange's current minute is dropped, counted
+(``future_bars``, and by symbol) and logged at warning level, rate-limited. So is a bar that is not
+finite, consistent and in range (the features' own check, ``invalid_bars``). ``progress`` counts NEW
+closed bars only: re-sent old ones do not keep a stale stream alive (issue 13 #9). ``ready`` says
+every symbol finished its warm-up
 from REST: the feed can signal.
 """
 
@@ -52,6 +58,11 @@ class FeedStats:
     duplicates: int = 0  # the newest closed kline again
     late: int = 0  # closed klines older than the newest (late or out of order), ignored
     future_bars: int = 0  # closed bars dated after the exchange's current minute, dropped
+    future_by_symbol: dict[str, int] = field(default_factory=dict)
+    clock_ahead: int = 0  # frames whose event time was past the exchange clock's limit: not believed
+    symbol_resyncs: int = 0  # stale symbols resubscribed and backfilled while their connection lived on
+    symbol_status: dict[str, str] = field(default_factory=dict)  # exchangeInfo's status of each symbol, once read
+    halted_bars: int = 0  # bars of a symbol the exchange does not trade now, not handed on
     invalid_bars: int = 0  # bars (ws or REST) not finite, consistent and in range, dropped
     invalid_by_reason: dict[str, int] = field(default_factory=dict)
     connects: int = 0
@@ -116,7 +127,7 @@ class Sequencer:
 
     def __init__(self, symbols: tuple[str, ...], *, step_ms: int, warmup_bars: int = 0,
                  close_grace_ms: int = 5_000, max_clock_jump_ms: int | None = None,
-                 max_pending: int = 10_000, stats: FeedStats | None = None) -> None:
+                 max_pending: int = 10_000, stats: FeedStats | None = None, bounded: bool = False) -> None:
         self.step_ms = int(step_ms)
         self.warmup_bars = max(0, int(warmup_bars))
         # A closed kline arrives 0.2-2 s after its close time (WS_RULES.md); past this point into the
@@ -127,6 +138,8 @@ class Sequencer:
         self.stats = stats or FeedStats()
         self._syms = {s: _Symbol() for s in symbols}
         self.now_ms: int | None = None  # the exchange's clock: newest trusted event time
+        self.limit_ms: int | None = None  # the latest exchange time the driver's clock allows (bounded mode)
+        self._bounded = bounded  # the driver gives limits (None: no clock yet): the two-frame jump rule is off
         self._jump: int | None = None  # an event time too far ahead, waiting for a second opinion
         self.progress = 0  # NEW closed bars seen (not duplicates, late, future or invalid ones)
 
@@ -136,9 +149,18 @@ class Sequencer:
         """Every symbol finished its warm-up: the bars that follow can be signalled."""
         return all(s.warm for s in self._syms.values())
 
+    def trusted_now(self) -> int | None:
+        """The trusted exchange time: the newest believed event time, never past the driver's limit."""
+        now = self.now_ms
+        if self._bounded and now is not None:
+            lim = self.limit_ms
+            return None if lim is None else min(now, lim)
+        return now
+
     def current_minute(self) -> int | None:
         """Open time of the exchange's current bar (None before the clock is known)."""
-        return None if self.now_ms is None else self.now_ms - self.now_ms % self.step_ms
+        now = self.trusted_now()
+        return None if now is None else now - now % self.step_ms
 
     def last(self, symbol: str) -> int | None:
         return self._syms[symbol].last
@@ -153,13 +175,13 @@ class Sequencer:
         for s in (self._syms.values() if symbols is None else (self._syms[x] for x in symbols)):
             s.synced = False
 
-    def server_time(self, event_time_ms: int) -> None:
+    def server_time(self, event_time_ms: int, limit_ms: int | None = None) -> None:
         """The event time of a frame that carries no bar (e.g. ``serverShutdown``)."""
-        self._observe(event_time_ms)
+        self._observe(event_time_ms, limit_ms)
 
-    def kline(self, ev: KlineEvent) -> list[Output]:
-        """One decoded kline frame (closed or still forming)."""
-        self._observe(ev.event_time)
+    def kline(self, ev: KlineEvent, limit_ms: int | None = None) -> list[Output]:
+        """One decoded kline frame (closed or still forming); ``limit_ms``: see the module doc."""
+        self._observe(ev.event_time, limit_ms, ev.symbol)
         s = self._syms.get(ev.symbol)
         if s is None:
             return []
@@ -172,7 +194,7 @@ class Sequencer:
         hole to ask for after it. It goes out at once (:meth:`_kline` would do exactly the same:
         tests/feed/test_sequencer.py checks the two agree on every frame of its interleavings);
         None for any other frame."""
-        t, last, now, step = ev.open_time, s.last, self.now_ms, self.step_ms
+        t, last, now, step = ev.open_time, s.last, self.trusted_now(), self.step_ms
         if not (ev.closed and last is not None and t == last + step and s.synced and s.warm and s.fetch is None
                 and not s.pending and now is not None and t <= now - now % step and self.max_pending > 0
                 and (s.want_until is None or s.want_until <= max(t + step, s.covered))
@@ -190,13 +212,14 @@ class Sequencer:
         (``daemon/keepwarm.py``), then every value it changed put back. Only the live case is run
         (:meth:`_next_closed`, what the real next frame takes); any other frame changes nothing."""
         s = self._syms.get(ev.symbol)
-        now = self.now_ms
-        if s is None or now is None or ev.event_time > now + self.max_clock_jump_ms:
+        now = self.trusted_now()
+        if (s is None or now is None or ev.event_time > now + self.max_clock_jump_ms
+                or (self._bounded and ev.event_time > (self.limit_ms or 0))):
             return  # the clock is not trusted, or this would be a jump: not the live case
         st = self.stats
         saved = self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time
         try:
-            self._observe(ev.event_time)
+            self._observe(ev.event_time, self.limit_ms if self._bounded else None)
             self._next_closed(ev, s)
         finally:
             self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time = saved
@@ -238,7 +261,8 @@ class Sequencer:
             return []  # not the one in flight (cannot happen with one driver; ignore it)
         # REST's Date bounds its own page; it does not move the clock (a loopback simulator's Date is
         # the wall clock, years after the E of the bars it replays).
-        cap = self.now_ms if server_time_ms is None or self.now_ms is None else min(self.now_ms, server_time_ms)
+        now = self.trusted_now()
+        cap = now if server_time_ms is None or now is None else min(now, server_time_ms)
         cap_min = None if cap is None else cap - cap % self.step_ms
         s.fetch = None
         out: list[Output] = []
@@ -269,6 +293,37 @@ class Sequencer:
         out += self._drain(fetch.symbol, s)
         return out
 
+    def clock_known(self, now_ms: int, limit_ms: int) -> list[Output]:
+        """The driver's clock became known between frames (``now_ms``: its estimate): the closed bars held
+        while it was not go out now (after their warm-ups), as the next frame would release them; a
+        stream that ended meanwhile leaves none behind."""
+        self.limit_ms, self._bounded = limit_ms, True
+        if self.now_ms is None or self.now_ms < min(now_ms, limit_ms):
+            self.now_ms = min(now_ms, limit_ms)
+        now_min = self.current_minute()
+        out: list[Output] = []
+        if now_min is None:
+            return out
+        for symbol, s in self._syms.items():
+            if s.pending and not s.synced and min(s.pending) <= now_min:
+                s.synced = True
+                self._want(s, min(s.pending))
+            if s.pending:
+                out += self._drain(symbol, s)
+        return out
+
+    def resync(self, symbol: str) -> list[Output]:
+        """``symbol`` went stale while its connection lived on and was resubscribed: ask REST for every
+        bar its stream should have brought, up to the exchange's current minute (a symbol that never had
+        a frame: its warm-up, ending there); its next frame re-syncs it as a reconnect does."""
+        s = self._syms[symbol]
+        s.synced = False
+        self.stats.symbol_resyncs += 1
+        now_min = self.current_minute()
+        if now_min is not None and (s.last is not None or not s.warm):
+            self._want(s, now_min)
+        return self._drain(symbol, s)
+
     def rest_gave_up(self, fetch: Fetch) -> list[Output]:
         """The driver stopped trying ``fetch`` (a backfill, never a warm-up): pass its hole on."""
         s = self._syms[fetch.symbol]
@@ -281,7 +336,22 @@ class Sequencer:
         return self._drain(fetch.symbol, s)
 
     # -- internals ---------------------------------------------------------------------------------
-    def _observe(self, t: int) -> None:
+    def _observe(self, t: int, limit: int | None = None, symbol: str | None = None) -> None:
+        if limit is not None or self._bounded:
+            self._bounded = True
+            if limit is not None:
+                self.limit_ms = limit
+            if limit is None or t > limit:
+                if limit is not None:
+                    self.stats.clock_ahead += 1
+                    n = self.stats.clock_ahead
+                    (log.warning if _loud(n) else log.debug)(
+                        "feed.clock_ahead", symbol=symbol, event_time=t, limit_ms=limit, count=n,
+                        action="not believed: past the local clock plus the measured offset to the exchange")
+                return
+            if self.now_ms is None or t > self.now_ms:
+                self.now_ms = t
+            return
         now = self.now_ms
         if now is not None and t <= now + self.max_clock_jump_ms:
             if t > now:
@@ -393,10 +463,12 @@ class Sequencer:
         return True
 
     def _count_future(self, symbol: str, open_time: int, source: str) -> None:
-        self.stats.future_bars += 1
-        (log.warning if _loud(self.stats.future_bars) else log.debug)(
-            "feed.future_bar", symbol=symbol, open_time=open_time, source=source, exchange_now_ms=self.now_ms,
-            action="dropped: dated after the exchange's current minute", count=self.stats.future_bars)
+        st = self.stats
+        st.future_bars += 1
+        n = st.future_by_symbol[symbol] = st.future_by_symbol.get(symbol, 0) + 1
+        (log.warning if _loud(n) else log.debug)(
+            "feed.future_bar", symbol=symbol, open_time=open_time, source=source, exchange_now_ms=self.trusted_now(),
+            action="dropped: dated after the exchange's current minute", count=n, total=st.future_bars)
 
     def _count_invalid(self, symbol: str, open_time: int, why: str, source: str) -> None:
         self.stats.invalid_bars += 1

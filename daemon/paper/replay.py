@@ -76,7 +76,11 @@ def is_barlog(path: str | os.PathLike[str]) -> bool:
 
 def load_bars(paths: list[str], symbol: str | None = None) -> Iterator[Bar]:
     """Bars from a live bar record (keeps each bar's ws/rest source) or from any loader format
-    (CSV, zip, freqtrade JSON, Parquet; source ``file``). Several loader files form one series."""
+    (CSV, zip, freqtrade JSON, Parquet; source ``file``). Several loader files form one series.
+    Bars of another interval than the model's raise IntervalMismatch (exit 2), naming both."""
+    from barsignal.data.intervals import check_interval
+    from barsignal.features.bar import INTERVAL_MS
+
     if not paths:
         raise DataError("no bar files given")
     logs = [p for p in paths if is_barlog(p)]
@@ -86,8 +90,12 @@ def load_bars(paths: list[str], symbol: str | None = None) -> Iterator[Bar]:
         from barsignal.daemon.barlog import read_barlog
 
         for p in logs:
-            yield from read_barlog(p, symbol)
+            bars = list(read_barlog(p, symbol))
+            check_interval([b.open_time for b in bars], INTERVAL_MS, str(p))
+            yield from bars
         return
     from barsignal.data.load import load_many
 
-    yield from load_many(paths).frame.bars("file")
+    frame = load_many(paths).frame
+    check_interval(frame.open_time, INTERVAL_MS, ", ".join(str(p) for p in paths))
+    yield from frame.bars("file")

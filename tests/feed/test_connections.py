@@ -23,6 +23,8 @@ from tests.feed.conftest import Collecting, feed_cfg
 
 
 def _fake(n: int) -> list[str]:
+    """Symbols the simulator does not serve (exchangeInfo would refuse them: the tests here turn the
+    check off with ``check_symbols=False``, as for a server that lists none)."""
     return [f"ZZ{i:04d}USDT" for i in range(n)]
 
 
@@ -166,7 +168,8 @@ def test_subscribe_messages_are_paced_under_the_servers_message_limit(spot) -> N
     async def main() -> tuple[PerSymbol, FeedSimulator, FeedClient, int]:
         async with FeedSimulator(series, speed=20, start_index=100, end_index=280, intrabar=1,
                                  max_incoming_per_s=3) as sim:
-            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, symbols=syms), warmup_bars=3, stale_after_s=5,
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, check_symbols=False, symbols=syms), warmup_bars=3,
+                                stale_after_s=5,
                                 max_subscribe_streams=100)
             (link,) = client.links
             assert len(link.subscribes) == 6 and stream_name(syms[-1]) in orjson.loads(link.subscribes[-1][1])["params"]
@@ -199,7 +202,8 @@ def test_a_refused_subscribe_is_logged_and_the_connection_replaced(spot) -> None
     async def main() -> FeedClient:
         async with FeedSimulator(series, speed=20, start_index=100, end_index=280, intrabar=1,
                                  max_streams=300) as sim:
-            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, symbols=syms), warmup_bars=3, stale_after_s=5)
+            client = FeedClient(feed_cfg(sim.ws_url, sim.rest_url, check_symbols=False, symbols=syms), warmup_bars=3,
+                                stale_after_s=5)
             col = PerSymbol(client)
             for _ in range(400):  # no bar comes (each connection ends at its refusal): poll the counter
                 if client.stats.reconnects_by_reason.get("subscribe_failed", 0) >= 2 or col.task.done():
