@@ -99,7 +99,7 @@ def train_frozen(model: Any, train: WindowSet, ytr: np.ndarray, val: WindowSet, 
     yt = torch.from_numpy(ytr.astype(np.float32))
     best, best_state, hist, bad = np.inf, None, [], 0
     g = torch.Generator().manual_seed(seed)
-    for ep in range(epochs):
+    for _ in range(epochs):
         for b in torch.randperm(len(ztr), generator=g).split(BATCH):
             loss = torch.nn.functional.binary_cross_entropy_with_logits(head((ztr[b] - mu) / sd).squeeze(-1), yt[b])
             opt.zero_grad()
