@@ -165,8 +165,9 @@ def train_finetuned(model: Any, train: WindowSet, ytr: np.ndarray, val: WindowSe
 
 def run(data: list[str], spot: list[str], artifact: Path, thresholds: list[float], *, train_windows: int,
         val_windows: int, heads: list[str], epochs_frozen: int, epochs_finetuned: int, n_boot: int,
-        log: Any = None) -> dict[str, Any]:
-    """Every head and har_seasonal on validation, test and each ``spot`` file, per threshold."""
+        log: Any = None, out: Path | None = None) -> dict[str, Any]:
+    """Every head and har_seasonal on validation, test and each ``spot`` file, per threshold (written
+    to ``out`` after each threshold when given)."""
     import torch
 
     from barsignal.model.baselines import Logistic
@@ -222,8 +223,19 @@ def run(data: list[str], spot: list[str], artifact: Path, thresholds: list[float
             r["periods"][name] = {"horizon": HORIZON, "threshold_bp": c, **rep}
             say(f"{c:g} bp: {name} scored")
         res["thresholds"][str(c)] = r
-    res["wall_s"] = time.monotonic() - t0
+        res["wall_s"] = time.monotonic() - t0
+        if out is not None:
+            write(res, out)
     return res
+
+
+def write(res: dict[str, Any], out: Path) -> str:
+    """``move_head.json`` and ``move_head.md`` in ``out``; returns the markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "move_head.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
+    text = to_markdown(res)
+    (out / "move_head.md").write_text(text)
+    return text
 
 
 def to_markdown(res: dict[str, Any]) -> str:
@@ -259,13 +271,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     res = run(args.data, args.spot, Path(args.artifact), args.thresholds, train_windows=args.train_windows,
               val_windows=args.val_windows, heads=args.heads, epochs_frozen=args.epochs_frozen,
-              epochs_finetuned=args.epochs_finetuned, n_boot=args.bootstrap, log=sys.stderr)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "move_head.json").write_text(json.dumps(res, indent=1, default=str) + "\n")
-    text = to_markdown(res)
-    (out / "move_head.md").write_text(text)
-    sys.stdout.write(text)
+              epochs_finetuned=args.epochs_finetuned, n_boot=args.bootstrap, log=sys.stderr, out=Path(args.out))
+    sys.stdout.write(to_markdown(res))
     return 0
 
 
