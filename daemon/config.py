@@ -124,7 +124,7 @@ class RedisSinkConfig(_Section):
 
 class SinksConfig(_Section):
     enabled: tuple[str, ...] = ("stdout", "paper")
-    queue_size: Annotated[int, Meta(ge=1)] = 1024
+    queue_size: Annotated[int, Meta(ge=1)] = 1024  # per sink; at least 16 x symbols (outbox.sink_queue_size)
     stdout: StdoutSinkConfig = msgspec.field(default_factory=StdoutSinkConfig)
     jsonl: JsonlSinkConfig = msgspec.field(default_factory=JsonlSinkConfig)
     webhook: WebhookSinkConfig = msgspec.field(default_factory=WebhookSinkConfig)
