@@ -2,7 +2,9 @@
 
 ``barsignal compress --config compression.toml`` runs every stage; ``barsignal compress STAGE`` runs
 one (distill, prune, export, quantize, report, engine); ``barsignal compress serving`` rewrites an
-existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``).
+existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``), and
+``barsignal compress drift-bounds`` writes the drift PSI's calibrated bounds into one
+(``compression/drift_bounds.py``).
 ``--set section.key=value`` overrides a config key for one run. No torch at import time: the handler
 imports the pipeline.
 """
@@ -24,6 +26,8 @@ STAGE_HELP = {
     "engine": "TensorRT engines from the ONNX variants (needs tensorrt and an NVIDIA GPU)",
     "serving": "rewrite an artifact's FP32 static graph as the batch-1 serving graph (from its weights), "
                "measured against the exported one on real windows",
+    "drift-bounds": "compute the drift PSI's bounds (99.5 % of the PSI of training windows of consecutive rows, "
+                    "per feature and window size) and write them into an artifact",
     "all": "every stage but engine, in order (the default)",
 }
 
@@ -52,6 +56,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "serving":
             sp.add_argument("--data", required=True, metavar="FILE",
                             help="a bar file whose windows the graphs are compared on")
+            sp.add_argument("--out", default=None, metavar="DIR", help="write here (default: in place)")
+        if name == "drift-bounds":
+            sp.add_argument("--data", required=True, nargs="+", metavar="PATH",
+                            help="the bars the artifact's model was trained on (checked against its training bins)")
             sp.add_argument("--out", default=None, metavar="DIR", help="write here (default: in place)")
     p.set_defaults(func=_run, stage=None)
 
@@ -115,6 +123,22 @@ def _run(args: argparse.Namespace) -> int:
               f"max |dp| {info['max_abs_dp_vs_exported']:.3g} over {info['windows']} windows "
               f"({info['identical_fraction']:.1%} identical), batch-1 p50 {info['latency_p50_us']:.1f} us "
               f"vs {info['exported_latency_p50_us']:.1f} us, batch drift {info['batch_drift']:.3g}")
+        return 0
+    if stage == "drift-bounds":
+        from pathlib import Path
+
+        from barsignal.compression.drift_bounds import write
+
+        src = Path(args.artifact or cfg.output.artifact)
+        b, wrote = write(src, args.data, dest=Path(args.out) if args.out else None, command=command)
+        i = b["sizes"].index(1440) if 1440 in b["sizes"] else -1
+        worst = max(range(len(b["bounds"][i])), key=b["bounds"][i].__getitem__)
+        print(f"drift bounds: {b['quantile']:.1%} of the PSI of {b['windows'][i]} training windows of "
+              f"{b['sizes'][i]} rows, per feature {min(b['bounds'][i]):.3f}..{max(b['bounds'][i]):.3f} (largest: "
+              f"feature {worst}); held out, windows with a feature over its bound: validation "
+              f"{b['held_out']['validation'].get(str(b['sizes'][i]), float('nan')):.2%}, test "
+              f"{b['held_out']['test'].get(str(b['sizes'][i]), float('nan')):.2%}; "
+              f"{'written to ' + str(args.out or src) if wrote else 'the artifact already has them: not rewritten'}")
         return 0
     if stage == "engine":
         ctx = pipeline.Context(cfg, progress)

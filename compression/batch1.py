@@ -231,7 +231,7 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
     import tempfile
 
     from barsignal.compression.report import _batch_drift
-    from barsignal.engine.artifact import MANIFEST, load_artifact, write_artifact
+    from barsignal.engine.artifact import load_artifact, rewrite_artifact
     from barsignal.model.torch_backend import build_model
 
     art = load_artifact(src)
@@ -249,20 +249,8 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
         if "serving_graph" in entry:  # the static graph is an earlier serving graph, not the exported one
             info["against"] = f"the previous serving graph ({entry['serving_graph']['layout']})"
             info["previous"] = entry["serving_graph"]
-        files = {rel: art.path / rel for rel in m["files"] if rel != MANIFEST}
-        files[entry["onnx"]] = out
         entry.update(serving_graph=info, batch_drift=drift)
-        variants = {**m["variants"], variant: entry}
-        standard = {"format_version", "model", "features", "window_shape", "signal", "horizon", "metrics",
-                    "variants", "default_variant", "files"}
-        extra = {k: val for k, val in m.items() if k not in standard}
-        extra["revisions"] = [*m.get("revisions", []), {
+        rewrite_artifact(art, dest, files={entry["onnx"]: out}, variants={variant: entry}, revision={
             "command": command or "barsignal compress serving",
-            "what": f"variant {variant}: static graph rewritten as the batch-1 serving graph ({LAYOUT})"}]
-        feats = m["features"]
-        write_artifact(dest, files=files, model_config=m["model"], schema_hash=feats["schema_hash"],
-                       normalization=feats["normalization"], psi_reference=feats.get("psi_reference"),
-                       signal=m["signal"], variants=variants, default_variant=m["default_variant"],
-                       horizon=m["horizon"], metrics=m["metrics"], command=extra["created_by"]["command"],
-                       extra=extra, overwrite=True)
+            "what": f"variant {variant}: static graph rewritten as the batch-1 serving graph ({LAYOUT})"})
     return {**info, "batch_drift": drift}

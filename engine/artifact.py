@@ -100,6 +100,12 @@ class Artifact:
         return dict(ref) if ref else None
 
     @property
+    def psi_bounds(self) -> dict[str, Any] | None:
+        """Per window size and feature, the drift PSI's calibrated bound (``engine.drift.null_bounds``), if shipped."""
+        b = (self.manifest.get("features") or {}).get("psi_bounds")
+        return dict(b) if b else None
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics") or {})
 
@@ -232,6 +238,7 @@ def write_artifact(
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     psi_reference: Mapping[str, Any] | None = None,
+    psi_bounds: Mapping[str, Any] | None = None,
 ) -> Artifact:
     """Write an artifact atomically (temp dir beside ``path``, then rename) and return it verified.
 
@@ -239,7 +246,8 @@ def write_artifact(
     ``{"onnx": name, "onnx_dynamic": name, "weights": name?, "model": config?}`` naming entries of
     ``files``. ``signal`` holds ``long_threshold``, ``short_threshold`` and ``rule`` (and, from
     ``engine.policy``, ``policy``, ``hysteresis``, ``cooldown_bars``, ``min_hold_bars``, ``informational``).
-    ``psi_reference`` (per-feature training decile ``edges`` and ``fractions``) goes into ``features``.
+    ``psi_reference`` (per-feature training decile ``edges`` and ``fractions``) and ``psi_bounds`` (the
+    drift PSI's calibrated bounds, ``engine.drift.null_bounds``) go into ``features``.
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
@@ -263,7 +271,8 @@ def write_artifact(
             "format_version": FORMAT_VERSION,
             "model": dict(model_config),
             "features": {"schema_hash": schema_hash, "normalization": dict(normalization),
-                         **({"psi_reference": dict(psi_reference)} if psi_reference else {})},
+                         **({"psi_reference": dict(psi_reference)} if psi_reference else {}),
+                         **({"psi_bounds": dict(psi_bounds)} if psi_bounds else {})},
             "window_shape": list(WINDOW_SHAPE),
             "signal": dict(signal),
             "horizon": int(horizon),
@@ -291,3 +300,33 @@ def write_artifact(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return load_artifact(dest, expected_schema_hash=schema_hash)
+
+
+_STANDARD = ("format_version", "model", "features", "window_shape", "signal", "horizon", "metrics", "variants",
+             "default_variant", "files")
+
+
+def rewrite_artifact(art: Artifact, dest: str | os.PathLike[str], *, revision: Mapping[str, Any],
+                     files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
+                     variants: Mapping[str, Mapping[str, Any]] | None = None,
+                     features: Mapping[str, Any] | None = None) -> Artifact:
+    """``art`` written again to ``dest`` (may be its own directory) through :func:`write_artifact`:
+    every manifest key kept (``created_by`` too), ``files`` replacing or adding files, ``variants``
+    and ``features`` keys replacing theirs, and ``revision`` (``command``, ``what``) appended to the
+    manifest's ``revisions``."""
+    m = dict(art.manifest)
+    src = {rel: art.path / rel for rel in m["files"] if rel != MANIFEST}
+    src.update(files or {})
+    feats = {**m["features"], **dict(features or {})}
+    extra = {k: v for k, v in m.items() if k not in _STANDARD}
+    extra["revisions"] = [*m.get("revisions", []), dict(revision)]
+    known = {"schema_hash", "normalization", "psi_reference", "psi_bounds"}
+    if set(feats) - known:
+        raise ArtifactError(f"{art.path}: features keys {sorted(set(feats) - known)} are not known to this "
+                            "version; rewrite it with the version that made it")
+    return write_artifact(dest, files=src, model_config=m["model"], schema_hash=feats["schema_hash"],
+                          normalization=feats["normalization"], psi_reference=feats.get("psi_reference"),
+                          psi_bounds=feats.get("psi_bounds"), signal=m["signal"],
+                          variants={**m["variants"], **dict(variants or {})}, default_variant=m["default_variant"],
+                          horizon=m["horizon"], metrics=m["metrics"], command=extra["created_by"]["command"],
+                          extra=extra, overwrite=True)
