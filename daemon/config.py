@@ -147,7 +147,7 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 9464
-    drift_psi_warn: Pos = 0.25
+    drift_psi_warn: Pos = 0.25  # the PSI bound for an artifact without calibrated ones (features.psi_bounds)
     monitor_window: Annotated[int, Meta(ge=10)] = 1440
 
 
