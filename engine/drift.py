@@ -9,7 +9,9 @@ from the statistic's own null distribution at the window size the monitor uses.
 
 :func:`null_bounds` computes it: for each window size in ``sizes``, every window of that many
 consecutive training rows (stride ``stride``) is binned against the training bins and its PSI taken
-per feature; the bound is the ``quantile`` (default 99.5 %) of those PSIs. Bounds are made
+per feature; the bound is the ``quantile`` (default 99.5 %) of those PSIs, scaled so that the same
+share of windows has every feature under its bound at once (the alert reads the largest PSI /
+bound over the 33 features, a multiple comparison). Bounds are made
 non-increasing in the window size (a PSI over fewer rows is noisier), so :func:`bounds_at` can
 answer for any number of rows held between two calibrated sizes with the smaller size's bound (the
 larger, conservative one). The result is the manifest's ``features.psi_bounds``.
@@ -59,18 +61,26 @@ def window_psi(rows: np.ndarray, edges: Sequence[Sequence[float]], fractions: Se
 
 def null_bounds(segments: Sequence[np.ndarray], reference: Mapping[str, Any], *, sizes: Sequence[int] = SIZES,
                 quantile: float = QUANTILE, stride: int = STRIDE, source: str = "") -> dict[str, Any]:
-    """``features.psi_bounds``: per window size and feature, the ``quantile`` of the PSI of windows of
+    """``features.psi_bounds``: per window size and feature, the bound on the PSI of windows of
     consecutive rows of ``segments`` (each (R, F), in time order; no window spans two) against
-    ``reference`` (``edges``, ``fractions``). Sizes longer than every segment are left out."""
+    ``reference`` (``edges``, ``fractions``). Sizes longer than every segment are left out.
+
+    The alert reads the largest PSI / bound over all features, so each feature's own ``quantile``
+    (``q_j``) is scaled by one factor per size: the ``quantile`` of ``max_j PSI_j / q_j`` over the
+    windows (at least 1). Then a ``quantile`` share of the windows has every feature under its bound
+    (family-wise), where per-feature quantiles alone would let about 33 times as many through."""
     edges, fractions = reference["edges"], reference["fractions"]
-    kept, bounds, counts, medians = [], [], [], []
+    kept, bounds, counts, medians, scales = [], [], [], [], []
     for size in sorted(set(int(s) for s in sizes)):
         parts = [window_psi(s, edges, fractions, size, stride) for s in segments if len(s) >= size]
         if not parts:
             continue
         psi = np.concatenate(parts)
+        q = np.maximum(np.quantile(psi, quantile, axis=0), 1e-9)  # (F,) each feature's own quantile
+        scale = max(1.0, float(np.quantile((psi / q).max(axis=1), quantile)))  # over all F at once
         kept.append(size)
-        bounds.append(np.quantile(psi, quantile, axis=0))
+        bounds.append(q * scale)
+        scales.append(round(scale, 6))
         medians.append(np.median(psi, axis=0))
         counts.append(len(psi))
     if not kept:
@@ -78,7 +88,7 @@ def null_bounds(segments: Sequence[np.ndarray], reference: Mapping[str, Any], *,
     b = np.maximum.accumulate(np.array(bounds)[::-1], axis=0)[::-1]  # non-increasing in the size
     return {"statistic": "PSI of consecutive feature rows against psi_reference", "quantile": quantile,
             "sizes": kept, "bounds": [[round(float(v), 6) for v in row] for row in b],
-            "medians": [[round(float(v), 6) for v in row] for row in medians],
+            "familywise_scale": scales, "medians": [[round(float(v), 6) for v in row] for row in medians],
             "windows": counts, "stride": stride, "rows": int(sum(len(s) for s in segments)),
             "source": source or "training rows, windows of consecutive rows"}
 
