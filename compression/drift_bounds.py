@@ -68,11 +68,21 @@ def compute(artifact: Any, data: Sequence[str], *, sizes: Sequence[int] = SIZES,
     if not same:
         raise ConfigError(f"{artifact.path}: the training bins of --data ({again['rows']} rows) are not the "
                           f"artifact's ({ref.get('rows')} rows): pass the bars the model was trained on")
-    b = null_bounds(segments(splits.train), ref, sizes=sizes, quantile=quantile, stride=stride,
+    b = from_splits(ref, splits.train, splits.val_all, splits.test_all, sizes=sizes, quantile=quantile,
+                    stride=stride)
+    b["data"] = [Path(p).name for p in data]
+    return b
+
+
+def from_splits(ref: dict[str, Any], train: Any, val: Any, test: Any, *, sizes: Sequence[int] = SIZES,
+                quantile: float = QUANTILE, stride: int = STRIDE) -> dict[str, Any]:
+    """The bounds from the train split's windows (``model.dataset.WindowSet``s), with the share of the
+    validation and test splits' windows over them (``held_out``): what ``barsignal compress`` writes
+    into a new artifact and ``drift-bounds`` into an existing one."""
+    b = null_bounds(segments(train), ref, sizes=sizes, quantile=quantile, stride=stride,
                     source="train split: last row of every window, normalized, windows of consecutive rows")
     b["held_out"] = {name: held_out(b, segments(ws), ref, stride)
-                     for name, ws in (("validation", splits.val_all), ("test", splits.test_all))}
-    b["data"] = [Path(p).name for p in data]
+                     for name, ws in (("validation", val), ("test", test)) if ws is not None and len(ws)}
     return b
 
 
