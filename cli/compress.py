@@ -26,8 +26,8 @@ STAGE_HELP = {
     "engine": "TensorRT engines from the ONNX variants (needs tensorrt and an NVIDIA GPU)",
     "serving": "rewrite an artifact's FP32 static graph as the batch-1 serving graph (from its weights), "
                "measured against the exported one on real windows",
-    "drift-bounds": "compute the drift PSI's bounds (99.5 % of the PSI of training windows of consecutive rows, "
-                    "per feature and window size) and write them into an artifact",
+    "drift-bounds": "compute the drift PSI's bounds (the 99.5th percentile of the PSI of training windows of "
+                    "consecutive rows, per feature and window size) and write them into an artifact",
     "all": "every stage but engine, in order (the default)",
 }
 
