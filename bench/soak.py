@@ -56,8 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="the simulator sends each minute's closed frames over MS ms of wall time, under half a "
                    "minute (default 200)")
     p.add_argument("--sample-s", type=float, default=10.0, help="seconds between samples (default 10)")
-    p.add_argument("--settle-s", type=float, default=120.0,
-                   help="seconds after READY left out of the trends: caches and SQLite pages fill (default 120)")
+    p.add_argument("--settle-s", type=float, default=None,
+                   help="seconds after READY left out of the trends: caches, SQLite pages and the monitor's "
+                   "window fill (default 120; with --from-json, the kept run's)")
     p.add_argument("--sinks", default="jsonl", help="comma-separated sinks (default: jsonl)")
     p.add_argument("--artifact", default=None, help="model artifact (default: bundled)")
     p.add_argument("--out", default=None, help="write the samples and figures here as JSON")
@@ -215,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.from_json:
         old = orjson.loads(Path(args.from_json).read_bytes())
-        res = {**old, **analyse(old["samples"], np.array(old["les"]), old["settle_s"])}
+        settle = old["settle_s"] if args.settle_s is None else args.settle_s
+        res = {**old, **analyse(old["samples"], np.array(old["les"]), settle)}
         _print(res)
         return 0
 
@@ -288,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
         if daemon is not None:
             _stop(daemon)
         _stop(feed)
-    res = analyse(samples, np.array(les), args.settle_s)
+    res = analyse(samples, np.array(les), 120.0 if args.settle_s is None else args.settle_s)
     log_text = (work / "daemon.log").read_text(errors="replace")
     res.update(symbols=len(symbols), speed=args.speed, close_spread_ms=args.close_spread_ms, ready_s=ready_s,
                minutes=args.minutes, exit_code=code, sink_queue_full=log_text.count('"sink_queue_full"'),
