@@ -41,6 +41,7 @@ import numpy as np
 import orjson
 
 HIST = "barsignal_tick_to_signal_seconds_bucket"
+COPY_SHIFT = 100  # bars between copies of a file: 40 copies of the ten files still share ~39,000 bars
 # How far the fitted slope may raise a series over the whole run, as a fraction of its mean, and still
 # be called flat: memory 5 %, fds 1 % (4 of 400), latency 25 % (the
 # histogram's buckets are coarse, and the machine is shared). A series that falls is not a leak.
@@ -226,7 +227,8 @@ def run(args: argparse.Namespace) -> int:
     start = 800  # bars before this are history: the daemon's REST warm-up (729 with the bundled artifact)
     bars = int(args.speed * (args.minutes * 60 + 600)) + 10  # the run, plus up to 10 minutes to READY
     feed_cmd = ["feed", "serve", *(a for sym, f in files for a in ("--bars", f"{sym}={f}")),
-                "--copies", str(args.symbols), "--speed", str(args.speed), "--start-index", str(start),
+                "--copies", str(args.symbols), "--copy-shift", str(COPY_SHIFT), "--speed", str(args.speed),
+                "--start-index", str(start),
                 "--end-index", str(start + bars), "--intrabar", "1", "--port", "0",
                 "--close-spread-ms", str(args.close_spread_ms), "--exit-at-end"]
     feed = _popen(feed_cmd, work / "feed.log", stdout=subprocess.PIPE)
@@ -238,6 +240,9 @@ def run(args: argparse.Namespace) -> int:
             feed.wait(10)
             raise RuntimeError(f"feed serve did not start: {(work / 'feed.log').read_text()[-2000:]}")
         info = orjson.loads(line)
+        if int(info["bars"]) < bars:
+            raise RuntimeError(f"the served series has {info['bars']} bars after the warm-up history; "
+                               f"{args.minutes:g} min at {args.speed:g} minutes/s needs {bars}: lower --speed")
         symbols = list(info["symbols"])[: args.symbols]
         mport = _free_port()
         cfg = _config(work, int(info["port"]), mport, symbols, [s for s in args.sinks.split(",") if s])
@@ -332,7 +337,10 @@ def analyse(samples: list[dict[str, Any]], les: np.ndarray, settle_s: float) -> 
     for q in ("p50", "p99"):
         series[f"compute_{q}_us"] = np.array([np.nan if s.get(f"compute_{q}_us") is None else s[f"compute_{q}_us"]
                                               for s in samples], float)
-    keep = t >= settle_s
+    sig = np.array([x["signals"] for x in samples], float)
+    rose = np.flatnonzero(np.diff(sig) > 0) if n > 1 else np.zeros(0, int)
+    live_until = float(t[rose[-1] + 1]) if rose.size else float("nan")  # the feed's last signals
+    keep = (t >= settle_s) & (t <= live_until)  # samples after the feed ended say nothing of load
     trends = {k: trend(t[keep], v[keep]) for k, v in series.items()}
     span_h = float(t[keep][-1] - t[keep][0]) / 3600 if keep.any() else 0.0
     for k, tr in trends.items():
@@ -341,7 +349,7 @@ def analyse(samples: list[dict[str, Any]], les: np.ndarray, settle_s: float) -> 
         rise = tr["slope_per_h"] * span_h  # what the fitted line adds over the run (negative: it falls)
         tr["flat"] = bool(not math.isfinite(rise) or rise <= TOLERANCE.get(k, 0.0) * abs(tr["mean"]))
     fds = series["fds"][keep]
-    return {"samples_n": n, "settle_s": settle_s, "trends": trends,
+    return {"samples_n": n, "settle_s": settle_s, "trends": trends, "live_until_s": live_until,
             "fds_range": [float(fds.min()), float(fds.max())] if fds.size else [],
             "signals": samples[-1]["signals"] if samples else 0}
 
@@ -368,8 +376,8 @@ def _print(res: dict[str, Any]) -> None:
           f"{res['close_spread_ms']:g} ms), {res['minutes']:g} min after READY ({res['ready_s']:.1f} s), "
           f"{res['signals']:.0f} signals, exit {res['exit_code']}; sink_queue_full {res['sink_queue_full']}, "
           f"warnings {res['warnings']}, errors {res['errors']}")
-    print(f"  trends over the samples after {res['settle_s']:g} s (slope per hour, 95 % interval; first / last "
-          "decile medians):")
+    print(f"  trends over the samples from {res['settle_s']:g} s to the last signal at {res['live_until_s']:.0f} s "
+          "(slope per hour, 95 % interval; first / last decile medians):")
     for k, tr in res["trends"].items():
         print(f"  {k:<22} mean {tr['mean']:10.3f}  slope {tr['slope_per_h']:+9.3f}/h  "
               f"[{tr['ci95_lo']:+9.3f}, {tr['ci95_hi']:+9.3f}]  first {tr['first_decile']:10.3f}  "
