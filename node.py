@@ -29,7 +29,7 @@ from typing import Any
 from barsignal.daemon.barlog import BarLog
 from barsignal.daemon.config import Config
 from barsignal.daemon.config import state_dir as config_state_dir
-from barsignal.daemon.outbox import Outbox, SinkWorker
+from barsignal.daemon.outbox import Outbox, SinkWorker, sink_queue_size
 from barsignal.daemon.pipeline import Model, Pipeline, Prepared, warm
 from barsignal.engine.move import untag_state
 from barsignal.engine.signal import RuleState, Signal, SignalRule
@@ -597,6 +597,8 @@ def build_nodes(cfg: Config, source: str = "live", *, symbols: Sequence[str] | N
     syms = [s.upper() for s in (symbols or cfg.feed.symbols)]
     if len(set(syms)) != len(syms):
         raise ConfigError(f"symbols {syms}: a symbol is named twice")
+    if source == "live" and kw.get("queue_size") is None:  # one worker per sink carries every symbol
+        kw["queue_size"] = sink_queue_size(cfg.sinks.queue_size, len(syms))
     nodes: list[Node] = []
     try:
         seen: set[int] = set()

@@ -19,5 +19,6 @@ BENCHES: dict[str, str] = {
     "data": "barsignal.bench.data",
     "feed": "barsignal.bench.feed",
     "live": "barsignal.bench.live",
+    "soak": "barsignal.bench.soak",
     "train": "barsignal.bench.train",
 }

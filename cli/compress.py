@@ -4,7 +4,8 @@
 one (distill, prune, export, quantize, report, engine); ``barsignal compress serving`` rewrites an
 existing artifact's FP32 static graph as the batch-1 serving graph (``compression/batch1.py``);
 ``barsignal compress move --bars FILE...`` fits the move-size forecast into an existing artifact
-(``compression/move.py``).
+(``compression/move.py``), and ``barsignal compress drift-bounds`` writes the drift PSI's
+calibrated bounds into one (``compression/drift_bounds.py``).
 ``--set section.key=value`` overrides a config key for one run. No torch at import time: the handler
 imports the pipeline.
 """
@@ -30,7 +31,9 @@ STAGE_HELP = {
                "measured against the exported one on real windows",
     "move": "fit the move-size forecast (P(|r_h| > c)) and its baselines on the training split of --bars "
             "and write the manifest's move section into an existing artifact",
-    "all": "every stage but engine, serving and move, in order (the default)",
+    "drift-bounds": "compute the drift PSI's bounds (the 99.5th percentile of the PSI of training windows of "
+                    "consecutive rows, per feature and window size) and write them into an artifact",
+    "all": "every stage but engine, serving, move and drift-bounds, in order (the default)",
 }
 
 
@@ -64,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         if name == "move":
             conv.add_bars(sp, "bar files or directories split as the model's were (default: [data] bars)",
                           required=False)
+            conv.add_out(sp, "write the rewritten artifact here (default: in place)", default=None)
+        if name == "drift-bounds":
+            conv.add_bars(sp, "the bars the artifact's model was trained on (checked against its training bins)",
+                          required=True, aliases=("--data",))
             conv.add_out(sp, "write the rewritten artifact here (default: in place)", default=None)
     p.set_defaults(func=_run, stage=None)
 
@@ -151,6 +158,22 @@ def _run(args: argparse.Namespace) -> int:
               f"validation log-loss {v['har_seasonal']['log_loss']:.4f}, "
               f"AUC {v['har_seasonal']['roc_auc']:.4f}, ECE {v['har_seasonal']['ece']:.4f}; artifact {art.path} "
               f"manifest {art.hash[:12]}")
+        return 0
+    if stage == "drift-bounds":
+        from pathlib import Path
+
+        from barsignal.compression.drift_bounds import write
+
+        src = Path(args.artifact or cfg.output.artifact)
+        b, wrote = write(src, args.bars, dest=Path(args.out) if args.out else None, command=command)
+        i = b["sizes"].index(1440) if 1440 in b["sizes"] else -1
+        worst = max(range(len(b["bounds"][i])), key=b["bounds"][i].__getitem__)
+        print(f"drift bounds: {b['quantile']:.1%} of the PSI of {b['windows'][i]} training windows of "
+              f"{b['sizes'][i]} rows, per feature {min(b['bounds'][i]):.3f}..{max(b['bounds'][i]):.3f} (largest: "
+              f"feature {worst}); held out, windows with a feature over its bound: validation "
+              f"{b['held_out']['validation'].get(str(b['sizes'][i]), float('nan')):.2%}, test "
+              f"{b['held_out']['test'].get(str(b['sizes'][i]), float('nan')):.2%}; "
+              f"{'written to ' + str(args.out or src) if wrote else 'the artifact already has them: not rewritten'}")
         return 0
     if stage == "engine":
         ctx = pipeline.Context(cfg, progress)

@@ -231,8 +231,7 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
     import tempfile
 
     from barsignal.compression.report import _batch_drift
-    from barsignal.engine.artifact import load_artifact
-    from barsignal.engine.artifact import rewrite_artifact as rewrite
+    from barsignal.engine.artifact import load_artifact, rewrite_artifact
     from barsignal.model.torch_backend import build_model
 
     art = load_artifact(src)
@@ -251,7 +250,7 @@ def rewrite_artifact(src: Path, dest: Path, data: Path, *, variant: str = "fp32"
             info["against"] = f"the previous serving graph ({entry['serving_graph']['layout']})"
             info["previous"] = entry["serving_graph"]
         entry.update(serving_graph=info, batch_drift=drift)
-        rewrite(src, dest, files={entry["onnx"]: out}, variants={variant: entry}, revision={
+        rewrite_artifact(art, dest, files={entry["onnx"]: out}, variants={variant: entry}, revision={
             "command": command or "barsignal compress serving",
             "what": f"variant {variant}: static graph rewritten as the batch-1 serving graph ({LAYOUT})"})
     return {**info, "batch_drift": drift}

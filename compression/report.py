@@ -277,6 +277,14 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
 
     base_params = bl.fit(data.sets["train"], float(data.meta.get("flat_band", 0.0)))
     psi_ref = psi_reference(data.sets["train"])
+    from barsignal.compression.drift_bounds import from_splits
+
+    try:  # the drift PSI's calibrated bounds (features.psi_bounds)
+        psi_bounds = from_splits(psi_ref, data.sets["train"], data.sets.get("val_all"), data.sets.get("test_all"))
+        psi_bounds["data"] = [Path(p).name for p in data.meta.get("bars", [])]
+    except ValueError as exc:  # a train split shorter than the smallest window: the fixed bound applies
+        ctx.progress(f"report: no drift bounds ({exc})")
+        psi_bounds = None
     table_rows = [{k: v for k, v in r.items() if k not in ("model", "path")} for r in spec]
     speed = {r["name"]: fp32["latency_p50_us"] / r["latency_p50_us"] for r in fam}
     summary = {
@@ -301,7 +309,7 @@ def build_report(ctx: Any, artifact_dir: Path, command: str = "") -> dict[str, A
     atomic_write_text(rep_dir / "report.md", _markdown(summary))
     ctx.progress(f"report written to {rep_dir}; selected {best['name']}")
     art = _write_artifact(ctx, artifact_dir, best, fam, pol_best, summary, command,
-                          baselines=base_params, psi_ref=psi_ref)
+                          baselines=base_params, psi_ref=psi_ref, psi_bounds=psi_bounds)
     summary["artifact"] = {"path": str(art.path), "hash": art.hash,
                            "bytes": sum(f.stat().st_size for f in art.path.iterdir())}
     atomic_write_text(rep_dir / "report.json", json.dumps(summary, indent=1, sort_keys=True, default=str) + "\n")
@@ -354,7 +362,8 @@ def _strip_history(d: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[str, Any]],
                     pol: dict[str, Any], summary: dict[str, Any], command: str, *,
-                    baselines: dict[str, Any], psi_ref: dict[str, Any]) -> Any:
+                    baselines: dict[str, Any], psi_ref: dict[str, Any],
+                    psi_bounds: dict[str, Any] | None = None) -> Any:
     from barsignal.engine.artifact import write_artifact
     from barsignal.features.spec import schema_hash
 
@@ -399,7 +408,7 @@ def _write_artifact(ctx: Any, dest: Path, best: dict[str, Any], fam: list[dict[s
              "ties": "dropped from training and from every metric"}
     return write_artifact(
         dest, files=files, model_config=best["model"].cfg.to_dict(), schema_hash=sh,
-        normalization=ctx.data.meta["normalizer"], psi_reference=psi_ref,
+        normalization=ctx.data.meta["normalizer"], psi_reference=psi_ref, psi_bounds=psi_bounds,
         signal=signal,
         variants=variants, default_variant=default, horizon=int(meta.get("horizon", 1)), metrics=metrics,
         command=command or "barsignal compress", overwrite=True,

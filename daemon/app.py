@@ -316,7 +316,8 @@ class Daemon:
         c = self.cfg.metrics
         return LiveMonitor(loaded.model.horizon, c.monitor_window, psi_warn=c.drift_psi_warn,
                            reference=_psi_reference(loaded.artifact), symbol=symbol,
-                           artifact=loaded.model.artifact_hash, move=getattr(loaded.artifact, "move", None))
+                           artifact=loaded.model.artifact_hash, move=getattr(loaded.artifact, "move", None),
+                           bounds=_psi_bounds(loaded.artifact))
 
     def _renew_monitors(self) -> None:
         """After a reload: a symbol whose artifact changed starts a fresh monitor (the new model's
@@ -545,6 +546,13 @@ def _psi_reference(artifact: Any) -> dict[str, Any] | None:
     if artifact is None:
         return None
     return (artifact.manifest.get("features") or {}).get("psi_reference")
+
+
+def _psi_bounds(artifact: Any) -> dict[str, Any] | None:
+    """The drift PSI's calibrated bounds (``features.psi_bounds``), when the artifact ships them."""
+    if artifact is None:
+        return None
+    return (artifact.manifest.get("features") or {}).get("psi_bounds")
 
 
 def _align_warmup(nodes: list[Node]) -> int:

@@ -143,7 +143,7 @@ class RedisSinkConfig(_Section):
 
 class SinksConfig(_Section):
     enabled: tuple[str, ...] = ("stdout", "paper")
-    queue_size: Annotated[int, Meta(ge=1)] = 1024
+    queue_size: Annotated[int, Meta(ge=1)] = 1024  # per sink; at least 16 x symbols (outbox.sink_queue_size)
     stdout: StdoutSinkConfig = msgspec.field(default_factory=StdoutSinkConfig)
     jsonl: JsonlSinkConfig = msgspec.field(default_factory=JsonlSinkConfig)
     webhook: WebhookSinkConfig = msgspec.field(default_factory=WebhookSinkConfig)
@@ -166,7 +166,7 @@ class MetricsConfig(_Section):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: Port = 9464
-    drift_psi_warn: Pos = 0.25
+    drift_psi_warn: Pos = 0.25  # the PSI bound for an artifact without calibrated ones (features.psi_bounds)
     monitor_window: Annotated[int, Meta(ge=10)] = 1440
 
 

@@ -11,7 +11,11 @@ t) is known; rolling accuracy, Brier score and calibration error are exported ov
 ``monitor_window`` outcomes. Feature drift: PSI of the newest feature row of each window against the
 training distribution. The artifact's normalization makes the training features mean 0 / std 1; the
 reference is the manifest's ``features.psi_reference`` (per-feature bin edges and fractions) when the
-artifact ships one, else the standard normal's deciles.
+artifact ships one, else the standard normal's deciles. Each feature's bound is the artifact's
+calibrated one at the rows held (``features.psi_bounds``; consecutive minutes are not independent
+draws, so the PSI of in-distribution rows is far above a textbook 0.25), else ``[metrics]
+drift_psi_warn``; ``barsignal_feature_drift_ratio{symbol}`` (largest PSI / bound) is what the alert
+watches.
 
 The move head (an artifact with a ``move`` section): once its ``horizon`` bars have passed, a
 p_move's outcome (``|close[t+h] / close[t] - 1| > threshold_bp``) is known; Brier, the Brier of the
@@ -41,6 +45,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Proc
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from barsignal.daemon.drift import RollingOutcomes, RollingPSI
+from barsignal.engine.drift import bounds_at
 from barsignal.engine.metrics import roc_auc
 from barsignal.engine.move import MoveSpec
 from barsignal.features.spec import NAMES
@@ -74,14 +79,18 @@ class LiveMonitor:
 
     PSI is measured every ``psi_every`` signals once ``min_rows`` rows are held (default
     ``min(PSI_MIN_ROWS, window)``); before that ``psi_rows`` is 0 and nothing is judged.
-    ``feature_drift`` is logged once per episode (the largest PSI goes over ``psi_warn``), naming the
-    symbol and the feature; ``feature_drift_cleared`` when it is back under ``PSI_CLEAR * psi_warn``
-    (hysteresis: a PSI that wavers around the bound is one episode, not a line per measure)."""
+    Each feature's PSI is judged against its own bound for the rows held: the artifact's calibrated
+    ``bounds`` (``features.psi_bounds``: the null distribution's 99.5 % at that window size,
+    ``engine.drift``), else the fixed ``psi_warn`` for every feature. ``drift_ratio`` is the largest
+    PSI / bound. ``feature_drift`` is logged once per episode (the ratio goes over 1), naming the
+    symbol and the feature; ``feature_drift_cleared`` when it is back under ``PSI_CLEAR`` (hysteresis:
+    a PSI that wavers around its bound is one episode, not a line per measure)."""
 
     def __init__(self, horizon: int, window: int = 1440, step_ms: int = 60_000, n_features: int = 33,
                  psi_warn: float = 0.25, psi_every: int = 60,
                  reference: dict[str, Any] | None = None, symbol: str = "", artifact: str = "",
-                 min_rows: int | None = None, move: MoveSpec | None = None) -> None:
+                 min_rows: int | None = None, move: MoveSpec | None = None,
+                 bounds: Mapping[str, Any] | None = None) -> None:
         self.symbol = symbol
         self.artifact = artifact  # the hash of the model monitored (a reload to another starts a new monitor)
         self.h = max(1, int(horizon))
@@ -106,6 +115,15 @@ class LiveMonitor:
                      hint="the artifact ships no training bins (features.psi_reference): drift PSI is "
                           "measured against N(0, 1) deciles; rebuild the artifact for training bins")
         self.rows = RollingPSI(self.edges[:n_features], self.fractions[:n_features], window)  # binned rows
+        # -- calibrated drift bounds (features.psi_bounds) -----------------------------------------
+        self.bounds = _usable_bounds(bounds, window, symbol, psi_warn) if self.psi_source.startswith("artifact") \
+            else None
+        if self.bounds is not None:  # never measured on fewer rows than the smallest calibrated size
+            self.min_rows = max(self.min_rows, int(self.bounds["sizes"][0]))
+        self.bound_source = "calibrated" if self.bounds is not None else "drift_psi_warn"
+        self.psi_bound_values = np.full(n_features, float(psi_warn))  # each feature's bound at the rows held
+        self.drift_ratio = math.nan  # max over the features of PSI / bound (NaN: not measured yet)
+        # -- end calibrated drift bounds -------------------------------------------------------------
         self.psi_values = np.zeros(n_features)
         self.psi_rows = 0  # rows the last PSI was measured on (0: not measured yet)
         self._since_psi = 0
@@ -156,23 +174,28 @@ class LiveMonitor:
             return self.psi_values
         self.psi_values = self.rows.psi()
         self.psi_rows = len(self.rows)
-        worst, j = float(self.psi_values.max()), int(self.psi_values.argmax())
-        if worst > self.psi_warn and not self.drift_warned:
-            log.warning("feature_drift", symbol=self.symbol, psi_max=round(worst, 4), feature=j,
-                        name=feature_name(j), bound=self.psi_warn, rows=len(self.rows), reference=self.psi_source)
+        b = bounds_at(self.bounds, self.psi_rows) if self.bounds is not None else None
+        self.psi_bound_values = b[: len(self.psi_values)] if b is not None else np.full(len(self.psi_values),
+                                                                                         float(self.psi_warn))
+        ratio = self.psi_values / self.psi_bound_values
+        j = int(ratio.argmax())
+        self.drift_ratio = worst = float(ratio[j])
+        if worst > 1.0 and not self.drift_warned:
+            log.warning("feature_drift", symbol=self.symbol, psi=round(float(self.psi_values[j]), 4), feature=j,
+                        name=feature_name(j), bound=round(float(self.psi_bound_values[j]), 4),
+                        bound_source=self.bound_source, rows=self.psi_rows, reference=self.psi_source)
             self.drift_warned = True
-        elif worst <= PSI_CLEAR * self.psi_warn and self.drift_warned:
-            log.info("feature_drift_cleared", symbol=self.symbol, psi_max=round(worst, 4), bound=self.psi_warn,
-                     rows=len(self.rows))
+        elif worst <= PSI_CLEAR and self.drift_warned:
+            log.info("feature_drift_cleared", symbol=self.symbol, ratio=round(worst, 4), rows=self.psi_rows)
             self.drift_warned = False
         return self.psi_values
 
     def worst_features(self, k: int = PSI_TOP) -> list[tuple[int, float]]:
-        """The ``k`` features with the largest PSI, largest first: ``[(index, psi)]`` (none before
-        the first measurement)."""
+        """The ``k`` features nearest (or furthest over) their bound, by PSI / bound, that first:
+        ``[(index, psi)]`` (none before the first measurement)."""
         if not self.psi_rows:
             return []
-        order = np.argsort(-self.psi_values, kind="stable")[:k]
+        order = np.argsort(-(self.psi_values / self.psi_bound_values), kind="stable")[:k]
         return [(int(j), float(self.psi_values[j])) for j in order]
 
     def scores(self) -> dict[str, float]:
@@ -207,6 +230,33 @@ def _ece(p: np.ndarray, y: np.ndarray, bins: int = 10) -> float:
     m = n > 0
     gap = np.abs(np.bincount(b, p, bins)[m] / n[m] - np.bincount(b, y, bins)[m] / n[m])
     return float(np.sum(n[m] / len(p) * gap))
+
+
+# -- calibrated drift bounds ---------------------------------------------------------------------
+
+
+def _usable_bounds(bounds: Mapping[str, Any] | None, window: int, symbol: str, psi_warn: float
+                   ) -> Mapping[str, Any] | None:
+    """The artifact's ``psi_bounds`` if they cover ``monitor_window``; what a window outside the
+    calibrated sizes does is logged once. Below the smallest size: the fixed ``drift_psi_warn`` (a
+    PSI over so few rows has no calibrated null). Above the largest: the largest size's bounds
+    (conservative: a PSI over more rows is less noisy, so its null bound is lower)."""
+    if not bounds or not bounds.get("sizes"):
+        return None
+    sizes = [int(x) for x in bounds["sizes"]]
+    if window < sizes[0]:
+        log.warning("psi_bounds_not_calibrated", symbol=symbol, monitor_window=window, smallest=sizes[0],
+                    bound=psi_warn, hint=f"the artifact's drift bounds start at {sizes[0]} rows: the fixed "
+                    f"[metrics] drift_psi_warn = {psi_warn:g} is used; set monitor_window >= {sizes[0]}")
+        return None
+    if window > sizes[-1]:
+        log.info("psi_bounds_largest_size", symbol=symbol, monitor_window=window, largest=sizes[-1],
+                 hint=f"beyond {sizes[-1]} rows the bounds of {sizes[-1]} rows are used (conservative); "
+                 "recompute them with `barsignal compress drift-bounds` for this window")
+    return bounds
+
+
+# -- end calibrated drift bounds -----------------------------------------------------------------
 
 
 def feature_name(j: int) -> str:
@@ -269,8 +319,11 @@ class DaemonMetrics:
                          f"its {PSI_TOP} worst features only", ["symbol", "feature", "name"], registry=r)
         self.psi_max = Gauge("barsignal_feature_psi_max", "largest feature PSI, by symbol (NaN: not measured yet)",
                              ["symbol"], registry=r)
-        self.psi_bound = Gauge("barsignal_feature_psi_bound", "the PSI drift bound ([metrics] drift_psi_warn)",
-                               registry=r)
+        self.psi_bound = Gauge("barsignal_feature_psi_bound", "the fixed PSI drift bound ([metrics] "
+                               "drift_psi_warn), for an artifact without calibrated bounds", registry=r)
+        self.drift_ratio = Gauge("barsignal_feature_drift_ratio", "largest PSI / bound over the features, by symbol "
+                                 "(bounds: the artifact's calibrated ones, else drift_psi_warn; NaN: not measured "
+                                 "yet)", ["symbol"], registry=r)
         self.info = Gauge("barsignal_artifact_info", "the model in use", ["artifact", "backend"], registry=r)
         self.reference = Gauge("barsignal_artifact_score", "the figure for a live score of the artifact a symbol "
                                "uses (manifest metrics; key names which)", ["symbol", "score", "key"], registry=r)
@@ -293,6 +346,7 @@ class DaemonMetrics:
             for k in MOVE_SCORES:
                 self.live_move.labels(symbol=s, score=k).set(0.0 if k == "n" else math.nan)
             self.psi_max.labels(symbol=s).set(math.nan)
+            self.drift_ratio.labels(symbol=s).set(math.nan)
         self.psi_bound.set(math.nan)
         self._sources: dict[str, Callable[[], Any]] = {}
         r.register(_Collector(self))
@@ -358,6 +412,7 @@ class DaemonMetrics:
             shown.append(labels)
         self._psi_shown[sym] = shown
         self.psi_max.labels(symbol=sym).set(float(mon.psi_values.max()) if shown else math.nan)
+        self.drift_ratio.labels(symbol=sym).set(mon.drift_ratio if shown else math.nan)
         self.psi_bound.set(mon.psi_warn)
 
     def render(self) -> bytes:

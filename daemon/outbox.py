@@ -536,6 +536,17 @@ def _open_error(path: Path, exc: sqlite3.Error) -> BarsignalError:
                        "writable and the file is not corrupted (move it aside to start afresh)")
 
 
+# A sink's queue holds at least this many minutes of every symbol's signals: READY's first minutes,
+# a backfill after a reconnect, a sink that stalls for a while. Beyond it the worker reads from the outbox.
+QUEUE_MINUTES = 16
+
+
+def sink_queue_size(configured: int, symbols: int) -> int:
+    """A sink worker's queue length for ``symbols`` symbols: ``[sinks] queue_size``, raised to
+    :data:`QUEUE_MINUTES` minutes of signals (one per symbol a minute) where that is more."""
+    return max(configured, QUEUE_MINUTES * symbols)
+
+
 class SinkWorker:
     """One sink's bounded queue and task. Signals arrive with ``offer``; when the queue is full the
     worker catches up from the outbox instead (nothing is lost, scoring never waits). A signal is

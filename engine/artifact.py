@@ -110,6 +110,12 @@ class Artifact:
         return dict(ref) if ref else None
 
     @property
+    def psi_bounds(self) -> dict[str, Any] | None:
+        """Per window size and feature, the drift PSI's calibrated bound (``engine.drift.null_bounds``), if shipped."""
+        b = (self.manifest.get("features") or {}).get("psi_bounds")
+        return dict(b) if b else None
+
+    @property
     def metrics(self) -> dict[str, Any]:
         return dict(self.manifest.get("metrics") or {})
 
@@ -257,6 +263,7 @@ def write_artifact(
     extra: Mapping[str, Any] | None = None,
     overwrite: bool = False,
     psi_reference: Mapping[str, Any] | None = None,
+    psi_bounds: Mapping[str, Any] | None = None,
 ) -> Artifact:
     """Write an artifact atomically (temp dir beside ``path``, then rename) and return it verified.
 
@@ -264,7 +271,8 @@ def write_artifact(
     ``{"onnx": name, "onnx_dynamic": name, "weights": name?, "model": config?}`` naming entries of
     ``files``. ``signal`` holds ``long_threshold``, ``short_threshold`` and ``rule`` (and, from
     ``engine.policy``, ``policy``, ``hysteresis``, ``cooldown_bars``, ``min_hold_bars``, ``informational``).
-    ``psi_reference`` (per-feature training decile ``edges`` and ``fractions``) goes into ``features``.
+    ``psi_reference`` (per-feature training decile ``edges`` and ``fractions``) and ``psi_bounds`` (the
+    drift PSI's calibrated bounds, ``engine.drift.null_bounds``) go into ``features``.
     """
     dest = Path(path)
     if dest.exists() and not overwrite:
@@ -288,7 +296,8 @@ def write_artifact(
             "format_version": FORMAT_VERSION,
             "model": dict(model_config),
             "features": {"schema_hash": schema_hash, "normalization": dict(normalization),
-                         **({"psi_reference": dict(psi_reference)} if psi_reference else {})},
+                         **({"psi_reference": dict(psi_reference)} if psi_reference else {}),
+                         **({"psi_bounds": dict(psi_bounds)} if psi_bounds else {})},
             "window_shape": list(WINDOW_SHAPE),
             "signal": dict(signal),
             "horizon": int(horizon),
@@ -318,31 +327,40 @@ def write_artifact(
     return load_artifact(dest, expected_schema_hash=schema_hash)
 
 
-def rewrite_artifact(src: str | os.PathLike[str], dest: str | os.PathLike[str], *,
+_STANDARD = ("format_version", "model", "features", "window_shape", "signal", "horizon", "metrics", "variants",
+             "default_variant", "files")
+
+
+def rewrite_artifact(src: Artifact | str | os.PathLike[str], dest: str | os.PathLike[str], *,
                      files: Mapping[str, str | os.PathLike[str] | bytes] | None = None,
                      variants: Mapping[str, Mapping[str, Any]] | None = None,
+                     features: Mapping[str, Any] | None = None,
                      sections: Mapping[str, Any] | None = None, revision: Mapping[str, Any] | None = None,
                      replaces: str = "") -> Artifact:
-    """Write a verified artifact ``src`` again to ``dest`` (may be ``src``) through :func:`write_artifact`,
-    with ``files`` replaced or added, ``variants`` replaced, and the top-level manifest ``sections``
-    set (e.g. ``move``). ``revision`` (``command``, ``what``) is appended to ``revisions``; an earlier
-    revision whose ``what`` starts with ``replaces`` is dropped first, so a stage that rewrites its own
-    section is idempotent. Every file is re-hashed and the result re-verified before it is published."""
-    art = load_artifact(src)
+    """Write a verified artifact ``src`` again to ``dest`` (may be its own directory) through
+    :func:`write_artifact`: every manifest key kept (``created_by`` too), ``files`` replaced or added,
+    ``variants`` and ``features`` keys replacing theirs, the top-level manifest ``sections`` set (e.g.
+    ``move``). ``revision`` (``command``, ``what``) is appended to ``revisions``; an earlier revision
+    whose ``what`` starts with ``replaces`` is dropped first, so a stage that rewrites its own section
+    is idempotent. Every file is re-hashed and the result re-verified before it is published."""
+    art = src if isinstance(src, Artifact) else load_artifact(src)
     m = dict(art.manifest)
     all_files: dict[str, str | os.PathLike[str] | bytes] = {
         rel: art.path / rel for rel in m["files"] if rel != MANIFEST}
     all_files.update(files or {})
-    standard = {"format_version", "model", "features", "window_shape", "signal", "horizon", "metrics",
-                "variants", "default_variant", "files"}
-    extra = {k: v for k, v in m.items() if k not in standard}
+    feats = {**m["features"], **dict(features or {})}
+    known = {"schema_hash", "normalization", "psi_reference", "psi_bounds"}
+    if set(feats) - known:
+        raise ArtifactError(f"{art.path}: features keys {sorted(set(feats) - known)} are not known to this "
+                            "version; rewrite it with the version that made it")
+    extra = {k: v for k, v in m.items() if k not in _STANDARD}
     extra.update(sections or {})
     if revision is not None:
         kept = [r for r in m.get("revisions", []) if not (replaces and str(r.get("what", "")).startswith(replaces))]
         extra["revisions"] = [*kept, dict(revision)]
-    feats = m["features"]
     return write_artifact(dest, files=all_files, model_config=m["model"], schema_hash=feats["schema_hash"],
                           normalization=feats["normalization"], psi_reference=feats.get("psi_reference"),
-                          signal=m["signal"], variants={**m["variants"], **(variants or {})},
-                          default_variant=m["default_variant"], horizon=m["horizon"], metrics=m["metrics"],
-                          command=m["created_by"]["command"], extra=extra, overwrite=True)
+                          psi_bounds=feats.get("psi_bounds"), signal=m["signal"],
+                          variants={**m["variants"], **dict(variants or {})}, default_variant=m["default_variant"],
+                          horizon=m["horizon"], metrics=m["metrics"], command=m["created_by"]["command"],
+                          extra=extra, overwrite=True)

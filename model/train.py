@@ -62,6 +62,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this process group was made by init_distributed: end_distributed destroys it
 
     @property
     def on(self) -> bool:
@@ -77,7 +78,22 @@ def init_distributed(device: str) -> Dist:
     if not dist.is_initialized():
         backend = "nccl" if device == "cuda" else "gloo"
         dist.init_process_group(backend=backend)
+        d.owned = True
     return d
+
+
+def end_distributed(d: Dist) -> None:
+    """Destroy the process group :func:`init_distributed` made, while the interpreter is fully alive.
+
+    Left to the interpreter's exit, the gloo backend's C++ worker threads may still be finishing a
+    collective (the last ``all_gather_object``/``barrier``) whose tensors hold Python objects: the
+    thread that drops them takes the GIL during finalization, Python ends that thread with
+    ``pthread_exit``, and its forced unwind through a ``noexcept`` frame aborts the whole process
+    (SIGABRT, "terminate called without an active exception"), after a run that succeeded.
+    ``destroy_process_group`` joins those threads first."""
+    if d.owned and dist.is_initialized():
+        dist.destroy_process_group()
+        d.owned = False
 
 
 def pick_device(name: str, d: Dist) -> torch.device:
@@ -148,10 +164,18 @@ def _atomic_torch_save(obj: Any, path: Path) -> None:
 
 def train(splits: Splits, model_cfg: InformerConfig, tc: TrainConfig, out: str | os.PathLike[str],
           resume: bool = False) -> dict[str, Any]:
-    """Train (or resume) and return the summary; rank 0 writes the checkpoint into ``out``."""
-    out = Path(out)
+    """Train (or resume) and return the summary; rank 0 writes the checkpoint into ``out``. Under torchrun
+    the process group is joined here and destroyed before returning (:func:`end_distributed`)."""
     d = init_distributed("cuda" if tc.device == "cuda" or (tc.device == "auto" and torch.cuda.is_available())
                          else "cpu")
+    try:
+        return _train(d, splits, model_cfg, tc, Path(out), resume)
+    finally:  # after _train's frame (the DDP wrapper and its reducer) is gone
+        end_distributed(d)
+
+
+def _train(d: Dist, splits: Splits, model_cfg: InformerConfig, tc: TrainConfig, out: Path,
+           resume: bool) -> dict[str, Any]:
     device = pick_device(tc.device, d)
     if device.type == "cpu":
         torch.use_deterministic_algorithms(True)

@@ -184,6 +184,22 @@ def test_artifact_psi_bins_are_the_training_distribution(done, slice_data):
     assert LiveMonitor(1).psi_source == "standard-normal deciles"  # older manifests: fall back
 
 
+def test_artifact_ships_the_drift_bounds_of_its_training_split(done, slice_data):
+    """The pipeline writes ``features.psi_bounds`` (engine/drift.py) from the same train windows as the
+    bins: the bounds ``barsignal compress drift-bounds`` would compute for this artifact."""
+    from barsignal.compression.drift_bounds import from_splits
+    from barsignal.engine.artifact import load_artifact
+
+    _, _, work = done
+    art = load_artifact(work / "artifact")
+    b = art.psi_bounds
+    sets = slice_data.sets
+    assert b is not None and b["rows"] == art.psi_reference["rows"] == len(sets["train"])
+    assert b["sizes"] and all(len(row) == 33 for row in b["bounds"])
+    again = from_splits(art.psi_reference, sets["train"], sets["val_all"], sets["test_all"])
+    assert again["bounds"] == b["bounds"] and again["held_out"] == b["held_out"]
+
+
 def test_eval_of_the_artifact_uses_its_shipped_baselines_and_policy(done, capsys):
     from barsignal.cli import main
     from barsignal.engine.artifact import load_artifact

@@ -595,3 +595,25 @@ def test_compute_many_in_passes_gives_the_signals_of_one_bar_at_a_time(tmp_path:
     assert all(s.p_move is not None for s in many)
     assert len(key) > 3 * 60
     assert all(set(s.latency_us) == {"recv_to_bar", "features", "score", "emit"} for s in many)
+
+
+def test_live_nodes_size_the_sink_queues_for_their_symbol_count(tmp_path: Path, tiny_artifact: Path) -> None:
+    """One worker per sink carries every symbol's signals: its queue holds 16 minutes of them."""
+    from barsignal.daemon.config import Config, FeedConfig, SinksConfig, StateConfig
+    from barsignal.daemon.outbox import QUEUE_MINUTES
+    from barsignal.node import build_nodes, close_nodes
+    from barsignal.node import run as run_async
+
+    syms = [f"S{k}USDT" for k in range(100)]
+    cfg = Config(feed=FeedConfig(symbols=tuple(syms)), state=StateConfig(dir=str(tmp_path / "state")),
+                 sinks=SinksConfig(enabled=("jsonl",)))
+
+    async def main() -> list[int]:
+        nodes = build_nodes(cfg, "live", artifact_dir=str(tiny_artifact))
+        await nodes[0].start()
+        try:
+            return [w.queue.maxsize for w in nodes[0].workers]
+        finally:
+            await close_nodes(nodes)
+
+    assert run_async(main()) == [QUEUE_MINUTES * 100]

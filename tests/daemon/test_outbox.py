@@ -262,3 +262,42 @@ def test_a_full_database_is_retried_sinks_keep_delivering_and_nothing_is_lost(tm
     assert [r[0] for r in con.execute("SELECT id FROM signals ORDER BY seq")] == sink.got
     assert con.execute("SELECT COUNT(*) FROM pending").fetchone()[0] == 0
     con.close()
+
+
+# -- sink queues sized for the symbol count ---------------------------------------------------------
+
+
+def test_a_backfill_of_five_minutes_for_400_symbols_fits_the_queue_sized_for_them(tmp_path: Path) -> None:
+    """After a 5-minute reconnect, 400 symbols' backfilled bars give 2,000 signals in one loop turn: the
+    queue sized for 400 symbols (16 minutes of signals) takes them all, with no ``sink_queue_full``;
+    the configured 1,024 alone overflows into the slower catch-up from the outbox."""
+    from barsignal.daemon.outbox import QUEUE_MINUTES, sink_queue_size
+
+    symbols, minutes = 400, 5
+    assert sink_queue_size(1024, symbols) == QUEUE_MINUTES * symbols > 1024
+    assert sink_queue_size(10_000, symbols) == 10_000 and sink_queue_size(1024, 3) == 1024
+
+    def burst(size: int, name: str) -> tuple[int, list[str], list[str]]:
+        ob = Outbox(tmp_path / f"{name}.sqlite", [name])
+        sigs = [Signal(id=f"S{k}USDT-{m}-abc", symbol=f"S{k}USDT", open_time=m * 60_000, bar_open=1.0, bar_close=1.0,
+                       p_up=0.5, action="flat", artifact="abc") for m in range(minutes) for k in range(symbols)]
+
+        async def main() -> tuple[int, list[str]]:
+            sink = ListSink(name)
+            w = SinkWorker(sink, ob, queue_size=size, sleep=_nosleep)
+            w.start()
+            assert await w.drain(5)  # past the start's catch-up: on the queue
+            for s in sigs:  # one loop turn: no await between the offers
+                w.offer(ob.add(s, RuleState()), s)
+            assert await w.drain(60)
+            await w.stop()
+            return w.overflows, sink.got
+
+        overflows, got = asyncio.run(main())
+        ob.close()
+        return overflows, got, [s.id for s in sigs]
+
+    overflows, got, want = burst(sink_queue_size(1024, symbols), "sized")
+    assert overflows == 0 and got == want  # every signal once, in order
+    overflows, got, want = burst(1024, "fixed")
+    assert overflows >= 1 and got == want  # nothing lost either way, but it overflowed

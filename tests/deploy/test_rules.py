@@ -63,13 +63,13 @@ def test_the_issue_s_alerts_are_all_there() -> None:
     by_name = {a["alert"]: a["expr"] for a in prom.alerts()}
     wanted = {
         "BarsignalFeedStale": "barsignal_last_bar_age_seconds",
-        "BarsignalNoSignals": "barsignal_signals_total",
+        "BarsignalNoSignals": "barsignal_symbol_signals_total",
         "BarsignalOutboxGrowing": "barsignal_outbox_depth",
         "BarsignalSinkFailing": "barsignal_sink_failures_total",
         "BarsignalDeadLetters": "barsignal_sink_dead_letters_total",
         "BarsignalRestBanned": "barsignal_rest_ban_remaining_seconds",
         "BarsignalRestRateLimited": "barsignal_rest_rate_limited_total",
-        "BarsignalFeatureDrift": "barsignal_feature_psi_max",
+        "BarsignalFeatureDrift": "barsignal_feature_drift_ratio",
         "BarsignalLiveBrierWorse": "barsignal_artifact_score",
         "BarsignalLiveAucWorse": "barsignal_artifact_score",
         "BarsignalScoringSlow": "barsignal:scoring_seconds:p99_10m",

@@ -127,3 +127,22 @@ def test_write_is_atomic_and_refuses_overwrite(tmp_path: Path, artifact_copy: Pa
     assert not bad.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact", "new"]
     assert np.isclose(load_artifact(out).metrics["x"], 1.5)
+
+
+def test_rewrite_keeps_every_manifest_key_and_appends_a_revision(artifact_copy: Path, tmp_path: Path) -> None:
+    from barsignal.engine.artifact import rewrite_artifact
+
+    a = load_artifact(artifact_copy)
+    bounds = {"sizes": [240], "bounds": [[1.0] * 33], "quantile": 0.995}
+    out = rewrite_artifact(a, tmp_path / "re", features={"psi_bounds": bounds},
+                           revision={"command": "test", "what": "bounds"})
+    old, new = a.manifest, out.manifest
+    assert new["features"]["psi_bounds"] == bounds and out.psi_bounds == bounds
+    assert new["features"]["psi_reference"] == old["features"]["psi_reference"]
+    assert {k: v for k, v in new.items() if k not in ("features", "revisions")} == \
+        {k: v for k, v in old.items() if k not in ("features", "revisions")}
+    assert new["revisions"] == [*old.get("revisions", []), {"command": "test", "what": "bounds"}]
+    again = rewrite_artifact(out, out.path, revision={"command": "test", "what": "again"})  # in place
+    assert again.psi_bounds == bounds and len(again.manifest["revisions"]) == len(new["revisions"]) + 1
+    with pytest.raises(ArtifactError, match="not known"):
+        rewrite_artifact(a, tmp_path / "x", features={"mystery": 1}, revision={"command": "t", "what": "t"})

@@ -141,3 +141,45 @@ def test_soak_memory_fds_and_latency_stay_flat(tmp_path: Path, artifact: Path) -
     assert rss[-1] < 250 * 1024, "RSS above the 250 MB budget"
     if BARS >= 50_000:  # a trend needs a long run: the first ~20k bars still fill caches (see RELIABILITY.md)
         assert abs(slope) < 1.0, f"RSS trend {slope:.2f} MB per 10k bars"
+
+
+# -- the many-symbol soak benchmark (``barsignal bench soak``) ---------------------------------------
+
+
+def test_soak_trend_finds_a_slope_and_calls_noise_flat() -> None:
+    """``bench.soak.trend``: a known slope is found inside its 95 % interval; autocorrelated noise
+    around a constant has an interval holding 0 (the verdict ``flat``)."""
+    from barsignal.bench.soak import TOLERANCE, analyse, hist_quantile, trend
+
+    rng = np.random.default_rng(7)
+    t = np.arange(0, 1800, 10.0)  # 30 minutes of 10 s samples
+    ar = np.zeros(len(t))
+    for i in range(1, len(t)):  # AR(1) noise, as a sampled RSS or latency is
+        ar[i] = 0.8 * ar[i - 1] + rng.normal()
+    up = trend(t, 200 + 6.0 * t / 3600 + ar)  # +6 MB an hour
+    assert up["ci95_lo"] < 6.0 < up["ci95_hi"] and up["ci95_lo"] > 0
+    flat = trend(t, 200 + ar)
+    assert flat["ci95_lo"] <= 0 <= flat["ci95_hi"] and flat["n_eff"] < flat["n"]
+    les = np.array([0.001, 0.01, 0.1, float("inf")])
+    assert hist_quantile(les, np.array([0, 50, 100, 100]), 0.5) == pytest.approx(0.01)
+    assert hist_quantile(les, np.array([0, 0, 0, 0]), 0.5) != hist_quantile(les, np.array([0, 0, 0, 0]), 0.5)  # NaN
+    samples = [{"t_s": float(x), "rss_mb": 200 + 30 * x / 1800, "fds": 40, "cpu_s": x / 10, "signals": 20 * x,
+                "buckets": [0, 10 * x, 20 * x, 20 * x]} for x in t]
+    res = analyse(samples, les, settle_s=60)
+    assert not res["trends"]["rss_mb"]["flat"]  # +30 MB over the run: 15 % of 200, over the 5 % tolerance
+    assert res["trends"]["fds"]["flat"] and res["trends"]["signals_per_s"]["flat"]
+    assert set(TOLERANCE) <= set(res["trends"])
+
+
+@pytest.mark.slow
+def test_bench_soak_smoke(tmp_path: Path) -> None:
+    """A short run of the soak benchmark itself (the 30-minute run is by hand, docs/RELIABILITY.md)."""
+    from tests.conftest import run_cli
+
+    out = tmp_path / "soak.json"
+    r = run_cli("bench", "soak", "--symbols", "12", "--minutes", "0.5", "--sample-s", "1", "--settle-s", "5",
+                "--out", str(out), timeout=300)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    res = orjson.loads(out.read_bytes())
+    assert res["symbols"] == 12 and res["signals"] > 0 and res["sink_queue_full"] == 0 and res["errors"] == 0
+    assert res["trends"]["rss_mb"]["n"] >= 10 and "verdict:" in r.stdout
