@@ -540,11 +540,6 @@ class FeedClient:
             return []
         local_ms = recv_ns / 1e6
         limit = self.exchange_clock.limit_ms(local_ms)  # this frame is observed once the loop is free
-        if limit is None:
-            # Not fitted yet (the first frames, or a stream too short to vote): no honest exchange is
-            # ahead of the wall clock (on the exchange's Date offset) plus the tolerance, and a replaying
-            # simulator is behind it, so that bound holds until the fit replaces it.
-            limit = int((self.weight.exchange_wall() + self.cfg.clock_tolerance_s) * 1000.0)
         self._clock_samples.append((ev.event_time, local_ms, getattr(ev, "symbol", None)))
         if isinstance(ev, ServerShutdown):
             self.seq.server_time(ev.event_time, limit)
