@@ -83,8 +83,10 @@ def run(args: argparse.Namespace) -> int:
         from barsignal.daemon.config import FeedConfig
         from barsignal.daemon.feed.client import FeedClient
 
+        # 200 bars served past the n read: the exchange clock is fitted on frames spread over time, and
+        # a stream that ended before it is known would hold its last bars
         start, n = 1000, args.n_bars
-        async with FeedSimulator(loaded.frame, speed=args.speed, start_index=start, end_index=start + n + 5,
+        async with FeedSimulator(loaded.frame, speed=args.speed, start_index=start, end_index=start + n + 200,
                                  intrabar=1) as s:
             cfg = FeedConfig(ws_url=s.ws_url, rest_url=s.rest_url, reconnect_min_s=0.05, reconnect_max_s=0.5)
             client = FeedClient(cfg, warmup_bars=0, stale_after_s=10)

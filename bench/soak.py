@@ -63,6 +63,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sinks", default="jsonl", help="comma-separated sinks (default: jsonl)")
     p.add_argument("--artifact", default=None, help="model artifact (default: bundled)")
     p.add_argument("--out", default=None, help="write the samples and figures here as JSON")
+    p.add_argument("--json", action="store_true", help="print the figures as one JSON document on stdout")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, state) and print it")
     p.add_argument("--from-json", default=None, metavar="FILE",
                    help="run nothing: print the figures of the samples an earlier --out FILE kept")
@@ -219,7 +220,7 @@ def run(args: argparse.Namespace) -> int:
         old = orjson.loads(Path(args.from_json).read_bytes())
         settle = old["settle_s"] if args.settle_s is None else args.settle_s
         res = {**old, **analyse(old["samples"], np.array(old["les"]), settle)}
-        _print(res)
+        _print(res, getattr(args, "json", False))
         return 0
 
     work = Path(tempfile.mkdtemp(prefix="barsignal-bench-soak-"))
@@ -302,12 +303,12 @@ def run(args: argparse.Namespace) -> int:
                warnings=sum('"level": "warning"' in x or '"level":"warning"' in x for x in log_text.splitlines()),
                errors=sum('"level": "error"' in x or '"level":"error"' in x for x in log_text.splitlines()),
                machine=_machine())
-    _print(res)
+    _print(res, args.json)
     if args.out:
         Path(args.out).write_bytes(orjson.dumps({**res, "samples": samples, "les": les},
                                                 option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY))
     if args.keep:
-        print(f"[soak] work directory kept: {work}")
+        print(f"[soak] work directory kept: {work}", file=sys.stderr)
     else:
         import shutil
 
@@ -371,7 +372,10 @@ def _stop(p: subprocess.Popen, timeout: float = 60) -> int | None:
     return p.returncode
 
 
-def _print(res: dict[str, Any]) -> None:
+def _print(res: dict[str, Any], as_json: bool = False) -> None:
+    if as_json:
+        sys.stdout.write(orjson.dumps(res, option=orjson.OPT_SERIALIZE_NUMPY).decode() + "\n")
+        return
     print(f"bench soak: {res['symbols']} symbols at {res['speed']:g} minutes/s (closed frames over "
           f"{res['close_spread_ms']:g} ms), {res['minutes']:g} min after READY ({res['ready_s']:.1f} s), "
           f"{res['signals']:.0f} signals, exit {res['exit_code']}; sink_queue_full {res['sink_queue_full']}, "

@@ -154,5 +154,10 @@ class FeedRehearsal:
         frame = orjson.dumps({"stream": self.stream, "data": {"e": "kline", "E": t + step, "s": self.symbol,
                                                                "k": k}})
         ev = decode(frame, symbols=self.symbols, max_bytes=self.max_frame_bytes)
-        if ev is not None:
+        if ev is None:
+            return
+        clock = getattr(self.feed, "exchange_clock", None)
+        if clock is not None and clock.known:  # the limit the real frame will meet: its E plus the tolerance
+            seq.rehearse(ev, ev.event_time + int(clock.rate * clock.tolerance_ms))
+        else:
             seq.rehearse(ev)

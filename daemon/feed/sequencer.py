@@ -207,22 +207,27 @@ class Sequencer:
         st.last_bar_open_time = t
         return [Emit(ev.symbol, Bar(t, ev.open, ev.high, ev.low, ev.close, ev.volume, "ws"))]
 
-    def rehearse(self, ev: KlineEvent) -> None:
+    def rehearse(self, ev: KlineEvent, limit_ms: int | None = None) -> None:
         """Keep-warm: :meth:`kline` on this sequencer's own state for the next closed bar of a symbol
         (``daemon/keepwarm.py``), then every value it changed put back. Only the live case is run
-        (:meth:`_next_closed`, what the real next frame takes); any other frame changes nothing."""
+        (:meth:`_next_closed`, what the real next frame takes); any other frame changes nothing.
+        ``limit_ms``: the driver's limit when that frame arrives (a bounded sequencer's last limit is
+        a minute old by then)."""
         s = self._syms.get(ev.symbol)
         now = self.trusted_now()
+        limit = self.limit_ms if limit_ms is None else limit_ms
         if (s is None or now is None or ev.event_time > now + self.max_clock_jump_ms
-                or (self._bounded and ev.event_time > (self.limit_ms or 0))):
+                or (self._bounded and ev.event_time > (limit or 0))):
             return  # the clock is not trusted, or this would be a jump: not the live case
         st = self.stats
-        saved = self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time
+        saved = (self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time, self.limit_ms,
+                 st.clock_ahead)
         try:
-            self._observe(ev.event_time, self.limit_ms if self._bounded else None)
+            self._observe(ev.event_time, limit if self._bounded else None)
             self._next_closed(ev, s)
         finally:
-            self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time = saved
+            (self.now_ms, self._jump, self.progress, s.last, st.bars_ws, st.last_bar_open_time, self.limit_ms,
+             st.clock_ahead) = saved
 
     def _kline(self, ev: KlineEvent, s: _Symbol) -> list[Output]:
         """:meth:`kline` for any frame, after the clock has seen it."""

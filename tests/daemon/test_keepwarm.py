@@ -202,13 +202,19 @@ def test_feed_rehearsal_runs_the_sequencers_live_case_and_leaves_the_feed_as_it_
 
     feed = FeedClient(FeedConfig(symbols=["BTCUSDT"], ws_url="ws://127.0.0.1:9", rest_url="http://127.0.0.1:9"))
 
-    def take(frame: bytes) -> list[int]:  # what the driver does with a frame: decode, sequence
-        return [o.bar.open_time for o in feed.seq.kline(decode(frame, symbols={"BTCUSDT"})) if isinstance(o, Emit)]
+    t0 = 1_700_000_040_000
+    for e in range(0, 400, 25):  # the exchange clock fitted, as the driver's first frames fit it
+        feed.exchange_clock.observe(t0 - 60_000 + e, 1000.0 + e, "BTCUSDT")
+    feed.exchange_clock.tick(2000.0)
+    assert feed.exchange_clock.known
+
+    def take(frame: bytes) -> list[int]:  # what the driver does with a frame: decode, sequence within the limit
+        ev = decode(frame, symbols={"BTCUSDT"})
+        return [o.bar.open_time for o in feed.seq.kline(ev, ev.event_time + 5_000) if isinstance(o, Emit)]
 
     def state() -> dict:
         return {k: (vars(v) if k == "stats" else v) for k, v in vars(copy.deepcopy(feed.seq)).items()}
 
-    t0 = 1_700_000_040_000
     assert take(closed(t0)) + take(closed(t0 + 60_000)) == [t0, t0 + 60_000]
     before, frames = state(), feed.stats.frames
     rehearse = FeedRehearsal(feed)

@@ -103,7 +103,7 @@ def test_bench_feed_runs_and_checks_every_bar() -> None:
     serve = out["serve"]  # 20 symbols (10 real, 10 shifted copies) on one clock, every tick complete
     assert serve["symbols"] == 20 and serve["complete_ticks"] == serve["ticks"] >= 5
     assert serve["frames_per_s"] > 0 and serve["tick_spread_ms"]["p50"] >= 0
-    assert out["loopback"]["every_bar_once_in_order"] and out["loopback"]["stats"]["bars_ws"] == 200
+    assert out["loopback"]["every_bar_once_in_order"] and out["loopback"]["stats"]["bars_ws"] >= 200
     assert out["decode real frame"]["n"] == 20000 and out["decode real frame"]["p50_us"] > 0
 
 
