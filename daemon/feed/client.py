@@ -102,6 +102,10 @@ the closed bars with ``since_ms <= open_time < until_ms`` by exchange time ``now
 ``barsignal.daemon.binance.rest.fetch_page`` (with ``max_retries=0``: the driver does the waiting)."""
 
 
+# A stream quiet this long (local ms) before its exchange clock could be fitted releases its held bars
+# under the votes' provisional estimate (ExchangeClock.provisional_ms).
+_QUIET_MS = 1_000.0
+
 class BarSource(Protocol):
     """Anything that yields closed bars in open-time order (live websocket, replay file...)."""
 
@@ -212,6 +216,7 @@ class FeedClient:
                              close_grace_ms=close_grace_ms, stats=self.stats, bounded=True)
         # The exchange's clock against the local one (perf_counter: real time, whatever ``clock`` is).
         self.exchange_clock = ExchangeClock(tolerance_ms=cfg.clock_tolerance_s * 1000.0)
+        self._last_frame_ms, self._provisional_done = 0.0, True  # see _QUIET_MS
         # (E, local ms, symbol) of the frames handled since the loop last waited: fed to the clock then,
         # off the path from a frame to its bar (a bucket's close sorts and refits: ~10 us)
         self._clock_samples: list[tuple[int, float, str | None]] = []
@@ -274,13 +279,22 @@ class FeedClient:
                     for e, loc, src in samples:
                         self.exchange_clock.observe(e, loc, src)
                 if not known:
-                    self.exchange_clock.tick(time.perf_counter_ns() / 1e6)
+                    loc = time.perf_counter_ns() / 1e6
+                    self.exchange_clock.tick(loc)
                     if self.exchange_clock.known:  # release what was held meanwhile
-                        loc = time.perf_counter_ns() / 1e6
                         lim, est = self.exchange_clock.limit_ms(loc), self.exchange_clock.now_ms(loc)
                         held = self.seq.clock_known(est, lim) if lim is not None and est is not None else []
                         for item in self._outputs(held):
                             yield self._hand_out(item)
+                    elif not self._provisional_done and loc - self._last_frame_ms >= _QUIET_MS:
+                        # The stream went quiet before the clock could be fitted: what was held goes out
+                        # up to its newest vote plus the tolerance (ExchangeClock.provisional_ms).
+                        self._provisional_done = True
+                        est = self.exchange_clock.provisional_ms(loc)
+                        if est is not None:
+                            lim = est + int(self.exchange_clock.tolerance_ms)
+                            for item in self._outputs(self.seq.clock_known(est, lim)):
+                                yield self._hand_out(item)
                 now = self._clock()
                 deadline = math.inf
                 for link in links:
@@ -313,6 +327,8 @@ class FeedClient:
                 timeout = None if deadline == math.inf else max(0.0, deadline - now)
                 if not self.exchange_clock.known and self.exchange_clock.waiting:
                     timeout = 0.03 if timeout is None else min(timeout, 0.03)  # the vote of the last frames
+                elif not self.exchange_clock.known and not self._provisional_done and self._last_frame_ms > 0:
+                    timeout = 0.25 if timeout is None else min(timeout, 0.25)  # a quiet stream's held bars
                 done, _ = await asyncio.wait(waiters, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 for task in [t for t in self._rest_tasks if t in done]:
                     self._rest_tasks.discard(task)
@@ -539,6 +555,7 @@ class FeedClient:
         if ev is None:
             return []
         local_ms = recv_ns / 1e6
+        self._last_frame_ms, self._provisional_done = local_ms, False
         limit = self.exchange_clock.limit_ms(local_ms)  # this frame is observed once the loop is free
         self._clock_samples.append((ev.event_time, local_ms, getattr(ev, "symbol", None)))
         if isinstance(ev, ServerShutdown):

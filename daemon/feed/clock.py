@@ -84,6 +84,16 @@ class ExchangeClock:
             return None
         return int(self.rate * (local_ms + self.tolerance_ms) + self.offset)
 
+    def provisional_ms(self, local_ms: float) -> int | None:
+        """Before the fit, for a stream that went quiet too soon to give a rate: the newest vote's time
+        (a stream's last frames are its newest; with no rate, older votes cannot be carried forward).
+        Only held bars are released with it, once; a liar whose frame is the last before such a silence
+        is believed. None without votes."""
+        self.tick(local_ms)
+        if not self._votes:
+            return None
+        return int(max(e for _, e in self._votes))
+
     def _close_bucket(self) -> None:
         if not self._bucket:
             return
